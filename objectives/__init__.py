@@ -1,0 +1,33 @@
+"""What a network costs and how well it does: hardware-cost model, device profiles, budgets."""
+
+from __future__ import annotations
+
+from ._budget import ALIASES, Budget, BudgetError, Condition, parse_budget, parse_conditions, resolve_resource
+from ._cost import RESOURCES, CostReport, LayerCost, estimate_cost, trace_layers
+from ._devices import DeviceError, DeviceProfile, get_device, list_devices, nas_home, save_device
+from ._latency import CalibrationResult, calibrate_host, measure_latency, resolve_device
+
+__all__ = [
+    "ALIASES",
+    "RESOURCES",
+    "Budget",
+    "BudgetError",
+    "CalibrationResult",
+    "Condition",
+    "CostReport",
+    "DeviceError",
+    "DeviceProfile",
+    "LayerCost",
+    "calibrate_host",
+    "estimate_cost",
+    "get_device",
+    "list_devices",
+    "measure_latency",
+    "nas_home",
+    "parse_budget",
+    "parse_conditions",
+    "resolve_device",
+    "resolve_resource",
+    "save_device",
+    "trace_layers",
+]

@@ -1,0 +1,213 @@
+"""The built-in search spaces: ``resnet``, ``mobilenetv2``, ``plain``.
+
+Each adapts its downsampling to the input: a stride-2 step is kept only while the feature map
+is at least 4 pixels on its short side (so it never drops below 2x2 by striding), and the
+stem strides by 2 for inputs of 64 pixels and more. 8x8 digits get one or two downsamplings,
+32x32 images the usual three.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from ._registry import SearchSpace, register_space
+from ._spec import ArchSpec, Block, Head, Stage, Stem
+
+__all__ = ["MobileNetV2Space", "PlainSpace", "ResNetSpace"]
+
+RANK_RATIOS = (1.0, 0.5, 0.25, 0.125)
+
+
+def _opt(default: Any, help: str) -> Any:
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def _check_depths(min_depth: int, max_depth: int) -> None:
+    if not (isinstance(min_depth, int) and isinstance(max_depth, int) and 1 <= min_depth <= max_depth):
+        raise ValueError(f"need 1 <= min_depth <= max_depth, got min_depth={min_depth}, max_depth={max_depth}")
+
+
+def _check_choices(name: str, values: Any, allowed: tuple[Any, ...] | None = None) -> tuple[Any, ...]:
+    values = tuple(values)
+    if not values:
+        raise ValueError(f"{name} must not be empty")
+    if allowed is not None:
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            raise ValueError(f"{name}: {bad} not accepted; accepted: {list(allowed)}")
+    elif not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ValueError(f"{name} must be positive integers, got {list(values)}")
+    return values
+
+
+def _strides(spatial: int, wanted: list[int]) -> tuple[int, list[int]]:
+    """Return (size after, strides) keeping a stride of 2 only while the map is >= 4."""
+    out = []
+    for s in wanted:
+        if s == 2 and spatial >= 4:
+            out.append(2)
+            spatial = (spatial - 1) // 2 + 1
+        else:
+            out.append(1)
+    return spatial, out
+
+
+def _stem_stride(space: SearchSpace) -> tuple[int, int]:
+    hw = min(space.input_shape[1:])
+    stride = 2 if hw >= 64 else 1
+    return stride, (hw - 1) // stride + 1
+
+
+def _scaled(widths: tuple[int, ...], factor: int) -> list[int]:
+    return sorted({w * factor for w in widths})
+
+
+@register_space
+class ResNetSpace(SearchSpace):
+    """CIFAR-style residual network: 3 stages, basic or bottleneck blocks."""
+
+    name = "resnet"
+    description = "CIFAR-style ResNet: 3 stages of basic/bottleneck blocks, LightConv rank per stage"
+
+    @dataclass(frozen=True)
+    class Options:
+        min_depth: int = _opt(1, "fewest blocks per stage")
+        max_depth: int = _opt(4, "most blocks per stage (ResNet-56 has 9)")
+        widths: tuple[int, ...] = _opt((8, 12, 16, 24, 32), "first-stage widths; stage i uses width * 2**i")
+        stem_widths: tuple[int, ...] = _opt((8, 16, 24, 32), "stem widths")
+        block_types: tuple[str, ...] = _opt(("basic", "bottleneck"), "block types to choose from")
+        rank_ratios: tuple[float, ...] = _opt(RANK_RATIOS, "LightConv rank ratios per stage")
+
+        def __post_init__(self) -> None:
+            _check_depths(self.min_depth, self.max_depth)
+            _check_choices("widths", self.widths)
+            _check_choices("stem_widths", self.stem_widths)
+            _check_choices("block_types", self.block_types, ("basic", "bottleneck"))
+            _check_choices("rank_ratios", self.rank_ratios, RANK_RATIOS)
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> ArchSpec:
+        o = self.options
+        stem_stride, hw = _stem_stride(self)
+        stem = Stem(trial.suggest_categorical("stem_width", list(o.stem_widths)), 3, stem_stride)
+        btype = trial.suggest_categorical("block", list(o.block_types))
+        _, strides = _strides(hw, [1, 2, 2])
+        stages = []
+        for i, stride in enumerate(strides):
+            depth = trial.suggest_int(f"s{i}_depth", o.min_depth, o.max_depth)
+            width = trial.suggest_categorical(f"s{i}_width", _scaled(o.widths, 2**i))
+            rank = trial.suggest_categorical(f"s{i}_rank", list(o.rank_ratios))
+            blocks = []
+            for j in range(depth):
+                s = stride if j == 0 else 1
+                if btype == "basic":
+                    blocks.append(Block("basic", width, width, None, 3, s, rank))
+                else:
+                    blocks.append(Block("bottleneck", 4 * width, width, width, 3, s, rank))
+            stages.append(Stage(tuple(blocks)))
+        return ArchSpec(stem=stem, stages=tuple(stages), head=Head(), act="relu", family=self.name)
+
+
+@register_space
+class MobileNetV2Space(SearchSpace):
+    """Inverted-residual network (MobileNetV2): expansion, kernel, width, depth per stage."""
+
+    name = "mobilenetv2"
+    description = "MobileNetV2 inverted residuals: expansion 1/3/6, kernel 3/5, rank of the 1x1 convs"
+
+    BASE_WIDTHS = (16, 24, 32, 64, 96)
+    WANTED_STRIDES = (1, 2, 2, 2, 1)
+
+    @dataclass(frozen=True)
+    class Options:
+        stages: int = _opt(5, "number of stages (1-5; MobileNetV2's widths 16/24/32/64/96)")
+        min_depth: int = _opt(1, "fewest blocks per stage")
+        max_depth: int = _opt(3, "most blocks per stage")
+        expansions: tuple[int, ...] = _opt((1, 3, 6), "expansion ratios")
+        kernels: tuple[int, ...] = _opt((3, 5), "depthwise kernel sizes")
+        width_mults: tuple[float, ...] = _opt((0.5, 0.75, 1.0), "width multipliers of the base widths")
+        stem_widths: tuple[int, ...] = _opt((8, 16, 32), "stem widths")
+        rank_ratios: tuple[float, ...] = _opt(RANK_RATIOS, "rank ratios of the 1x1 convolutions")
+
+        def __post_init__(self) -> None:
+            if not (isinstance(self.stages, int) and 1 <= self.stages <= 5):
+                raise ValueError(f"stages must be 1-5, got {self.stages}")
+            _check_depths(self.min_depth, self.max_depth)
+            _check_choices("expansions", self.expansions)
+            _check_choices("kernels", self.kernels, (3, 5, 7))
+            _check_choices("stem_widths", self.stem_widths)
+            _check_choices("rank_ratios", self.rank_ratios, RANK_RATIOS)
+            if not self.width_mults or not all(0 < float(m) <= 4 for m in self.width_mults):
+                raise ValueError(f"width_mults must be in (0, 4], got {list(self.width_mults)}")
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> ArchSpec:
+        o = self.options
+        stem_stride, hw = _stem_stride(self)
+        stem = Stem(trial.suggest_categorical("stem_width", list(o.stem_widths)), 3, stem_stride)
+        _, strides = _strides(hw, list(self.WANTED_STRIDES[: o.stages]))
+        cin = stem.out_channels
+        stages = []
+        for i, stride in enumerate(strides):
+            depth = trial.suggest_int(f"s{i}_depth", o.min_depth, o.max_depth)
+            widths = sorted({max(4, int(round(self.BASE_WIDTHS[i] * m / 4)) * 4) for m in o.width_mults})
+            width = trial.suggest_categorical(f"s{i}_width", widths)
+            expansion = trial.suggest_categorical(f"s{i}_expansion", list(o.expansions))
+            kernel = trial.suggest_categorical(f"s{i}_kernel", list(o.kernels))
+            rank = trial.suggest_categorical(f"s{i}_rank", list(o.rank_ratios))
+            blocks = []
+            for j in range(depth):
+                blocks.append(Block("inverted", width, cin * expansion, None, kernel,
+                                    stride if j == 0 else 1, rank))
+                cin = width
+            stages.append(Stage(tuple(blocks)))
+        return ArchSpec(stem=stem, stages=tuple(stages), head=Head(), act="relu6", family=self.name)
+
+
+@register_space
+class PlainSpace(SearchSpace):
+    """VGG-like chain of conv blocks with an optional hidden fully-connected layer."""
+
+    name = "plain"
+    description = "VGG-like chain: conv-BN-ReLU stages, optional hidden FC (LightLinear)"
+
+    @dataclass(frozen=True)
+    class Options:
+        stages: int = _opt(3, "number of stages (1-4); each after the first halves the map")
+        min_depth: int = _opt(1, "fewest conv layers per stage")
+        max_depth: int = _opt(3, "most conv layers per stage")
+        widths: tuple[int, ...] = _opt((8, 16, 24, 32), "first-stage widths; stage i uses width * 2**i")
+        kernels: tuple[int, ...] = _opt((3, 5), "kernel sizes")
+        hidden: tuple[int, ...] = _opt((0, 64, 128), "hidden FC widths (0 = none)")
+        rank_ratios: tuple[float, ...] = _opt(RANK_RATIOS, "LightLayer rank ratios per stage")
+
+        def __post_init__(self) -> None:
+            if not (isinstance(self.stages, int) and 1 <= self.stages <= 4):
+                raise ValueError(f"stages must be 1-4, got {self.stages}")
+            _check_depths(self.min_depth, self.max_depth)
+            _check_choices("widths", self.widths)
+            _check_choices("kernels", self.kernels, (1, 3, 5, 7))
+            _check_choices("rank_ratios", self.rank_ratios, RANK_RATIOS)
+            if not self.hidden or not all(isinstance(h, int) and h >= 0 for h in self.hidden):
+                raise ValueError(f"hidden must be non-negative integers, got {list(self.hidden)}")
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> ArchSpec:
+        o = self.options
+        stem_stride, hw = _stem_stride(self)
+        stem = Stem(trial.suggest_categorical("stem_width", list(o.widths)), 3, stem_stride)
+        _, strides = _strides(hw, [1] + [2] * (o.stages - 1))
+        stages = []
+        for i, stride in enumerate(strides):
+            depth = trial.suggest_int(f"s{i}_depth", o.min_depth, o.max_depth)
+            width = trial.suggest_categorical(f"s{i}_width", _scaled(o.widths, 2**i))
+            kernel = trial.suggest_categorical(f"s{i}_kernel", list(o.kernels))
+            rank = trial.suggest_categorical(f"s{i}_rank", list(o.rank_ratios))
+            stages.append(Stage(tuple(Block("conv", width, None, None, kernel, stride if j == 0 else 1, rank)
+                                      for j in range(depth))))
+        hidden = trial.suggest_categorical("head_hidden", list(o.hidden))
+        head_rank = trial.suggest_categorical("head_rank", list(o.rank_ratios)) if hidden else 1.0
+        head = Head(hidden=hidden or None, rank_ratio=head_rank)
+        return ArchSpec(stem=stem, stages=tuple(stages), head=head, act="relu", family=self.name)
