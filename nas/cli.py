@@ -174,7 +174,8 @@ def cost_cmd(
     shape = parse_shape(input_)
     if spec_file:
         try:
-            text = open(spec_file).read()
+            with open(spec_file) as f:
+                text = f.read()
         except OSError as e:
             raise UsageError(f"--spec: cannot read {spec_file} ({e.strerror})") from None
         spec = ArchSpec.from_json(text)

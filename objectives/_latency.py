@@ -93,7 +93,8 @@ class CalibrationResult:
 
     @property
     def median_abs_log_error(self) -> float:
-        return float(np.median([abs(math.log(p / m)) for p, m in zip(self.predicted_ms, self.measured_ms)]))
+        pairs = zip(self.predicted_ms, self.measured_ms, strict=True)
+        return float(np.median([abs(math.log(p / m)) for p, m in pairs]))
 
 
 def _micro(threads: int, dev: torch.device) -> dict[str, float]:
