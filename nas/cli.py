@@ -26,6 +26,8 @@ hardware_app = typer.Typer(help="Device profiles, cost reports and host calibrat
 app.add_typer(hardware_app, name="hardware")
 
 out = Console()
+if not out.is_terminal:  # pipes and files: wide tables rather than folded 80-column ones
+    out = Console(width=160)
 err = Console(stderr=True)
 
 
@@ -240,6 +242,275 @@ def calibrate_cmd(
               f"overhead {p.layer_overhead_us:.1f} us/layer; median |log error| {res.median_abs_log_error:.3f} "
               f"over {len(pairs)} specs")
     out.print(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------------------- studies
+study_app = typer.Typer(help="Create, run, list, show and delete studies.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+STORAGE_HELP = "database URL (default $NAS_STORAGE or sqlite:///nas.db); postgresql+psycopg://... for many workers"
+
+
+def open_store(url: str | None):  # -> Store
+    from storage import Store
+
+    return Store(url)
+
+
+@study_app.command("create")
+def study_create(
+    name: str = typer.Argument(None, help="study name"),
+    space: str = typer.Option(None, "--space", help="search space (see 'nas spaces')"),
+    data: str = typer.Option(None, "--data", help="digits | idx:DIR | cifar10:DIR | npz:FILE"),
+    budget: str = typer.Option(None, "--budget", help="e.g. 'flops<=5M params<=100k peak_mem<=256KiB'"),
+    objectives: str = typer.Option(None, "--objectives", help="comma list, default accuracy,hw_cost"),
+    sampler: str = typer.Option(None, "--sampler", help="tpe | nsga2 | random"),
+    seed: int = typer.Option(None, "--seed"),
+    epochs: int = typer.Option(None, "--epochs", help="training epochs per trial (fidelity)"),
+    train_fraction: float = typer.Option(None, "--train-fraction", help="share of training data per trial"),
+    trials: int = typer.Option(None, "--trials", help="target number of complete trials"),
+    device: str = typer.Option(None, "--device", help="torch device: auto | cpu | cuda"),
+    cost_device: str = typer.Option(None, "--cost-device", help="device profile for latency/energy"),
+    option: list[str] = typer.Option([], "--option", help="space option key=value (repeatable)"),
+    config: str = typer.Option(None, "--config", help="a study spec TOML file"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+) -> None:
+    """Create a study (once); then run it with 'nas study run NAME'."""
+    from nas._study import create_study, load_spec_file, make_spec
+
+    fields: dict[str, Any] = {"name": name, "space": space, "data": data, "budget": budget, "sampler": sampler,
+                              "seed": seed, "trials": trials, "device": device, "cost_device": cost_device}
+    if objectives is not None:
+        fields["objectives"] = [o.strip() for o in objectives.split(",") if o.strip()]
+    if option:
+        fields["space_options"] = parse_options(option)
+    fid = {k: v for k, v in {"epochs": epochs, "train_fraction": train_fraction}.items() if v is not None}
+    if config:
+        spec = load_spec_file(config, **{k: v for k, v in fields.items() if v is not None})
+        if fid:
+            spec = make_spec(**{**spec.model_dump(), "fidelity": {**spec.fidelity.model_dump(), **fid}})
+    else:
+        if not name:
+            raise UsageError("give a study NAME (or --config FILE)")
+        if not space:
+            raise UsageError("--space is required; accepted: see 'nas spaces'")
+        if fid:
+            fields["fidelity"] = fid
+        spec = make_spec(**{k: v for k, v in fields.items() if v is not None})
+    store = open_store(storage)
+    create_study(spec, store)
+    out.print(f"created study [bold]{spec.name}[/] ({spec.space} on {spec.data}, budget {spec.budget or 'none'}, "
+              f"target {spec.trials} trials) in {store.url}")
+
+
+def _progress_bar(quiet: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    if quiet:
+        return None
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("feasible {task.fields[feasible]:.0%}  front {task.fields[front]}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=err)
+
+
+def run_with_progress(name: str, store, trials: int | None, workers: int, timeout: float | None, quiet: bool):
+    from nas._runner import run_study
+
+    bar = _progress_bar(quiet)
+    if bar is None:
+        return run_study(name, store, trials=trials, workers=workers, timeout=timeout)
+    with bar:
+        task = bar.add_task(name, total=trials or store.get_study(name).target_trials, feasible=0.0, front=0)
+
+        def update(p) -> None:
+            bar.update(task, completed=p.complete, total=p.target, feasible=p.feasible_share, front=p.pareto)
+
+        return run_study(name, store, trials=trials, workers=workers, timeout=timeout, on_progress=update)
+
+
+@study_app.command("run")
+def study_run(
+    name: str = typer.Argument(..., help="study name"),
+    trials: int = typer.Option(None, "--trials", help="target of complete trials in total (raises the stored one)"),
+    workers: int = typer.Option(1, "--workers", help="local worker processes"),
+    timeout: float = typer.Option(None, "--timeout", help="stop starting trials after S seconds"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+) -> None:
+    """Run a study until it has its target of complete trials; rerun to resume."""
+    store = open_store(storage)
+    p = run_with_progress(name, store, trials, workers, timeout, quiet)
+    out.print(f"{name}: {p.complete}/{p.target} complete ({p.trained} trained, {p.feasible} within budget, "
+              f"{p.failed} failed); Pareto front: {p.pareto} architectures")
+
+
+@study_app.command("list")
+def study_list(fmt: Format = typer.Option(Format.table, "--format"),
+               storage: str = typer.Option(None, "--storage", help=STORAGE_HELP)) -> None:
+    """List studies with their progress."""
+    from nas._runner import progress
+    from nas._study import list_studies
+
+    store = open_store(storage)
+    rows = []
+    for spec, target in list_studies(store):
+        p = progress(spec.name, store, target)
+        rows.append({"name": spec.name, "space": spec.space, "data": spec.data, "budget": spec.budget,
+                     "complete": p.complete, "target": target, "front": p.pareto})
+    emit(rows, fmt, "studies")
+
+
+@study_app.command("show")
+def study_show(name: str = typer.Argument(...), fmt: Format = typer.Option(Format.table, "--format"),
+               storage: str = typer.Option(None, "--storage", help=STORAGE_HELP)) -> None:
+    """Spec, progress, trial counts by state, and the best architecture of a study."""
+    import optuna
+
+    from nas._pareto import pareto_rows
+    from nas._runner import progress
+    from nas._study import get_study_spec
+
+    store = open_store(storage)
+    spec = get_study_spec(name, store)
+    p = progress(name, store)
+    trials = optuna.load_study(study_name=name, storage=store.optuna).get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for t in trials:
+        key = t.user_attrs.get("status") or t.state.name.lower()
+        if t.state.name != "COMPLETE":
+            key = t.state.name.lower()
+        states[key] = states.get(key, 0) + 1
+    front = pareto_rows(name, store, with_test=False)
+    best = max(front, key=lambda r: r["accuracy"], default=None)
+    info = {"spec": spec.model_dump(), "target": p.target, "complete": p.complete, "counts": states,
+            "pareto_size": p.pareto, "best": best}
+    if fmt is Format.json:
+        sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+        return
+    emit([{"field": k, "value": json.dumps(v) if isinstance(v, (dict, list)) else v}
+          for k, v in spec.model_dump().items()], Format.table, f"study {name}")
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(states.items()))
+    out.print(f"progress: {p.complete}/{p.target} complete; {counts}")
+    if best:
+        out.print(f"best: trial {best['trial']} ({best['spec_hash']}), accuracy {best['accuracy']:.4f}, "
+                  f"flops {si(best['cost'].get('flops', 0))}, params {si(best['cost'].get('params', 0))}")
+
+
+@study_app.command("delete")
+def study_delete(name: str = typer.Argument(...), yes: bool = typer.Option(False, "--yes", help="confirm"),
+                 storage: str = typer.Option(None, "--storage", help=STORAGE_HELP)) -> None:
+    """Delete a study and its trials (architectures and evaluations stay for reuse)."""
+    from nas._study import delete_study, get_study_spec
+
+    store = open_store(storage)
+    get_study_spec(name, store)
+    if not yes:
+        raise UsageError(f"deleting study {name!r} removes its trials; add --yes to confirm")
+    delete_study(name, store)
+    out.print(f"deleted study {name}")
+
+
+# --------------------------------------------------------------------------------------- queries
+PARETO_COLS = ("trial", "spec_hash", "accuracy", "test_accuracy", "hw_cost", "flops", "params",
+               "peak_activation_bytes", "latency_ms")
+
+
+@app.command("pareto")
+def pareto_cmd(
+    name: str = typer.Argument(..., help="study name"),
+    where: str = typer.Option(None, "--where", help="filter, e.g. 'flops<=1M accuracy>=0.95'"),
+    fmt: Format = typer.Option(Format.table, "--format", help="table, json or csv"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+) -> None:
+    """The feasible Pareto front (accuracy vs cost) with spec hash, costs and test accuracy."""
+    from nas._pareto import pareto_rows
+
+    rows = pareto_rows(name, open_store(storage), where=where)
+    if fmt is Format.json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    flat = [{k: r.get(k) for k in PARETO_COLS} for r in rows]
+    if fmt is Format.csv:
+        emit(flat, fmt)
+        return
+    if not rows:
+        out.print(f"{name}: no evaluated architecture within the budget{' and --where' if where else ''} yet")
+        return
+    emit(flat, fmt, f"Pareto front of {name}" + (f" where {where}" if where else ""),
+         {k: lambda v: si(float(v)) for k in ("flops", "params", "peak_activation_bytes")})
+
+
+@app.command("export")
+def export_cmd(
+    name: str = typer.Argument(..., help="study name"),
+    trial: int = typer.Option(..., "--trial", help="trial number"),
+    to: str = typer.Option(..., "--to", help="output directory"),
+    epochs: int = typer.Option(None, "--epochs", help="retrain for N epochs instead of using stored weights"),
+    formats: str = typer.Option("json,state_dict,onnx", "--formats", help="comma list of json, state_dict, onnx"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+) -> None:
+    """Export a trial: spec JSON, state_dict, ONNX (checked against onnxruntime)."""
+    from nas._export import export_trial
+
+    info = export_trial(name, trial, to, open_store(storage), epochs=epochs,
+                        formats=tuple(f.strip() for f in formats.split(",") if f.strip()))
+    for f in info["files"]:
+        out.print(f"wrote {f}")
+    if "onnx_max_abs_diff" in info:
+        out.print(f"ONNX vs PyTorch: max |diff| {info['onnx_max_abs_diff']:.2e}")
+
+
+@app.command("report")
+def report_cmd(name: str = typer.Argument(...), to: str = typer.Option(..., "--to", help="output directory"),
+               storage: str = typer.Option(None, "--storage", help=STORAGE_HELP)) -> None:
+    """Pareto plot (PNG and HTML) with the budget marked, and the search history."""
+    from nas._report import write_report
+
+    info = write_report(name, open_store(storage), to)
+    for f in info["files"]:
+        out.print(f"wrote {f}")
+
+
+# --------------------------------------------------------------------------------------- demo
+@app.command("demo")
+def demo_cmd(
+    name: str = typer.Option("demo", "--name", help="study name"),
+    trials: int = typer.Option(None, "--trials", help="target trials (default from the demo spec)"),
+    workers: int = typer.Option(1, "--workers"),
+    to: str = typer.Option("nas_runs/demo", "--to", help="where the report goes"),
+    quiet: bool = typer.Option(False, "--quiet"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+) -> None:
+    """Search the bundled digits under a budget, print the Pareto table and write the plot."""
+    import time
+
+    from nas._demo import demo_spec
+    from nas._report import write_report
+    from nas._study import create_study
+
+    store = open_store(storage)
+    spec = demo_spec(name, trials)
+    if store.get_study(name) is None:
+        create_study(spec, store)
+        out.print(f"created study [bold]{name}[/]: {spec.space} on {spec.data}, budget [bold]{spec.budget}[/], "
+                  f"{spec.trials} trials, in {store.url}")
+    else:
+        out.print(f"resuming study [bold]{name}[/] in {store.url}")
+    t0 = time.time()
+    p = run_with_progress(name, store, trials, workers, None, quiet)
+    rejected = p.complete - p.feasible
+    out.print(f"{p.complete} trials in {time.time() - t0:.0f} s: {p.trained} trained, "
+              f"{rejected} rejected over budget before training, {p.feasible - p.trained} reused")
+    pareto_cmd(name, None, Format.table, store.url)
+    info = write_report(name, store, to)
+    out.print(f"Pareto plot: {info['files'][0]} (and {info['files'][2]})")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from ._budget import ALIASES, Budget, BudgetError, Condition, parse_budget, parse_conditions, resolve_resource
 from ._cost import RESOURCES, CostReport, LayerCost, estimate_cost, trace_layers
+from ._data import DATA_SOURCES, DataError, Dataset, describe_sources, load_dataset
 from ._devices import DeviceError, DeviceProfile, get_device, list_devices, nas_home, save_device
 from ._latency import CalibrationResult, calibrate_host, measure_latency, resolve_device
+from ._train import TrainConfig, TrainingError, TrainResult, evaluate, threads_per_worker, train_model, train_spec
 
 __all__ = [
     "ALIASES",
@@ -30,4 +32,16 @@ __all__ = [
     "resolve_resource",
     "save_device",
     "trace_layers",
+    "DATA_SOURCES",
+    "DataError",
+    "Dataset",
+    "describe_sources",
+    "load_dataset",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingError",
+    "evaluate",
+    "threads_per_worker",
+    "train_model",
+    "train_spec",
 ]

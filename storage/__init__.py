@@ -1,5 +1,8 @@
-"""The SQL store: Optuna's RDBStorage for trials plus lightnas's own tables (issue 3 builds it)."""
+"""The SQL store: Optuna's RDBStorage for trials plus lightnas's own tables, one database URL."""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._schema import SCHEMA_VERSION
+from ._store import DEFAULT_URL, StorageError, Store, normalize_url
+
+__all__ = ["DEFAULT_URL", "SCHEMA_VERSION", "Store", "StorageError", "normalize_url"]

@@ -1,0 +1,107 @@
+"""Export a trial's network: spec JSON, cost report, state_dict, ONNX checked in onnxruntime."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+
+from objectives import TrainConfig, estimate_cost, load_dataset, train_model
+from search_spaces import ArchSpec, build_model
+from storage import Store
+
+from ._errors import NasError
+from ._study import get_study_spec
+from ._trial import weights_key
+
+__all__ = ["export_onnx", "export_trial"]
+
+
+def export_onnx(model: torch.nn.Module, input_shape: tuple[int, int, int], path: Path) -> float:
+    """Write ``model`` as ONNX (dynamic batch) and return the largest |difference| between
+    onnxruntime's and PyTorch's outputs on a random batch."""
+    import onnxruntime as ort
+
+    model = model.eval().cpu()
+    x = torch.randn(4, *input_shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        want = model(x).numpy()
+    return float(np.abs(got - want).max())
+
+
+def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs: int | None = None,
+                 formats: tuple[str, ...] = ("json", "state_dict", "onnx")) -> dict[str, Any]:
+    """Write the trial's files into ``to``; returns what was written and the ONNX check.
+
+    Weights are those trained at the study's fidelity, or retrained for ``epochs`` when given.
+
+    Raises:
+        NasError: unknown study/trial, trial never trained (over budget or failed), bad format.
+    """
+    bad = set(formats) - {"json", "state_dict", "onnx"}
+    if bad:
+        raise NasError(f"--format: unknown {sorted(bad)}; accepted: json, state_dict, onnx")
+    spec = get_study_spec(name, store)
+    study = optuna.load_study(study_name=name, storage=store.optuna)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise NasError(f"study {name!r} has no trial {number}; trials are 0..{max(trials, default=-1)}")
+    t = trials[number]
+    h = t.user_attrs.get("spec_hash")
+    if h is None:
+        raise NasError(f"trial {number} has no architecture (state {t.state.name})")
+    arch = ArchSpec.from_json(store.get_architecture(h) or "")
+    data = load_dataset(spec.data, seed=spec.seed, val_fraction=spec.val_fraction,
+                        train_fraction=spec.fidelity.train_fraction)
+    model = build_model(arch, data.input_shape, data.num_classes)
+    info: dict[str, Any] = {"trial": number, "spec_hash": h}
+    if epochs is not None:
+        if epochs < 1:
+            raise NasError(f"--epochs: must be >= 1, got {epochs}")
+        f = spec.fidelity
+        torch.manual_seed(spec.seed)
+        model = build_model(arch, data.input_shape, data.num_classes)
+        res = train_model(model, data, TrainConfig(epochs=epochs, batch_size=f.batch_size, lr=f.lr, seed=spec.seed,
+                                                   device=spec.device), evaluate_test=True)
+        info.update(retrained_epochs=epochs, val_accuracy=res.val_accuracy, test_accuracy=res.test_accuracy)
+        model = model.cpu()
+    else:
+        blob = store.get_artifact(weights_key(h, spec.fidelity_key))
+        if blob is None:
+            status = t.user_attrs.get("status", t.state.name.lower())
+            raise NasError(f"trial {number} has no trained weights (status {status}); "
+                           "pass --epochs N to train it for export")
+        model.load_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
+    out = Path(to)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if "json" in formats:
+        (out / "spec.json").write_text(arch.to_json(indent=2) + "\n")
+        report = estimate_cost(arch, data.input_shape, data.num_classes, device=spec.cost_device)
+        meta = {"study": name, "trial": number, "input_shape": list(data.input_shape),
+                "num_classes": data.num_classes, "data": spec.data, "mean": list(data.mean), "std": list(data.std),
+                "cost": report.to_dict(rows=False)}
+        (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        written += ["spec.json", "model.json"]
+    if "state_dict" in formats:
+        torch.save(model.state_dict(), out / "weights.pt")
+        written.append("weights.pt")
+    if "onnx" in formats:
+        info["onnx_max_abs_diff"] = export_onnx(model, data.input_shape, out / "model.onnx")
+        if info["onnx_max_abs_diff"] > 1e-3:
+            raise RuntimeError(f"ONNX output differs from PyTorch by {info['onnx_max_abs_diff']:.2e}")
+        written.append("model.onnx")
+    info["files"] = [str(out / w) for w in written]
+    return info

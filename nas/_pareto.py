@@ -1,0 +1,128 @@
+"""Pareto queries: the feasible front of accuracy against cost, filtered by limits.
+
+Only trials that were evaluated (trained or reused) and meet the budget are candidates; a
+``where`` expression (``"flops<=1M accuracy>=0.95"``, the budget language with lower bounds)
+narrows them *before* the front is computed, so the answer is "the front under these limits".
+One row per architecture (a spec reached again by reuse appears once, at its first trial).
+Test accuracy is measured for front members only, once, and stored.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from objectives import BudgetError, evaluate, parse_conditions
+from search_spaces import ArchSpec, build_model
+from storage import Store
+
+from ._errors import NasError
+from ._study import StudySpec, get_study_spec
+from ._trial import weights_key
+
+__all__ = ["dominates", "front_trials", "pareto_rows", "where_filter"]
+
+
+def _vector(spec: StudySpec, t: FrozenTrial) -> list[float]:
+    """Objective values, all turned into 'smaller is better'."""
+    assert t.values is not None
+    return [-v if d == "maximize" else v for v, d in zip(t.values, spec.directions, strict=True)]
+
+
+def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """``a`` is no worse than ``b`` everywhere and better somewhere (minimisation)."""
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
+
+
+def _evaluated(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    seen: set[str] = set()
+    out = []
+    for t in sorted(trials, key=lambda t: t.number):
+        h = t.user_attrs.get("spec_hash")
+        if t.state == TrialState.COMPLETE and t.user_attrs.get("status") in ("trained", "reused") and h not in seen:
+            seen.add(h)
+            out.append(t)
+    return out
+
+
+def front_trials(spec: StudySpec, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Non-dominated evaluated, feasible trials (one per architecture)."""
+    cands = _evaluated(trials)
+    vecs = [_vector(spec, t) for t in cands]
+    return [t for i, t in enumerate(cands)
+            if not any(dominates(vecs[j], vecs[i]) for j in range(len(cands)) if j != i)]
+
+
+def _metrics(t: FrozenTrial) -> dict[str, float]:
+    m = dict(t.user_attrs.get("cost", {}))
+    m["accuracy"] = t.user_attrs.get("val_accuracy", 0.0)
+    return m
+
+
+def where_filter(where: str | None) -> Any:
+    if not where:
+        return lambda m: True
+    try:
+        conds = parse_conditions(where, extra=("accuracy", "hw_cost"))
+    except BudgetError as e:
+        raise NasError(f"--where: {e}") from None
+    return lambda m: all(c.holds(m[c.name]) for c in conds if c.name in m)
+
+
+def test_accuracy(name: str, store: Store, spec: StudySpec, spec_hash: str, data: Any = None) -> float | None:
+    """Test accuracy of a trained architecture at the study's fidelity (measured once, stored)."""
+    from objectives import load_dataset
+
+    ev = store.get_evaluation(spec_hash, spec.fidelity_key)
+    if ev is None:
+        return None
+    if ev.test_accuracy is not None:
+        return ev.test_accuracy
+    blob = store.get_artifact(weights_key(spec_hash, spec.fidelity_key))
+    if blob is None:
+        return None
+    if data is None:
+        data = load_dataset(spec.data, seed=spec.seed, val_fraction=spec.val_fraction,
+                            train_fraction=spec.fidelity.train_fraction)
+    arch = ArchSpec.from_json(store.get_architecture(spec_hash) or "")
+    model = build_model(arch, data.input_shape, data.num_classes)
+    model.load_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
+    acc = evaluate(model.eval(), data.x_test, data.y_test)
+    store.set_test_accuracy(spec_hash, spec.fidelity_key, acc)
+    return acc
+
+
+def pareto_rows(name: str, store: Store, *, where: str | None = None, with_test: bool = True) -> list[dict[str, Any]]:
+    """The feasible Pareto front of study ``name`` under ``where``, sorted by the first cost."""
+    spec = get_study_spec(name, store)
+    keep = where_filter(where)
+    study = optuna.load_study(study_name=name, storage=store.optuna)
+    trials = [t for t in _evaluated(study.get_trials(deepcopy=False)) if keep(_metrics(t))]
+    front = front_trials(spec, trials)
+    data = None
+    if with_test and front:
+        from objectives import load_dataset
+
+        data = load_dataset(spec.data, seed=spec.seed, val_fraction=spec.val_fraction,
+                            train_fraction=spec.fidelity.train_fraction)
+    rows = []
+    for t in front:
+        m = _metrics(t)
+        row: dict[str, Any] = {"trial": t.number, "spec_hash": t.user_attrs["spec_hash"][:12],
+                               "accuracy": m["accuracy"]}
+        if with_test:
+            row["test_accuracy"] = test_accuracy(name, store, spec, t.user_attrs["spec_hash"], data)
+        for k in ("hw_cost", "flops", "params", "peak_activation_bytes", "mem_traffic_bytes", "latency_ms",
+                  "energy_uj"):
+            if k in m:
+                row[k] = m[k]
+        row["cost"] = {k: v for k, v in m.items() if k != "accuracy"}
+        rows.append(row)
+    first_cost = next((o for o in spec.objectives if o != "accuracy"), "flops")
+    rows.sort(key=lambda r: (r["cost"].get(first_cost, 0.0), -r["accuracy"]))
+    return rows

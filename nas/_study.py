@@ -1,0 +1,241 @@
+"""Study specs: what a search is, validated once, stored beside the Optuna study.
+
+A study is created once (``create_study``) and then run by any number of workers. Its spec is
+JSON in ``lightnas_studies`` and in the Optuna study's user attribute ``lightnas_spec``, so plain
+Optuna code sees it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from objectives import RESOURCES, BudgetError, parse_budget, resolve_resource
+from search_spaces import SpaceError, get_space, list_spaces
+from storage import Store
+
+from ._errors import NasError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["OBJECTIVES", "SAMPLERS", "Fidelity", "StudySpec", "create_study", "delete_study", "get_study_spec",
+           "list_studies", "load_spec_file"]
+
+SAMPLERS = ("tpe", "nsga2", "random")
+#: Objective names: validation accuracy (maximised), the FS-DNN scalar and every cost resource (minimised).
+OBJECTIVES = ("accuracy", "hw_cost", *RESOURCES)
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
+
+
+class Fidelity(BaseModel):
+    """How hard each trial trains (low fidelity: few epochs, part of the training data)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    epochs: int = Field(default=8, ge=1, le=10_000)
+    train_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+    lr: float = Field(default=0.1, gt=0.0, le=10.0)
+
+
+class StudySpec(BaseModel):
+    """Everything that defines a study. Validated; errors name the field and accepted values.
+
+    Example:
+        >>> StudySpec(name="s1", space="plain", budget="params<=50k").objectives
+        ['accuracy', 'hw_cost']
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    space: str
+    space_options: dict[str, Any] = Field(default_factory=dict)
+    data: str = "digits"
+    budget: str = ""
+    budget_weights: dict[str, float] = Field(default_factory=dict)
+    objectives: list[str] = Field(default_factory=lambda: ["accuracy", "hw_cost"])
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: int = Field(default=0, ge=0)
+    device: str = "auto"
+    cost_device: str = "rpi4"
+    trials: int = Field(default=30, ge=1, le=1_000_000)
+    val_fraction: float = Field(default=0.15, gt=0.0, lt=1.0)
+    fidelity: Fidelity = Field(default_factory=Fidelity)
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, v: str) -> str:
+        if v not in list_spaces():
+            raise ValueError(f"unknown search space {v!r}; accepted: {', '.join(list_spaces())}")
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one objective is needed, e.g. accuracy,hw_cost")
+        out = []
+        for name in v:
+            canon = name if name in ("accuracy", "hw_cost") else None
+            if canon is None:
+                try:
+                    canon = resolve_resource(name)
+                except BudgetError:
+                    raise ValueError(f"unknown objective {name!r}; accepted: {', '.join(OBJECTIVES)}") from None
+            out.append(canon)
+        if len(set(out)) != len(out):
+            raise ValueError(f"objective listed twice in {v}")
+        return out
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, v: str) -> str:
+        if v.strip():
+            parse_budget(v)  # BudgetError is a ValueError: pydantic reports it on this field
+        return v.strip()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        import torch
+
+        if v != "auto":
+            try:
+                torch.device(v)
+            except RuntimeError:
+                raise ValueError(f"unknown torch device {v!r}; accepted: auto, cpu, cuda, cuda:N") from None
+        return v
+
+    @field_validator("cost_device")
+    @classmethod
+    def _cost_device(cls, v: str) -> str:
+        from objectives import get_device
+
+        get_device(v)  # DeviceError lists the valid profiles
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> StudySpec:
+        if "hw_cost" in self.objectives and not self.budget:
+            raise ValueError("objective hw_cost needs a budget (hw_cost = sum w_i * resource_i / limit_i); "
+                             "give --budget, or choose resources as objectives")
+        if self.budget:
+            parse_budget(self.budget, self.budget_weights)
+        return self
+
+    # -------------------------------------------------------------- derived
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize" if o == "accuracy" else "minimize" for o in self.objectives]
+
+    def budget_obj(self):  # -> Budget | None
+        return parse_budget(self.budget, self.budget_weights) if self.budget else None
+
+    def fidelity_dict(self) -> dict[str, Any]:
+        """What an evaluation's accuracy depends on besides the architecture."""
+        return {"data": self.data, "seed": self.seed, "val_fraction": self.val_fraction,
+                **self.fidelity.model_dump()}
+
+    @property
+    def fidelity_key(self) -> str:
+        text = json.dumps(self.fidelity_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+def _one_line(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "study"
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    if err["type"] == "literal_error" and "sampler" in loc:
+        msg = f"got {err['input']!r}; accepted: {', '.join(SAMPLERS)}"
+    if err["type"] == "string_pattern_mismatch":
+        msg = "use letters, digits, '_', '.', '-' (at most 100 characters, not starting with a symbol)"
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    return f"{loc}: {msg}"
+
+
+def make_spec(**fields: Any) -> StudySpec:
+    """Validate fields into a :class:`StudySpec`; raises :class:`NasError` with one line."""
+    try:
+        return StudySpec(**fields)
+    except ValidationError as e:
+        raise NasError(_one_line(e)) from None
+
+
+def load_spec_file(path: str | Path, **overrides: Any) -> StudySpec:
+    """A study spec from a TOML file (fields as in :class:`StudySpec`, ``[fidelity]`` table)."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as e:
+        raise NasError(f"--config: cannot read {path} ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise NasError(f"--config: {path} is not valid TOML ({e})") from None
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return make_spec(**data)
+
+
+def create_study(spec: StudySpec, store: Store) -> None:
+    """Create the Optuna study and the lightnas record, after checking the data and space.
+
+    Nothing is written when anything is wrong.
+
+    Raises:
+        NasError: name taken, data unreadable, space options invalid for the data.
+    """
+    from objectives import DataError, load_dataset
+
+    if store.get_study(spec.name) is not None or spec.name in optuna.get_all_study_names(store.optuna):
+        raise NasError(f"study {spec.name!r} already exists; choose another name or "
+                       f"delete it with 'nas study delete {spec.name} --yes'")
+    try:
+        data = load_dataset(spec.data, seed=spec.seed, val_fraction=spec.val_fraction,
+                            train_fraction=spec.fidelity.train_fraction)
+    except DataError as e:
+        raise NasError(f"data: {e}") from None
+    try:
+        get_space(spec.space, input_shape=data.input_shape, **spec.space_options)
+    except SpaceError as e:
+        raise NasError(f"space_options: {e}") from None
+    study = optuna.create_study(storage=store.optuna, study_name=spec.name, directions=spec.directions)
+    try:
+        study.set_user_attr("lightnas_spec", json.loads(spec.to_json()))
+        store.add_study(spec.name, spec.to_json(), spec.trials)
+    except Exception:
+        optuna.delete_study(study_name=spec.name, storage=store.optuna)
+        raise
+
+
+def get_study_spec(name: str, store: Store) -> StudySpec:
+    row = store.get_study(name)
+    if row is None:
+        names = [r.name for r in store.list_studies()]
+        accepted = f"; studies here: {', '.join(names)}" if names else "; this database has no studies"
+        raise NasError(f"unknown study {name!r}{accepted}")
+    return StudySpec.model_validate_json(row.spec_json)
+
+
+def list_studies(store: Store) -> list[tuple[StudySpec, int]]:
+    """``(spec, target)`` of every lightnas study in the database."""
+    return [(StudySpec.model_validate_json(r.spec_json), r.target_trials) for r in store.list_studies()]
+
+
+def delete_study(name: str, store: Store) -> None:
+    get_study_spec(name, store)
+    if name in optuna.get_all_study_names(store.optuna):
+        optuna.delete_study(study_name=name, storage=store.optuna)
+    store.delete_study(name)

@@ -1,0 +1,147 @@
+"""One trial: suggest spec -> hash -> cost report -> budget check -> train (or reuse) -> tell.
+
+``TrialObjective`` is the single objective function of lightnas: local workers and the Ray
+backend call the same object. What it records on the Optuna trial (user attributes):
+
+* ``spec_hash``, ``cost`` (totals + ``hw_cost``), ``status`` (``over_budget``, ``trained``,
+  ``reused``), ``violations`` when over budget, ``val_accuracy``, ``epochs_run``,
+  ``train_seconds``, ``curve``, ``fail_reason`` when training failed;
+* one Optuna constraint per budgeted resource, ``value / limit - 1`` (feasible <= 0), via
+  ``Trial.set_constraint`` (Optuna 5), so constrained samplers learn the feasible region.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+
+from objectives import Dataset, TrainConfig, TrainingError, estimate_cost, load_dataset, train_spec
+from search_spaces import ArchSpec, SearchSpace, get_space
+from storage import Store
+
+from ._study import StudySpec, get_study_spec
+
+__all__ = ["StudyContext", "TrialObjective", "load_context", "objective_values", "weights_key"]
+
+
+def weights_key(spec_hash: str, fidelity_key: str) -> str:
+    return f"weights/{spec_hash}/{fidelity_key}.pt"
+
+
+@dataclass
+class StudyContext:
+    """What a worker needs to evaluate trials of one study (data loaded once)."""
+
+    spec: StudySpec
+    store: Store
+    data: Dataset
+    space: SearchSpace
+    train_config: TrainConfig
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def load_context(name: str, store: Store, *, threads: int | None = None) -> StudyContext:
+    from objectives import resolve_device
+
+    spec = get_study_spec(name, store)
+    device = resolve_device(spec.device)
+    data = load_dataset(spec.data, seed=spec.seed, val_fraction=spec.val_fraction,
+                        train_fraction=spec.fidelity.train_fraction).to(device)
+    space = get_space(spec.space, input_shape=data.input_shape, **spec.space_options)
+    f = spec.fidelity
+    cfg = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, seed=spec.seed, device=str(device),
+                      threads=threads)
+    return StudyContext(spec, store, data, space, cfg)
+
+
+def objective_values(spec: StudySpec, accuracy: float, cost: dict[str, float]) -> list[float]:
+    return [accuracy if o == "accuracy" else float(cost[o]) for o in spec.objectives]
+
+
+def serialize_state(state: dict[str, torch.Tensor]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+class TrialObjective:
+    """The objective callable for ``study.optimize``; see the module docstring."""
+
+    def __init__(self, ctx: StudyContext) -> None:
+        self.ctx = ctx
+        self.budget = ctx.spec.budget_obj()
+
+    def cost(self, arch: ArchSpec) -> dict[str, float]:
+        data = self.ctx.data
+        report = estimate_cost(arch, data.input_shape, data.num_classes, device=self.ctx.spec.cost_device)
+        totals = dict(report.totals)
+        if self.budget is not None:
+            totals["hw_cost"] = self.budget.hw_cost(totals)
+        return totals
+
+    def __call__(self, trial: optuna.trial.BaseTrial) -> list[float]:
+        ctx = self.ctx
+        arch = ctx.space.suggest(trial)
+        h = arch.hash
+        trial.set_user_attr("spec_hash", h)
+        ctx.store.put_architecture(h, arch.family, arch.to_json())
+        cost = self.cost(arch)
+        trial.set_user_attr("cost", cost)
+        if self.budget is not None:
+            for name, value in self.budget.constraints(cost).items():
+                trial.set_constraint(name, value)
+            violations = self.budget.violations(cost)
+            if violations:
+                # Over budget: rejected before training, in milliseconds. Accuracy 0 marks "not
+                # evaluated"; the constraint values make the trial infeasible for the sampler.
+                trial.set_user_attr("status", "over_budget")
+                trial.set_user_attr("violations", violations)
+                return objective_values(ctx.spec, 0.0, cost)
+        fkey = ctx.spec.fidelity_key
+        done = ctx.store.get_evaluation(h, fkey)
+        if done is not None:
+            trial.set_user_attr("status", "reused")
+            trial.set_user_attr("val_accuracy", done.val_accuracy)
+            trial.set_user_attr("epochs_run", done.epochs_run)
+            return objective_values(ctx.spec, done.val_accuracy, cost)
+        t0 = time.perf_counter()
+        try:
+            result = train_spec(arch, ctx.data, ctx.train_config)
+        except TrainingError as e:
+            trial.set_user_attr("status", "failed")
+            trial.set_user_attr("fail_reason", e.reason)
+            raise
+        key = None
+        if result.state_dict is not None:
+            key = weights_key(h, fkey)
+            ctx.store.put_artifact(key, serialize_state(result.state_dict))
+        row = ctx.store.put_evaluation(h, fkey, ctx.spec.fidelity_dict(), val_accuracy=result.val_accuracy,
+                                       cost=cost, seconds=result.seconds, epochs_run=result.epochs_run,
+                                       curve=list(result.curve), artifact_key=key)
+        trial.set_user_attr("status", "trained")
+        trial.set_user_attr("val_accuracy", row.val_accuracy)
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        trial.set_user_attr("train_seconds", time.perf_counter() - t0)
+        trial.set_user_attr("curve", list(result.curve))
+        return objective_values(ctx.spec, row.val_accuracy, cost)
+
+
+def trial_summary(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """Flat view of a finished trial for tables and JSON."""
+    cost = t.user_attrs.get("cost", {})
+    return {
+        "trial": t.number,
+        "state": t.state.name,
+        "status": t.user_attrs.get("status", ""),
+        "spec_hash": t.user_attrs.get("spec_hash", ""),
+        "accuracy": t.user_attrs.get("val_accuracy"),
+        **{k: cost.get(k) for k in ("hw_cost", "flops", "params", "peak_activation_bytes", "latency_ms")},
+    }

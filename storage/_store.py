@@ -1,0 +1,254 @@
+"""The SQL store: Optuna's ``RDBStorage`` for trials plus lightnas's tables, one database URL.
+
+``Store(url)`` opens (and on first use creates) both. Creating the tables of an empty database
+from several processes at once races on SQLite and PostgreSQL (Optuna 5 too): every creation
+step here is retried with backoff, so a worker that meets the race waits and goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+from sqlalchemy import Engine, create_engine, delete, event, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ._schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    ArchitectureRow,
+    ArtifactRow,
+    Base,
+    EvaluationRow,
+    Meta,
+    StudyRow,
+)
+
+__all__ = ["DEFAULT_URL", "Store", "StorageError", "normalize_url"]
+
+DEFAULT_URL = "sqlite:///nas.db"
+T = TypeVar("T")
+
+
+class StorageError(ValueError):
+    """Bad storage URL, unreachable database, or incompatible schema."""
+
+
+def normalize_url(url: str | None = None) -> str:
+    """The URL to use: ``url``, else ``$NAS_STORAGE``, else ``sqlite:///nas.db``.
+
+    ``postgresql://`` and ``postgres://`` are taken as ``postgresql+psycopg://`` (psycopg 3).
+
+    Raises:
+        StorageError: unparsable URL or a database other than SQLite and PostgreSQL.
+    """
+    raw = url or os.environ.get("NAS_STORAGE") or DEFAULT_URL
+    if raw.startswith("postgres://"):
+        raw = "postgresql://" + raw[len("postgres://"):]
+    try:
+        u = make_url(raw)
+    except ArgumentError:
+        raise StorageError(f"cannot parse storage URL {raw!r}; accepted: sqlite:///PATH or "
+                           "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB") from None
+    backend = u.get_backend_name()
+    if backend == "postgresql":
+        if u.drivername in ("postgresql", "postgresql+psycopg2"):
+            u = u.set(drivername="postgresql+psycopg")
+    elif backend == "sqlite":
+        if u.database and u.database != ":memory:":
+            parent = Path(u.database).expanduser().resolve().parent
+            if not parent.is_dir():
+                raise StorageError(f"storage URL {raw!r}: directory {parent} does not exist")
+    else:
+        raise StorageError(f"unsupported database {backend!r} in storage URL; accepted: sqlite:///PATH or "
+                           "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB")
+    return u.render_as_string(hide_password=False)
+
+
+def _retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
+    """Run ``fn``, retrying database errors with jittered backoff (creation races, restarts)."""
+    delay = 0.1
+    for i in range(attempts):
+        try:
+            return fn()
+        except (OperationalError, IntegrityError, DBAPIError) as e:
+            if i == attempts - 1:
+                raise StorageError(f"{what} failed: {_first_line(e)}") from None
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        # Several worker processes share one file: wait for locks instead of failing at once.
+        return {"connect_args": {"timeout": 60}}
+    return {"pool_pre_ping": True, "pool_recycle": 1800, "pool_size": 2, "max_overflow": 4}
+
+
+class Store:
+    """One database: Optuna trials (``self.optuna``) and lightnas's tables.
+
+    Args:
+        url: storage URL (see :func:`normalize_url`).
+        heartbeat_interval: seconds between a running trial's heartbeats; a trial whose
+            heartbeat is older than ``grace_period`` is failed by the next worker and retried
+            (``RetryFailedTrialCallback``) up to ``max_retry`` times.
+
+    Raises:
+        StorageError: bad URL, database unreachable, or schema newer than this code.
+    """
+
+    def __init__(self, url: str | None = None, *, heartbeat_interval: int = 10, grace_period: int | None = 30,
+                 max_retry: int = 3) -> None:
+        self.url = normalize_url(url)
+        self.engine: Engine = create_engine(self.url, **_engine_kwargs(self.url))
+        if self.url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        try:
+            with self.engine.connect():
+                pass
+        except SQLAlchemyError as e:
+            self.engine.dispose()
+            raise StorageError(f"cannot connect to storage {make_url(self.url).render_as_string()}: "
+                               f"{_first_line(e)}") from None
+        _retry(self._init_schema, "creating lightnas tables")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+            self.optuna = _retry(lambda: optuna.storages.RDBStorage(
+                self.url, engine_kwargs=_engine_kwargs(self.url), heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period, heartbeat_stale_trial_callback=callback), "creating Optuna tables")
+
+    # ------------------------------------------------------------------ schema
+    def _init_schema(self) -> None:
+        Base.metadata.create_all(self.engine, checkfirst=True)
+        with self.session() as s:
+            row = s.get(Meta, "schema_version")
+            if row is None:
+                s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                return
+            version = int(row.value)
+            if version > SCHEMA_VERSION:
+                raise StorageError(f"database schema version {version} is newer than this lightnas "
+                                   f"({SCHEMA_VERSION}); upgrade lightnas")
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[v](s.connection())  # type: ignore[operator]
+                row.value = str(v)
+
+    @property
+    def schema_version(self) -> int:
+        with self.session() as s:
+            row = s.get(Meta, "schema_version")
+            return int(row.value) if row else 0
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._session() as s, s.begin():
+            yield s
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.optuna.remove_session()
+        self.optuna.engine.dispose()
+
+    # ------------------------------------------------------------------ studies
+    def add_study(self, name: str, spec_json: str, target: int) -> None:
+        with self.session() as s:
+            s.add(StudyRow(name=name, spec_json=spec_json, target_trials=target))
+
+    def get_study(self, name: str) -> StudyRow | None:
+        with self.session() as s:
+            return s.get(StudyRow, name)
+
+    def list_studies(self) -> list[StudyRow]:
+        with self.session() as s:
+            return list(s.scalars(select(StudyRow).order_by(StudyRow.created_at, StudyRow.name)))
+
+    def set_target(self, name: str, target: int) -> None:
+        with self.session() as s:
+            s.execute(update(StudyRow).where(StudyRow.name == name).values(target_trials=target))
+
+    def delete_study(self, name: str) -> None:
+        with self.session() as s:
+            s.execute(delete(StudyRow).where(StudyRow.name == name))
+
+    # ------------------------------------------------------------------ architectures and evaluations
+    def put_architecture(self, spec_hash: str, family: str, spec_json: str) -> None:
+        """Insert once; concurrent inserts of the same hash are harmless."""
+        def go() -> None:
+            with self.session() as s:
+                if s.get(ArchitectureRow, spec_hash) is None:
+                    s.add(ArchitectureRow(spec_hash=spec_hash, family=family, spec_json=spec_json))
+        with contextlib.suppress(IntegrityError):  # another worker inserted it first
+            go()
+
+    def get_architecture(self, spec_hash: str) -> str | None:
+        with self.session() as s:
+            row = s.get(ArchitectureRow, spec_hash)
+            return row.spec_json if row else None
+
+    def get_evaluation(self, spec_hash: str, fidelity_key: str) -> EvaluationRow | None:
+        with self.session() as s:
+            return s.scalars(select(EvaluationRow).where(EvaluationRow.spec_hash == spec_hash,
+                                                         EvaluationRow.fidelity_key == fidelity_key)).first()
+
+    def put_evaluation(self, spec_hash: str, fidelity_key: str, fidelity: dict[str, Any], *, val_accuracy: float,
+                       cost: dict[str, Any], seconds: float, epochs_run: int, curve: list[float],
+                       artifact_key: str | None) -> EvaluationRow:
+        """Record an evaluation; if another worker recorded the same one first, return theirs."""
+        row = EvaluationRow(spec_hash=spec_hash, fidelity_key=fidelity_key, fidelity_json=json.dumps(fidelity),
+                            val_accuracy=val_accuracy, cost_json=json.dumps(cost), seconds=seconds,
+                            epochs_run=epochs_run, curve_json=json.dumps(curve), artifact_key=artifact_key)
+        try:
+            with self.session() as s:
+                s.add(row)
+            return row
+        except IntegrityError:
+            existing = self.get_evaluation(spec_hash, fidelity_key)
+            assert existing is not None
+            return existing
+
+    def set_test_accuracy(self, spec_hash: str, fidelity_key: str, accuracy: float) -> None:
+        with self.session() as s:
+            s.execute(update(EvaluationRow).where(EvaluationRow.spec_hash == spec_hash,
+                                                  EvaluationRow.fidelity_key == fidelity_key)
+                      .values(test_accuracy=accuracy))
+
+    # ------------------------------------------------------------------ artifacts
+    def put_artifact(self, key: str, data: bytes) -> None:
+        with self.session() as s:
+            row = s.get(ArtifactRow, key)
+            if row is None:
+                s.add(ArtifactRow(key=key, data=data, size=len(data)))
+            else:
+                row.data, row.size = data, len(data)
+
+    def get_artifact(self, key: str) -> bytes | None:
+        with self.session() as s:
+            row = s.get(ArtifactRow, key)
+            return bytes(row.data) if row else None
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.close()

@@ -1,0 +1,147 @@
+"""The trainer on real data (sklearn digits): accuracy, determinism, divergence, limits, threads."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from objectives import (
+    Dataset,
+    TrainConfig,
+    TrainingError,
+    evaluate,
+    load_dataset,
+    threads_per_worker,
+    train_model,
+    train_spec,
+)
+from search_spaces import ArchSpec, Block, Stage, Stem, build_model, get_space, sample_spec
+
+PLAIN = ArchSpec(
+    stem=Stem(16),
+    stages=(Stage((Block("conv", 16),)), Stage((Block("conv", 32, stride=2),)), Stage((Block("conv", 64, stride=2),))),
+    family="plain",
+)
+RESNET = ArchSpec(
+    stem=Stem(16),
+    stages=(Stage((Block("basic", 16, 16),)), Stage((Block("basic", 32, 32, stride=2),))),
+    family="resnet",
+)
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return load_dataset("digits", seed=0)
+
+
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("spec", [PLAIN, RESNET], ids=["plain", "resnet"])
+def test_small_cnn_learns_digits(digits: Dataset, spec: ArchSpec) -> None:
+    result = train_spec(spec, digits, TrainConfig(epochs=6, device="cpu"), evaluate_test=True)
+    assert result.val_accuracy > 0.85
+    assert result.test_accuracy is not None and result.test_accuracy > 0.85
+    assert result.epochs_run == 6 and len(result.curve) == 6 and not result.timed_out
+    assert result.curve[-1] == result.val_accuracy and result.curve[-1] > result.curve[0]
+    assert result.steps == 6 * -(-digits.sizes["train"] // 128)
+    assert 0 < result.train_loss < 1.0 and result.seconds > 0
+
+
+def test_sampled_space_spec_trains(digits: Dataset) -> None:
+    spec = sample_spec(get_space("plain", input_shape=digits.input_shape), seed=1)
+    result = train_spec(spec, digits, TrainConfig(epochs=5, device="cpu"))
+    assert result.val_accuracy > 0.85
+
+
+def test_same_seed_same_result_other_seed_other_weights(digits: Dataset) -> None:
+    config = TrainConfig(epochs=2, seed=7, device="cpu")
+    a = train_spec(PLAIN, digits, config)
+    b = train_spec(PLAIN, digits, config)
+    assert a.val_accuracy == b.val_accuracy and a.curve == b.curve and a.train_loss == b.train_loss
+    assert a.state_dict is not None and b.state_dict is not None
+    assert _same_weights(a.state_dict, b.state_dict)
+    c = train_spec(PLAIN, digits, TrainConfig(epochs=2, seed=8, device="cpu"))
+    assert c.state_dict is not None and not _same_weights(a.state_dict, c.state_dict)
+
+
+def test_training_leaves_the_callers_random_state_alone(digits: Dataset) -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_spec(PLAIN, digits, TrainConfig(epochs=1, device="cpu"))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_returned_weights_reproduce_the_accuracy(digits: Dataset) -> None:
+    result = train_spec(RESNET, digits, TrainConfig(epochs=2, device="cpu"))
+    assert result.state_dict is not None
+    assert all(t.device.type == "cpu" for t in result.state_dict.values())
+    model = build_model(RESNET, digits.input_shape, digits.num_classes)
+    model.load_state_dict(result.state_dict)
+    assert evaluate(model, digits.x_val, digits.y_val) == result.val_accuracy
+    assert model.training  # evaluate() restores the mode it found
+
+
+def test_divergence_raises_training_error(digits: Dataset) -> None:
+    with pytest.raises(TrainingError) as info:
+        train_spec(PLAIN, digits, TrainConfig(epochs=3, lr=1e6, device="cpu"))
+    assert "non-finite loss at epoch" in info.value.reason and "step" in info.value.reason
+    assert "\n" not in str(info.value)
+
+
+def test_max_seconds_stops_early_and_is_recorded(digits: Dataset) -> None:
+    result = train_spec(PLAIN, digits, TrainConfig(epochs=200, max_seconds=1e-3, device="cpu"))
+    assert result.timed_out
+    assert result.epochs_run == 1 and len(result.curve) == 1
+    assert result.steps < -(-digits.sizes["train"] // 128)  # stopped inside the first epoch
+    assert 0.0 <= result.val_accuracy <= 1.0
+
+
+def test_on_epoch_sees_every_epoch_and_its_exception_propagates(digits: Dataset) -> None:
+    seen: list[tuple[int, float]] = []
+
+    class Stop(Exception):
+        pass
+
+    def on_epoch(epoch: int, acc: float) -> None:
+        seen.append((epoch, acc))
+        if epoch == 2:
+            raise Stop
+
+    before = torch.get_num_threads()
+    with pytest.raises(Stop):
+        train_spec(PLAIN, digits, TrainConfig(epochs=5, threads=1, device="cpu"), on_epoch=on_epoch)
+    assert [e for e, _ in seen] == [1, 2] and all(0 <= a <= 1 for _, a in seen)
+    assert torch.get_num_threads() == before
+
+
+def test_threads_apply_during_training_and_are_restored(digits: Dataset) -> None:
+    before = torch.get_num_threads()
+    during: list[int] = []
+    model = build_model(PLAIN, digits.input_shape, digits.num_classes)
+    train_model(model, digits, TrainConfig(epochs=1, threads=1, device="cpu"),
+                on_epoch=lambda epoch, acc: during.append(torch.get_num_threads()))
+    assert during == [1]
+    assert torch.get_num_threads() == before
+
+
+def test_threads_per_worker_never_oversubscribes() -> None:
+    cores = os.cpu_count() or 1
+    assert threads_per_worker(1) == cores
+    assert threads_per_worker(cores * 4) == 1
+    for workers in range(1, 9):
+        assert workers * threads_per_worker(workers) <= max(cores, workers)
+    with pytest.raises(ValueError, match="workers"):
+        threads_per_worker(0)
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"lr": -1.0}, {"batch_size": 1.5}, {"label_smoothing": 1.0},
+                                 {"threads": 0}, {"max_seconds": 0}])
+def test_bad_config_is_one_line_value_error(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError) as info:
+        TrainConfig(**bad)  # type: ignore[arg-type]
+    assert next(iter(bad)) in str(info.value) and "\n" not in str(info.value)
