@@ -77,11 +77,13 @@ def progress(name: str, store: Store, target: int | None = None) -> Progress:
 
 
 def work(name: str, url: str, *, target: int | None = None, deadline: float | None = None, worker: int = 0,
-         threads: int | None = None, callback: Callable[[], None] | None = None) -> int:
+         threads: int | None = None, callback: Callable[[], None] | None = None,
+         max_consecutive_failures: int = 20) -> int:
     """Run trials of one study until it has ``target`` complete trials (or the deadline passes).
 
     Returns the number of trials this worker finished. Training failures (NaN loss, errors)
-    fail that trial with its reason; the worker goes on.
+    fail that trial with its reason; the worker goes on, unless ``max_consecutive_failures``
+    of its trials failed in a row (then the study itself is broken: NasError with the reason).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     store = Store(url)
@@ -95,6 +97,14 @@ def work(name: str, url: str, *, target: int | None = None, deadline: float | No
                                   sampler=make_sampler(ctx.spec, worker, goal))
         objective = TrialObjective(ctx)
         done = 0
+        failures: list[str] = []
+
+        def watch(_study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+            if t.state == TrialState.FAIL:
+                failures.append(t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason") or "error")
+            else:
+                failures.clear()
+
         while deadline is None or time.time() < deadline:
             trials = study.get_trials(deepcopy=False)
             complete = sum(t.state == TrialState.COMPLETE for t in trials)
@@ -106,8 +116,11 @@ def work(name: str, url: str, *, target: int | None = None, deadline: float | No
                 optuna.storages.fail_stale_trials(study)
                 time.sleep(POLL_SECONDS)
                 continue
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False)
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False, callbacks=[watch])
             done += 1
+            if len(failures) >= max_consecutive_failures:
+                raise NasError(f"{len(failures)} trials of {name!r} failed in a row, last: {failures[-1]}; "
+                               "fix the study (e.g. its learning rate or data) and rerun")
             if callback:
                 callback()
         return done

@@ -43,7 +43,7 @@ class Fidelity(BaseModel):
     epochs: int = Field(default=8, ge=1, le=10_000)
     train_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
     batch_size: int = Field(default=64, ge=1, le=65_536)
-    lr: float = Field(default=0.1, gt=0.0, le=10.0)
+    lr: float = Field(default=0.1, gt=0.0)
 
 
 class StudySpec(BaseModel):
@@ -77,6 +77,14 @@ class StudySpec(BaseModel):
         if v not in list_spaces():
             raise ValueError(f"unknown search space {v!r}; accepted: {', '.join(list_spaces())}")
         return v
+
+    @field_validator("space_options")
+    @classmethod
+    def _options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:  # stored as JSON: normalise now (tuples become lists) so a spec reads back equal
+            return json.loads(json.dumps(v))
+        except (TypeError, ValueError):
+            raise ValueError("space options must be JSON values (numbers, strings, lists)") from None
 
     @field_validator("objectives")
     @classmethod

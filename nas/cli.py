@@ -43,17 +43,12 @@ class UsageError(ValueError):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input (exit 2), not a bug."""
-    from objectives import BudgetError, DeviceError
+    from nas._errors import NasError
+    from objectives import BudgetError, DataError, DeviceError
     from search_spaces import SpaceError, SpecError
+    from storage import StorageError
 
-    errors: list[type[BaseException]] = [UsageError, SpecError, SpaceError, BudgetError, DeviceError]
-    try:
-        from nas._errors import NasError
-
-        errors.append(NasError)
-    except ImportError:  # pragma: no cover - before issue 3
-        pass
-    return tuple(errors)
+    return (UsageError, SpecError, SpaceError, BudgetError, DeviceError, DataError, StorageError, NasError)
 
 
 def fail(message: str) -> NoReturn:
@@ -322,7 +317,9 @@ def _progress_bar(quiet: bool):
 
 def run_with_progress(name: str, store, trials: int | None, workers: int, timeout: float | None, quiet: bool):
     from nas._runner import run_study
+    from nas._study import get_study_spec
 
+    get_study_spec(name, store)  # unknown study: one line, exit 2
     bar = _progress_bar(quiet)
     if bar is None:
         return run_study(name, store, trials=trials, workers=workers, timeout=timeout)

@@ -1,0 +1,119 @@
+"""The study commands as a user runs them: create, run, show, list, pareto, export, report, delete, demo."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+NAS = shutil.which("nas", path=str(Path(sys.executable).parent)) or "nas"
+TINY = ["--option", "max_depth=1", "--option", "widths=(8,16)", "--option", "kernels=(3,)",
+        "--option", "hidden=(0,)"]
+
+
+def nas(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NAS_HOME": str(cwd / "home")}
+    env.pop("NAS_STORAGE", None)
+    r = subprocess.run([NAS, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"nas {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def test_full_flow_on_sqlite(tmp_path):
+    url = f"sqlite:///{tmp_path}/flow.db"
+    nas("study", "create", "flow", "--space", "plain", "--data", "digits", "--budget", "params<=12k",
+        "--epochs", "2", "--trials", "5", "--device", "cpu", *TINY, "--storage", url, cwd=tmp_path)
+    r = nas("study", "run", "flow", "--quiet", "--storage", url, cwd=tmp_path)
+    assert "5/5 complete" in r.stdout
+    show = json.loads(nas("study", "show", "flow", "--format", "json", "--storage", url, cwd=tmp_path).stdout)
+    assert show["complete"] == 5 and show["spec"]["budget"] == "params<=12k"
+    listed = json.loads(nas("study", "list", "--format", "json", "--storage", url, cwd=tmp_path).stdout)
+    assert [s["name"] for s in listed] == ["flow"]
+    front = json.loads(nas("pareto", "flow", "--format", "json", "--storage", url, cwd=tmp_path).stdout)
+    assert front and all(r["params"] <= 12_000 for r in front)
+    rows = list(csv.DictReader(io.StringIO(nas("pareto", "flow", "--format", "csv", "--storage", url,
+                                               cwd=tmp_path).stdout)))
+    assert [int(r["trial"]) for r in rows] == [r["trial"] for r in front]
+    nas("export", "flow", "--trial", str(front[0]["trial"]), "--to", str(tmp_path / "exp"), "--storage", url,
+        cwd=tmp_path)
+    assert (tmp_path / "exp" / "model.onnx").stat().st_size > 0
+    nas("report", "flow", "--to", str(tmp_path / "rep"), "--storage", url, cwd=tmp_path)
+    assert (tmp_path / "rep" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Pareto front" in (tmp_path / "rep" / "report.html").read_text()
+    # Rerunning with a higher target resumes.
+    nas("study", "run", "flow", "--trials", "7", "--quiet", "--storage", url, cwd=tmp_path)
+    assert json.loads(nas("study", "show", "flow", "--format", "json", "--storage", url,
+                          cwd=tmp_path).stdout)["complete"] == 7
+    assert nas("study", "delete", "flow", "--storage", url, cwd=tmp_path, check=False).returncode == 2
+    nas("study", "delete", "flow", "--yes", "--storage", url, cwd=tmp_path)
+    assert json.loads(nas("study", "list", "--format", "json", "--storage", url, cwd=tmp_path).stdout) == []
+
+
+def test_config_file(tmp_path):
+    (tmp_path / "study.toml").write_text(
+        'name = "fromfile"\nspace = "resnet"\ndata = "digits"\nbudget = "flops<=5M"\nsampler = "random"\n'
+        'trials = 2\n[fidelity]\nepochs = 1\n')
+    url = f"sqlite:///{tmp_path}/cfg.db"
+    nas("study", "create", "--config", str(tmp_path / "study.toml"), "--storage", url, cwd=tmp_path)
+    show = json.loads(nas("study", "show", "fromfile", "--format", "json", "--storage", url, cwd=tmp_path).stdout)
+    assert show["spec"]["sampler"] == "random" and show["spec"]["fidelity"]["epochs"] == 1
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["study", "create", "x", "--space", "vgg", "--budget", "flops<=1M"], "accepted: mobilenetv2, plain, resnet"),
+    (["study", "create", "x", "--space", "plain", "--sampler", "cma", "--budget", "flops<=1M"], "tpe, nsga2, random"),
+    (["study", "create", "x", "--space", "plain", "--objectives", "accuracy,speed", "--budget", "flops<=1M"],
+     "unknown objective 'speed'"),
+    (["study", "create", "x", "--space", "plain", "--budget", "flops<=1Q"], "suffix"),
+    (["study", "create", "x", "--space", "plain", "--budget", "flops<=1M", "--data", "idx:/nonexistent"], "data: "),
+    (["study", "create", "x", "--space", "plain", "--budget", "flops<=1M", "--storage", "mysql://a/b"],
+     "unsupported database"),
+    (["study", "run", "nosuch"], "unknown study 'nosuch'"),
+    (["pareto", "nosuch"], "unknown study"),
+    (["study", "create", "--config", "/nonexistent.toml"], "cannot read"),
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, args, needle):
+    db = tmp_path / "nas.db"
+    r = nas(*args, cwd=tmp_path, check=False)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    if db.exists():  # opening the default store may create empty tables, never a study
+        listed = nas("study", "list", "--format", "json", cwd=tmp_path)
+        assert json.loads(listed.stdout) == []
+
+
+def test_existing_name_exits_2(tmp_path):
+    args = ["study", "create", "dup", "--space", "plain", "--budget", "flops<=1M", "--trials", "3"]
+    nas(*args, cwd=tmp_path)
+    r = nas(*args[:-1], "9", cwd=tmp_path, check=False)
+    assert r.returncode == 2 and "already exists" in r.stderr
+    show = json.loads(nas("study", "show", "dup", "--format", "json", cwd=tmp_path).stdout)
+    assert show["target"] == 3
+
+
+@pytest.mark.slow
+def test_demo_meets_its_promise(tmp_path):
+    """README's main job: digits + SQLite, a front of >= 3 architectures within budget, >= 95% test."""
+    r = nas("demo", "--quiet", cwd=tmp_path)
+    assert (tmp_path / "nas.db").exists()
+    assert "Pareto plot: nas_runs/demo/pareto.png" in r.stdout
+    front = json.loads(nas("pareto", "demo", "--format", "json", cwd=tmp_path).stdout)
+    assert len(front) >= 3
+    from nas._demo import DEMO_BUDGET
+    from objectives import parse_budget
+
+    budget = parse_budget(DEMO_BUDGET)
+    assert all(budget.feasible(row["cost"]) for row in front)
+    assert max(row["test_accuracy"] for row in front) >= 0.95
+    # Running it again resumes: nothing more to do.
+    again = nas("demo", "--quiet", cwd=tmp_path)
+    assert "resuming study demo" in again.stdout

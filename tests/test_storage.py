@@ -1,0 +1,93 @@
+"""One storage suite, run against SQLite and a real PostgreSQL (the ``storage_url`` fixture)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+
+from storage import SCHEMA_VERSION, StorageError, Store, normalize_url
+from storage._schema import Meta
+
+
+def _open(url: str, q) -> None:
+    try:
+        Store(url).close()
+        q.put("ok")
+    except Exception as e:  # reported to the parent, which asserts on it
+        q.put(f"{type(e).__name__}: {e}")
+
+
+def test_concurrent_first_time_creation_does_not_fail(storage_url):
+    # Several processes creating the tables of an empty database at once race (Optuna too);
+    # every one must end up with a working store.
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_open, args=(storage_url, q)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+    results = [q.get(timeout=5) for _ in procs]
+    assert results == ["ok"] * 4
+    store = Store(storage_url)
+    assert store.schema_version == SCHEMA_VERSION
+    store.close()
+
+
+def test_reopening_keeps_data_and_schema_version(storage_url):
+    s = Store(storage_url)
+    s.put_architecture("a" * 64, "plain", '{"x": 1}')
+    s.put_architecture("a" * 64, "plain", '{"x": 1}')  # idempotent
+    s.put_artifact("weights/k", b"\x00\x01" * 1000)
+    s.close()
+    again = Store(storage_url)
+    assert again.get_architecture("a" * 64) == '{"x": 1}'
+    assert again.get_artifact("weights/k") == b"\x00\x01" * 1000
+    assert again.get_artifact("nope") is None
+    again.close()
+
+
+def test_duplicate_evaluation_returns_the_first(storage_url):
+    s = Store(storage_url)
+    s.put_architecture("b" * 64, "plain", "{}")
+    kw = dict(cost={"flops": 1.0}, seconds=1.0, epochs_run=2, curve=[0.5, 0.6], artifact_key=None)
+    first = s.put_evaluation("b" * 64, "fk", {"epochs": 2}, val_accuracy=0.6, **kw)
+    second = s.put_evaluation("b" * 64, "fk", {"epochs": 2}, val_accuracy=0.9, **kw)
+    assert first.val_accuracy == second.val_accuracy == 0.6
+    s.set_test_accuracy("b" * 64, "fk", 0.55)
+    assert s.get_evaluation("b" * 64, "fk").test_accuracy == 0.55
+    s.close()
+
+
+def test_newer_schema_is_refused_not_recreated(storage_url):
+    s = Store(storage_url)
+    with s.session() as sess:
+        sess.get(Meta, "schema_version").value = str(SCHEMA_VERSION + 1)
+    s.put_architecture("c" * 64, "plain", "{}")
+    s.close()
+    with pytest.raises(StorageError, match="newer than this lightnas"):
+        Store(storage_url)
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("mysql://u@h/db", "unsupported database 'mysql'"),
+    ("sqlite:////no/such/dir/nas.db", "does not exist"),
+    ("not a url", "cannot parse"),
+])
+def test_bad_urls(url, needle):
+    with pytest.raises(StorageError, match=needle):
+        normalize_url(url)
+
+
+def test_unreachable_postgres_is_one_line():
+    with pytest.raises(StorageError) as e:
+        Store("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert "cannot connect" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_default_url_and_env(monkeypatch):
+    monkeypatch.delenv("NAS_STORAGE", raising=False)
+    assert normalize_url(None) == "sqlite:///nas.db"
+    monkeypatch.setenv("NAS_STORAGE", "postgres://u@h/db")
+    assert normalize_url(None) == "postgresql+psycopg://u@h/db"
