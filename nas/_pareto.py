@@ -44,7 +44,8 @@ def _evaluated(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     out = []
     for t in sorted(trials, key=lambda t: t.number):
         h = t.user_attrs.get("spec_hash")
-        if t.state == TrialState.COMPLETE and t.user_attrs.get("status") in ("trained", "reused") and h not in seen:
+        if (h is not None and t.state == TrialState.COMPLETE and t.user_attrs.get("status") in ("trained", "reused")
+                and h not in seen):
             seen.add(h)
             out.append(t)
     return out

@@ -219,7 +219,7 @@ def create_study(spec: StudySpec, store: Store) -> None:
         get_space(spec.space, input_shape=data.input_shape, **spec.space_options)
     except SpaceError as e:
         raise NasError(f"space_options: {e}") from None
-    study = optuna.create_study(storage=store.optuna, study_name=spec.name, directions=spec.directions)
+    study = optuna.create_study(storage=store.optuna, study_name=spec.name, directions=spec.directions)  # type: ignore[arg-type]
     try:
         study.set_user_attr("lightnas_spec", json.loads(spec.to_json()))
         store.add_study(spec.name, spec.to_json(), spec.trials)

@@ -202,9 +202,9 @@ def cost_cmd(
             tot.add_row(k, si(v) if k not in ("latency_ms", "energy_uj") else f"{v:.4g}")
         out.print(tot)
         if b:
-            v = b.check(report)
-            state = "[green]within budget[/]" if not v else "[red]over budget: " + ", ".join(
-                f"{k} +{x:.0%}" for k, x in v.items()) + "[/]"
+            over = b.check(report)
+            state = "[green]within budget[/]" if not over else "[red]over budget: " + ", ".join(
+                f"{k} +{x:.0%}" for k, x in over.items()) + "[/]"
             out.print(f"budget {b}: {state}; hw_cost = {b.hw_cost(report):.3f}")
 
 
@@ -422,7 +422,7 @@ PARETO_COLS = ("trial", "spec_hash", "accuracy", "test_accuracy", "hw_cost", "fl
 @app.command("pareto")
 def pareto_cmd(
     name: str = typer.Argument(..., help="study name"),
-    where: str = typer.Option(None, "--where", help="filter, e.g. 'flops<=1M accuracy>=0.95'"),
+    where: str | None = typer.Option(None, "--where", help="filter, e.g. 'flops<=1M accuracy>=0.95'"),
     fmt: Format = typer.Option(Format.table, "--format", help="table, json or csv"),
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
 ) -> None:

@@ -189,7 +189,7 @@ def trace_layers(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes:
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             # Shape-preserving; meta-device batch_norm is slow Python decompositions.
-            m.forward = _identity  # type: ignore[method-assign]
+            m.forward = _identity  # type: ignore[method-assign,assignment]
         if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.AdaptiveAvgPool2d)):
             handles.append(m.register_forward_hook(leaf_hook))
         if getattr(m, "residual", False):

@@ -53,7 +53,7 @@ class SearchSpace:
         """``(name, default, help)`` for every option."""
         out = []
         for f in dataclasses.fields(cls.Options):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
             out.append((f.name, default, f.metadata.get("help", "")))
         return out
 
