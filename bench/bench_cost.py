@@ -15,13 +15,17 @@ Usage: python bench/bench_cost.py [--quick]
 from __future__ import annotations
 
 import argparse
+import atexit
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
 
-os.environ.setdefault("NAS_HOME", tempfile.mkdtemp(prefix="lightnas-bench-home-"))
+if "NAS_HOME" not in os.environ:  # never touch ~/.lightnas; removed at exit
+    os.environ["NAS_HOME"] = tempfile.mkdtemp(prefix="lightnas-bench-home-")
+    atexit.register(shutil.rmtree, os.environ["NAS_HOME"], True)
 
 import torch  # noqa: E402
 from _util import loadavg, machine_header, median, table  # noqa: E402

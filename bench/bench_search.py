@@ -18,6 +18,7 @@ rss       f. Peak RSS of a worker (``nas study run`` in a subprocess).
 from __future__ import annotations
 
 import argparse
+import atexit
 import concurrent.futures as cf
 import contextlib
 import importlib.util
@@ -31,7 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("NAS_HOME", tempfile.mkdtemp(prefix="lightnas-bench-home-"))
+if "NAS_HOME" not in os.environ:  # never touch ~/.lightnas; removed at exit
+    os.environ["NAS_HOME"] = tempfile.mkdtemp(prefix="lightnas-bench-home-")
+    atexit.register(shutil.rmtree, os.environ["NAS_HOME"], True)
 
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
@@ -47,13 +50,16 @@ FEASIBLE = ("trained", "reused")
 REF_ACC, REF_COST = 0.0, 1.0  # hypervolume reference point (accuracy, hw_cost)
 
 
-def demo_variant(name: str, *, sampler: str = "tpe", seed: int = 0, trials: int = 40):
-    """``demo_spec`` with only name, sampler, seed and trial target changed."""
+def demo_variant(name: str, *, sampler: str = "tpe", seed: int = 0, trials: int = 40, budget: str | None = None):
+    """``demo_spec`` with only name, sampler, seed and trial target (and optionally budget) changed."""
     from nas._demo import demo_spec
     from nas._study import make_spec
 
     base = demo_spec(name, trials).model_dump()
-    return make_spec(**{**base, "name": name, "sampler": sampler, "seed": seed, "trials": trials})
+    fields = {**base, "name": name, "sampler": sampler, "seed": seed, "trials": trials}
+    if budget is not None:
+        fields["budget"] = budget
+    return make_spec(**fields)
 
 
 def new_study(url: str, spec) -> None:
@@ -319,6 +325,9 @@ def part_overhead(args: argparse.Namespace, tmp: Path) -> str:
 
 
 # ------------------------------------------------------------------------------ workers
+LOOSE_BUDGET = "params<=1M flops<=100M"  # nothing in the demo space exceeds it: every trial trains
+
+
 def part_workers(args: argparse.Namespace, tmp: Path) -> str:
     from nas._runner import run_study, work
     from storage import Store
@@ -327,47 +336,55 @@ def part_workers(args: argparse.Namespace, tmp: Path) -> str:
     configs = [("1 worker x 2 threads (run_study workers=1)", 1, None),
                ("2 workers x 1 thread (run_study workers=2)", 2, None),
                ("1 worker x 1 thread (work(threads=1), control)", 1, 1)]
-    runs: dict[str, list[tuple[float, int, int]]] = {c[0]: [] for c in configs}
+    workloads = [("demo budget `params<=20k flops<=1.5M` (most trials rejected before training)", None, n),
+                 (f"loose budget `{LOOSE_BUDGET}` (every trial trained)", LOOSE_BUDGET, args.worker_trials_loose)]
+    out = ["### d. Trials per minute, 1 vs 2 local workers\n"]
     k = 0
-    for rep in range(args.worker_reps):
-        for label, workers, threads in (configs if rep % 2 == 0 else configs[::-1]):
-            name = f"workers-{k}"
-            url = f"sqlite:///{tmp}/workers-{k}.db"
-            k += 1
-            new_study(url, demo_variant(name, trials=n))
-            t0 = time.perf_counter()
-            if threads is None:
-                store = Store(url)
-                try:
-                    run_study(name, store, workers=workers)
-                finally:
-                    store.close()
-            else:
-                work(name, url, threads=threads)
-            secs = time.perf_counter() - t0
-            trials = [t for t in load_trials(url, name) if t.state == TrialState.COMPLETE]
-            trained = sum(t.user_attrs.get("status") == "trained" for t in trials)
-            runs[label].append((secs, len(trials), trained))
-    base = runs[configs[0][0]]
-    base_rate = sum(c for _, c, _ in base) / sum(s for s, _, _ in base) * 60
-    base_tr = sum(t for _, _, t in base) / sum(s for s, _, _ in base) * 60
-    rows = []
-    for label, _, _ in configs:
-        r = runs[label]
-        secs = sum(s for s, _, _ in r)
-        rate = sum(c for _, c, _ in r) / secs * 60
-        tr_rate = sum(t for _, _, t in r) / secs * 60
-        rows.append([label, len(r), rate, rate / base_rate, tr_rate, tr_rate / base_tr if base_tr else None,
-                     ", ".join(f"{c}/{t}/{s:.0f}s" for s, c, t in r)])
-    head = ["configuration", "runs", "trials/min", "ratio to workers=1", "trained trials/min",
-            "ratio to workers=1 (trained)", "per run: complete/trained/wall"]
-    return (f"### d. Trials per minute, 1 vs 2 local workers\n\n{table(head, rows)}\n\n"
-            f"Each run: a fresh SQLite study from `demo_spec` (tpe, seed 0), target {n} trials, wall time from "
-            "the `run_study` call to its return (includes spawning the worker processes for workers=2). "
-            "Rates pool all runs of a configuration; runs of the configurations are interleaved (order reversed "
-            "on odd repetitions). With 2 workers the second worker samples with seed + 1, so the mix of "
-            "over-budget (milliseconds) and trained (seconds) trials differs between configurations: compare "
-            "the trained-trials rate too.\n")
+    for wl_label, budget, n_wl in workloads:
+        runs: dict[str, list[tuple[float, int, int]]] = {c[0]: [] for c in configs}
+        for rep in range(args.worker_reps):
+            for label, workers, threads in (configs if rep % 2 == 0 else configs[::-1]):
+                name = f"workers-{k}"
+                url = f"sqlite:///{tmp}/workers-{k}.db"
+                k += 1
+                new_study(url, demo_variant(name, trials=n_wl, budget=budget))
+                t0 = time.perf_counter()
+                if threads is None:
+                    store = Store(url)
+                    try:
+                        run_study(name, store, workers=workers)
+                    finally:
+                        store.close()
+                else:
+                    work(name, url, threads=threads)
+                secs = time.perf_counter() - t0
+                trials = [t for t in load_trials(url, name) if t.state == TrialState.COMPLETE]
+                trained = sum(t.user_attrs.get("status") == "trained" for t in trials)
+                runs[label].append((secs, len(trials), trained))
+        base = runs[configs[0][0]]
+        base_rate = sum(c for _, c, _ in base) / sum(s for s, _, _ in base) * 60
+        base_tr = sum(t for _, _, t in base) / sum(s for s, _, _ in base) * 60
+        rows = []
+        for label, _, _ in configs:
+            r = runs[label]
+            secs = sum(s for s, _, _ in r)
+            rate = sum(c for _, c, _ in r) / secs * 60
+            tr_rate = sum(t for _, _, t in r) / secs * 60
+            rows.append([label, len(r), rate, rate / base_rate, tr_rate, tr_rate / base_tr if base_tr else None,
+                         ", ".join(f"{c}/{t}/{s:.0f}s" for s, c, t in r)])
+        head = ["configuration", "runs", "trials/min", "ratio to workers=1", "trained trials/min",
+                "ratio to workers=1 (trained)", "per run: complete/trained/wall"]
+        out += [f"Workload: {wl_label}, target {n_wl} trials\n", table(head, rows),
+                f"\n(load average after: {loadavg()})\n"]
+    out.append("Each run: a fresh SQLite study from `demo_spec` (tpe, seed 0; second workload: only the budget "
+               "changed), target as given per workload, wall time from the `run_study` call to its return (includes "
+               "spawning the worker processes for workers=2). Rates pool all runs of a configuration; runs of the "
+               "configurations are interleaved (order reversed on odd repetitions). With 2 workers the second "
+               "worker samples with seed + 1, so the mix of over-budget (milliseconds) and trained (seconds) "
+               "trials, and the networks trained, differ between configurations: compare the trained-trials "
+               "rate too. `run_study` gives each worker cores // workers torch threads, so workers=1 trains with "
+               "2 threads; see the threads diagnostic under part e.\n")
+    return "\n".join(out)
 
 
 # ------------------------------------------------------------------------------ trainer
@@ -401,7 +418,9 @@ def part_trainer(args: argparse.Namespace, tmp: Path) -> str:
     torch.set_num_threads(threads)
     spec0 = demo_variant("trainer")
     data = load_dataset(spec0.data, seed=0, val_fraction=spec0.val_fraction)
-    epochs, batch, lr = (3 if args.quick else spec0.fidelity.epochs), spec0.fidelity.batch_size, spec0.fidelity.lr
+    # 10 epochs (the demo trains 20): the ratio does not depend on the epoch count, and the part
+    # stays within a few minutes with the larger resnet/mobilenetv2 networks.
+    epochs, batch, lr = (3 if args.quick else 10), spec0.fidelity.batch_size, spec0.fidelity.lr
     cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr, seed=0, device="cpu", threads=threads)
     cases = [("plain (demo space)", get_space("plain", input_shape=data.input_shape, **spec0.space_options), 0),
              ("plain (demo space)", get_space("plain", input_shape=data.input_shape, **spec0.space_options), 1),
@@ -429,7 +448,7 @@ def part_trainer(args: argparse.Namespace, tmp: Path) -> str:
     rows.append(["median over networks", median(ratios), None, None, None, None])
     head = ["network", "train_model / minimal loop (images/s ratio)", "train_model images/s (info)",
             "minimal images/s (info)", "train_model s (info)", "minimal s (info)"]
-    return (f"### e. Trainer throughput vs a minimal PyTorch loop\n\n{table(head, rows)}\n\n"
+    text = (f"### e. Trainer throughput vs a minimal PyTorch loop\n\n{table(head, rows)}\n\n"
             f"digits (8x8, {len(data.y_train)} training images), {epochs} epochs, batch {batch}, {threads} torch "
             f"thread, CPU; median of {args.trainer_reps} runs each, interleaved. Images/s = training images x "
             "epochs / wall seconds. `train_model` seconds are its own `TrainResult.seconds`, which include "
@@ -438,6 +457,23 @@ def part_trainer(args: argparse.Namespace, tmp: Path) -> str:
             "subtracted). The minimal loop: same model (same init seed), same tensors, SGD with the same "
             "momentum 0.9/Nesterov/weight decay 5e-4 on all parameters, constant lr, shuffled slices, no "
             "evaluation, no loss sync.\n")
+
+    # Diagnostic for part d: the same train_model call with 2 torch threads vs 1 thread.
+    label, space, seed = cases[0]
+    arch = sample_spec(space, seed)
+    ep2 = 2 if args.quick else 5
+    cfgs = {t: TrainConfig(epochs=ep2, batch_size=batch, lr=lr, seed=0, device="cpu", threads=t) for t in (1, 2)}
+    secs: dict[int, list[float]] = {1: [], 2: []}
+    for rep in range(2):
+        for t in ((1, 2) if rep % 2 == 0 else (2, 1)):
+            torch.manual_seed(0)
+            secs[t].append(train_model(build_model(arch, data.input_shape, data.num_classes), data, cfgs[t]).seconds)
+    torch.set_num_threads(threads)
+    text += (f"\nThreads diagnostic (same `train_model` call, {label} sample seed {seed}, {ep2} epochs, 2 runs each, "
+             f"interleaved): wall s with 1 thread {', '.join(f'{x:.2f}' for x in secs[1])}; with 2 threads "
+             f"{', '.join(f'{x:.2f}' for x in secs[2])}; images/s ratio 2 threads / 1 thread = "
+             f"{median(secs[1]) / median(secs[2]):.3g} (load average now {loadavg()}).\n")
+    return text
 
 
 # ------------------------------------------------------------------------------ rss
@@ -486,7 +522,8 @@ def part_rss(args: argparse.Namespace, tmp: Path) -> str:
                      f"{what})", rss, secs])
     head = ["process", "peak RSS MiB", "wall s (info)"]
     return (f"### f. Peak resident memory of a worker\n\n{table(head, rows)}\n\n"
-            f"Study: `demo_spec` (digits, tpe, seed 0), target {n} trials, SQLite. Peak RSS = GNU "
+            f"Study: `demo_spec` (digits, tpe, seed 0), target {n} trials (trials 0-9 of seed 0 are all over "
+            "budget, so a smaller target trains nothing), SQLite. Peak RSS = GNU "
             "`/usr/bin/time -f %M` of the command: the largest RSS of the process or of any descendant it waited "
             "for. For --workers 2 a spawned worker inherits the CLI process's RSS high-water mark at spawn time "
             "(Linux keeps it across fork + exec), so that row is an upper bound for one worker.\n")
@@ -512,9 +549,10 @@ def main(argv: list[str]) -> None:
     args.overhead_trials = 12 if q else 20
     args.overhead_rounds = 1 if q else 2
     args.worker_trials = 6 if q else 16
+    args.worker_trials_loose = 4 if q else 10
     args.worker_reps = 1 if q else 2
     args.trainer_reps = 1 if q else 3
-    args.rss_trials = 4 if q else 10
+    args.rss_trials = 4 if q else 20
     chosen = [args.part] if isinstance(args.part, str) else args.part
     parts = list(PARTS) if "all" in chosen else list(dict.fromkeys(chosen))
 
