@@ -12,7 +12,7 @@ import numpy as np
 import optuna
 import torch
 
-from objectives import TrainConfig, estimate_cost, load_dataset, train_model
+from objectives import TrainConfig, estimate_cost, train_model
 from search_spaces import ArchSpec, build_model
 from storage import Store
 
@@ -63,9 +63,7 @@ def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs
     if h is None:
         raise NasError(f"trial {number} has no architecture (state {t.state.name})")
     arch = ArchSpec.from_json(store.get_architecture(h) or "")
-    data = load_dataset(spec.data, seed=spec.seed, val_fraction=spec.val_fraction,
-                        train_fraction=spec.fidelity.train_fraction)
-    model = build_model(arch, data.input_shape, data.num_classes)
+    data = spec.load_data()
     info: dict[str, Any] = {"trial": number, "spec_hash": h}
     if epochs is not None:
         if epochs < 1:
@@ -78,6 +76,7 @@ def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs
         info.update(retrained_epochs=epochs, val_accuracy=res.val_accuracy, test_accuracy=res.test_accuracy)
         model = model.cpu()
     else:
+        model = build_model(arch, data.input_shape, data.num_classes)
         blob = store.get_artifact(weights_key(h, spec.fidelity_key))
         if blob is None:
             status = t.user_attrs.get("status", t.state.name.lower())

@@ -77,8 +77,6 @@ def where_filter(where: str | None) -> Any:
 
 def test_accuracy(name: str, store: Store, spec: StudySpec, spec_hash: str, data: Any = None) -> float | None:
     """Test accuracy of a trained architecture at the study's fidelity (measured once, stored)."""
-    from objectives import load_dataset
-
     ev = store.get_evaluation(spec_hash, spec.fidelity_key)
     if ev is None:
         return None
@@ -88,8 +86,7 @@ def test_accuracy(name: str, store: Store, spec: StudySpec, spec_hash: str, data
     if blob is None:
         return None
     if data is None:
-        data = load_dataset(spec.data, seed=spec.seed, val_fraction=spec.val_fraction,
-                            train_fraction=spec.fidelity.train_fraction)
+        data = spec.load_data()
     arch = ArchSpec.from_json(store.get_architecture(spec_hash) or "")
     model = build_model(arch, data.input_shape, data.num_classes)
     model.load_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
@@ -105,12 +102,7 @@ def pareto_rows(name: str, store: Store, *, where: str | None = None, with_test:
     study = optuna.load_study(study_name=name, storage=store.optuna)
     trials = [t for t in _evaluated(study.get_trials(deepcopy=False)) if keep(_metrics(t))]
     front = front_trials(spec, trials)
-    data = None
-    if with_test and front:
-        from objectives import load_dataset
-
-        data = load_dataset(spec.data, seed=spec.seed, val_fraction=spec.val_fraction,
-                            train_fraction=spec.fidelity.train_fraction)
+    data = spec.load_data() if with_test and front else None
     rows = []
     for t in front:
         m = _metrics(t)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -146,7 +145,7 @@ def run_study(name: str, store: Store, *, trials: int | None = None, workers: in
     Raises:
         NasError: unknown study or bad arguments.
     """
-    spec = get_study_spec(name, store)
+    get_study_spec(name, store)  # unknown study: NasError listing the studies there
     row = store.get_study(name)
     assert row is not None
     if trials is not None:
@@ -182,12 +181,8 @@ def run_study(name: str, store: Store, *, trials: int | None = None, workers: in
             for p in procs:
                 p.join()
             raise
-    del spec
     final = progress(name, store, target)
     if on_progress:
         on_progress(final)
     return final
 
-
-def cores() -> int:
-    return os.cpu_count() or 1

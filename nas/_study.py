@@ -148,6 +148,13 @@ class StudySpec(BaseModel):
     def budget_obj(self):  # -> Budget | None
         return parse_budget(self.budget, self.budget_weights) if self.budget else None
 
+    def load_data(self):  # -> objectives.Dataset
+        """The study's dataset with its fixed splits (raises ``DataError``)."""
+        from objectives import load_dataset
+
+        return load_dataset(self.data, seed=self.seed, val_fraction=self.val_fraction,
+                            train_fraction=self.fidelity.train_fraction)
+
     def fidelity_dict(self) -> dict[str, Any]:
         """What an evaluation's accuracy depends on besides the architecture."""
         return {"data": self.data, "seed": self.seed, "val_fraction": self.val_fraction,
@@ -205,14 +212,13 @@ def create_study(spec: StudySpec, store: Store) -> None:
     Raises:
         NasError: name taken, data unreadable, space options invalid for the data.
     """
-    from objectives import DataError, load_dataset
+    from objectives import DataError
 
     if store.get_study(spec.name) is not None or spec.name in optuna.get_all_study_names(store.optuna):
         raise NasError(f"study {spec.name!r} already exists; choose another name or "
                        f"delete it with 'nas study delete {spec.name} --yes'")
     try:
-        data = load_dataset(spec.data, seed=spec.seed, val_fraction=spec.val_fraction,
-                            train_fraction=spec.fidelity.train_fraction)
+        data = spec.load_data()
     except DataError as e:
         raise NasError(f"data: {e}") from None
     try:

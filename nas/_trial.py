@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 import torch
 
-from objectives import Dataset, TrainConfig, TrainingError, estimate_cost, load_dataset, train_spec
+from objectives import Dataset, TrainConfig, TrainingError, estimate_cost, train_spec
 from search_spaces import ArchSpec, SearchSpace, get_space
 from storage import Store
 
@@ -53,8 +53,7 @@ def load_context(name: str, store: Store, *, threads: int | None = None) -> Stud
 
     spec = get_study_spec(name, store)
     device = resolve_device(spec.device)
-    data = load_dataset(spec.data, seed=spec.seed, val_fraction=spec.val_fraction,
-                        train_fraction=spec.fidelity.train_fraction).to(device)
+    data = spec.load_data().to(device)
     space = get_space(spec.space, input_shape=data.input_shape, **spec.space_options)
     f = spec.fidelity
     cfg = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, seed=spec.seed, device=str(device),

@@ -97,7 +97,7 @@ class CalibrationResult:
         return float(np.median([abs(math.log(p / m)) for p, m in pairs]))
 
 
-def _micro(threads: int, dev: torch.device) -> dict[str, float]:
+def _micro(dev: torch.device) -> dict[str, float]:
     """Starting values: compute-bound conv, memory-bound copy, per-layer overhead."""
     conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(dev).eval()
     x = torch.randn(1, 128, 32, 32, device=dev)
@@ -149,7 +149,7 @@ def calibrate_host(specs: Sequence[tuple[ArchSpec, tuple[int, int, int]]] | None
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        micro = _micro(threads, dev)
+        micro = _micro(dev)
         measured, traced = [], []
         for i, (spec, shape) in enumerate(pairs):
             measured.append(measure_latency(spec, shape, num_classes, repeats=repeats, warmup=3,
