@@ -1,4 +1,5 @@
-"""Export a trial's network: spec JSON, cost report, state_dict, ONNX checked in onnxruntime."""
+"""Export a trial's or a refined candidate's network: spec JSON, cost report, state_dict, ONNX checked in
+onnxruntime."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ._errors import NasError
 from ._study import get_study_spec
 from ._trial import weights_key
 
-__all__ = ["export_onnx", "export_trial"]
+__all__ = ["export_onnx", "export_refined", "export_trial"]
 
 
 def export_onnx(model: torch.nn.Module, input_shape: tuple[int, int, int], path: Path) -> float:
@@ -50,9 +51,7 @@ def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs
     Raises:
         NasError: unknown study/trial, trial never trained (over budget or failed), bad format.
     """
-    bad = set(formats) - {"json", "state_dict", "onnx"}
-    if bad:
-        raise NasError(f"--format: unknown {sorted(bad)}; accepted: json, state_dict, onnx")
+    _check_formats(formats)
     spec = get_study_spec(name, store)
     study = optuna.load_study(study_name=name, storage=store.optuna)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -83,15 +82,28 @@ def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs
             raise NasError(f"trial {number} has no trained weights (status {status}); "
                            "pass --epochs N to train it for export")
         model.load_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
-    out = Path(to)
+    meta = {"study": name, "trial": number}
+    info.update(_write(arch, model, data, spec, Path(to), formats, meta))
+    return info
+
+
+def _check_formats(formats: tuple[str, ...]) -> None:
+    bad = set(formats) - {"json", "state_dict", "onnx"}
+    if bad:
+        raise NasError(f"--format: unknown {sorted(bad)}; accepted: json, state_dict, onnx")
+
+
+def _write(arch: ArchSpec, model: torch.nn.Module, data: Any, spec: Any, out: Path, formats: tuple[str, ...],
+           meta: dict[str, Any]) -> dict[str, Any]:
+    """Write the requested files of one network into ``out``; returns ``files`` (and the ONNX check)."""
+    info: dict[str, Any] = {}
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if "json" in formats:
         (out / "spec.json").write_text(arch.to_json(indent=2) + "\n")
         report = estimate_cost(arch, data.input_shape, data.num_classes, device=spec.cost_device)
-        meta = {"study": name, "trial": number, "input_shape": list(data.input_shape),
-                "num_classes": data.num_classes, "data": spec.data, "mean": list(data.mean), "std": list(data.std),
-                "cost": report.to_dict(rows=False)}
+        meta = {**meta, "input_shape": list(data.input_shape), "num_classes": data.num_classes, "data": spec.data,
+                "mean": list(data.mean), "std": list(data.std), "cost": report.to_dict(rows=False)}
         (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
         written += ["spec.json", "model.json"]
     if "state_dict" in formats:
@@ -103,4 +115,39 @@ def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs
             raise RuntimeError(f"ONNX output differs from PyTorch by {info['onnx_max_abs_diff']:.2e}")
         written.append("model.onnx")
     info["files"] = [str(out / w) for w in written]
+    return info
+
+
+def export_refined(name: str, refinement_id: int, to: str | Path, store: Store, *,
+                   formats: tuple[str, ...] = ("json", "state_dict", "onnx")) -> dict[str, Any]:
+    """Write a refinement candidate's files (as :func:`export_trial`), with its lineage in
+    ``model.json``: parent trial, step, parent step, method, settings, accuracies.
+
+    Raises:
+        NasError: unknown study, or no candidate ``refinement_id`` in this study; bad format.
+    """
+    _check_formats(formats)
+    spec = get_study_spec(name, store)
+    row = store.get_refinement(refinement_id)
+    if row is None or row.study != name:
+        ids = [r.id for r in store.get_refinements(name)]
+        known = f"its candidates: {', '.join(map(str, ids[:20]))}{' ...' if len(ids) > 20 else ''}" if ids \
+            else "it has none; run 'nas refine' first"
+        raise NasError(f"study {name!r} has no refined candidate {refinement_id}; {known} "
+                       "(see 'nas pareto NAME --include-refined')")
+    arch = ArchSpec.from_json(store.get_architecture(row.spec_hash) or "")
+    data = spec.load_data()
+    blob = store.get_artifact(row.artifact_key)
+    if blob is None:
+        raise NasError(f"refined candidate {refinement_id} has lost its weights ({row.artifact_key})")
+    model = build_model(arch, data.input_shape, data.num_classes)
+    model.load_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
+    lineage = {"parent_trial": row.parent_trial, "parent_spec_hash": row.parent_spec_hash, "step": row.step,
+               "parent_step": row.parent_step, "method": row.method, "settings": json.loads(row.settings_json),
+               "detail": json.loads(row.detail_json), "val_accuracy": row.val_accuracy,
+               "test_accuracy": row.test_accuracy}
+    info: dict[str, Any] = {"refined": refinement_id, "spec_hash": row.spec_hash, "parent_trial": row.parent_trial,
+                            "step": row.step, "method": row.method}
+    info.update(_write(arch, model.eval(), data, spec, Path(to), formats,
+                       {"study": name, "refined": refinement_id, "lineage": lineage}))
     return info

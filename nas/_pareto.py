@@ -5,11 +5,19 @@ Only trials that were evaluated (trained or reused) and meet the budget are cand
 narrows them *before* the front is computed, so the answer is "the front under these limits".
 One row per architecture (a spec reached again by reuse appears once, at its first trial).
 Test accuracy is measured for front members only, once, and stored.
+
+With ``include_refined``, the candidates of ``nas refine`` (pruned, fused, low-rank networks and
+the retrained baselines, see ``nas._refine``) join the same front with their validation
+accuracy and cost, on the study's objectives (``hw_cost`` with the study's budget), if they
+meet the budget. Their rows carry ``source`` (``"refined 12/prune/1"``: parent trial, method,
+step; trial rows say ``"trial 12"``) and ``refined`` (the candidate's id, for ``nas export
+--refined``).
 """
 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +33,7 @@ from ._errors import NasError
 from ._study import StudySpec, get_study_spec
 from ._trial import weights_key
 
-__all__ = ["dominates", "front_trials", "pareto_rows", "where_filter"]
+__all__ = ["dominates", "front_trials", "pareto_rows", "refined_points", "where_filter"]
 
 
 def _vector(spec: StudySpec, t: FrozenTrial) -> list[float]:
@@ -95,23 +103,77 @@ def test_accuracy(name: str, store: Store, spec: StudySpec, spec_hash: str, data
     return acc
 
 
-def pareto_rows(name: str, store: Store, *, where: str | None = None, with_test: bool = True) -> list[dict[str, Any]]:
-    """The feasible Pareto front of study ``name`` under ``where``, sorted by the first cost."""
+def refined_points(name: str, store: Store, spec: StudySpec,
+                   trials: dict[int, FrozenTrial] | None = None) -> list[tuple[Any, dict[str, float]]]:
+    """``(refinement row, metrics)`` of every stored refinement candidate of study ``name`` that
+    meets its budget; ``metrics`` holds the cost totals, ``hw_cost`` under the study's budget and
+    ``accuracy``. Candidates whose parent trial no longer has the architecture they started from
+    (a study deleted and created again under the same name) are left out."""
+    if trials is None:
+        study = optuna.load_study(study_name=name, storage=store.optuna)
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    budget = spec.budget_obj()
+    out = []
+    for r in store.get_refinements(name):
+        t = trials.get(r.parent_trial)
+        if t is None or t.user_attrs.get("spec_hash") != r.parent_spec_hash:
+            continue
+        m = json.loads(r.cost_json)
+        if budget is not None:
+            if budget.violations(m):
+                continue
+            m["hw_cost"] = budget.hw_cost(m)
+        m["accuracy"] = r.val_accuracy
+        out.append((r, m))
+    return out
+
+
+def _front_indices(spec: StudySpec, metrics: Sequence[dict[str, float]]) -> list[int]:
+    vecs = [[-m[o] if d == "maximize" else m[o] for o, d in zip(spec.objectives, spec.directions, strict=True)]
+            for m in metrics]
+    return [i for i in range(len(vecs))
+            if not any(dominates(vecs[j], vecs[i]) for j in range(len(vecs)) if j != i)]
+
+
+_ROW_COSTS = ("hw_cost", "flops", "params", "peak_activation_bytes", "mem_traffic_bytes", "latency_ms", "energy_uj")
+
+
+def pareto_rows(name: str, store: Store, *, where: str | None = None, with_test: bool = True,
+                include_refined: bool = False) -> list[dict[str, Any]]:
+    """The feasible Pareto front of study ``name`` under ``where``, sorted by the first cost.
+
+    With ``include_refined``, refinement candidates compete on the same front (see the module
+    docstring) and every row has ``source`` and ``refined``.
+    """
     spec = get_study_spec(name, store)
     keep = where_filter(where)
     study = optuna.load_study(study_name=name, storage=store.optuna)
-    trials = [t for t in _evaluated(study.get_trials(deepcopy=False)) if keep(_metrics(t))]
-    front = front_trials(spec, trials)
-    data = spec.load_data() if with_test and front else None
+    all_trials = study.get_trials(deepcopy=False)
+    trials = [t for t in _evaluated(all_trials) if keep(_metrics(t))]
+    refined: list[tuple[Any, dict[str, float]]] = []
+    if include_refined:
+        refined = [(r, m) for r, m in refined_points(name, store, spec, {t.number: t for t in all_trials}) if keep(m)]
+        points: list[tuple[FrozenTrial | None, Any, dict[str, float]]] = (
+            [(t, None, _metrics(t)) for t in trials] + [(None, r, m) for r, m in refined])
+        chosen = [points[i] for i in _front_indices(spec, [p[2] for p in points])]
+    else:
+        chosen = [(t, None, _metrics(t)) for t in front_trials(spec, trials)]
+    data = spec.load_data() if with_test and any(t is not None for t, _, _ in chosen) else None
     rows = []
-    for t in front:
-        m = _metrics(t)
-        row: dict[str, Any] = {"trial": t.number, "spec_hash": t.user_attrs["spec_hash"][:12],
-                               "accuracy": m["accuracy"]}
-        if with_test:
-            row["test_accuracy"] = test_accuracy(name, store, spec, t.user_attrs["spec_hash"], data)
-        for k in ("hw_cost", "flops", "params", "peak_activation_bytes", "mem_traffic_bytes", "latency_ms",
-                  "energy_uj"):
+    for t, r, m in chosen:
+        row: dict[str, Any]
+        if t is not None:
+            row = {"trial": t.number, "spec_hash": t.user_attrs["spec_hash"][:12], "accuracy": m["accuracy"]}
+            if include_refined:
+                row = {"source": f"trial {t.number}", "refined": None, **row}
+            if with_test:
+                row["test_accuracy"] = test_accuracy(name, store, spec, t.user_attrs["spec_hash"], data)
+        else:
+            row = {"source": f"refined {r.parent_trial}/{r.method}/{r.step}", "refined": r.id, "trial": r.parent_trial,
+                   "spec_hash": r.spec_hash[:12], "accuracy": m["accuracy"]}
+            if with_test:
+                row["test_accuracy"] = r.test_accuracy
+        for k in _ROW_COSTS:
             if k in m:
                 row[k] = m[k]
         row["cost"] = {k: v for k, v in m.items() if k != "accuracy"}

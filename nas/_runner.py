@@ -1,19 +1,18 @@
-"""Running a study to its target: local workers sharing the database.
+"""Running a study to its target: local worker processes sharing the database.
 
-``run_study`` runs until the study has its target number of COMPLETE trials in total (over
-budget trials included: they are complete, with their cost), so running it again after a
-crash or Ctrl-C resumes. Each worker asks for a new trial only while complete + running +
-waiting trials are below the target, so the target is met without extra trials (two workers
-asking in the same instant can overshoot by one). Heartbeats mark a killed worker's trial
-failed, and ``RetryHeartbeatStaleTrialCallback`` re-queues its parameters.
+``run_study`` runs until the study has its target number of finished trials (COMPLETE, over
+budget trials included since they are complete with their cost, plus PRUNED ones), so running
+it again after a crash or Ctrl-C resumes. The trial loop, the slot lock that keeps concurrent
+workers from overshooting the target and the failure handling live in :mod:`nas._worker`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import signal
+import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,26 +23,12 @@ from objectives import threads_per_worker
 from storage import Store
 
 from ._errors import NasError
-from ._study import StudySpec, get_study_spec
-from ._trial import TrialObjective, load_context
+from ._study import get_study_spec
+from ._worker import make_pruner, make_sampler, run_worker
 
-__all__ = ["Progress", "make_sampler", "progress", "run_study", "work"]
+__all__ = ["Progress", "make_pruner", "make_sampler", "progress", "run_study", "work"]
 
 POLL_SECONDS = 1.0
-
-
-def make_sampler(spec: StudySpec, worker: int = 0, n_target: int | None = None) -> optuna.samplers.BaseSampler:
-    """The study's sampler, seeded per worker (``seed + worker``)."""
-    seed = spec.seed + worker
-    target = n_target or spec.trials
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if spec.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if spec.sampler == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, target // 4)))
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                          n_startup_trials=max(4, min(10, target // 4)))
 
 
 @dataclass(frozen=True)
@@ -55,6 +40,12 @@ class Progress:
     feasible: int
     trained: int
     pareto: int
+    pruned: int = 0
+
+    @property
+    def finished(self) -> int:
+        """Trials that count towards the target: complete + pruned."""
+        return self.complete + self.pruned
 
     @property
     def feasible_share(self) -> float:
@@ -72,68 +63,39 @@ def progress(name: str, store: Store, target: int | None = None) -> Progress:
     tgt = target if target is not None else store.get_study(name).target_trials  # type: ignore[union-attr]
     front = front_trials(get_study_spec(name, store), feasible) if feasible else []
     return Progress(len(complete), tgt, sum(t.state == TrialState.RUNNING for t in trials),
-                    sum(t.state == TrialState.FAIL for t in trials), len(feasible), trained, len(front))
+                    sum(t.state == TrialState.FAIL for t in trials), len(feasible), trained, len(front),
+                    sum(t.state == TrialState.PRUNED for t in trials))
 
 
 def work(name: str, url: str, *, target: int | None = None, deadline: float | None = None, worker: int = 0,
          threads: int | None = None, callback: Callable[[], None] | None = None,
-         max_consecutive_failures: int = 20) -> int:
-    """Run trials of one study until it has ``target`` complete trials (or the deadline passes).
+         max_consecutive_failures: int = 20, heartbeat: int = 10, stop: threading.Event | None = None) -> int:
+    """Run trials of one study in this process until it has its target of finished trials.
 
-    Returns the number of trials this worker finished. Training failures (NaN loss, errors)
-    fail that trial with its reason; the worker goes on, unless ``max_consecutive_failures``
-    of its trials failed in a row (then the study itself is broken: NasError with the reason).
+    Returns the number of trials this worker ran. See :func:`nas._worker.run_worker`.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    store = Store(url)
-    try:
-        row = store.get_study(name)
-        if row is None:
-            raise NasError(f"unknown study {name!r}")
-        goal = target if target is not None else row.target_trials
-        ctx = load_context(name, store, threads=threads)
-        study = optuna.load_study(study_name=name, storage=store.optuna,
-                                  sampler=make_sampler(ctx.spec, worker, goal))
-        objective = TrialObjective(ctx)
-        done = 0
-        failures: list[str] = []
-
-        def watch(_study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
-            if t.state == TrialState.FAIL:
-                failures.append(t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason") or "error")
-            else:
-                failures.clear()
-
-        while deadline is None or time.time() < deadline:
-            trials = study.get_trials(deepcopy=False)
-            complete = sum(t.state == TrialState.COMPLETE for t in trials)
-            pending = sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
-            if complete >= goal:
-                break
-            if complete + pending >= goal:
-                # Enough in flight: wait for them (a stale one is failed and re-queued).
-                optuna.storages.fail_stale_trials(study)
-                time.sleep(POLL_SECONDS)
-                continue
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=False, callbacks=[watch])
-            done += 1
-            if len(failures) >= max_consecutive_failures:
-                raise NasError(f"{len(failures)} trials of {name!r} failed in a row, last: {failures[-1]}; "
-                               "fix the study (e.g. its learning rate or data) and rerun")
-            if callback:
-                callback()
-        return done
-    finally:
-        store.close()
+    if target is not None:
+        store = Store(url)
+        try:
+            store.set_target(name, target)
+        finally:
+            store.close()
+    stats = run_worker([name], url, until_done=True, deadline=deadline, worker=worker, threads=threads, stop=stop,
+                       heartbeat=heartbeat, max_consecutive_failures=max_consecutive_failures,
+                       on_trial=(lambda _n, _t: callback()) if callback else None)
+    return stats.trials
 
 
-def _worker_main(name: str, url: str, target: int, deadline: float | None, worker: int, threads: int) -> None:
+def _worker_main(name: str, url: str, deadline: float | None, worker: int, threads: int, heartbeat: int) -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # finish or cleanly fail the trial, then exit
     with contextlib.suppress(KeyboardInterrupt):
-        work(name, url, target=target, deadline=deadline, worker=worker, threads=threads)
+        work(name, url, deadline=deadline, worker=worker, threads=threads, heartbeat=heartbeat, stop=stop)
 
 
 def run_study(name: str, store: Store, *, trials: int | None = None, workers: int = 1, timeout: float | None = None,
-              on_progress: Callable[[Progress], None] | None = None) -> Progress:
+              on_progress: Callable[[Progress], None] | None = None, heartbeat: int = 10) -> Progress:
     """Run ``name`` until it has its target of complete trials (``trials`` raises the target).
 
     Args:
@@ -162,10 +124,10 @@ def run_study(name: str, store: Store, *, trials: int | None = None, workers: in
     threads = threads_per_worker(workers)
     report = (lambda: on_progress(progress(name, store, target))) if on_progress else None
     if workers == 1:
-        work(name, store.url, target=target, deadline=deadline, threads=threads, callback=report)
+        work(name, store.url, deadline=deadline, threads=threads, callback=report, heartbeat=heartbeat)
     else:
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker_main, args=(name, store.url, target, deadline, i, threads),
+        procs = [ctx.Process(target=_worker_main, args=(name, store.url, deadline, i, threads, heartbeat),
                              name=f"nas-worker-{i}") for i in range(workers)]
         for p in procs:
             p.start()
@@ -176,10 +138,13 @@ def run_study(name: str, store: Store, *, trials: int | None = None, workers: in
                 for p in procs:
                     p.join(timeout=POLL_SECONDS / len(procs))
         except KeyboardInterrupt:
+            # The workers got the SIGINT too: each fails its trial cleanly and queues it again.
             for p in procs:
-                p.terminate()
+                p.join(timeout=30)
             for p in procs:
-                p.join()
+                if p.is_alive():
+                    p.terminate()
+                    p.join()
             raise
     final = progress(name, store, target)
     if on_progress:

@@ -27,10 +27,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["OBJECTIVES", "SAMPLERS", "Fidelity", "StudySpec", "create_study", "delete_study", "get_study_spec",
-           "list_studies", "load_spec_file"]
+__all__ = ["OBJECTIVES", "PRUNERS", "SAMPLERS", "Fidelity", "StudySpec", "create_study", "delete_study",
+           "get_study_spec", "list_studies", "load_spec_file"]
 
 SAMPLERS = ("tpe", "nsga2", "random")
+#: Early stopping of poor trials on validation accuracy; single-objective (accuracy) studies only.
+PRUNERS = ("none", "median", "asha", "hyperband")
 #: Objective names: validation accuracy (maximised), the FS-DNN scalar and every cost resource (minimised).
 OBJECTIVES = ("accuracy", "hw_cost", *RESOURCES)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
@@ -64,6 +66,7 @@ class StudySpec(BaseModel):
     budget_weights: dict[str, float] = Field(default_factory=dict)
     objectives: list[str] = Field(default_factory=lambda: ["accuracy", "hw_cost"])
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    pruner: Literal["none", "median", "asha", "hyperband"] = "none"
     seed: int = Field(default=0, ge=0)
     device: str = "auto"
     cost_device: str = "rpi4"
@@ -138,6 +141,10 @@ class StudySpec(BaseModel):
                              "give --budget, or choose resources as objectives")
         if self.budget:
             parse_budget(self.budget, self.budget_weights)
+        if self.pruner != "none" and self.objectives != ["accuracy"]:
+            raise ValueError(f"pruner {self.pruner!r} needs the single objective accuracy (got "
+                             f"{','.join(self.objectives)}): Optuna pruners and Tune's ASHA stop trials on one "
+                             "metric; multi-objective studies reject over-budget trials before training instead")
         return self
 
     # -------------------------------------------------------------- derived
@@ -177,6 +184,8 @@ def _one_line(e: ValidationError) -> str:
         msg = msg.removeprefix(prefix)
     if err["type"] == "literal_error" and "sampler" in loc:
         msg = f"got {err['input']!r}; accepted: {', '.join(SAMPLERS)}"
+    if err["type"] == "literal_error" and "pruner" in loc:
+        msg = f"got {err['input']!r}; accepted: {', '.join(PRUNERS)}"
     if err["type"] == "string_pattern_mismatch":
         msg = "use letters, digits, '_', '.', '-' (at most 100 characters, not starting with a symbol)"
     if err["type"] == "extra_forbidden":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,11 @@ from storage import Store
 
 from ._study import StudySpec, get_study_spec
 
-__all__ = ["StudyContext", "TrialObjective", "load_context", "objective_values", "weights_key"]
+__all__ = ["StudyContext", "TrialInterrupted", "TrialObjective", "load_context", "objective_values", "weights_key"]
+
+
+class TrialInterrupted(Exception):
+    """Raised at an epoch boundary when the worker was asked to stop (SIGTERM/SIGINT)."""
 
 
 def weights_key(spec_hash: str, fidelity_key: str) -> str:
@@ -72,11 +77,44 @@ def serialize_state(state: dict[str, torch.Tensor]) -> bytes:
 
 
 class TrialObjective:
-    """The objective callable for ``study.optimize``; see the module docstring."""
+    """The objective callable for ``study.optimize``; see the module docstring.
 
-    def __init__(self, ctx: StudyContext) -> None:
+    Args:
+        ctx: the study context.
+        prune: report validation accuracy per epoch to the trial and raise ``TrialPruned``
+            when its pruner says so (local single-objective studies with a pruner).
+        should_stop: polled after every epoch; when true the trial raises
+            :class:`TrialInterrupted` (a worker draining on SIGTERM).
+        on_epoch: called as ``on_epoch(trial, epoch, val_accuracy)`` after every epoch (the
+            Ray adapter reports intermediate results to Tune from here).
+    """
+
+    def __init__(self, ctx: StudyContext, *, prune: bool = False, should_stop: Callable[[], bool] | None = None,
+                 on_epoch: Callable[[optuna.trial.BaseTrial, int, float], None] | None = None) -> None:
         self.ctx = ctx
         self.budget = ctx.spec.budget_obj()
+        self.prune = prune
+        self.should_stop = should_stop
+        self.on_epoch = on_epoch
+
+    def _epoch_hook(self, trial: optuna.trial.BaseTrial) -> Callable[[int, float], None] | None:
+        if not (self.prune or self.should_stop or self.on_epoch):
+            return None
+
+        def hook(epoch: int, val_accuracy: float) -> None:
+            if self.on_epoch is not None:
+                self.on_epoch(trial, epoch, val_accuracy)
+            if self.prune:
+                trial.report(val_accuracy, epoch)
+                if trial.should_prune():
+                    trial.set_user_attr("status", "pruned")
+                    trial.set_user_attr("epochs_run", epoch)
+                    trial.set_user_attr("val_accuracy", val_accuracy)
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch} at validation accuracy {val_accuracy:.4f}")
+            if self.should_stop is not None and self.should_stop():
+                raise TrialInterrupted(f"worker stopping: interrupted after epoch {epoch}")
+
+        return hook
 
     def cost(self, arch: ArchSpec) -> dict[str, float]:
         data = self.ctx.data
@@ -113,7 +151,7 @@ class TrialObjective:
             return objective_values(ctx.spec, done.val_accuracy, cost)
         t0 = time.perf_counter()
         try:
-            result = train_spec(arch, ctx.data, ctx.train_config)
+            result = train_spec(arch, ctx.data, ctx.train_config, on_epoch=self._epoch_hook(trial))
         except TrainingError as e:
             trial.set_user_attr("status", "failed")
             trial.set_user_attr("fail_reason", e.reason)

@@ -11,10 +11,11 @@ import ast
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -260,6 +261,7 @@ def study_create(
     budget: str = typer.Option(None, "--budget", help="e.g. 'flops<=5M params<=100k peak_mem<=256KiB'"),
     objectives: str = typer.Option(None, "--objectives", help="comma list, default accuracy,hw_cost"),
     sampler: str = typer.Option(None, "--sampler", help="tpe | nsga2 | random"),
+    pruner: str = typer.Option(None, "--pruner", help="none | median | asha | hyperband (objective accuracy only)"),
     seed: int = typer.Option(None, "--seed"),
     epochs: int = typer.Option(None, "--epochs", help="training epochs per trial (fidelity)"),
     train_fraction: float = typer.Option(None, "--train-fraction", help="share of training data per trial"),
@@ -274,7 +276,8 @@ def study_create(
     from nas._study import create_study, load_spec_file, make_spec
 
     fields: dict[str, Any] = {"name": name, "space": space, "data": data, "budget": budget, "sampler": sampler,
-                              "seed": seed, "trials": trials, "device": device, "cost_device": cost_device}
+                              "pruner": pruner, "seed": seed, "trials": trials, "device": device,
+                              "cost_device": cost_device}
     if objectives is not None:
         fields["objectives"] = [o.strip() for o in objectives.split(",") if o.strip()]
     if option:
@@ -315,36 +318,76 @@ def _progress_bar(quiet: bool):
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err)
 
 
-def run_with_progress(name: str, store, trials: int | None, workers: int, timeout: float | None, quiet: bool):
-    from nas._runner import run_study
+def run_with_progress(name: str, store, trials: int | None, workers: int, timeout: float | None, quiet: bool,
+                      backend: str = "local", ray_options=None):
+    """Run ``name`` on the local workers or (``backend="ray"``) on Ray Tune, with a progress bar."""
     from nas._study import get_study_spec
 
     get_study_spec(name, store)  # unknown study: one line, exit 2
+    if backend == "ray":
+        from nas._ray import run_ray
+
+        def runner(on_progress=None):
+            return run_ray(name, store, trials=trials, options=ray_options, timeout=timeout,
+                           on_progress=on_progress,
+                           say=lambda msg: err.print(msg, highlight=False, soft_wrap=True, markup=False))
+    else:
+        from nas._runner import run_study
+
+        def runner(on_progress=None):
+            return run_study(name, store, trials=trials, workers=workers, timeout=timeout, on_progress=on_progress)
     bar = _progress_bar(quiet)
     if bar is None:
-        return run_study(name, store, trials=trials, workers=workers, timeout=timeout)
+        return runner()
     with bar:
         task = bar.add_task(name, total=trials or store.get_study(name).target_trials, feasible=0.0, front=0)
 
         def update(p) -> None:
-            bar.update(task, completed=p.complete, total=p.target, feasible=p.feasible_share, front=p.pareto)
+            bar.update(task, completed=p.finished, total=p.target, feasible=p.feasible_share, front=p.pareto)
 
-        return run_study(name, store, trials=trials, workers=workers, timeout=timeout, on_progress=update)
+        return runner(update)
 
 
 @study_app.command("run")
 def study_run(
     name: str = typer.Argument(..., help="study name"),
     trials: int = typer.Option(None, "--trials", help="target of complete trials in total (raises the stored one)"),
-    workers: int = typer.Option(1, "--workers", help="local worker processes"),
+    workers: int = typer.Option(None, "--workers", help="local worker processes (default 1; --backend local)"),
     timeout: float = typer.Option(None, "--timeout", help="stop starting trials after S seconds"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+    backend: str = typer.Option("local", "--backend", help="local (worker processes) | ray (Ray Tune)"),
+    address: str = typer.Option(None, "--address", help="--backend ray: a running Ray cluster (default: local Ray)"),
+    max_concurrent: int = typer.Option(None, "--max-concurrent",
+                                       help="--backend ray: trials at once (default: CPUs // cpus per trial)"),
+    cpus_per_trial: float = typer.Option(None, "--cpus-per-trial", help="--backend ray: CPUs (torch threads), 1"),
+    gpus_per_trial: float = typer.Option(None, "--gpus-per-trial", help="--backend ray: GPUs per trial, 0"),
 ) -> None:
     """Run a study until it has its target of complete trials; rerun to resume."""
+    from nas._ray import RayInterrupted, check_backend_options
+
+    backend = backend.strip().lower()
+    ray_options = check_backend_options(backend, address=address, max_concurrent=max_concurrent,
+                                        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                                        workers=workers)
     store = open_store(storage)
-    p = run_with_progress(name, store, trials, workers, timeout, quiet)
-    out.print(f"{name}: {p.complete}/{p.target} complete ({p.trained} trained, {p.feasible} within budget, "
+    try:
+        p = run_with_progress(name, store, trials, 1 if workers is None else workers, timeout, quiet, backend,
+                              ray_options)
+    except RayInterrupted as e:
+        err.print(f"{name}: {e}", highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        from nas._runner import progress
+
+        p = progress(name, store)
+        err.print(f"{name}: interrupted at {p.finished}/{p.target} finished trials; the running trial was failed "
+                  "and queued again; rerun the same command to resume", highlight=False, soft_wrap=True,
+                  markup=False)
+        raise typer.Exit(130) from None
+    done = (f"{p.complete}/{p.target} complete" if not p.pruned
+            else f"{p.finished}/{p.target} finished ({p.complete} complete, {p.pruned} pruned)")
+    out.print(f"{name}: {done} ({p.trained} trained, {p.feasible} within budget, "
               f"{p.failed} failed); Pareto front: {p.pareto} architectures")
 
 
@@ -419,21 +462,92 @@ PARETO_COLS = ("trial", "spec_hash", "accuracy", "test_accuracy", "hw_cost", "fl
                "peak_activation_bytes", "latency_ms")
 
 
+@app.command("worker")
+def worker_cmd(
+    names: list[str] = typer.Argument(None, help="studies to work on (default: any study with work left)"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+    threads: int = typer.Option(None, "--threads", envvar="NAS_WORKER_THREADS",
+                                help="CPU threads for training (default: all cores; with K workers on one host "
+                                     "use cores/K)"),
+    heartbeat: int = typer.Option(10, "--heartbeat", help="seconds between heartbeats; a trial silent for 3x this "
+                                                          "is failed and retried"),
+    until_done: bool = typer.Option(False, "--until-done", help="exit once the studies have met their targets "
+                                                                "instead of waiting for more work"),
+    poll_max: float = typer.Option(30.0, "--poll-max", help="longest wait (s) between polls when there is no work"),
+    connect_wait: float = typer.Option(120.0, "--connect-wait", help="how long (s) to wait for the database at "
+                                                                     "start"),
+    quiet: bool = typer.Option(False, "--quiet", help="log warnings only"),
+) -> None:
+    """A long-running worker: runs trials of studies in the database until stopped.
+
+    Without NAME it takes any study whose target is not met, oldest first, and waits (polling
+    with backoff) when there is none. SIGTERM/SIGINT: the running trial is finished, or stopped
+    at its next epoch and queued again, then the worker exits 0 (a second signal aborts).
+    """
+    import logging
+    import signal
+    import threading
+
+    from nas._worker import run_worker, wait_for_database
+    from storage import Store, normalize_url
+
+    if heartbeat < 1:
+        raise UsageError(f"--heartbeat: must be >= 1 second, got {heartbeat}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads: must be >= 1, got {threads}")
+    if poll_max < 0.1:
+        raise UsageError(f"--poll-max: must be >= 0.1 seconds, got {poll_max}")
+    url = normalize_url(storage)  # a malformed URL fails now, not after waiting
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from nas._study import get_study_spec
+
+    store = wait_for_database(lambda: Store(url), "connecting", max_wait=connect_wait)
+    assert isinstance(store, Store)
+    try:
+        for n in names or ():
+            get_study_spec(n, store)  # unknown study: one line naming the studies there, exit 2
+    finally:
+        store.close()
+    stop = threading.Event()
+    log = logging.getLogger("nas.worker")
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("%s: finishing the running trial (stopping it at its next epoch), then exiting",
+                    signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("worker started on %s (%s)", Store.display_url(url), ", ".join(names) if names else "all studies")
+    # Samplers are seeded with study seed + worker: the process id keeps workers from proposing
+    # the same sequence (a single-process `nas study run` stays reproducible with worker 0).
+    stats = run_worker(names or None, url, until_done=until_done, threads=threads, stop=stop, heartbeat=heartbeat,
+                       poll_max=poll_max, worker=os.getpid() % 100_000)
+    log.info("worker exiting after %d trials (%s)", stats.trials,
+             ", ".join(f"{k.lower()} {v}" for k, v in sorted(stats.by_state.items())) or "none")
+
+
 @app.command("pareto")
 def pareto_cmd(
     name: str = typer.Argument(..., help="study name"),
     where: str | None = typer.Option(None, "--where", help="filter, e.g. 'flops<=1M accuracy>=0.95'"),
     fmt: Format = typer.Option(Format.table, "--format", help="table, json or csv"),
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+    include_refined: Annotated[bool, typer.Option(
+        "--include-refined", help="refined candidates ('nas refine') join the front, marked in 'source'")] = False,
 ) -> None:
     """The feasible Pareto front (accuracy vs cost) with spec hash, costs and test accuracy."""
     from nas._pareto import pareto_rows
 
-    rows = pareto_rows(name, open_store(storage), where=where)
+    rows = pareto_rows(name, open_store(storage), where=where, include_refined=include_refined)
     if fmt is Format.json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    flat = [{k: r.get(k) for k in PARETO_COLS} for r in rows]
+    cols = ("source", "refined", *PARETO_COLS) if include_refined else PARETO_COLS
+    flat = [{k: r.get(k) for k in cols} for r in rows]
     if fmt is Format.csv:
         emit(flat, fmt)
         return
@@ -447,21 +561,135 @@ def pareto_cmd(
 @app.command("export")
 def export_cmd(
     name: str = typer.Argument(..., help="study name"),
-    trial: int = typer.Option(..., "--trial", help="trial number"),
+    trial: int = typer.Option(None, "--trial", help="trial number"),
     to: str = typer.Option(..., "--to", help="output directory"),
     epochs: int = typer.Option(None, "--epochs", help="retrain for N epochs instead of using stored weights"),
     formats: str = typer.Option("json,state_dict,onnx", "--formats", help="comma list of json, state_dict, onnx"),
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+    refined: Annotated[int | None, typer.Option(
+        "--refined", help="a refined candidate's id (column 'refined' of 'nas pareto --include-refined')")] = None,
 ) -> None:
-    """Export a trial: spec JSON, state_dict, ONNX (checked against onnxruntime)."""
-    from nas._export import export_trial
+    """Export a trial or a refined candidate: spec JSON, state_dict, ONNX (checked against onnxruntime)."""
+    from nas._export import export_refined, export_trial
 
-    info = export_trial(name, trial, to, open_store(storage), epochs=epochs,
-                        formats=tuple(f.strip() for f in formats.split(",") if f.strip()))
+    if (trial is None) == (refined is None):
+        raise UsageError("give exactly one of --trial N (a trial) or --refined ID (a refined candidate, see "
+                         "'nas pareto NAME --include-refined')")
+    fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
+    if refined is not None:
+        if epochs is not None:
+            raise UsageError("--epochs retrains a trial; a refined candidate is exported with its stored weights")
+        info = export_refined(name, refined, to, open_store(storage), formats=fmts)
+    else:
+        info = export_trial(name, trial, to, open_store(storage), epochs=epochs, formats=fmts)
     for f in info["files"]:
         out.print(f"wrote {f}")
     if "onnx_max_abs_diff" in info:
         out.print(f"ONNX vs PyTorch: max |diff| {info['onnx_max_abs_diff']:.2e}")
+
+
+REFINE_COLS = ("source", "refined", "accuracy", "test_accuracy", "flops", "params", "mem_traffic_bytes", "depth",
+               "hw_cost")
+
+
+@app.command("refine")
+def refine_cmd(
+    name: str = typer.Argument(..., help="study name"),
+    trial: int = typer.Option(None, "--trial", help="the trial to refine (trained, within the budget)"),
+    pareto: bool = typer.Option(False, "--pareto", help="refine every member of the study's Pareto front"),
+    epochs: int = typer.Option(None, "--epochs", help="baseline training epochs at the refinement fidelity (20)"),
+    reuse_weights: bool = typer.Option(False, "--reuse-weights",
+                                       help="baseline = the weights the search stored (no training)"),
+    finetune_epochs: int = typer.Option(None, "--finetune-epochs",
+                                        help="F, fine-tuning epochs per pruning attempt, the paper's 320 (8); short "
+                                             "fusion fine-tuning ceil(F*50/320), long ceil(F*200/320), patience "
+                                             "ceil(F*20/320)"),
+    margin: float = typer.Option(None, "--margin", help="pruning keeps accuracy >= baseline - margin (0.01)"),
+    iterations: int = typer.Option(None, "--iterations", help="outer pruning iterations (3)"),
+    max_drop: float = typer.Option(None, "--max-drop",
+                                   help="fusion stops once accuracy is this far below the pruned model's (0.03)"),
+    long_every: int = typer.Option(None, "--long-every", help="long fine-tuning after this many removals (4)"),
+    temperature: float = typer.Option(None, "--temperature", help="distillation temperature T (4)"),
+    alpha: float = typer.Option(None, "--alpha", help="weight of the soft (distillation) loss; 1-alpha on labels "
+                                                      "(0.9)"),
+    low_rank: str = typer.Option(None, "--low-rank", help="last, LightLayers (low rank) until this budget holds, "
+                                                          "e.g. 'params<=20k flops<=1M'"),
+    seed: int = typer.Option(None, "--seed", help="seed of initialisation and batch order (0)"),
+    threads: int = typer.Option(None, "--threads", help="torch threads (default: all cores)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress display"),
+    fmt: Format = typer.Option(Format.table, "--format", help="table, json or csv"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+) -> None:
+    """Refine trained architectures: dynamic pruning, then layer fusion with distillation (SEEDS.md 2).
+
+    Every candidate (baseline, each pruning iteration, each fusion step, low rank) is stored as
+    soon as it exists, with its lineage; 'nas pareto NAME --include-refined' puts them on the
+    front and 'nas export NAME --refined ID' exports one. After Ctrl-C, the same command
+    continues from the last stored step.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Column
+
+    from nas._refine import make_settings, parent_trials, refine_trial
+    from objectives import threads_per_worker
+
+    if (trial is None) == (not pareto):
+        raise UsageError("give exactly one of --trial N (refine one trial) or --pareto (every Pareto-front member)")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads: must be >= 1, got {threads}")
+    settings = make_settings(epochs=epochs, reuse_weights=reuse_weights or None, finetune_epochs=finetune_epochs,
+                             margin=margin, iterations=iterations, max_drop=max_drop, long_every=long_every,
+                             temperature=temperature, alpha=alpha, low_rank=low_rank, seed=seed)
+    store = open_store(storage)
+    numbers = parent_trials(name, store, trial=trial, pareto=pareto)
+    threads = threads or threads_per_worker(1)
+    # One bar per trial over its steps (stored candidates of expected), the current phase beside it.
+    prog = None if quiet else Progress(
+        SpinnerColumn(), TextColumn("[bold]{task.fields[label]}", table_column=Column(no_wrap=True)),
+        BarColumn(bar_width=16), MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn(),
+        TextColumn("{task.description}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+        console=err, transient=True, expand=True)
+    rows: list[Any] = []
+    stored = 0
+    try:
+        if prog is not None:
+            prog.start()
+        for i, number in enumerate(numbers):
+            label = f"{name} trial {number}" + (f" ({i + 1}/{len(numbers)})" if len(numbers) > 1 else "")
+            task = prog.add_task("", total=None, label=label) if prog is not None else None
+
+            def show(e: Any, number: int = number, task: Any = task) -> None:
+                nonlocal stored
+                if e.kind == "candidate":
+                    stored += 1
+                if prog is None:
+                    return
+                prog.update(task, completed=e.stored, total=e.expected or None, description=e.message)
+                if e.kind in ("candidate", "note", "resumed"):
+                    prog.console.print(f"trial {number}: {e.message}", highlight=False, soft_wrap=True)
+            rows += refine_trial(name, number, store, settings, threads=threads, on_event=show)
+    except KeyboardInterrupt:
+        if prog is not None:
+            prog.stop()
+        err.print(f"interrupted: {stored} new candidate(s) stored; run the same command again to continue from the "
+                  "last stored step", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    finally:
+        if prog is not None:
+            prog.stop()
+    table = []
+    for r in rows:
+        cost = json.loads(r.cost_json)
+        table.append({"source": f"refined {r.parent_trial}/{r.method}/{r.step}", "refined": r.id,
+                      "accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy,
+                      **{k: cost.get(k) for k in REFINE_COLS[4:]}, "parent_step": r.parent_step,
+                      "spec_hash": r.spec_hash[:12]})
+    if fmt is Format.json:
+        sys.stdout.write(json.dumps(table, indent=2) + "\n")
+        return
+    emit(table, fmt, f"refined candidates of {name} (trial{'s' if len(numbers) > 1 else ''} "
+                     f"{', '.join(map(str, numbers))})",
+         {k: lambda v: si(float(v)) for k in ("flops", "params", "mem_traffic_bytes")})
 
 
 @app.command("report")

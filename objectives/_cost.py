@@ -187,8 +187,9 @@ def trace_layers(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes:
 
     handles = []
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            # Shape-preserving; meta-device batch_norm is slow Python decompositions.
+        if isinstance(m, (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Dropout)):
+            # Shape-preserving and not counted; on the meta device these are slow Python
+            # decompositions (relu alone was 40% of a trace).
             m.forward = _identity  # type: ignore[method-assign,assignment]
         if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.AdaptiveAvgPool2d)):
             handles.append(m.register_forward_hook(leaf_hook))

@@ -3,6 +3,8 @@
 Schema history (``lightnas_meta.schema_version``):
 
 1. ``lightnas_studies``, ``lightnas_architectures``, ``lightnas_evaluations``, ``lightnas_artifacts``.
+2. ``lightnas_refinements``: candidates of post-search refinement (pruning, fusion, low rank)
+   with their lineage.
 
 Upgrades are functions in ``MIGRATIONS`` applied in order; tables are never dropped.
 """
@@ -10,6 +12,7 @@ Upgrades are functions in ``MIGRATIONS`` applied in order; tables are never drop
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 from sqlalchemy import (
     DateTime,
@@ -21,9 +24,10 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _now() -> dt.datetime:
@@ -90,5 +94,41 @@ class ArtifactRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class RefinementRow(Base):
+    """One candidate of a refinement run (``nas refine``) and its lineage.
+
+    A run is identified by (study, parent trial, settings hash); its candidates are numbered by
+    ``step`` (0 = the trained baseline, then pruning iterations, fusion candidates, low rank),
+    each naming the step it was derived from (``parent_step``). The unique key makes a rerun
+    with the same settings continue after the last stored step, and makes a concurrent
+    duplicate insert fail instead of adding a second row.
+    """
+
+    __tablename__ = "lightnas_refinements"
+    __table_args__ = (UniqueConstraint("study", "parent_trial", "settings_hash", "step", name="uq_refine_step"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study: Mapped[str] = mapped_column(String(255), index=True)
+    parent_trial: Mapped[int] = mapped_column(Integer)
+    parent_spec_hash: Mapped[str] = mapped_column(String(64))
+    settings_hash: Mapped[str] = mapped_column(String(64))
+    step: Mapped[int] = mapped_column(Integer)
+    parent_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    method: Mapped[str] = mapped_column(String(16))
+    spec_hash: Mapped[str] = mapped_column(ForeignKey("lightnas_architectures.spec_hash"), index=True)
+    settings_json: Mapped[str] = mapped_column(Text)
+    detail_json: Mapped[str] = mapped_column(Text, default="{}")
+    val_accuracy: Mapped[float] = mapped_column(Float)
+    test_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cost_json: Mapped[str] = mapped_column(Text)
+    artifact_key: Mapped[str] = mapped_column(String(255))
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+def _v2_refinements(conn: Connection) -> None:
+    """Version 2: the refinement lineage table (a no-op when ``create_all`` made it already)."""
+    RefinementRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
 #: version -> upgrade function(connection) from version-1. Version 1 is created by create_all.
-MIGRATIONS: dict[int, object] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_refinements}

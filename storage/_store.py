@@ -13,13 +13,14 @@ import os
 import random
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
-from sqlalchemy import Engine, create_engine, delete, event, select, update
+from sqlalchemy import Engine, create_engine, delete, event, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,10 +33,11 @@ from ._schema import (
     Base,
     EvaluationRow,
     Meta,
+    RefinementRow,
     StudyRow,
 )
 
-__all__ = ["DEFAULT_URL", "Store", "StorageError", "normalize_url"]
+__all__ = ["DEFAULT_URL", "RetryTrial", "Store", "StorageError", "normalize_url"]
 
 DEFAULT_URL = "sqlite:///nas.db"
 T = TypeVar("T")
@@ -102,6 +104,24 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return {"pool_pre_ping": True, "pool_recycle": 1800, "pool_size": 2, "max_overflow": 4}
 
 
+class RetryTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Queue a failed trial's parameters again (``failed_trial`` / ``retry_history`` as in Optuna).
+
+    Unlike Optuna's callback, the new trial starts clean: the failed attempt's user attributes
+    (its worker, a partial status) and constraint values are not copied; the objective sets
+    them again.
+    """
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        if self._max_retry is not None and self._max_retry < len(history):
+            return
+        study.add_trial(optuna.create_trial(
+            state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            system_attrs={"failed_trial": trial.system_attrs.get("failed_trial", trial.number),
+                          "retry_history": history}))
+
+
 class Store:
     """One database: Optuna trials (``self.optuna``) and lightnas's tables.
 
@@ -132,7 +152,7 @@ class Store:
         _retry(self._init_schema, "creating lightnas tables")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+            callback = RetryTrial(max_retry=max_retry)
             self.optuna = _retry(lambda: optuna.storages.RDBStorage(
                 self.url, engine_kwargs=_engine_kwargs(self.url), heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period, heartbeat_stale_trial_callback=callback), "creating Optuna tables")
@@ -168,6 +188,55 @@ class Store:
         self.engine.dispose()
         self.optuna.remove_session()
         self.optuna.engine.dispose()
+
+    @staticmethod
+    def display_url(url: str) -> str:
+        """``url`` with the password masked, for logs."""
+        return make_url(url).render_as_string(hide_password=True)
+
+    # ------------------------------------------------------------------ coordination
+    @property
+    def is_postgres(self) -> bool:
+        return self.url.startswith("postgresql")
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """A lock shared by every process using this database (held for milliseconds).
+
+        PostgreSQL: a session advisory lock (released by the server if the holder dies), so
+        workers on several hosts serialise. SQLite: ``flock`` on ``<db file>.lock`` (SQLite
+        databases are shared by processes of one host only).
+        """
+        if self.is_postgres:
+            key = zlib.crc32(f"lightnas:{name}".encode()) - 2**31
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield
+                finally:
+                    with contextlib.suppress(SQLAlchemyError):  # a dead connection released it already
+                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        conn.commit()
+            return
+        import fcntl
+
+        database = make_url(self.url).database
+        if not database or database == ":memory:":
+            yield
+            return
+        with open(f"{Path(database).expanduser()}.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def trial_counts(self, name: str) -> dict[str, int]:
+        """Trials of Optuna study ``name`` by state (``COMPLETE``, ``RUNNING``, ...), read fresh."""
+        sql = text("SELECT t.state, COUNT(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                   "WHERE s.study_name = :n GROUP BY t.state")
+        with self.engine.connect() as conn:
+            return {str(getattr(state, "name", state)): int(n) for state, n in conn.execute(sql, {"n": name})}
 
     # ------------------------------------------------------------------ studies
     def add_study(self, name: str, spec_json: str, target: int) -> None:
@@ -234,17 +303,70 @@ class Store:
 
     # ------------------------------------------------------------------ artifacts
     def put_artifact(self, key: str, data: bytes) -> None:
-        with self.session() as s:
-            row = s.get(ArtifactRow, key)
-            if row is None:
-                s.add(ArtifactRow(key=key, data=data, size=len(data)))
-            else:
-                row.data, row.size = data, len(data)
+        """Insert or replace; two workers writing the same key at once both succeed."""
+        def go() -> None:
+            with self.session() as s:
+                row = s.get(ArtifactRow, key)
+                if row is None:
+                    s.add(ArtifactRow(key=key, data=data, size=len(data)))
+                else:
+                    row.data, row.size = data, len(data)
+        try:
+            go()
+        except IntegrityError:  # inserted by another worker between our read and write
+            go()
 
     def get_artifact(self, key: str) -> bytes | None:
         with self.session() as s:
             row = s.get(ArtifactRow, key)
             return bytes(row.data) if row else None
+
+    # ================================================================== refinements
+    # Candidates of post-search refinement (``nas refine``) with their lineage; see
+    # ``storage._schema.RefinementRow``. Added in schema version 2.
+
+    def put_refinement(self, *, study: str, parent_trial: int, parent_spec_hash: str, settings_hash: str, step: int,
+                       parent_step: int | None, method: str, spec_hash: str, settings: dict[str, Any],
+                       detail: dict[str, Any], val_accuracy: float, test_accuracy: float | None,
+                       cost: dict[str, Any], artifact_key: str, seconds: float) -> RefinementRow:
+        """Record one candidate (its architecture must be stored). If the same run already
+        stored this step (a concurrent duplicate), the stored row is returned instead."""
+        row = RefinementRow(study=study, parent_trial=parent_trial, parent_spec_hash=parent_spec_hash,
+                            settings_hash=settings_hash, step=step, parent_step=parent_step, method=method,
+                            spec_hash=spec_hash, settings_json=json.dumps(settings, sort_keys=True),
+                            detail_json=json.dumps(detail, sort_keys=True), val_accuracy=val_accuracy,
+                            test_accuracy=test_accuracy, cost_json=json.dumps(cost), artifact_key=artifact_key,
+                            seconds=seconds)
+        try:
+            with self.session() as s:
+                s.add(row)
+            return row
+        except IntegrityError:
+            existing = self.get_refinements(study, parent_trial=parent_trial, settings_hash=settings_hash)
+            same = [r for r in existing if r.step == step]
+            if not same:
+                raise
+            return same[0]
+
+    def get_refinements(self, study: str, *, parent_trial: int | None = None,
+                        settings_hash: str | None = None) -> list[RefinementRow]:
+        """Candidates of ``study``, optionally of one parent trial and one run, ordered by
+        parent trial, run (first created first) and step."""
+        q = select(RefinementRow).where(RefinementRow.study == study)
+        if parent_trial is not None:
+            q = q.where(RefinementRow.parent_trial == parent_trial)
+        if settings_hash is not None:
+            q = q.where(RefinementRow.settings_hash == settings_hash)
+        with self.session() as s:
+            rows = list(s.scalars(q.order_by(RefinementRow.parent_trial, RefinementRow.id)))
+        first: dict[tuple[int, str], int] = {}
+        for r in rows:
+            first.setdefault((r.parent_trial, r.settings_hash), r.id)
+        return sorted(rows, key=lambda r: (r.parent_trial, first[(r.parent_trial, r.settings_hash)], r.step))
+
+    def get_refinement(self, refinement_id: int) -> RefinementRow | None:
+        with self.session() as s:
+            return s.get(RefinementRow, refinement_id)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -128,6 +128,7 @@ class _PrivateServer:
         self.log = self.tmp / "postgres.log"
         self.started = False
         self.port = 0
+        self.url = ""
         if self.as_root:
             import pwd
 
@@ -170,6 +171,25 @@ class _PrivateServer:
         url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
         _wait_ready(url, PG_READY_TIMEOUT, self.log)
         return url
+
+    def _pg_ctl_start(self) -> None:
+        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.tmp} "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        res = self._run(str(self.bindir / "pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log),
+                        "-w", "-t", str(int(PG_READY_TIMEOUT)), "-o", opts)
+        if res.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {res.stdout}{res.stderr}")
+
+    def shutdown(self) -> None:
+        """Stop the server (fast: connections are cut), keeping its data for :meth:`start_again`."""
+        res = self._run(str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "30")
+        if res.returncode != 0:
+            raise RuntimeError(f"pg_ctl stop failed: {res.stdout}{res.stderr}")
+
+    def start_again(self) -> None:
+        """Start the stopped server on the same port."""
+        self._pg_ctl_start()
+        _wait_ready(f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres", PG_READY_TIMEOUT, self.log)
 
     def stop(self) -> None:
         try:
@@ -220,6 +240,26 @@ def postgres_url() -> Iterator[str]:
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             _unavailable(f"could not start a private server from {bindir}: {exc}")
         yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[_PrivateServer]:
+    """A PostgreSQL server of this test's own (``.url``), which the test may stop and start again.
+
+    Needs the server binaries (the session server may be an external one that tests must not restart).
+    """
+    bindir = _pg_bindir()
+    if bindir is None:
+        _unavailable("no server binaries found (pg_config --bindir, /usr/lib/postgresql/*/bin)")
+    server = _PrivateServer(bindir)
+    try:
+        try:
+            server.url = server.start()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            _unavailable(f"could not start a private server from {bindir}: {exc}")
+        yield server
     finally:
         server.stop()
 

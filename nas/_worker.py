@@ -1,0 +1,380 @@
+"""Workers: run trials of one or many studies until their targets are met, surviving failures.
+
+One loop serves ``nas study run`` (one study, stop when its target is met) and ``nas worker``
+(any study with work left, long-running, waits with backoff when there is none).
+
+Claiming a trial. A study's target counts its *finished* trials (COMPLETE + PRUNED). A worker
+claims a slot under a database-wide lock (PostgreSQL advisory lock / SQLite ``flock``): it
+counts finished + RUNNING trials and asks Optuna for a trial only while that is below the
+target, so concurrent workers never overshoot it. Asking pops WAITING trials first: those are
+retries of killed or interrupted trials.
+
+Failures.
+* ``kill -9`` of a worker: its trial's heartbeat goes stale; any worker then fails it
+  (``fail_stale_trials``) and ``RetryHeartbeatStaleTrialCallback`` queues its parameters again.
+* SIGTERM/SIGINT (``stop`` set): the running trial stops at the next epoch boundary, is failed
+  with the reason ``worker stopping`` and queued again, and the worker returns. Over-budget and
+  reused trials take milliseconds and simply finish.
+* The database goes away (restart, network): every database step is retried with backoff until
+  it is back; heartbeats resume, the trial's result is told once it is, so nothing is lost.
+  An exception inside the trial while the database is down fails that trial (its evaluation,
+  if stored, is reused by the retry).
+* Training errors (NaN loss) fail that trial with its reason; ``max_consecutive_failures`` in a
+  row of one study mean the study itself is broken (its learning rate, its data).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.trial import TrialState
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+
+from storage import RetryTrial, StorageError, Store
+
+from ._errors import NasError
+from ._study import StudySpec, get_study_spec
+from ._trial import TrialInterrupted, TrialObjective, load_context
+
+__all__ = ["StudyWorker", "WorkerStats", "make_pruner", "make_sampler", "run_worker", "slots_left"]
+
+log = logging.getLogger("nas.worker")
+
+#: States that count towards a study's target.
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+#: When this process last met the database unreachable (time.monotonic()).
+_last_outage = -1e9
+
+
+def database_down(e: BaseException) -> bool:
+    """Whether ``e`` means the database is unreachable for now (worth waiting for), as opposed
+    to a bad request that will fail again. Remembers when it last was."""
+    global _last_outage
+    if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ is not None:
+        e = e.__cause__  # Optuna wraps the driver's error raised at commit
+    if isinstance(e, StorageError):
+        down = "cannot connect" in str(e) or "failed:" in str(e)
+    elif isinstance(e, (OperationalError, InterfaceError)):
+        down = True
+    else:
+        down = isinstance(e, DBAPIError) and bool(e.connection_invalidated)
+    if down:
+        _last_outage = time.monotonic()
+    return down
+
+
+def make_sampler(spec: StudySpec, worker: int = 0, n_target: int | None = None) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded per worker (``seed + worker``)."""
+    seed = spec.seed + worker
+    target = n_target or spec.trials
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if spec.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if spec.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, target // 4)))
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                          n_startup_trials=max(4, min(10, target // 4)))
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The local Optuna pruner of a single-objective study (``NopPruner`` when none)."""
+    epochs = spec.fidelity.epochs
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if spec.pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def slots_left(store: Store, name: str, target: int) -> int:
+    """How many more trials may be started now: target - finished - running."""
+    counts = store.trial_counts(name)
+    return target - sum(counts.get(s, 0) for s in FINISHED) - counts.get("RUNNING", 0)
+
+
+def finished(store: Store, name: str) -> int:
+    counts = store.trial_counts(name)
+    return sum(counts.get(s, 0) for s in FINISHED)
+
+
+def wait_for_database(fn: Callable[[], object], what: str, stop: threading.Event | None = None,
+                      max_wait: float | None = None) -> object:
+    """Run ``fn``; while the database is unreachable, retry with backoff (1 s .. 15 s)."""
+    delay, waited, warned = 0.5, 0.0, False
+    while True:
+        try:
+            return fn()
+        except Exception as e:
+            if not database_down(e) or (max_wait is not None and waited >= max_wait):
+                raise
+            if not warned:
+                log.warning("database unavailable while %s (%s); retrying", what, _first_line(e))
+                warned = True
+            if stop is not None and stop.is_set() and waited > 60:
+                raise
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 15.0)
+
+
+def _first_line(e: BaseException) -> str:
+    if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ is not None:
+        e = e.__cause__
+    text = str(getattr(e, "orig", None) or e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+class _Heartbeat:
+    """Records the trial's heartbeat every ``interval`` s; database errors are ridden out."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int) -> None:
+        self.storage, self.trial_id = storage, trial_id
+        self.interval = storage.heartbeat_interval or 10
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+                database_down(e)  # database away: the next beat retries
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class WorkerStats:
+    """What one worker did."""
+
+    trials: int = 0
+    by_state: dict[str, int] = field(default_factory=dict)
+
+    def add(self, state: str) -> None:
+        self.trials += 1
+        self.by_state[state] = self.by_state.get(state, 0) + 1
+
+
+class StudyWorker:
+    """Runs trials of one study in this process (data loaded once)."""
+
+    def __init__(self, name: str, store: Store, *, worker: int = 0, threads: int | None = None,
+                 stop: threading.Event | None = None, max_retry: int = 3) -> None:
+        self.name, self.store = name, store
+        self.stop = stop or threading.Event()
+        self.ctx = load_context(name, store, threads=threads)
+        spec = self.ctx.spec
+        self.study = optuna.load_study(study_name=name, storage=store.optuna,
+                                       sampler=make_sampler(spec, worker, self.target),
+                                       pruner=make_pruner(spec))
+        self.objective = TrialObjective(self.ctx, prune=spec.pruner != "none", should_stop=self.stop.is_set)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # Same re-queueing as for stale trials (system attrs failed_trial / retry_history).
+            self.retry = RetryTrial(max_retry=max_retry)
+        self.failures: list[str] = []
+        self.ident = f"{socket.gethostname()}:{os.getpid()}"
+
+    @property
+    def target(self) -> int:
+        row = self.store.get_study(self.name)
+        if row is None:
+            raise NasError(f"study {self.name!r} was deleted")
+        return row.target_trials
+
+    def done(self) -> bool:
+        return finished(self.store, self.name) >= self.target
+
+    def claim(self) -> optuna.Trial | None:
+        """A new (or retried) trial if the target leaves a slot, else None."""
+        with warnings.catch_warnings():
+            # Experimental API; and ask() warns that heartbeats belong to optimize(): this worker
+            # records them itself (_Heartbeat), from the moment the trial is claimed.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+            # A killed worker's trial frees its slot -- but not right after a database outage: then
+            # every running trial missed heartbeats, and their workers need a beat to catch up.
+            grace = self.store.optuna.grace_period or 2 * (self.store.optuna.heartbeat_interval or 10)
+            if time.monotonic() - _last_outage > grace + (self.store.optuna.heartbeat_interval or 10):
+                optuna.storages.fail_stale_trials(self.study)
+            target = self.target
+            with self.store.lock(f"study:{self.name}"):
+                if slots_left(self.store, self.name, target) <= 0:
+                    return None
+                trial = self.study.ask()
+                self.store.optuna.record_heartbeat(trial._trial_id)
+        trial.set_user_attr("worker", self.ident)
+        return trial
+
+    def run(self, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+        """Evaluate ``trial`` and tell the study; returns the finished trial."""
+        values: list[float] | None = None
+        state, reason, retry = TrialState.FAIL, "", False
+        with _Heartbeat(self.store.optuna, trial._trial_id):
+            try:
+                values = self.objective(trial)
+                state = TrialState.COMPLETE
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except TrialInterrupted as e:
+                reason, retry = str(e), True
+            except KeyboardInterrupt:
+                reason, retry = "worker interrupted (SIGINT)", True
+                self._finish(trial, state, values, reason, retry)
+                raise
+            except Exception as e:  # noqa: BLE001 -- a failed trial never stops the worker
+                if database_down(e):
+                    reason, retry = f"database unavailable: {_first_line(e)}", True
+                else:
+                    reason = trial_fail_reason(e)
+            return self._finish(trial, state, values, reason, retry)
+
+    def _finish(self, trial: optuna.Trial, state: TrialState, values: list[float] | None, reason: str,
+                retry: bool) -> optuna.trial.FrozenTrial:
+        if state == TrialState.FAIL:
+            try:
+                wait_for_database(lambda: trial.set_user_attr("fail_reason", reason), "recording a failure")
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Another worker failed it as stale (and queued its retry) while this one could
+                # not send heartbeats: nothing left to record.
+                log.warning("%s trial %d was failed as stale meanwhile; its retry is queued", self.name, trial.number)
+                return self.study._storage.get_trial(trial._trial_id)
+        frozen = wait_for_database(lambda: self._tell(trial, state, values), "telling a result")
+        assert isinstance(frozen, optuna.trial.FrozenTrial)
+        if frozen.state != state:  # failed as stale meanwhile: the retry is already queued
+            log.warning("%s trial %d was failed as stale meanwhile; its retry is queued", self.name, trial.number)
+            return frozen
+        if state == TrialState.FAIL:
+            self.failures.append(reason)
+            if retry:
+                wait_for_database(lambda: self.retry(self.study, frozen), "queueing a retry")
+        else:
+            self.failures.clear()
+        return frozen
+
+    def _tell(self, trial: optuna.Trial, state: TrialState, values: list[float] | None) -> optuna.trial.FrozenTrial:
+        try:
+            return self.study.tell(trial, values, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # A retried tell whose first attempt committed before the connection dropped, or a
+            # trial another worker failed as stale while the database was away.
+            return self.study._storage.get_trial(trial._trial_id)
+        except ValueError as e:
+            if "finished" not in str(e):
+                raise
+            return self.study._storage.get_trial(trial._trial_id)
+
+
+def trial_fail_reason(e: BaseException) -> str:
+    """``TrainingError.reason`` (e.g. NaN loss at epoch 3), else the exception's type and text."""
+    return str(getattr(e, "reason", None) or f"{type(e).__name__}: {e}")
+
+
+def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool = False,
+               deadline: float | None = None, worker: int = 0, threads: int | None = None,
+               stop: threading.Event | None = None, heartbeat: int = 10, poll_min: float = 1.0,
+               poll_max: float = 30.0, max_consecutive_failures: int = 20,
+               on_trial: Callable[[str, optuna.trial.FrozenTrial], None] | None = None) -> WorkerStats:
+    """Run trials until stopped (``stop``), past ``deadline``, or -- with ``until_done`` --
+    until every study in scope has met its target.
+
+    Args:
+        names: studies to work on; None or empty: every study in the database, oldest first
+            (a study created later waits until the older ones have no free slot).
+        until_done: return once the studies in scope have met their targets (``nas study run``);
+            otherwise wait for work with backoff from ``poll_min`` to ``poll_max`` seconds.
+        heartbeat: seconds between heartbeats; a trial silent for 3x that is failed and retried.
+
+    Raises:
+        NasError: a named study does not exist, or one of the named studies failed
+            ``max_consecutive_failures`` trials in a row.
+    """
+    stop = stop or threading.Event()
+    store = wait_for_database(lambda: Store(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat),
+                              "connecting", stop)
+    assert isinstance(store, Store)
+    stats = WorkerStats()
+    workers: dict[str, StudyWorker] = {}
+    broken: set[str] = set()
+    try:
+        for n in names or ():
+            get_study_spec(n, store)  # unknown name: NasError listing the studies
+        idle = poll_min
+        while not stop.is_set() and (deadline is None or time.time() < deadline):
+            try:
+                scope = list(names) if names else [r.name for r in store.list_studies()]
+                ran, pending = False, False
+                for name in scope:
+                    if name in broken or stop.is_set():
+                        continue
+                    if store.get_study(name) is None:  # deleted meanwhile
+                        workers.pop(name, None)
+                        continue
+                    sw = workers.get(name)
+                    if sw is None:
+                        if finished(store, name) >= store.get_study(name).target_trials:  # type: ignore[union-attr]
+                            continue
+                        sw = workers[name] = StudyWorker(name, store, worker=worker, threads=threads, stop=stop)
+                    trial = sw.claim()
+                    if trial is None:
+                        pending = pending or not sw.done()
+                        continue
+                    frozen = sw.run(trial)
+                    stats.add(frozen.state.name)
+                    log.info("%s trial %d %s%s", name, frozen.number, frozen.state.name.lower(),
+                             _describe(frozen))
+                    if on_trial:
+                        on_trial(name, frozen)
+                    if len(sw.failures) >= max_consecutive_failures:
+                        msg = (f"{len(sw.failures)} trials of {name!r} failed in a row, last: {sw.failures[-1]}; "
+                               "fix the study (e.g. its learning rate or data) and rerun")
+                        if names:
+                            raise NasError(msg)
+                        log.error("%s; this worker skips it from now on", msg)
+                        broken.add(name)
+                    ran = True
+                    break  # back to the oldest study first
+                if ran:
+                    idle = poll_min
+                    continue
+                if until_done and not pending:
+                    break
+            except Exception as e:
+                if not database_down(e):
+                    raise
+                log.warning("database unavailable (%s); retrying in %.0f s", _first_line(e), idle)
+            stop.wait(idle)
+            idle = min(idle * 2, poll_max)
+        return stats
+    finally:
+        store.close()
+
+
+def _describe(t: optuna.trial.FrozenTrial) -> str:
+    a = t.user_attrs
+    if t.state == TrialState.FAIL:
+        return f": {a.get('fail_reason', '')}"
+    status = a.get("status", "")
+    acc = a.get("val_accuracy")
+    return f" ({status}" + (f", val acc {acc:.4f}" if isinstance(acc, float) else "") + ")"
