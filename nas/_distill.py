@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from objectives import Dataset, TrainConfig, TrainingError, evaluate, resolve_device
+from objectives import Dataset, TrainConfig, TrainingError, evaluate, num_threads, resolve_device
 
 from ._surgery import kd_loss
 
@@ -55,17 +55,6 @@ class FinetuneResult:
     epochs_run: int
     seconds: float
     curve: list[float] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _under(name: str, prefixes: Sequence[str]) -> bool:
@@ -129,7 +118,7 @@ def finetune(model: nn.Module, data: Dataset, config: TrainConfig, *, teacher: t
     """
     t0 = time.perf_counter()
     dev = resolve_device(config.device)
-    with _threads(config.threads), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+    with num_threads(config.threads), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(config.seed)
         model.to(dev)
         data = data.to(dev)

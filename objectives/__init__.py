@@ -7,7 +7,16 @@ from ._cost import RESOURCES, CostReport, LayerCost, estimate_cost, trace_layers
 from ._data import DATA_SOURCES, DataError, Dataset, describe_sources, load_dataset
 from ._devices import DeviceError, DeviceProfile, get_device, list_devices, nas_home, save_device
 from ._latency import CalibrationResult, calibrate_host, measure_latency, resolve_device
-from ._train import TrainConfig, TrainingError, TrainResult, evaluate, threads_per_worker, train_model, train_spec
+from ._train import (
+    TrainConfig,
+    TrainingError,
+    TrainResult,
+    evaluate,
+    num_threads,
+    threads_per_worker,
+    train_model,
+    train_spec,
+)
 
 __all__ = [
     "ALIASES",
@@ -41,6 +50,7 @@ __all__ = [
     "TrainResult",
     "TrainingError",
     "evaluate",
+    "num_threads",
     "threads_per_worker",
     "train_model",
     "train_spec",

@@ -151,7 +151,8 @@ def threads_per_worker(workers: int) -> int:
 
 
 @contextlib.contextmanager
-def _num_threads(threads: int | None) -> Iterator[None]:
+def num_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch threads (None: unchanged), restoring the old count."""
     old = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -245,7 +246,7 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
     """
     t0 = time.perf_counter()
     dev = resolve_device(config.device)
-    with _num_threads(config.threads), _seeded(config.seed, dev):
+    with num_threads(config.threads), _seeded(config.seed, dev):
         model = model.to(dev)
         data = data.to(dev)
         n = len(data.y_train)
@@ -322,6 +323,6 @@ def train_spec(spec: ArchSpec, data: Dataset, config: TrainConfig, *, evaluate_t
         >>> result = train_spec(spec, load_dataset("digits"), TrainConfig(epochs=10))  # doctest: +SKIP
     """
     dev = resolve_device(config.device)
-    with _num_threads(config.threads), _seeded(config.seed, dev):
+    with num_threads(config.threads), _seeded(config.seed, dev):
         model = build_model(spec, data.input_shape, data.num_classes)
     return train_model(model, data, config, evaluate_test=evaluate_test, on_epoch=on_epoch, keep_state=keep_state)
