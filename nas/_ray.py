@@ -95,8 +95,9 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
-from storage import Store
+from storage import RetryTrial, Store
 
 from ._errors import NasError
 from ._study import StudySpec, get_study_spec
@@ -517,7 +518,8 @@ class _Heartbeats:
             ids = set(drv.searcher.live_trial_ids())
             self.initial = []
         for tid in ids:
-            with contextlib.suppress(Exception):  # database away or trial finished: next beat
+            # database away or trial finished: the next beat retries
+            with contextlib.suppress(SQLAlchemyError, optuna.exceptions.StorageInternalError):
                 self.store.optuna.record_heartbeat(tid)
 
     def _run(self) -> None:
@@ -857,9 +859,9 @@ def _experiment_lock(path: Path, name: str) -> Any:
 
 def _requeue_orphans(store: Store, name: str, ident: str) -> int:
     study = optuna.load_study(study_name=name, storage=store.optuna)
-    with _quiet_optuna_warnings():
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
-        n = 0
+    n = 0
+    with _quiet_optuna_warnings(), store.lock(f"study:{name}"):  # queued before anyone takes the freed slots
+        retry = RetryTrial(max_retry=3)  # a clean retry: no user attributes of the orphan
         for t in _own_running(store, name, ident):
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 store.optuna.set_trial_user_attr(t._trial_id, "fail_reason", "orphaned by a killed Ray driver")

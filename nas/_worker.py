@@ -25,6 +25,7 @@ Failures.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -36,9 +37,9 @@ from dataclasses import dataclass, field
 
 import optuna
 from optuna.trial import TrialState
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
-from storage import RetryTrial, StorageError, Store
+from storage import RetryTrial, Store, is_transient
 
 from ._errors import NasError
 from ._study import StudySpec, get_study_spec
@@ -57,17 +58,10 @@ _last_outage = -1e9
 
 
 def database_down(e: BaseException) -> bool:
-    """Whether ``e`` means the database is unreachable for now (worth waiting for), as opposed
-    to a bad request that will fail again. Remembers when it last was."""
+    """Whether ``e`` means the database is unreachable for now (:func:`storage.is_transient`);
+    remembers when it last was."""
     global _last_outage
-    if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ is not None:
-        e = e.__cause__  # Optuna wraps the driver's error raised at commit
-    if isinstance(e, StorageError):
-        down = "cannot connect" in str(e) or "failed:" in str(e)
-    elif isinstance(e, (OperationalError, InterfaceError)):
-        down = True
-    else:
-        down = isinstance(e, DBAPIError) and bool(e.connection_invalidated)
+    down = is_transient(e)
     if down:
         _last_outage = time.monotonic()
     return down
@@ -161,7 +155,7 @@ class _Heartbeat:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=self.interval + 5)  # a beat stuck on a dead connection is a daemon
 
 
 @dataclass
@@ -213,20 +207,47 @@ class StudyWorker:
             # records them itself (_Heartbeat), from the moment the trial is claimed.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-            # A killed worker's trial frees its slot -- but not right after a database outage: then
-            # every running trial missed heartbeats, and their workers need a beat to catch up.
-            grace = self.store.optuna.grace_period or 2 * (self.store.optuna.heartbeat_interval or 10)
-            if time.monotonic() - _last_outage > grace + (self.store.optuna.heartbeat_interval or 10):
-                optuna.storages.fail_stale_trials(self.study)
             target = self.target
             with self.store.lock(f"study:{self.name}"):
+                # Under the lock, so that a failed trial's retry is queued before anyone can take
+                # its slot with a new trial.
+                self._fail_abandoned()
                 if slots_left(self.store, self.name, target) <= 0:
                     return None
                 trial = self.study.ask()
-                self.store.optuna.record_heartbeat(trial._trial_id)
+                try:
+                    self.store.optuna.record_heartbeat(trial._trial_id)
+                except BaseException:
+                    # Without a heartbeat row no one would ever see it stale: give it back now.
+                    with contextlib.suppress(Exception):
+                        self._fail_and_requeue(trial._trial_id, "claim interrupted")
+                    raise
         trial.set_user_attr("worker", self.ident)
         return trial
 
+    def _fail_abandoned(self) -> None:
+        """Fail and re-queue trials whose worker died: heartbeat stale, or (killed between ask
+        and its first heartbeat) no heartbeat at all long after it started. Call under the lock."""
+        storage = self.store.optuna
+        interval = storage.heartbeat_interval or 10
+        grace = storage.grace_period or 2 * interval
+        # Not right after a database outage: then every running trial missed heartbeats, and
+        # their workers need a beat to catch up.
+        if time.monotonic() - _last_outage <= grace + interval:
+            return
+        optuna.storages.fail_stale_trials(self.study)
+        for trial_id in self.store.running_without_heartbeat(self.name, older_than=max(60.0, 3 * grace)):
+            self._fail_and_requeue(trial_id, "abandoned before its first heartbeat")
+
+    def _fail_and_requeue(self, trial_id: int, reason: str) -> None:
+        storage = self.store.optuna
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                return
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # someone else finished or failed it
+        self.retry(self.study, storage.get_trial(trial_id))
     def run(self, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
         """Evaluate ``trial`` and tell the study; returns the finished trial."""
         values: list[float] | None = None
@@ -252,38 +273,45 @@ class StudyWorker:
 
     def _finish(self, trial: optuna.Trial, state: TrialState, values: list[float] | None, reason: str,
                 retry: bool) -> optuna.trial.FrozenTrial:
+        """Tell the result, riding out database outages. A failure to retry is told and queued
+        again under the study lock, so no new trial can take its slot in between."""
+        def fail() -> optuna.trial.FrozenTrial:
+            with self.store.lock(f"study:{self.name}"):
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    trial.set_user_attr("fail_reason", reason)
+                frozen = self._tell(trial, TrialState.FAIL, None)
+                if retry and frozen.state == TrialState.FAIL and frozen.user_attrs.get("fail_reason") == reason \
+                        and not self._retry_queued(frozen.number):
+                    self.retry(self.study, frozen)
+                return frozen
+
         if state == TrialState.FAIL:
-            try:
-                wait_for_database(lambda: trial.set_user_attr("fail_reason", reason), "recording a failure")
-            except optuna.exceptions.UpdateFinishedTrialError:
-                # Another worker failed it as stale (and queued its retry) while this one could
-                # not send heartbeats: nothing left to record.
-                log.warning("%s trial %d was failed as stale meanwhile; its retry is queued", self.name, trial.number)
-                return self.study._storage.get_trial(trial._trial_id)
-        frozen = wait_for_database(lambda: self._tell(trial, state, values), "telling a result")
+            frozen = wait_for_database(fail, "telling a failure")
+        else:
+            frozen = wait_for_database(lambda: self._tell(trial, state, values), "telling a result")
         assert isinstance(frozen, optuna.trial.FrozenTrial)
-        if frozen.state != state:  # failed as stale meanwhile: the retry is already queued
+        if frozen.state != state or (state == TrialState.FAIL and frozen.user_attrs.get("fail_reason") != reason):
+            # Failed as stale by another worker meanwhile (which queued the retry); a completed
+            # evaluation is in the store, so the retry reuses it.
             log.warning("%s trial %d was failed as stale meanwhile; its retry is queued", self.name, trial.number)
             return frozen
         if state == TrialState.FAIL:
             self.failures.append(reason)
-            if retry:
-                wait_for_database(lambda: self.retry(self.study, frozen), "queueing a retry")
         else:
             self.failures.clear()
         return frozen
 
+    def _retry_queued(self, number: int) -> bool:
+        trials = self.study._storage.get_all_trials(self.study._study_id, deepcopy=False,
+                                                    states=(TrialState.WAITING, TrialState.RUNNING,
+                                                            TrialState.COMPLETE))
+        return any(number in t.system_attrs.get("retry_history", []) for t in trials)
+
     def _tell(self, trial: optuna.Trial, state: TrialState, values: list[float] | None) -> optuna.trial.FrozenTrial:
-        try:
-            return self.study.tell(trial, values, state=state)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            # A retried tell whose first attempt committed before the connection dropped, or a
-            # trial another worker failed as stale while the database was away.
-            return self.study._storage.get_trial(trial._trial_id)
-        except ValueError as e:
-            if "finished" not in str(e):
-                raise
-            return self.study._storage.get_trial(trial._trial_id)
+        # skip_if_finished: a retried tell whose first attempt committed before the connection
+        # dropped, or a trial another worker failed as stale meanwhile; the stored state wins.
+        self.study.tell(trial, values, state=state, skip_if_finished=True)
+        return self.study._storage.get_trial(trial._trial_id)
 
 
 def trial_fail_reason(e: BaseException) -> str:
@@ -335,10 +363,23 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
                     if sw is None:
                         if finished(store, name) >= store.get_study(name).target_trials:  # type: ignore[union-attr]
                             continue
-                        sw = workers[name] = StudyWorker(name, store, worker=worker, threads=threads, stop=stop)
+                        try:
+                            sw = StudyWorker(name, store, worker=worker, threads=threads, stop=stop)
+                        except Exception as e:
+                            if names or database_down(e):
+                                raise
+                            # One broken study (its data unreadable, say) must not stop a worker
+                            # that serves the whole database.
+                            log.error("%s: cannot load the study (%s); this worker skips it", name, e)
+                            broken.add(name)
+                            continue
+                        workers[name] = sw
                     trial = sw.claim()
                     if trial is None:
-                        pending = pending or not sw.done()
+                        if sw.done():
+                            workers.pop(name, None)  # release its data; reloaded if the target rises
+                        else:
+                            pending = True
                         continue
                     frozen = sw.run(trial)
                     stats.add(frozen.state.name)

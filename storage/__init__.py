@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from ._schema import SCHEMA_VERSION
-from ._store import DEFAULT_URL, RetryTrial, StorageError, Store, normalize_url
+from ._store import DEFAULT_URL, RetryTrial, StorageError, Store, is_transient, normalize_url
 
-__all__ = ["DEFAULT_URL", "SCHEMA_VERSION", "RetryTrial", "Store", "StorageError", "normalize_url"]
+__all__ = ["DEFAULT_URL", "SCHEMA_VERSION", "RetryTrial", "Store", "StorageError", "is_transient", "normalize_url"]

@@ -22,7 +22,14 @@ from typing import Any, TypeVar
 import optuna
 from sqlalchemy import Engine, create_engine, delete, event, select, text, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from ._schema import (
@@ -37,14 +44,56 @@ from ._schema import (
     StudyRow,
 )
 
-__all__ = ["DEFAULT_URL", "RetryTrial", "Store", "StorageError", "normalize_url"]
+__all__ = ["DEFAULT_URL", "RetryTrial", "Store", "StorageError", "is_transient", "normalize_url"]
 
 DEFAULT_URL = "sqlite:///nas.db"
 T = TypeVar("T")
 
 
 class StorageError(ValueError):
-    """Bad storage URL, unreachable database, or incompatible schema."""
+    """Bad storage URL, unreachable database, or incompatible schema.
+
+    ``transient`` is true when the cause was the database being unreachable (worth waiting for)
+    rather than a request that will fail again (bad password, missing database, bad URL).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+#: SQLSTATEs of a server that is away for now: connection exceptions (class 08), shutdown,
+#: start-up, too many connections.
+_TRANSIENT_SQLSTATES = ("57P01", "57P02", "57P03", "53300")
+_TRANSIENT_TEXT = ("connection", "could not connect", "server closed", "terminating", "database is locked",
+                   "timeout", "timed out", "refused", "the database system is")
+
+
+def is_transient(e: BaseException) -> bool:
+    """Whether ``e`` means the database is unreachable for now, so that waiting and retrying
+    helps: a lost or refused connection, a server shutting down or starting, a locked SQLite
+    file. Authentication failures, missing databases or tables, constraint violations and
+    read-only files are not."""
+    if isinstance(e, StorageError):
+        return e.transient
+    if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ is not None:
+        e = e.__cause__  # Optuna wraps the driver's error raised at commit
+    if not isinstance(e, DBAPIError):
+        return False
+    if e.connection_invalidated:
+        return True
+    code = getattr(e.orig, "sqlstate", None)
+    if code:
+        return str(code).startswith("08") or code in _TRANSIENT_SQLSTATES
+    if isinstance(e, (OperationalError, InterfaceError)):
+        text = str(e.orig or e).lower()
+        # The server answered at connect time (psycopg gives no SQLSTATE then): a bad password,
+        # a missing database or role is final; a server starting, stopping or full is not.
+        if "fatal:" in text and not any(t in text for t in ("the database system is", "too many",
+                                                             "remaining connection slots", "terminating")):
+            return False
+        return any(t in text for t in _TRANSIENT_TEXT)
+    return False
 
 
 def normalize_url(url: str | None = None) -> str:
@@ -86,7 +135,7 @@ def _retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
             return fn()
         except (OperationalError, IntegrityError, DBAPIError) as e:
             if i == attempts - 1:
-                raise StorageError(f"{what} failed: {_first_line(e)}") from None
+                raise StorageError(f"{what} failed: {_first_line(e)}", transient=is_transient(e)) from None
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 5.0)
     raise AssertionError("unreachable")
@@ -101,7 +150,11 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         # Several worker processes share one file: wait for locks instead of failing at once.
         return {"connect_args": {"timeout": 60}}
-    return {"pool_pre_ping": True, "pool_recycle": 1800, "pool_size": 2, "max_overflow": 4}
+    # Pre-ping replaces connections a server restart killed; the timeouts and TCP keepalives keep
+    # a silently dropped connection (network partition) from hanging a worker for minutes.
+    return {"pool_pre_ping": True, "pool_recycle": 1800, "pool_size": 2, "max_overflow": 4,
+            "connect_args": {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
+                             "keepalives_interval": 10, "keepalives_count": 3}}
 
 
 class RetryTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
@@ -148,7 +201,7 @@ class Store:
         except SQLAlchemyError as e:
             self.engine.dispose()
             raise StorageError(f"cannot connect to storage {make_url(self.url).render_as_string()}: "
-                               f"{_first_line(e)}") from None
+                               f"{_first_line(e)}", transient=is_transient(e)) from None
         _retry(self._init_schema, "creating lightnas tables")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -237,6 +290,20 @@ class Store:
                    "WHERE s.study_name = :n GROUP BY t.state")
         with self.engine.connect() as conn:
             return {str(getattr(state, "name", state)): int(n) for state, n in conn.execute(sql, {"n": name})}
+
+    def running_without_heartbeat(self, name: str, older_than: float) -> list[int]:
+        """Ids of RUNNING trials of ``name`` that never recorded a heartbeat and started more
+        than ``older_than`` seconds ago (their process died between ask and its first beat;
+        Optuna's stale check skips trials without heartbeats)."""
+        import datetime as dt
+
+        cutoff = dt.datetime.now() - dt.timedelta(seconds=older_than)  # Optuna stores local naive times
+        sql = text("SELECT t.trial_id FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                   "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+                   "WHERE s.study_name = :n AND t.state = 'RUNNING' AND h.trial_id IS NULL "
+                   "AND t.datetime_start < :cutoff")
+        with self.engine.connect() as conn:
+            return [int(r[0]) for r in conn.execute(sql, {"n": name, "cutoff": cutoff})]
 
     # ------------------------------------------------------------------ studies
     def add_study(self, name: str, spec_json: str, target: int) -> None:
