@@ -108,6 +108,7 @@ def main() -> None:
     counts = [int(x) for x in args.workers.split(",")]
     configs = [(kind, n) for n in counts for kind in ("lightnas", "optuna")]
     results: dict[tuple[str, int], list[tuple[int, int, float, float]]] = {}
+    print(machine_header("Distributed workers on PostgreSQL: trials per minute", sys.argv), flush=True)
     with postgres_server() as fresh:
         for r in range(args.rounds):
             for kind, n in (configs if r % 2 == 0 else configs[::-1]):
@@ -128,7 +129,6 @@ def main() -> None:
     op = {n: median([c / s * 60 for c, _, s, _ in results[("optuna", n)]]) for n in counts}
     head = ["objective", "workers", "runs", "complete / all trials", "trials/min (median)",
             f"ratio to {counts[0]} worker", "start-up + exit s (median)"]
-    print(machine_header("Distributed workers on PostgreSQL: trials per minute", sys.argv))
     print(table(head, rows))
     print("\nlightnas / plain Optuna trials-per-minute: " +
           ", ".join(f"{n} workers {lt[n] / op[n]:.3g}" for n in counts))
