@@ -90,7 +90,7 @@ def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs
 def _check_formats(formats: tuple[str, ...]) -> None:
     bad = set(formats) - {"json", "state_dict", "onnx"}
     if bad:
-        raise NasError(f"--format: unknown {sorted(bad)}; accepted: json, state_dict, onnx")
+        raise NasError(f"--formats: unknown {sorted(bad)}; accepted: json, state_dict, onnx")
 
 
 def _write(arch: ArchSpec, model: torch.nn.Module, data: Any, spec: Any, out: Path, formats: tuple[str, ...],
