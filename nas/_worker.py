@@ -348,7 +348,7 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
     try:
         for n in names or ():
             get_study_spec(n, store)  # unknown name: NasError listing the studies
-        idle = poll_min
+        idle, unexplained = poll_min, 0
         while not stop.is_set() and (deadline is None or time.time() < deadline):
             try:
                 scope = list(names) if names else [r.name for r in store.list_studies()]
@@ -396,15 +396,26 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
                         broken.add(name)
                     ran = True
                     break  # back to the oldest study first
+                unexplained = 0
                 if ran:
                     idle = poll_min
                     continue
                 if until_done and not pending:
                     break
             except Exception as e:
-                if not database_down(e):
+                if database_down(e):
+                    log.warning("database unavailable (%s); retrying in %.0f s", _first_line(e), idle)
+                elif isinstance(e, (SQLAlchemyError, optuna.exceptions.StorageInternalError)) and unexplained < 3:
+                    # A database error of a kind not known to be transient, around a reconnect:
+                    # give it a few tries before believing it.
+                    unexplained += 1
+                    log.warning("database error (%s: %s); retry %d of 3", type(e).__name__, _first_line(e),
+                                unexplained)
+                else:
+                    cause = e.__cause__
+                    log.error("worker stopping on %s%s", type(e).__name__,
+                              f" caused by {type(cause).__name__}: {_first_line(cause)}" if cause else "")
                     raise
-                log.warning("database unavailable (%s); retrying in %.0f s", _first_line(e), idle)
             stop.wait(idle)
             idle = min(idle * 2, poll_max)
         return stats

@@ -25,11 +25,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
+    DisconnectionError,
     IntegrityError,
     InterfaceError,
     OperationalError,
+    PendingRollbackError,
+    ResourceClosedError,
     SQLAlchemyError,
 )
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ._schema import (
@@ -78,6 +82,8 @@ def is_transient(e: BaseException) -> bool:
         return e.transient
     if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ is not None:
         e = e.__cause__  # Optuna wraps the driver's error raised at commit
+    if isinstance(e, (PendingRollbackError, DisconnectionError, PoolTimeoutError, ResourceClosedError)):
+        return True  # a session or pool left over from a dropped connection
     if not isinstance(e, DBAPIError):
         return False
     if e.connection_invalidated:
