@@ -40,6 +40,7 @@ if "NAS_HOME" not in os.environ:  # never touch ~/.lightnas; removed at exit
 
 import optuna  # noqa: E402
 from _util import loadavg, machine_header, median, table  # noqa: E402
+from bench_search import load_trials  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -88,16 +89,6 @@ def make_study(url: str, name: str, args: argparse.Namespace, params: list[dict]
         study = optuna.load_study(study_name=name, storage=store.optuna)
         for p in params:
             study.enqueue_trial(p)
-    finally:
-        store.close()
-
-
-def load_trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    from storage import Store
-
-    store = Store(url)
-    try:
-        return optuna.load_study(study_name=name, storage=store.optuna).get_trials(deepcopy=False)
     finally:
         store.close()
 

@@ -858,16 +858,14 @@ def _experiment_lock(path: Path, name: str) -> Any:
 
 
 def _requeue_orphans(store: Store, name: str, ident: str) -> int:
+    from ._worker import fail_and_requeue
+
     study = optuna.load_study(study_name=name, storage=store.optuna)
     n = 0
     with _quiet_optuna_warnings(), store.lock(f"study:{name}"):  # queued before anyone takes the freed slots
         retry = RetryTrial(max_retry=3)  # a clean retry: no user attributes of the orphan
         for t in _own_running(store, name, ident):
-            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                store.optuna.set_trial_user_attr(t._trial_id, "fail_reason", "orphaned by a killed Ray driver")
-                if store.optuna.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                    retry(study, store.optuna.get_trial(t._trial_id))
-                    n += 1
+            n += fail_and_requeue(store.optuna, study, t._trial_id, "orphaned by a killed Ray driver", retry)
     return n
 
 

@@ -39,7 +39,7 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from storage import RetryTrial, Store, is_transient
+from storage import RetryTrial, Store, error_line, is_transient
 
 from ._errors import NasError
 from ._study import StudySpec, get_study_spec
@@ -115,7 +115,7 @@ def wait_for_database(fn: Callable[[], object], what: str, stop: threading.Event
             if not database_down(e) or (max_wait is not None and waited >= max_wait):
                 raise
             if not warned:
-                log.warning("database unavailable while %s (%s); retrying", what, _first_line(e))
+                log.warning("database unavailable while %s (%s); retrying", what, error_line(e))
                 warned = True
             if stop is not None and stop.is_set() and waited > 60:
                 raise
@@ -124,11 +124,19 @@ def wait_for_database(fn: Callable[[], object], what: str, stop: threading.Event
             delay = min(delay * 2, 15.0)
 
 
-def _first_line(e: BaseException) -> str:
-    if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ is not None:
-        e = e.__cause__
-    text = str(getattr(e, "orig", None) or e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+def fail_and_requeue(storage: optuna.storages.RDBStorage, study: optuna.Study, trial_id: int, reason: str,
+                     retry: RetryTrial) -> bool:
+    """Fail a RUNNING trial whose runner is gone, with ``reason``, and queue its parameters
+    again. False if it had finished meanwhile (someone else failed or completed it).
+    Call under the study's lock, so no new trial takes the freed slot first."""
+    try:
+        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    retry(study, storage.get_trial(trial_id))
+    return True
 
 
 class _Heartbeat:
@@ -240,14 +248,8 @@ class StudyWorker:
             self._fail_and_requeue(trial_id, "abandoned before its first heartbeat")
 
     def _fail_and_requeue(self, trial_id: int, reason: str) -> None:
-        storage = self.store.optuna
-        try:
-            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
-                return
-        except optuna.exceptions.UpdateFinishedTrialError:
-            return  # someone else finished or failed it
-        self.retry(self.study, storage.get_trial(trial_id))
+        fail_and_requeue(self.store.optuna, self.study, trial_id, reason, self.retry)
+
     def run(self, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
         """Evaluate ``trial`` and tell the study; returns the finished trial."""
         values: list[float] | None = None
@@ -266,7 +268,7 @@ class StudyWorker:
                 raise
             except Exception as e:  # noqa: BLE001 -- a failed trial never stops the worker
                 if database_down(e):
-                    reason, retry = f"database unavailable: {_first_line(e)}", True
+                    reason, retry = f"database unavailable: {error_line(e)}", True
                 else:
                     reason = trial_fail_reason(e)
             return self._finish(trial, state, values, reason, retry)
@@ -356,12 +358,13 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
                 for name in scope:
                     if name in broken or stop.is_set():
                         continue
-                    if store.get_study(name) is None:  # deleted meanwhile
+                    row = store.get_study(name)
+                    if row is None:  # deleted meanwhile
                         workers.pop(name, None)
                         continue
                     sw = workers.get(name)
                     if sw is None:
-                        if finished(store, name) >= store.get_study(name).target_trials:  # type: ignore[union-attr]
+                        if finished(store, name) >= row.target_trials:
                             continue
                         try:
                             sw = StudyWorker(name, store, worker=worker, threads=threads, stop=stop)
@@ -404,17 +407,17 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
                     break
             except Exception as e:
                 if database_down(e):
-                    log.warning("database unavailable (%s); retrying in %.0f s", _first_line(e), idle)
+                    log.warning("database unavailable (%s); retrying in %.0f s", error_line(e), idle)
                 elif isinstance(e, (SQLAlchemyError, optuna.exceptions.StorageInternalError)) and unexplained < 3:
                     # A database error of a kind not known to be transient, around a reconnect:
                     # give it a few tries before believing it.
                     unexplained += 1
-                    log.warning("database error (%s: %s); retry %d of 3", type(e).__name__, _first_line(e),
+                    log.warning("database error (%s: %s); retry %d of 3", type(e).__name__, error_line(e),
                                 unexplained)
                 else:
                     cause = e.__cause__
                     log.error("worker stopping on %s%s", type(e).__name__,
-                              f" caused by {type(cause).__name__}: {_first_line(cause)}" if cause else "")
+                              f" caused by {type(cause).__name__}: {error_line(cause)}" if cause else "")
                     raise
             stop.wait(idle)
             idle = min(idle * 2, poll_max)

@@ -48,7 +48,7 @@ from ._schema import (
     StudyRow,
 )
 
-__all__ = ["DEFAULT_URL", "RetryTrial", "Store", "StorageError", "is_transient", "normalize_url"]
+__all__ = ["DEFAULT_URL", "RetryTrial", "Store", "StorageError", "error_line", "is_transient", "normalize_url"]
 
 DEFAULT_URL = "sqlite:///nas.db"
 T = TypeVar("T")
@@ -141,13 +141,17 @@ def _retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
             return fn()
         except (OperationalError, IntegrityError, DBAPIError) as e:
             if i == attempts - 1:
-                raise StorageError(f"{what} failed: {_first_line(e)}", transient=is_transient(e)) from None
+                raise StorageError(f"{what} failed: {error_line(e)}", transient=is_transient(e)) from None
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 5.0)
     raise AssertionError("unreachable")
 
 
-def _first_line(e: BaseException) -> str:
+def error_line(e: BaseException) -> str:
+    """The first line of a database error's message (the driver's, under Optuna's and
+    SQLAlchemy's wrappers), for one-line messages and logs."""
+    if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ is not None:
+        e = e.__cause__
     text = str(getattr(e, "orig", None) or e).strip().splitlines()
     return text[0] if text else type(e).__name__
 
@@ -207,7 +211,7 @@ class Store:
         except SQLAlchemyError as e:
             self.engine.dispose()
             raise StorageError(f"cannot connect to storage {make_url(self.url).render_as_string()}: "
-                               f"{_first_line(e)}", transient=is_transient(e)) from None
+                               f"{error_line(e)}", transient=is_transient(e)) from None
         _retry(self._init_schema, "creating lightnas tables")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -298,6 +298,20 @@ def fresh_postgres_url(pg_database: str) -> str:
 # --------------------------------------------------------------------------------------- storage
 
 
+def trials_of(url: str, name: str) -> list:
+    """Every trial of study ``name`` as the database holds it now (a fresh connection)."""
+    import optuna
+
+    from storage import Store
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    store = Store(url)
+    try:
+        return optuna.load_study(study_name=name, storage=store.optuna).get_trials(deepcopy=False)
+    finally:
+        store.close()
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/nas.db"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import trials_of
 from optuna.trial import TrialState
 
 from nas._ray import RayOptions, absolute_url, experiment_dir, run_ray
@@ -35,15 +36,6 @@ def new_study(url: str, name: str, **fields) -> None:
     store = Store(url)
     try:
         create_study(make_spec(**{**base, **fields}), store)
-    finally:
-        store.close()
-
-
-def trials_of(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    store = Store(url)
-    try:
-        return optuna.load_study(study_name=name, storage=store.optuna).get_trials(deepcopy=False)
     finally:
         store.close()
 

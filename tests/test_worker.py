@@ -20,6 +20,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import trials_of
 from optuna.trial import TrialState
 
 from nas._runner import run_study
@@ -68,14 +69,6 @@ def procs() -> Iterator[list[subprocess.Popen]]:
         if p.poll() is None:
             p.kill()
         p.wait(timeout=30)
-
-
-def trials_of(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    store = Store(url)
-    try:
-        return optuna.load_study(study_name=name, storage=store.optuna).get_trials(deepcopy=False)
-    finally:
-        store.close()
 
 
 def wait_until(cond: Callable[[], object], what: str, timeout: float = WAIT) -> object:
