@@ -46,7 +46,8 @@ def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs
                  formats: tuple[str, ...] = ("json", "state_dict", "onnx")) -> dict[str, Any]:
     """Write the trial's files into ``to``; returns what was written and the ONNX check.
 
-    Weights are those trained at the study's fidelity, or retrained for ``epochs`` when given.
+    Weights are those trained at the study's fidelity, or retrained for ``epochs`` when given;
+    ``formats=("json",)`` (the spec and cost report) needs no weights.
 
     Raises:
         NasError: unknown study/trial, trial never trained (over budget or failed), bad format.
@@ -76,12 +77,13 @@ def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs
         model = model.cpu()
     else:
         model = build_model(arch, data.input_shape, data.num_classes)
-        blob = store.get_artifact(weights_key(h, spec.fidelity_key))
+        blob = store.get_artifact(weights_key(h, spec.fidelity_key)) if set(formats) - {"json"} else b""
         if blob is None:
             status = t.user_attrs.get("status", t.state.name.lower())
             raise NasError(f"trial {number} has no trained weights (status {status}); "
                            "pass --epochs N to train it for export")
-        model.load_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
+        if blob:  # the spec alone (json) needs no weights
+            model.load_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
     meta = {"study": name, "trial": number}
     info.update(_write(arch, model, data, spec, Path(to), formats, meta))
     return info

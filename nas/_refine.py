@@ -81,7 +81,7 @@ from ._surgery import (
     prune_channels,
     remove_block,
 )
-from ._trial import serialize_state, weights_key
+from ._trial import TrialInterrupted, serialize_state, weights_key
 
 __all__ = ["METHODS", "RefineEvent", "RefineSettings", "ThresholdSearch", "make_settings", "parent_trials",
            "refine_trial", "threshold_search"]
@@ -339,6 +339,13 @@ class _Run:
     emit: Callable[[RefineEvent], None]
     rows: dict[int, RefinementRow]
     expected: int = 0
+    should_stop: Callable[[], bool] | None = None
+
+    def on_epoch(self, epoch: int, _accuracy: float) -> None:
+        """After every training epoch: stop the run (the step in progress is lost) when asked."""
+        if self.should_stop is not None and self.should_stop():
+            raise TrialInterrupted(f"worker stopping: refinement of trial {self.trial} interrupted after epoch {epoch} "
+                                   f"of step {max(self.rows, default=-1) + 1}")
 
     def expect_fusion(self, spec: ArchSpec, already: int = 0) -> None:
         """Re-estimate the steps left: fusion candidates ``spec`` still allows, then low rank."""
@@ -426,7 +433,7 @@ def _baseline(run: _Run, arch: ArchSpec) -> tuple[LightNet, RefinementRow]:
             model = build_model(arch, data.input_shape, data.num_classes)
         cfg = TrainConfig(epochs=s.epochs, batch_size=f.batch_size, lr=f.lr, seed=s.seed, device=str(run.device),
                           threads=run.threads)
-        res = train_model(model, data, cfg, keep_state=False)
+        res = train_model(model, data, cfg, keep_state=False, on_epoch=run.on_epoch)
         acc = res.val_accuracy
         detail = {"epochs": res.epochs_run, "curve": res.curve}
     model.eval()
@@ -450,7 +457,7 @@ def _prune_iteration(run: _Run, k: int, model: LightNet, accuracy: float, target
         sig = tuple(sorted((w, tuple(idx)) for w, idx in keep.items()))
         if sig not in tried:
             cand = prune_channels(model, keep)
-            res = finetune(cand, run.data, run.config(s.finetune_epochs), patience=s.patience)
+            res = finetune(cand, run.data, run.config(s.finetune_epochs), patience=s.patience, on_epoch=run.on_epoch)
             tried[sig] = (cand, res.val_accuracy)
             run.say("attempt", f"prune {k}/{n} Pc={pc:.4f}: -{removed} channels, accuracy {res.val_accuracy:.4f} "
                                f"(target {target:.4f})")
@@ -495,7 +502,7 @@ def _fuse(run: _Run, teacher: LightNet, reference: float) -> None:
         nonlocal parent, pending, t0
         run.say("phase", f"fuse: long fine-tune of everything ({s.long_epochs} epochs) after {removals} removals")
         res = finetune(current, run.data, run.config(s.long_epochs), teacher=logits, temperature=s.temperature,
-                       alpha=s.alpha)
+                       alpha=s.alpha, on_epoch=run.on_epoch)
         dropped = res.val_accuracy < floor
         if dropped:
             stop = (f"accuracy {res.val_accuracy:.4f} is more than {s.max_drop:g} below the pruned model's "
@@ -524,7 +531,7 @@ def _fuse(run: _Run, teacher: LightNet, reference: float) -> None:
         run.say("phase", f"fuse: removed blocks.{choice.material} ({block.type}, {channels} channels); short "
                          f"fine-tune of the carrier blocks.{choice.carrier} ({s.short_epochs} epochs)")
         res = finetune(current, run.data, run.config(s.short_epochs), teacher=logits, temperature=s.temperature,
-                       alpha=s.alpha, trainable=[f"blocks.{carrier}"])
+                       alpha=s.alpha, trainable=[f"blocks.{carrier}"], on_epoch=run.on_epoch)
         pending.append({"material": choice.material, "carrier": choice.carrier, "block": block.type,
                         "channels": channels,
                         "short_accuracy": res.val_accuracy})
@@ -556,7 +563,7 @@ def _low_rank(run: _Run, teacher: LightNet, reference: float) -> None:
     model = apply_low_rank(base, spec)
     logits = teacher_logits(teacher, run.data.x_train)
     res = finetune(model, run.data, run.config(s.long_epochs), teacher=logits, temperature=s.temperature,
-                   alpha=s.alpha)
+                   alpha=s.alpha, on_epoch=run.on_epoch)
     ratios = {f"blocks.{i}": b.rank_ratio for i, b in enumerate(spec.blocks)
               if b.rank_ratio != base.spec.blocks[i].rank_ratio}
     if spec.head.rank_ratio != base.spec.head.rank_ratio:
@@ -566,8 +573,8 @@ def _low_rank(run: _Run, teacher: LightNet, reference: float) -> None:
 
 
 def refine_trial(name: str, number: int, store: Store, settings: RefineSettings | None = None, *,
-                 threads: int | None = None, on_event: Callable[[RefineEvent], None] | None = None
-                 ) -> list[RefinementRow]:
+                 threads: int | None = None, on_event: Callable[[RefineEvent], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> list[RefinementRow]:
     """Refine trial ``number`` of study ``name`` (see the module docstring); resume if stored.
 
     Args:
@@ -578,6 +585,9 @@ def refine_trial(name: str, number: int, store: Store, settings: RefineSettings 
         threads: torch threads for training (``None``: torch's setting).
         on_event: receives :class:`RefineEvent` progress; exceptions it raises propagate (every
             stored candidate stays stored).
+        should_stop: polled after every training epoch; when true the run raises
+            :class:`nas._trial.TrialInterrupted` (a worker draining on SIGTERM); a rerun continues
+            from the last stored step.
 
     Returns:
         The run's stored candidates, by step.
@@ -607,7 +617,7 @@ def refine_trial(name: str, number: int, store: Store, settings: RefineSettings 
     rows = {r.step: r for r in store.get_refinements(name, parent_trial=number, settings_hash=key)
             if r.parent_spec_hash == parent_hash}
     run = _Run(name, study, store, number, parent_hash, settings, key, data, device, threads, study.budget_obj(),
-               on_event or (lambda e: None), rows)
+               on_event or (lambda e: None), rows, should_stop=should_stop)
     run.expect_fusion(arch)
     if rows:
         last = rows[max(rows)]

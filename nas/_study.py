@@ -28,7 +28,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["OBJECTIVES", "PRUNERS", "SAMPLERS", "Fidelity", "StudySpec", "create_study", "delete_study",
-           "get_study_spec", "list_studies", "load_spec_file"]
+           "get_study_spec", "list_studies", "load_spec_file", "one_line_error"]
 
 SAMPLERS = ("tpe", "nsga2", "random")
 #: Early stopping of poor trials on validation accuracy; single-objective (accuracy) studies only.
@@ -177,8 +177,17 @@ class StudySpec(BaseModel):
 
 
 def _one_line(e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "study"
+    return one_line_error(e.errors()[0])
+
+
+def one_line_error(err: Any, default_loc: str = "study") -> str:
+    """One line ``field: what was wrong; accepted: ...`` for a pydantic error dict (the first of
+    ``ValidationError.errors()``; FastAPI's request errors too, whose location starts with
+    ``body``/``query``/``path``, which is left out)."""
+    parts = [str(p) for p in err["loc"]]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    loc = ".".join(parts) or default_loc
     msg = str(err["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         msg = msg.removeprefix(prefix)

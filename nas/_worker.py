@@ -31,6 +31,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -168,10 +169,11 @@ class _Heartbeat:
 
 @dataclass
 class WorkerStats:
-    """What one worker did."""
+    """What one worker did: trials by final state, and queued jobs (refinements) by final state."""
 
     trials: int = 0
     by_state: dict[str, int] = field(default_factory=dict)
+    jobs: dict[str, int] = field(default_factory=dict)
 
     def add(self, state: str) -> None:
         self.trials += 1
@@ -325,9 +327,14 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
                deadline: float | None = None, worker: int = 0, threads: int | None = None,
                stop: threading.Event | None = None, heartbeat: int = 10, poll_min: float = 1.0,
                poll_max: float = 30.0, max_consecutive_failures: int = 20,
-               on_trial: Callable[[str, optuna.trial.FrozenTrial], None] | None = None) -> WorkerStats:
+               on_trial: Callable[[str, optuna.trial.FrozenTrial], None] | None = None,
+               jobs: bool = False) -> WorkerStats:
     """Run trials until stopped (``stop``), past ``deadline``, or -- with ``until_done`` --
     until every study in scope has met its target.
+
+    With ``jobs``, queued jobs of the studies in scope (refinement requests, see
+    :mod:`nas._jobs`) are taken first, one per pass; ``until_done`` then also waits for the
+    queue to be empty.
 
     Args:
         names: studies to work on; None or empty: every study in the database, oldest first
@@ -347,12 +354,16 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
     stats = WorkerStats()
     workers: dict[str, StudyWorker] = {}
     broken: set[str] = set()
+    ident = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     try:
         for n in names or ():
             get_study_spec(n, store)  # unknown name: NasError listing the studies
         idle, unexplained = poll_min, 0
         while not stop.is_set() and (deadline is None or time.time() < deadline):
             try:
+                if jobs and _run_one_job(store, names, ident, stop, threads, heartbeat, stats):
+                    unexplained, idle = 0, poll_min
+                    continue
                 scope = list(names) if names else [r.name for r in store.list_studies()]
                 ran, pending = False, False
                 for name in scope:
@@ -424,6 +435,21 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
         return stats
     finally:
         store.close()
+
+
+def _run_one_job(store: Store, names: Sequence[str] | None, ident: str, stop: threading.Event,
+                 threads: int | None, heartbeat: int, stats: WorkerStats) -> bool:
+    """Claim and run the oldest queued job of the studies in scope; False if there is none."""
+    from ._jobs import run_job
+
+    job = store.claim_job(ident, list(names) if names else None, stale_after=3 * heartbeat)
+    if job is None:
+        return False
+    log.info("%s job %d: refining trial %d (attempt %d)", job.study, job.id, job.trial, job.attempts)
+    state = run_job(job, store, worker=ident, stop=stop, threads=threads, heartbeat=heartbeat,
+                    wait=lambda fn, what: wait_for_database(fn, what, stop))
+    stats.jobs[state] = stats.jobs.get(state, 0) + 1
+    return True
 
 
 def _describe(t: optuna.trial.FrozenTrial) -> str:

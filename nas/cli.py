@@ -477,12 +477,15 @@ def worker_cmd(
     connect_wait: float = typer.Option(120.0, "--connect-wait", help="how long (s) to wait for the database at "
                                                                      "start"),
     quiet: bool = typer.Option(False, "--quiet", help="log warnings only"),
+    jobs: bool = typer.Option(True, "--jobs/--no-jobs", help="also run queued refinement jobs (requested through "
+                                                             "the HTTP API or 'nas refine --queue'), before trials"),
 ) -> None:
     """A long-running worker: runs trials of studies in the database until stopped.
 
     Without NAME it takes any study whose target is not met, oldest first, and waits (polling
-    with backoff) when there is none. SIGTERM/SIGINT: the running trial is finished, or stopped
-    at its next epoch and queued again, then the worker exits 0 (a second signal aborts).
+    with backoff) when there is none. Queued refinement jobs of those studies go first (--no-jobs:
+    trials only). SIGTERM/SIGINT: the running trial (or job) is finished, or stopped at its next
+    epoch and queued again, then the worker exits 0 (a second signal aborts).
     """
     import logging
     import signal
@@ -525,9 +528,65 @@ def worker_cmd(
     # Samplers are seeded with study seed + worker: the process id keeps workers from proposing
     # the same sequence (a single-process `nas study run` stays reproducible with worker 0).
     stats = run_worker(names or None, url, until_done=until_done, threads=threads, stop=stop, heartbeat=heartbeat,
-                       poll_max=poll_max, worker=os.getpid() % 100_000)
-    log.info("worker exiting after %d trials (%s)", stats.trials,
-             ", ".join(f"{k.lower()} {v}" for k, v in sorted(stats.by_state.items())) or "none")
+                       poll_max=poll_max, worker=os.getpid() % 100_000, jobs=jobs)
+    log.info("worker exiting after %d trials (%s)%s", stats.trials,
+             ", ".join(f"{k.lower()} {v}" for k, v in sorted(stats.by_state.items())) or "none",
+             f" and {sum(stats.jobs.values())} jobs ({', '.join(f'{k} {v}' for k, v in sorted(stats.jobs.items()))})"
+             if stats.jobs else "")
+
+
+@app.command("serve")
+def serve_cmd(
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
+    port: int = typer.Option(8000, "--port", help="TCP port"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+    insecure: bool = typer.Option(False, "--insecure", help="accept writes without a token (only when "
+                                                            "NAS_API_TOKEN is unset; never on a shared network)"),
+    read_only: bool = typer.Option(False, "--read-only", help="refuse every write (403); needs no token"),
+    protect_reads: bool = typer.Option(False, "--protect-reads", envvar="NAS_API_PROTECT_READS",
+                                       help="reads need a token too (NAS_API_TOKEN or NAS_API_READ_TOKEN)"),
+    max_body: int = typer.Option(1 << 20, "--max-body", help="largest request body in bytes (413 above)"),
+    data_root: list[str] = typer.Option([], "--data-root", help="directory under which studies may read idx:, "
+                                                                "cifar10: and npz: data (repeatable; default: only "
+                                                                "digits); also $NAS_API_DATA_ROOT"),
+    connect_wait: float = typer.Option(60.0, "--connect-wait", help="how long (s) to wait for the database at start"),
+    log_level: str = typer.Option("info", "--log-level", help="critical | error | warning | info | debug"),
+) -> None:
+    """The HTTP API (FastAPI): studies, Pareto queries, trials, exports, refinement requests.
+
+    Writes need 'Authorization: Bearer TOKEN' with a token of $NAS_API_TOKEN (comma-separated,
+    at least 16 characters each); $NAS_API_READ_TOKEN holds read-only tokens. Without a write
+    token the server starts only with --read-only or --insecure. The API never trains: workers
+    ('nas worker') run the trials and refinements it queues. /docs has the OpenAPI page.
+    """
+    import logging
+
+    from nas._api import ApiSettings, create_app
+    from nas._worker import wait_for_database
+    from storage import Store, normalize_url
+
+    if not 0 < port < 65536:
+        raise UsageError(f"--port: must be 1..65535, got {port}")
+    levels = ("critical", "error", "warning", "info", "debug")
+    if log_level.lower() not in levels:
+        raise UsageError(f"--log-level: must be one of {', '.join(levels)}, got {log_level!r}")
+    url = normalize_url(storage)
+    settings = ApiSettings.from_env(storage=url, insecure=insecure or None, read_only=read_only or None,
+                                    protect_reads=protect_reads or None, max_body_bytes=max_body,
+                                    data_roots=tuple(data_root) or None).check()
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    import uvicorn
+
+    store = wait_for_database(lambda: Store(url), "connecting", max_wait=connect_wait)
+    assert isinstance(store, Store)
+    mode = ("read-only" if settings.read_only else "INSECURE: anyone may write" if settings.insecure
+            else f"{len(settings.tokens)} write token(s)")
+    err.print(f"lightnas API on http://{host}:{port} ({Store.display_url(url)}; {mode}); docs at /docs",
+              highlight=False, soft_wrap=True, markup=False)
+    # The access log prints request lines only; tokens travel in the Authorization header, never logged.
+    uvicorn.run(create_app(settings, store), host=host, port=port, log_level=log_level.lower(), access_log=True,
+                proxy_headers=False, server_header=False)
 
 
 @app.command("pareto")
@@ -619,13 +678,15 @@ def refine_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="no progress display"),
     fmt: Format = typer.Option(Format.table, "--format", help="table, json or csv"),
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+    queue: bool = typer.Option(False, "--queue", help="queue the refinement for a worker ('nas worker') instead "
+                                                      "of running it here"),
 ) -> None:
     """Refine trained architectures: dynamic pruning, then layer fusion with distillation (SEEDS.md 2).
 
     Every candidate (baseline, each pruning iteration, each fusion step, low rank) is stored as
     soon as it exists, with its lineage; 'nas pareto NAME --include-refined' puts them on the
     front and 'nas export NAME --refined ID' exports one. After Ctrl-C, the same command
-    continues from the last stored step.
+    continues from the last stored step. With --queue a worker does the work instead.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Column
@@ -642,6 +703,15 @@ def refine_cmd(
                              temperature=temperature, alpha=alpha, low_rank=low_rank, seed=seed)
     store = open_store(storage)
     numbers = parent_trials(name, store, trial=trial, pareto=pareto)
+    if queue:
+        from nas._jobs import job_info, queue_refinement
+
+        jobs = []
+        for number in numbers:
+            job, created = queue_refinement(name, number, store, settings)
+            jobs.append({**job_info(job), "created": created})
+        emit([{k: j[k] for k in ("id", "trial", "state", "created")} for j in jobs], fmt, f"refinement jobs of {name}")
+        return
     threads = threads or threads_per_worker(1)
     # One bar per trial over its steps (stored candidates of expected), the current phase beside it.
     prog = None if quiet else Progress(

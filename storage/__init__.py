@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from ._schema import SCHEMA_VERSION
-from ._store import DEFAULT_URL, RetryTrial, StorageError, Store, error_line, is_transient, normalize_url
+from ._store import (
+    DEFAULT_URL,
+    JOB_STATES,
+    RetryTrial,
+    StorageError,
+    Store,
+    error_line,
+    is_transient,
+    normalize_url,
+)
 
-__all__ = ["DEFAULT_URL", "SCHEMA_VERSION", "RetryTrial", "Store", "StorageError", "error_line", "is_transient",
-           "normalize_url"]
+__all__ = ["DEFAULT_URL", "JOB_STATES", "SCHEMA_VERSION", "RetryTrial", "Store", "StorageError", "error_line",
+           "is_transient", "normalize_url"]

@@ -5,6 +5,8 @@ Schema history (``lightnas_meta.schema_version``):
 1. ``lightnas_studies``, ``lightnas_architectures``, ``lightnas_evaluations``, ``lightnas_artifacts``.
 2. ``lightnas_refinements``: candidates of post-search refinement (pruning, fusion, low rank)
    with their lineage.
+3. ``lightnas_jobs``: queued work other than trials (refinement requests of the HTTP API), which
+   workers claim, heartbeat and finish.
 
 Upgrades are functions in ``MIGRATIONS`` applied in order; tables are never dropped.
 """
@@ -27,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _now() -> dt.datetime:
@@ -125,10 +127,44 @@ class RefinementRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class JobRow(Base):
+    """A queued job (``kind`` ``refine``: refine one trial with ``settings_json``), run by a worker.
+
+    ``state``: ``queued`` -> ``running`` (claimed by ``worker``, which refreshes ``heartbeat_at``)
+    -> ``done`` or ``failed`` (``error``). A running job whose heartbeat is stale goes back to
+    ``queued``; ``attempts`` counts the claims. ``key`` identifies the work (study, trial,
+    settings, parent architecture), so a repeated request finds the job that does it.
+    ``progress_json``: the last progress event (``stored``, ``expected``, ``message``).
+    """
+
+    __tablename__ = "lightnas_jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    study: Mapped[str] = mapped_column(String(255), index=True)
+    trial: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(String(64), index=True)
+    settings_json: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    progress_json: Mapped[str] = mapped_column(Text, default="{}")
+    result_json: Mapped[str] = mapped_column(Text, default="{}")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 def _v2_refinements(conn: Connection) -> None:
     """Version 2: the refinement lineage table (a no-op when ``create_all`` made it already)."""
     RefinementRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
+def _v3_jobs(conn: Connection) -> None:
+    """Version 3: the job queue (a no-op when ``create_all`` made it already)."""
+    JobRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
 #: version -> upgrade function(connection) from version-1. Version 1 is created by create_all.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_refinements}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_refinements, 3: _v3_jobs}

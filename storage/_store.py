@@ -43,14 +43,18 @@ from ._schema import (
     ArtifactRow,
     Base,
     EvaluationRow,
+    JobRow,
     Meta,
     RefinementRow,
     StudyRow,
 )
 
-__all__ = ["DEFAULT_URL", "RetryTrial", "Store", "StorageError", "error_line", "is_transient", "normalize_url"]
+__all__ = ["DEFAULT_URL", "JOB_STATES", "RetryTrial", "Store", "StorageError", "error_line", "is_transient",
+           "normalize_url"]
 
 DEFAULT_URL = "sqlite:///nas.db"
+#: States of a queued job (``lightnas_jobs``), in the order a job passes through them.
+JOB_STATES = ("queued", "running", "done", "failed")
 T = TypeVar("T")
 
 
@@ -301,6 +305,20 @@ class Store:
         with self.engine.connect() as conn:
             return {str(getattr(state, "name", state)): int(n) for state, n in conn.execute(sql, {"n": name})}
 
+    def trial_page(self, name: str, *, after: int = -1, states: tuple[str, ...] | None = None,
+                   limit: int = 50) -> list[int]:
+        """Ids of the trials of study ``name`` numbered above ``after`` (in ``states``), by number,
+        at most ``limit``: keyset pagination that reads only one page."""
+        sql = ("SELECT t.trial_id FROM trials t JOIN studies s ON s.study_id = t.study_id "
+               "WHERE s.study_name = :n AND t.number > :after")
+        params: dict[str, Any] = {"n": name, "after": after, "limit": limit}
+        if states:
+            sql += " AND t.state IN (" + ", ".join(f":s{i}" for i in range(len(states))) + ")"
+            params.update({f"s{i}": st for i, st in enumerate(states)})
+        sql += " ORDER BY t.number LIMIT :limit"
+        with self.engine.connect() as conn:
+            return [int(r[0]) for r in conn.execute(text(sql), params)]
+
     def running_without_heartbeat(self, name: str, older_than: float) -> list[int]:
         """Ids of RUNNING trials of ``name`` that never recorded a heartbeat and started more
         than ``older_than`` seconds ago (their process died between ask and its first beat;
@@ -333,8 +351,10 @@ class Store:
             s.execute(update(StudyRow).where(StudyRow.name == name).values(target_trials=target))
 
     def delete_study(self, name: str) -> None:
+        """Remove the study's row and its jobs that have not run (a running one fails on its own)."""
         with self.session() as s:
             s.execute(delete(StudyRow).where(StudyRow.name == name))
+            s.execute(delete(JobRow).where(JobRow.study == name, JobRow.state == "queued"))
 
     # ------------------------------------------------------------------ architectures and evaluations
     def put_architecture(self, spec_hash: str, family: str, spec_json: str) -> None:
@@ -444,6 +464,115 @@ class Store:
     def get_refinement(self, refinement_id: int) -> RefinementRow | None:
         with self.session() as s:
             return s.get(RefinementRow, refinement_id)
+
+    # ================================================================== jobs
+    # Work other than trials that workers claim (refinement requests of the HTTP API); see
+    # ``storage._schema.JobRow``. Added in schema version 3. Claims and re-queues happen under
+    # the database-wide lock ``jobs``, so two workers never claim one job.
+
+    def add_job(self, *, kind: str, study: str, trial: int, key: str, settings: dict[str, Any]) -> tuple[JobRow, bool]:
+        """Queue a job, unless one with the same ``kind``, ``study`` and ``key`` is queued,
+        running or done: then return that one. Returns ``(job, created)``."""
+        with self.lock("jobs"), self.session() as s:
+            existing = s.scalars(select(JobRow).where(JobRow.kind == kind, JobRow.study == study, JobRow.key == key,
+                                                      JobRow.state.in_(("queued", "running", "done")))
+                                 .order_by(JobRow.id)).first()
+            if existing is not None:
+                return existing, False
+            row = JobRow(kind=kind, study=study, trial=trial, key=key,
+                         settings_json=json.dumps(settings, sort_keys=True), state="queued", attempts=0,
+                         progress_json="{}", result_json="{}")
+            s.add(row)
+            s.flush()
+            return row, True
+
+    def get_job(self, job_id: int) -> JobRow | None:
+        with self.session() as s:
+            return s.get(JobRow, job_id)
+
+    def list_jobs(self, study: str | None = None, *, state: str | None = None) -> list[JobRow]:
+        """Jobs (of ``study``, in ``state``), oldest first."""
+        q = select(JobRow)
+        if study is not None:
+            q = q.where(JobRow.study == study)
+        if state is not None:
+            q = q.where(JobRow.state == state)
+        with self.session() as s:
+            return list(s.scalars(q.order_by(JobRow.id)))
+
+    def claim_job(self, worker: str, studies: list[str] | None = None, *, stale_after: float = 30.0,
+                  max_attempts: int = 3) -> JobRow | None:
+        """The oldest queued job (of ``studies``; None: any), now ``running`` for ``worker``.
+
+        First, running jobs whose heartbeat is older than ``stale_after`` seconds (their worker
+        died) are queued again, or failed once they were claimed ``max_attempts`` times."""
+        now = _utcnow()
+        with self.lock("jobs"), self.session() as s:
+            for job in s.scalars(select(JobRow).where(JobRow.state == "running")):
+                beat = _aware(job.heartbeat_at or job.started_at)
+                if beat is not None and (now - beat).total_seconds() <= stale_after:
+                    continue
+                if job.attempts >= max_attempts:
+                    job.state, job.finished_at = "failed", now
+                    job.error = f"its worker stopped answering {job.attempts} times (last: {job.worker})"
+                else:
+                    job.state, job.worker = "queued", None
+            q = select(JobRow).where(JobRow.state == "queued")
+            if studies is not None:
+                if not studies:
+                    return None
+                q = q.where(JobRow.study.in_(studies))
+            claimed = s.scalars(q.order_by(JobRow.id).limit(1)).first()
+            if claimed is None:
+                return None
+            claimed.state, claimed.worker, claimed.attempts = "running", worker, claimed.attempts + 1
+            claimed.started_at = claimed.heartbeat_at = now
+            claimed.error = None
+            return claimed
+
+    def job_heartbeat(self, job_id: int, worker: str, progress: dict[str, Any] | None = None) -> bool:
+        """Refresh a running job's heartbeat (and progress); False if it is no longer ``worker``'s."""
+        values: dict[str, Any] = {"heartbeat_at": _utcnow()}
+        if progress is not None:
+            values["progress_json"] = json.dumps(progress)
+        return self._update_own_job(job_id, worker, values)
+
+    def finish_job(self, job_id: int, worker: str, state: str, *, result: dict[str, Any] | None = None,
+                   error: str | None = None) -> bool:
+        """End ``worker``'s running job: ``done`` (with ``result``), ``failed`` (with ``error``),
+        or ``queued`` again (a worker stopping). False if the job was no longer its own."""
+        if state not in ("done", "failed", "queued"):
+            raise ValueError(f"state must be done, failed or queued, got {state!r}")
+        values: dict[str, Any] = {"state": state, "error": error}
+        if state == "queued":
+            values.update(worker=None, attempts=JobRow.attempts - 1)  # an interruption is not a failed attempt
+        else:
+            values["finished_at"] = _utcnow()
+        if result is not None:
+            values["result_json"] = json.dumps(result)
+        return self._update_own_job(job_id, worker, values)
+
+    def _update_own_job(self, job_id: int, worker: str, values: dict[str, Any]) -> bool:
+        """Set ``values`` on the job if it is still running for ``worker``; whether it was."""
+        with self.session() as s:
+            res = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.worker == worker,
+                                                 JobRow.state == "running").values(**values))
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
+def _utcnow() -> Any:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _aware(t: Any) -> Any:
+    """A stored time as an aware UTC datetime (SQLite returns naive ones)."""
+    import datetime as dt
+
+    if t is None:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -170,11 +170,27 @@ def test_dashboard_is_published_on_8080_and_serves_all_interfaces_in_its_contain
     assert doc["services"]["dashboard"]["entrypoint"][2].startswith("nas study list")
 
 
-def test_api_is_an_honest_placeholder_until_nas_serve():
-    api = load()["services"]["api"]
-    script = " ".join(api["entrypoint"] + api["command"])
-    assert "nas serve" in script and "placeholder" in script
-    assert "nas serve" in COMPOSE.read_text()  # the comment saying what replaces it
+def test_api_runs_nas_serve_published_on_loopback_and_never_writable_without_a_token():
+    doc = load()
+    api = doc["services"]["api"]
+    args = argv(api)
+    assert args[:2] == ["nas", "serve"] and option(args, "--host") == "0.0.0.0"
+    port = option(args, "--port")
+    assert api["ports"] == [f"127.0.0.1:8000:{port}"]  # only this host by default
+    assert load({"API_BIND": "0.0.0.0", "API_PORT": "9000"})["services"]["api"]["ports"] == [f"0.0.0.0:9000:{port}"]
+    env = load({"NAS_API_TOKEN": "t" * 32})["services"]["api"]["environment"]
+    assert env["NAS_API_TOKEN"] == "t" * 32 and env["NAS_STORAGE"] == worker_url(doc)
+    # The wrapper: no token -> --read-only (never --insecure); a token -> serve as configured.
+    script = api["entrypoint"][2].replace("$$", "$")
+    assert "--insecure" not in script
+    for token, read_only in (("", True), ("t" * 32, False)):
+        out = subprocess.run(["sh", "-c", script.replace('exec nas "$@"', 'printf "%s\\n" "$@"'), "nas",
+                              *api["command"]], env={"NAS_API_TOKEN": token, "PATH": os.environ["PATH"]},
+                             capture_output=True, text=True, check=True)
+        assert ("--read-only" in out.stdout.split()) is read_only, out
+        assert ("starts read-only" in out.stderr) is read_only
+    health = " ".join(api["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{port}/health" in health
 
 
 def test_dockerfile_builds_a_cpu_non_root_image_with_the_nas_entrypoint():
