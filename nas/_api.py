@@ -3,8 +3,9 @@
 ``nas serve`` runs it; ``create_app(settings)`` builds it (tests use it with ``TestClient``).
 The API never trains: creating a study or raising its target is a database write that workers
 (``nas worker``) pick up, and a refinement request queues a job (:mod:`nas._jobs`) that a worker
-runs. Every request is answered from the database in milliseconds (an ONNX export or a first
-test-accuracy measurement runs the network once on the CPU; neither trains).
+runs. Requests are answered from the database; the one exception is an export, which builds
+the network once (and, for ONNX, checks it in onnxruntime, about a second) and is then served
+from memory. Reads never write: the front's ``test_accuracy`` is the stored one.
 
 Endpoints (``/docs`` has the generated OpenAPI page, ``/openapi.json`` the schema):
 
@@ -50,7 +51,8 @@ import math
 import os
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +66,8 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from optuna.trial import FrozenTrial
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from storage import StorageError, Store, is_transient
 
@@ -78,6 +81,7 @@ __all__ = ["ApiSettings", "create_app"]
 
 log = logging.getLogger("nas.api")
 
+EXPORT_CACHE = 64  # exported files kept in memory (kilobytes to a few megabytes each)
 MAX_INT = 2**31 - 1  # path and query integers: beyond this no trial, job or page exists (and SQL ints overflow)
 STATES = ("complete", "pruned", "fail", "running", "waiting")
 FORMATS = {"json": ("application/json", "json"), "onnx": ("application/octet-stream", "onnx"),
@@ -184,8 +188,12 @@ def _field_of(message: str) -> str | None:
     return head.strip() if sep and " " not in head.strip() else None
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised while the body streams in: FastAPI passes HTTP exceptions through to the handler
+    (other errors while it reads a body become 400); outside a route the middleware answers."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body too large: at most {limit} bytes")
 
 
 class _BodyLimit:
@@ -211,7 +219,7 @@ class _BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(self.max)
             return message
 
         async def tracked(message: Any) -> None:
@@ -236,6 +244,12 @@ class StudyCreate(StudySpec):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     target: int | None = Field(default=None, ge=0, le=1_000_000)
+    enqueue: list[dict[str, Any]] = Field(default_factory=list, max_length=100,
+                                          description="architectures (ArchSpec JSON, as the json export gives) to "
+                                                      "evaluate first; each must fit the space and the budget")
+    warm_start: str | None = Field(default=None, max_length=255,
+                                   description="a study whose Pareto front is evaluated first (members that do "
+                                               "not fit are skipped)")
 
 
 class TargetUpdate(BaseModel):
@@ -263,6 +277,7 @@ class StudyInfo(BaseModel):
     pareto_size: int | None = None
     jobs: dict[str, int] = Field(default_factory=dict)
     created_at: str | None = None
+    warm_start: dict[str, Any] | None = Field(default=None, description="on creation: what was enqueued, skipped")
 
 
 class StudyList(BaseModel):
@@ -333,6 +348,20 @@ class _App:
     settings: ApiSettings
     store: Store
     shapes: dict[str, tuple[tuple[int, int, int], int]] = field(default_factory=dict)
+    #: Exported files by (study, what, id, spec hash, fidelity, format), least recently used first:
+    #: a trial's stored weights never change, so its files are built (and checked) once.
+    exports: OrderedDict[tuple[Any, ...], tuple[bytes, str, dict[str, str]]] = field(default_factory=OrderedDict)
+
+    def cached_export(self, key: tuple[Any, ...], build: Callable[[], Response]) -> Response:
+        hit = self.exports.get(key)
+        if hit is None:
+            r = build()
+            hit = (bytes(r.body), str(r.media_type), {"Content-Disposition": r.headers["content-disposition"]})
+            self.exports[key] = hit
+            while len(self.exports) > EXPORT_CACHE:
+                self.exports.popitem(last=False)
+        self.exports.move_to_end(key)
+        return Response(hit[0], media_type=hit[1], headers=hit[2])
 
     def spec(self, name: str) -> StudySpec:
         try:
@@ -350,7 +379,8 @@ class _App:
             trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         except KeyError:
             n = len(storage.get_all_trials(study._study_id, deepcopy=False))
-            raise ApiError(404, f"study {name!r} has no trial {number}; its trials are numbered 0..{n - 1}") from None
+            have = f"its trials are numbered 0..{n - 1}" if n else "it has no trials yet"
+            raise ApiError(404, f"study {name!r} has no trial {number}; {have}") from None
         return storage.get_trial(trial_id)
 
     def shape(self, spec: StudySpec) -> tuple[tuple[int, int, int], int]:
@@ -381,19 +411,25 @@ class _App:
         return StudyInfo(name=name, spec=json.loads(spec.to_json()), target=row.target_trials, finished=finished,
                          counts=counts, pareto_size=front, jobs=jobs, created_at=iso_utc(row.created_at))
 
-    def check_data(self, source: str) -> None:
-        """File sources must lie under a data root (clients must not make the server read any path)."""
+    def check_data(self, source: str) -> str:
+        """The data source with its path resolved; file sources must be absolute paths under a data
+        root (clients must not make the server, or its workers, read any other path)."""
         kind, sep, arg = source.partition(":")
         if kind.strip().lower() == "digits" and not sep:
-            return
+            return source
         roots = self.settings.data_roots
         if not roots:
             raise ApiError(422, "data: this server accepts only 'digits' (start it with --data-root DIR to allow "
                                 "idx:, cifar10: and npz: sources under DIR)", "data")
-        path = Path(arg.strip()).resolve()
+        accepted = (f"accepted: digits, idx:DIR, cifar10:DIR, npz:FILE with an absolute path under "
+                    f"{', '.join(str(r) for r in roots)}")
+        raw = arg.strip()
+        if not raw.startswith("/"):
+            raise ApiError(422, f"data: {raw!r} is not an absolute path; {accepted}", "data")
+        path = Path(raw).resolve()  # symlinks and '..' followed before the check, and stored so
         if not any(path == r.resolve() or path.is_relative_to(r.resolve()) for r in roots):
-            raise ApiError(422, f"data: {arg.strip()!r} is not under a data root of this server; accepted: digits, "
-                                f"idx:DIR, cifar10:DIR, npz:FILE under {', '.join(str(r) for r in roots)}", "data")
+            raise ApiError(422, f"data: {raw!r} is not under a data root of this server; {accepted}", "data")
+        return f"{kind.strip()}:{path}"
 
 
 def _state(request: Request) -> _App:
@@ -450,6 +486,28 @@ READ = [Depends(require_read)]
 WRITE = [Depends(require_write)]
 
 
+def _warm_plan(nas: _App, spec: StudySpec, body: StudyCreate) -> Any:
+    """The warm start a creation asks for (``enqueue``, ``warm_start``), validated; None if none."""
+    if not body.enqueue and body.warm_start is None:
+        return None
+    from search_spaces import ArchSpec, SpecError
+
+    from ._warm import plan_warm_start
+
+    specs = []
+    for i, doc in enumerate(body.enqueue):
+        try:
+            specs.append((f"enqueue[{i}]", ArchSpec.from_dict(doc.get("spec", doc) if isinstance(doc, dict) else doc)))
+        except (SpecError, TypeError, KeyError, AttributeError, ValueError) as e:
+            raise ApiError(422, f"enqueue[{i}]: not an ArchSpec ({e})", "enqueue") from None
+    if body.warm_start is not None and nas.store.get_study(body.warm_start) is None:
+        raise ApiError(422, f"warm_start: unknown study {body.warm_start!r}; GET /studies lists them", "warm_start")
+    try:
+        return plan_warm_start(spec, nas.store, specs=specs, from_study=body.warm_start)
+    except NasError as e:
+        raise ApiError(422, str(e).replace("--enqueue ", ""), "enqueue") from None
+
+
 # ----------------------------------------------------------------------------------- the app
 def create_app(settings: ApiSettings | None = None, store: Store | None = None) -> FastAPI:
     """The FastAPI application on ``settings.storage`` (or an open ``store``).
@@ -483,8 +541,6 @@ def _handlers(app: FastAPI) -> None:
     async def api_error(_r: Request, e: ApiError) -> JSONResponse:
         return _error(e.status_code, str(e.detail), e.field, e.headers)
 
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
     @app.exception_handler(StarletteHTTPException)  # FastAPI's and the router's own (404, 405)
     async def http_error(_r: Request, e: StarletteHTTPException) -> JSONResponse:
         return _error(e.status_code, str(e.detail), None, e.headers)
@@ -501,6 +557,12 @@ def _handlers(app: FastAPI) -> None:
         if err.get("type") == "extra_forbidden":
             message += "; see the request schema in /docs"
         return _error(422, message, _field_of(message))
+
+    from objectives import DataError
+
+    @app.exception_handler(DataError)
+    async def data_gone(_r: Request, e: DataError) -> JSONResponse:  # the study's files moved or unmounted
+        return _error(409, f"data: the study's data cannot be read here ({e})", "data")
 
     @app.exception_handler(NasError)
     async def bad_input(_r: Request, e: NasError) -> JSONResponse:
@@ -564,19 +626,33 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 -- one place lists every endpoi
 
         if nas.store.get_study(body.name) is not None:
             raise ApiError(409, f"study {body.name!r} already exists; choose another name or DELETE it first", "name")
-        nas.check_data(body.data)
+        data = nas.check_data(body.data)
         if body.cost_device not in list_devices():
             raise ApiError(422, f"cost_device: {body.cost_device!r} is not a device profile of this server; accepted: "
                                 f"{', '.join(list_devices())}", "cost_device")
-        spec = StudySpec(**body.model_dump(exclude={"target"}))
+        spec = StudySpec(**{**body.model_dump(exclude={"target", "enqueue", "warm_start"}), "data": data})
+        plan = _warm_plan(nas, spec, body)  # checked before anything is written
+        target = spec.trials if body.target is None else body.target
         try:
-            create_study(spec, nas.store)
+            # Created with target 0 when there is a warm start to enqueue first: no worker can
+            # start a trial before the enqueued ones are there (nor any, for a target of 0).
+            create_study(spec, nas.store, target=0 if plan is not None else target)
         except NasError as e:
             message = str(e)
             raise ApiError(409 if "already exists" in message else 422, message, _field_of(message)) from None
-        if body.target is not None and body.target != spec.trials:
-            nas.store.set_target(spec.name, body.target)
-        return nas.info(spec.name, with_front=False)
+        except (optuna.exceptions.DuplicatedStudyError, IntegrityError):  # the same name created concurrently
+            raise ApiError(409, f"study {body.name!r} already exists; choose another name or DELETE it first",
+                           "name") from None
+        if plan is not None:
+            from ._warm import enqueue
+
+            enqueue(spec.name, nas.store, plan)
+            nas.store.set_target(spec.name, target)
+        info = nas.info(spec.name, with_front=False)
+        if plan is not None:
+            info.warm_start = {"enqueued": [src for src, _ in plan.enqueued],
+                               "skipped": [{"source": src, "reason": why} for src, why in plan.skipped]}
+        return info
 
     @app.get("/studies", response_model=StudyList, dependencies=READ, responses=_responses(401), tags=["studies"])
     def studies(nas: Nas) -> StudyList:
@@ -596,7 +672,7 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 -- one place lists every endpoi
         it up); setting it to the finished count pauses it. It cannot go below the trials already
         finished."""
         nas.spec(name)
-        with nas.store.lock(f"study:{name}"):  # the workers' slot lock: no trial starts in between
+        with nas.store.lock(f"study:{name}"):  # the workers' slot lock: the count and the write agree
             counts = nas.store.trial_counts(name)
             finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
             if body.target < finished:
@@ -612,6 +688,8 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 -- one place lists every endpoi
         nas.spec(name)
         delete_study(name, nas.store)
         nas.shapes.pop(name, None)
+        for key in [k for k in nas.exports if k[0] == name]:
+            del nas.exports[key]
         return Response(status_code=204)
 
     @app.get("/studies/{name}/pareto", response_model=ParetoAnswer, dependencies=READ,
@@ -619,10 +697,11 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 -- one place lists every endpoi
     def pareto(nas: Nas, name: StudyName,
                where: Annotated[str | None, Query(max_length=1000, description="e.g. 'flops<=1M accuracy>=0.95'")]
                = None,
-               include_refined: Annotated[bool, Query(description="refined candidates join the front")] = False,
-               test: Annotated[bool, Query(description="measure test accuracy of front members (once, stored)")]
-               = False) -> ParetoAnswer:
-        """The feasible Pareto front under ``where`` (the CLI's filter language)."""
+               include_refined: Annotated[bool, Query(description="refined candidates join the front")] = False
+               ) -> ParetoAnswer:
+        """The feasible Pareto front under ``where`` (the CLI's filter language). ``test_accuracy``
+        is the stored one (measured once by ``nas pareto`` or ``nas export``), null until then:
+        a read never runs a network or writes."""
         from ._pareto import pareto_rows, where_filter
 
         spec = nas.spec(name)
@@ -630,7 +709,7 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 -- one place lists every endpoi
             where_filter(where)
         except NasError as e:
             raise ApiError(422, str(e).removeprefix("--"), "where") from None
-        rows = pareto_rows(name, nas.store, where=where, with_test=test, include_refined=include_refined)
+        rows = pareto_rows(name, nas.store, where=where, include_refined=include_refined, measure_test=False)
         return ParetoAnswer(study=name, where=where, objectives=spec.objectives, rows=_clean(rows))
 
     # ------------------------------------------------------------------ trials
@@ -646,7 +725,7 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 -- one place lists every endpoi
         spec = nas.spec(name)
         after = -1
         if cursor is not None:
-            if not cursor.isdigit() or int(cursor) > MAX_INT:
+            if not (cursor.isascii() and cursor.isdigit()) or int(cursor) > MAX_INT:
                 raise ApiError(422, "cursor: not a cursor of this API; pass next_cursor of the previous page",
                                "cursor")
             after = int(cursor)
@@ -704,14 +783,21 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 -- one place lists every endpoi
         that was never trained has only ``json``."""
         from ._export import export_trial
 
-        nas.spec(name)
-        nas.trial(name, number)  # 404 for an unknown trial
-        with tempfile.TemporaryDirectory(prefix="lightnas-export-") as tmp:
-            try:
-                export_trial(name, number, tmp, nas.store, formats=(format,))
-            except NasError as e:
-                raise ApiError(409, str(e).replace("; pass --epochs N to train it for export", "")) from None
-            return _export_response(Path(tmp), format, f"{name}-trial{number}")
+        spec = nas.spec(name)
+        t = nas.trial(name, number)  # 404 for an unknown trial
+
+        def build() -> Response:
+            with tempfile.TemporaryDirectory(prefix="lightnas-export-") as tmp:
+                try:
+                    export_trial(name, number, tmp, nas.store, formats=(format,))
+                except NasError as e:
+                    raise ApiError(409, str(e).replace("; pass --epochs N to train it for export", "")) from None
+                return _export_response(Path(tmp), format, f"{name}-trial{number}")
+
+        if not t.state.is_finished():
+            return build()
+        return nas.cached_export((name, "trial", number, t.user_attrs.get("spec_hash"), spec.fidelity_key, format),
+                                 build)
 
     @app.get("/studies/{name}/refined/{refined}/export", dependencies=READ, responses=file_responses,
              response_class=Response, tags=["refinement"])
@@ -722,12 +808,16 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 -- one place lists every endpoi
         from ._export import export_refined as export_candidate
 
         nas.spec(name)
-        with tempfile.TemporaryDirectory(prefix="lightnas-export-") as tmp:
-            try:
-                export_candidate(name, refined, tmp, nas.store, formats=(format,))
-            except NasError as e:
-                raise ApiError(404, str(e)) from None
-            return _export_response(Path(tmp), format, f"{name}-refined{refined}")
+
+        def build() -> Response:
+            with tempfile.TemporaryDirectory(prefix="lightnas-export-") as tmp:
+                try:
+                    export_candidate(name, refined, tmp, nas.store, formats=(format,))
+                except NasError as e:
+                    raise ApiError(404, str(e)) from None
+                return _export_response(Path(tmp), format, f"{name}-refined{refined}")
+
+        return nas.cached_export((name, "refined", refined, format), build)  # ids are never reused
 
     # ------------------------------------------------------------------ refinement
     @app.post("/studies/{name}/trials/{number}/refine", status_code=202, response_model=Job, dependencies=WRITE,

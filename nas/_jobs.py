@@ -1,13 +1,15 @@
 """Queued refinement jobs: requested through the HTTP API (or ``nas refine --queue``), run by workers.
 
 The API never trains: ``POST /studies/{name}/trials/{n}/refine`` only validates the request and
-queues a job (``lightnas_jobs``). Every ``nas worker`` (and ``nas study run``'s worker loop)
-looks for queued jobs of the studies it serves before it claims a trial, runs the refinement
+queues a job (``lightnas_jobs``). Every ``nas worker`` (unless ``--no-jobs``) looks for queued
+jobs of the studies it serves before it claims a trial, runs the refinement
 (:func:`nas._refine.refine_trial`) and records progress and the result on the job.
+``nas study run`` (local or Ray) runs trials only: it ends when the target is met.
 
 Failures. A job is claimed under a database-wide lock. Its worker refreshes the job's heartbeat
-every few seconds; a job whose heartbeat is stale (worker killed) goes back to the queue at the
-next claim of any worker, at most ``max_attempts`` times. A refinement stores every candidate as
+every ``--heartbeat`` seconds (stored on the job); a job silent for 3x that (worker killed)
+goes back to the queue at the next claim of any worker, at most ``max_attempts`` times, except
+right after a database outage, when every worker missed beats. A refinement stores every candidate as
 soon as it exists and continues from the last stored step, so a re-run job repeats at most the
 step that was in progress. SIGTERM stops a job at its next training epoch and queues it again.
 """

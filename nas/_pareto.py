@@ -139,11 +139,13 @@ _ROW_COSTS = ("hw_cost", "flops", "params", "peak_activation_bytes", "mem_traffi
 
 
 def pareto_rows(name: str, store: Store, *, where: str | None = None, with_test: bool = True,
-                include_refined: bool = False) -> list[dict[str, Any]]:
+                include_refined: bool = False, measure_test: bool = True) -> list[dict[str, Any]]:
     """The feasible Pareto front of study ``name`` under ``where``, sorted by the first cost.
 
     With ``include_refined``, refinement candidates compete on the same front (see the module
-    docstring) and every row has ``source`` and ``refined``.
+    docstring) and every row has ``source`` and ``refined``. ``with_test`` adds test accuracy,
+    measured once and stored (``measure_test``) or only as stored (None if never measured:
+    what the read-only HTTP API does).
     """
     spec = get_study_spec(name, store)
     keep = where_filter(where)
@@ -158,7 +160,7 @@ def pareto_rows(name: str, store: Store, *, where: str | None = None, with_test:
         chosen = [points[i] for i in _front_indices(spec, [p[2] for p in points])]
     else:
         chosen = [(t, None, _metrics(t)) for t in front_trials(spec, trials)]
-    data = spec.load_data() if with_test and any(t is not None for t, _, _ in chosen) else None
+    data = spec.load_data() if with_test and measure_test and any(t is not None for t, _, _ in chosen) else None
     rows = []
     for t, r, m in chosen:
         row: dict[str, Any]
@@ -166,8 +168,11 @@ def pareto_rows(name: str, store: Store, *, where: str | None = None, with_test:
             row = {"trial": t.number, "spec_hash": t.user_attrs["spec_hash"][:12], "accuracy": m["accuracy"]}
             if include_refined:
                 row = {"source": f"trial {t.number}", "refined": None, **row}
-            if with_test:
+            if with_test and measure_test:
                 row["test_accuracy"] = test_accuracy(name, store, spec, t.user_attrs["spec_hash"], data)
+            elif with_test:
+                ev = store.get_evaluation(t.user_attrs["spec_hash"], spec.fidelity_key)
+                row["test_accuracy"] = ev.test_accuracy if ev is not None else None
         else:
             row = {"source": f"refined {r.parent_trial}/{r.method}/{r.step}", "refined": r.id, "trial": r.parent_trial,
                    "spec_hash": r.spec_hash[:12], "accuracy": m["accuracy"]}

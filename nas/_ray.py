@@ -66,8 +66,10 @@ front or ``best_trial``. The stop happens inside the epoch callback, before the 
 stored, so no evaluation row or weights exist for partial training. Over-budget, reused and
 failed trials report no ``epoch`` and are invisible to the scheduler. Multi-objective studies
 use no scheduler: ASHA (like Optuna's pruners) ranks trials on one metric, and an accuracy-only
-cut would discard the cheap, less accurate networks the Pareto front is made of; budgets
-reject over-budget networks before training instead.
+cut would discard the cheap, less accurate networks the Pareto front is made of. There the
+``pareto`` pruner (:mod:`nas._early`) stops a trial whose curve is dominated by one of no
+higher cost; it runs inside ``TrialObjective`` in the trainable, exactly as in a local worker,
+and the trainable reports the stop as a final result with status ``pruned``, told PRUNED.
 
 Threads: torch threads in a trial = ``cpus_per_trial`` (rounded down, at least 1).
 """
@@ -100,7 +102,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from storage import RetryTrial, Store
 
 from ._errors import NasError
-from ._study import StudySpec, get_study_spec
+from ._study import SINGLE_METRIC_PRUNERS, StudySpec, get_study_spec
 
 if TYPE_CHECKING:
     from ._runner import Progress
@@ -363,6 +365,8 @@ def _study_search_class() -> type:
             elif result.get(FINAL_KEY):
                 if result.get(STATUS_KEY) in ("failed", "skipped"):
                     state, reason = TrialState.FAIL, str(result.get(REASON_KEY) or result.get(STATUS_KEY))
+                elif result.get(STATUS_KEY) == "pruned":  # stopped by the Pareto-aware rule in the trainable
+                    state = TrialState.PRUNED
                 else:
                     state, values = TrialState.COMPLETE, [float(result[m]) for m in self.objectives]
             elif "epoch" in result and "accuracy" in result:
@@ -483,6 +487,9 @@ def ray_trial(config: dict[str, Any], study: str = "", url: str = "", threads: i
         values = objective(trial)
     except TrainingError as e:  # deterministic: fail the trial, do not let Tune retry it
         tune.report(_final(spec, None, "failed", e.reason))
+        return
+    except optuna.TrialPruned as e:  # the Pareto-aware rule (nas._early) stopped it: PRUNED, as locally
+        tune.report(_final(spec, None, "pruned", str(e)))
         return
     except Exception as e:
         trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
@@ -643,7 +650,7 @@ def _settings(name: str, store: Store, options: RayOptions, spec: StudySpec) -> 
 
 
 def _scheduler(spec: StudySpec) -> Any:
-    if spec.pruner == "none" or spec.objectives != ["accuracy"]:
+    if spec.pruner not in SINGLE_METRIC_PRUNERS or spec.objectives != ["accuracy"]:
         return None
     from ray.tune.schedulers import ASHAScheduler
 

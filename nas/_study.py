@@ -20,6 +20,7 @@ from objectives import RESOURCES, BudgetError, parse_budget, resolve_resource
 from search_spaces import SpaceError, get_space, list_spaces
 from storage import Store
 
+from ._early import EarlyStop
 from ._errors import NasError
 
 if sys.version_info >= (3, 11):
@@ -27,12 +28,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["OBJECTIVES", "PRUNERS", "SAMPLERS", "Fidelity", "StudySpec", "create_study", "delete_study",
-           "get_study_spec", "list_studies", "load_spec_file", "one_line_error"]
+__all__ = ["OBJECTIVES", "PRUNERS", "SAMPLERS", "SINGLE_METRIC_PRUNERS", "EarlyStop", "Fidelity", "StudySpec",
+           "create_study", "delete_study", "get_study_spec", "list_studies", "load_spec_file", "one_line_error"]
 
 SAMPLERS = ("tpe", "nsga2", "random")
-#: Early stopping of poor trials on validation accuracy; single-objective (accuracy) studies only.
-PRUNERS = ("none", "median", "asha", "hyperband")
+#: Early stopping of poor trials on validation accuracy. ``median``, ``asha``, ``hyperband``:
+#: Optuna's pruners (Tune's ASHA on Ray), single-objective (accuracy) studies only. ``pareto``:
+#: lightnas's Pareto-aware rule (:mod:`nas._early`), any study with accuracy as an objective.
+PRUNERS = ("none", "median", "asha", "hyperband", "pareto")
+#: The pruners that rank trials on the one metric accuracy.
+SINGLE_METRIC_PRUNERS = ("median", "asha", "hyperband")
 #: Objective names: validation accuracy (maximised), the FS-DNN scalar and every cost resource (minimised).
 OBJECTIVES = ("accuracy", "hw_cost", *RESOURCES)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
@@ -66,7 +71,9 @@ class StudySpec(BaseModel):
     budget_weights: dict[str, float] = Field(default_factory=dict)
     objectives: list[str] = Field(default_factory=lambda: ["accuracy", "hw_cost"])
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
-    pruner: Literal["none", "median", "asha", "hyperband"] = "none"
+    pruner: Literal["none", "median", "asha", "hyperband", "pareto"] = "none"
+    early_stop: EarlyStop = Field(default_factory=EarlyStop)
+    inherit_weights: bool = False
     seed: int = Field(default=0, ge=0)
     device: str = "auto"
     cost_device: str = "rpi4"
@@ -141,10 +148,14 @@ class StudySpec(BaseModel):
                              "give --budget, or choose resources as objectives")
         if self.budget:
             parse_budget(self.budget, self.budget_weights)
-        if self.pruner != "none" and self.objectives != ["accuracy"]:
+        if self.pruner in SINGLE_METRIC_PRUNERS and self.objectives != ["accuracy"]:
             raise ValueError(f"pruner {self.pruner!r} needs the single objective accuracy (got "
                              f"{','.join(self.objectives)}): Optuna pruners and Tune's ASHA stop trials on one "
-                             "metric; multi-objective studies reject over-budget trials before training instead")
+                             "metric; use pruner 'pareto' (accuracy at equal or lower cost) in multi-objective "
+                             "studies")
+        if self.pruner == "pareto" and "accuracy" not in self.objectives:
+            raise ValueError(f"pruner 'pareto' compares validation accuracy; it needs accuracy among the objectives "
+                             f"(got {','.join(self.objectives)})")
         return self
 
     # -------------------------------------------------------------- derived
@@ -164,8 +175,10 @@ class StudySpec(BaseModel):
 
     def fidelity_dict(self) -> dict[str, Any]:
         """What an evaluation's accuracy depends on besides the architecture."""
-        return {"data": self.data, "seed": self.seed, "val_fraction": self.val_fraction,
-                **self.fidelity.model_dump()}
+        out = {"data": self.data, "seed": self.seed, "val_fraction": self.val_fraction, **self.fidelity.model_dump()}
+        if self.inherit_weights:  # initialised from a parent: not the same evaluation as from scratch
+            out["inherit_weights"] = True
+        return out
 
     @property
     def fidelity_key(self) -> str:
@@ -222,10 +235,12 @@ def load_spec_file(path: str | Path, **overrides: Any) -> StudySpec:
     return make_spec(**data)
 
 
-def create_study(spec: StudySpec, store: Store) -> None:
+def create_study(spec: StudySpec, store: Store, *, target: int | None = None) -> None:
     """Create the Optuna study and the lightnas record, after checking the data and space.
 
-    Nothing is written when anything is wrong.
+    ``target`` (default ``spec.trials``) is the first target of finished trials; 0 creates the
+    study without starting it (workers see it with nothing to do). Nothing is written when
+    anything is wrong.
 
     Raises:
         NasError: name taken, data unreadable, space options invalid for the data.
@@ -246,7 +261,7 @@ def create_study(spec: StudySpec, store: Store) -> None:
     study = optuna.create_study(storage=store.optuna, study_name=spec.name, directions=spec.directions)  # type: ignore[arg-type]
     try:
         study.set_user_attr("lightnas_spec", json.loads(spec.to_json()))
-        store.add_study(spec.name, spec.to_json(), spec.trials)
+        store.add_study(spec.name, spec.to_json(), spec.trials if target is None else target)
     except Exception:
         optuna.delete_study(study_name=spec.name, storage=store.optuna)
         raise

@@ -8,11 +8,19 @@ backend call the same object. What it records on the Optuna trial (user attribut
   ``train_seconds``, ``curve``, ``fail_reason`` when training failed;
 * one Optuna constraint per budgeted resource, ``value / limit - 1`` (feasible <= 0), via
   ``Trial.set_constraint`` (Optuna 5), so constrained samplers learn the feasible region.
+
+With the ``pareto`` pruner (:mod:`nas._early`) a training trial records its partial ``curve``
+at every rung epoch and is stopped (``optuna.TrialPruned``; ``status`` ``pruned``,
+``stopped_by``) when peers of no higher cost were clearly better at that epoch; an architecture
+already stopped in this study is stopped again at once, without training. With
+``inherit_weights`` (:mod:`nas._morph`) a network starts from the weights of the stored
+architecture that overlaps it most (``inherited_from``).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +33,7 @@ from objectives import Dataset, TrainConfig, TrainingError, estimate_cost, train
 from search_spaces import ArchSpec, SearchSpace, get_space
 from storage import Store
 
+from ._early import best_by, dominators, peers_of, rung_epochs
 from ._study import StudySpec, get_study_spec
 
 __all__ = ["StudyContext", "TrialInterrupted", "TrialObjective", "load_context", "objective_values", "weights_key"]
@@ -96,14 +105,22 @@ class TrialObjective:
         self.prune = prune
         self.should_stop = should_stop
         self.on_epoch = on_epoch
+        spec = ctx.spec
+        self.rungs = set(rung_epochs(spec.early_stop, ctx.train_config.epochs)) if spec.pruner == "pareto" else set()
+        self.cost_objectives = [o for o in spec.objectives if o != "accuracy"]
 
-    def _epoch_hook(self, trial: optuna.trial.BaseTrial) -> Callable[[int, float], None] | None:
-        if not (self.prune or self.should_stop or self.on_epoch):
+    def _epoch_hook(self, trial: optuna.trial.BaseTrial, cost: dict[str, float]
+                    ) -> Callable[[int, float], None] | None:
+        if not (self.prune or self.should_stop or self.on_epoch or self.rungs):
             return None
+        curve: list[float] = []
 
         def hook(epoch: int, val_accuracy: float) -> None:
+            curve.append(val_accuracy)
             if self.on_epoch is not None:
                 self.on_epoch(trial, epoch, val_accuracy)
+            if epoch in self.rungs:
+                self._pareto_check(trial, epoch, curve, cost)
             if self.prune:
                 trial.report(val_accuracy, epoch)
                 if trial.should_prune():
@@ -115,6 +132,53 @@ class TrialObjective:
                 raise TrialInterrupted(f"worker stopping: interrupted after epoch {epoch}")
 
         return hook
+
+    def _study_trials(self, trial: optuna.trial.BaseTrial) -> list[optuna.trial.FrozenTrial]:
+        study = getattr(trial, "study", None)
+        if study is None:  # FixedTrial and the like: no study, no peers
+            return []
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+        return study.get_trials(deepcopy=False, states=states)  # type: ignore[no-any-return]
+
+    def _pareto_check(self, trial: optuna.trial.BaseTrial, epoch: int, curve: list[float],
+                      cost: dict[str, float]) -> None:
+        """At a rung: publish the curve so far (running peers read it), stop if dominated."""
+        trial.set_user_attr("curve", list(curve))
+        settings = self.ctx.spec.early_stop
+        number = getattr(trial, "number", -1)
+        peers = peers_of(self._study_trials(trial), exclude=number, epochs=self.ctx.train_config.epochs)
+        found = dominators(epoch, curve, cost, peers, self.cost_objectives, settings.margin)
+        if len(found) < settings.min_dominators:
+            return
+        peer, theirs = found[0]
+        own = best_by(curve, epoch)
+        self._stop(trial, curve, {"trial": peer.number, "epoch": epoch, "accuracy": theirs, "own": own,
+                                  "dominators": [p.number for p, _ in found], "margin": settings.margin},
+                   f"stopped after epoch {epoch}: best validation accuracy {own:.4f}, while trial {peer.number} of "
+                   f"no higher cost had reached {theirs:.4f} by that epoch (margin {settings.margin:g})")
+
+    @staticmethod
+    def _stop(trial: optuna.trial.BaseTrial, curve: list[float], stopped_by: dict[str, Any], message: str) -> None:
+        trial.set_user_attr("status", "pruned")
+        trial.set_user_attr("epochs_run", len(curve))
+        trial.set_user_attr("val_accuracy", curve[-1])
+        trial.set_user_attr("curve", list(curve))
+        trial.set_user_attr("stopped_by", stopped_by)
+        raise optuna.TrialPruned(message)
+
+    def _init(self, trial: optuna.trial.BaseTrial, arch: ArchSpec) -> Callable[[torch.nn.Module], object] | None:
+        """With ``inherit_weights``: start from the most overlapping trained architecture of the study."""
+        if not self.ctx.spec.inherit_weights:
+            return None
+        from ._morph import inherit_weights, pick_parent
+
+        parent = pick_parent(arch, self.ctx.name, self.ctx.store, self.ctx.spec, self.ctx.data,
+                             trials=self._study_trials(trial))
+        if parent is None:
+            return None
+        trial.set_user_attr("inherited_from", {"trial": parent.number, "spec_hash": parent.spec.hash,
+                                               "overlap": round(parent.overlap, 4)})
+        return lambda model: inherit_weights(model, parent.state, arch, parent.spec)
 
     def cost(self, arch: ArchSpec) -> dict[str, float]:
         data = self.ctx.data
@@ -148,10 +212,19 @@ class TrialObjective:
             trial.set_user_attr("status", "reused")
             trial.set_user_attr("val_accuracy", done.val_accuracy)
             trial.set_user_attr("epochs_run", done.epochs_run)
+            if self.rungs:  # a peer for the early-stopping rule, like the trial that trained it
+                trial.set_user_attr("curve", json.loads(done.curve_json or "[]"))
             return objective_values(ctx.spec, done.val_accuracy, cost)
+        if self.rungs:  # this architecture was stopped in this study before: stopped again, untrained
+            for t in self._study_trials(trial):
+                a = t.user_attrs
+                if t.state == optuna.trial.TrialState.PRUNED and a.get("spec_hash") == h and a.get("curve"):
+                    self._stop(trial, a["curve"], {**a.get("stopped_by", {}), "same_as": t.number},
+                               f"the same architecture was stopped in trial {t.number}")
         t0 = time.perf_counter()
         try:
-            result = train_spec(arch, ctx.data, ctx.train_config, on_epoch=self._epoch_hook(trial))
+            result = train_spec(arch, ctx.data, ctx.train_config, on_epoch=self._epoch_hook(trial, cost),
+                                init=self._init(trial, arch))
         except TrainingError as e:
             trial.set_user_attr("status", "failed")
             trial.set_user_attr("fail_reason", e.reason)

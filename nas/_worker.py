@@ -43,7 +43,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from storage import RetryTrial, Store, error_line, is_transient
 
 from ._errors import NasError
-from ._study import StudySpec, get_study_spec
+from ._study import SINGLE_METRIC_PRUNERS, StudySpec, get_study_spec
 from ._trial import TrialInterrupted, TrialObjective, load_context
 
 __all__ = ["StudyWorker", "WorkerStats", "make_pruner", "make_sampler", "run_worker", "slots_left"]
@@ -83,7 +83,8 @@ def make_sampler(spec: StudySpec, worker: int = 0, n_target: int | None = None) 
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    """The local Optuna pruner of a single-objective study (``NopPruner`` when none)."""
+    """The local Optuna pruner of a single-objective study (``NopPruner`` when none, and for
+    ``pareto``, which :class:`nas._trial.TrialObjective` applies itself)."""
     epochs = spec.fidelity.epochs
     if spec.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
@@ -192,7 +193,8 @@ class StudyWorker:
         self.study = optuna.load_study(study_name=name, storage=store.optuna,
                                        sampler=make_sampler(spec, worker, self.target),
                                        pruner=make_pruner(spec))
-        self.objective = TrialObjective(self.ctx, prune=spec.pruner != "none", should_stop=self.stop.is_set)
+        self.objective = TrialObjective(self.ctx, prune=spec.pruner in SINGLE_METRIC_PRUNERS,
+                                        should_stop=self.stop.is_set)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # Same re-queueing as for stale trials (system attrs failed_trial / retry_history).
@@ -442,7 +444,9 @@ def _run_one_job(store: Store, names: Sequence[str] | None, ident: str, stop: th
     """Claim and run the oldest queued job of the studies in scope; False if there is none."""
     from ._jobs import run_job
 
-    job = store.claim_job(ident, list(names) if names else None, stale_after=3 * heartbeat)
+    grace = 3 * heartbeat  # right after an outage every worker missed beats: no job is judged dead
+    job = store.claim_job(ident, list(names) if names else None, heartbeat=heartbeat,
+                          sweep=time.monotonic() - _last_outage > grace + heartbeat)
     if job is None:
         return False
     log.info("%s job %d: refining trial %d (attempt %d)", job.study, job.id, job.trial, job.attempts)

@@ -261,7 +261,19 @@ def study_create(
     budget: str = typer.Option(None, "--budget", help="e.g. 'flops<=5M params<=100k peak_mem<=256KiB'"),
     objectives: str = typer.Option(None, "--objectives", help="comma list, default accuracy,hw_cost"),
     sampler: str = typer.Option(None, "--sampler", help="tpe | nsga2 | random"),
-    pruner: str = typer.Option(None, "--pruner", help="none | median | asha | hyperband (objective accuracy only)"),
+    pruner: str = typer.Option(None, "--pruner", help="none | pareto (Pareto-aware early stopping, any objectives) | "
+                                                      "median | asha | hyperband (objective accuracy only)"),
+    es_margin: float = typer.Option(None, "--es-margin", help="--pruner pareto: how much better (validation "
+                                                              "accuracy) a peer of no higher cost must be (0.1)"),
+    es_rungs: str = typer.Option(None, "--es-rungs", help="--pruner pareto: comma list of epochs to compare at "
+                                                          "(default E/9,E/3 of E epochs)"),
+    inherit_weights: bool = typer.Option(None, "--inherit-weights/--no-inherit-weights",
+                                         help="start each network from the weights of the most overlapping trained "
+                                              "architecture of the study (network morphism)"),
+    enqueue: list[str] = typer.Option([], "--enqueue", help="an ArchSpec JSON file (spec.json of 'nas export') to "
+                                                            "evaluate first (repeatable)"),
+    warm_start: str = typer.Option(None, "--warm-start", help="evaluate the Pareto front of this study first "
+                                                              "(same database; members that do not fit are skipped)"),
     seed: int = typer.Option(None, "--seed"),
     epochs: int = typer.Option(None, "--epochs", help="training epochs per trial (fidelity)"),
     train_fraction: float = typer.Option(None, "--train-fraction", help="share of training data per trial"),
@@ -280,6 +292,18 @@ def study_create(
                               "cost_device": cost_device}
     if objectives is not None:
         fields["objectives"] = [o.strip() for o in objectives.split(",") if o.strip()]
+    if inherit_weights is not None:
+        fields["inherit_weights"] = inherit_weights
+    early: dict[str, Any] = {}
+    if es_margin is not None:
+        early["margin"] = es_margin
+    if es_rungs is not None:
+        try:
+            early["rungs"] = [int(r) for r in es_rungs.split(",") if r.strip()]
+        except ValueError:
+            raise UsageError(f"--es-rungs: expected a comma list of epochs, e.g. 3,7; got {es_rungs!r}") from None
+    if early:
+        fields["early_stop"] = early
     if option:
         fields["space_options"] = parse_options(option)
     fid = {k: v for k, v in {"epochs": epochs, "train_fraction": train_fraction}.items() if v is not None}
@@ -296,9 +320,24 @@ def study_create(
             fields["fidelity"] = fid
         spec = make_spec(**{k: v for k, v in fields.items() if v is not None})
     store = open_store(storage)
-    create_study(spec, store)
+    plan = None
+    if enqueue or warm_start:
+        from nas._warm import plan_warm_start, read_spec_file
+
+        specs = [(path, read_spec_file(path)) for path in enqueue]
+        plan = plan_warm_start(spec, store, specs=specs, from_study=warm_start)  # checked before anything is written
+    create_study(spec, store, target=0 if plan is not None else None)  # no worker starts before the warm start
     out.print(f"created study [bold]{spec.name}[/] ({spec.space} on {spec.data}, budget {spec.budget or 'none'}, "
               f"target {spec.trials} trials) in {store.url}")
+    if plan is not None:
+        from nas._warm import enqueue as enqueue_plan
+
+        enqueue_plan(spec.name, store, plan)
+        store.set_target(spec.name, spec.trials)
+        out.print(f"warm start: {len(plan.enqueued)} architecture(s) queued to run first"
+                  + (f", {len(plan.skipped)} skipped" if plan.skipped else ""))
+        for src, reason in plan.skipped:
+            out.print(f"  skipped {src}: {reason}", highlight=False, markup=False)
 
 
 def _progress_bar(quiet: bool):
@@ -389,6 +428,27 @@ def study_run(
             else f"{p.finished}/{p.target} finished ({p.complete} complete, {p.pruned} pruned)")
     out.print(f"{name}: {done} ({p.trained} trained, {p.feasible} within budget, "
               f"{p.failed} failed); Pareto front: {p.pareto} architectures")
+
+
+@study_app.command("enqueue")
+def study_enqueue(
+    name: str = typer.Argument(..., help="study name"),
+    spec: list[str] = typer.Option([], "--spec", help="an ArchSpec JSON file (spec.json of 'nas export'); "
+                                                      "repeatable"),
+    from_study: str = typer.Option(None, "--from", help="the Pareto front of this study (same database)"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+) -> None:
+    """Queue known architectures to be evaluated next (warm start of an existing study)."""
+    from nas._warm import read_spec_file, warm_start
+
+    if not spec and not from_study:
+        raise UsageError("give --spec FILE (repeatable) and/or --from STUDY")
+    specs = [(path, read_spec_file(path)) for path in spec]
+    plan = warm_start(name, open_store(storage), specs=specs, from_study=from_study)
+    out.print(f"{name}: {len(plan.enqueued)} architecture(s) queued to run next"
+              + (f", {len(plan.skipped)} skipped" if plan.skipped else ""))
+    for src, reason in plan.skipped:
+        out.print(f"  skipped {src}: {reason}", highlight=False, markup=False)
 
 
 @study_app.command("list")

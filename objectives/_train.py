@@ -309,10 +309,12 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
 
 
 def train_spec(spec: ArchSpec, data: Dataset, config: TrainConfig, *, evaluate_test: bool = False,
-               on_epoch: Callable[[int, float], None] | None = None, keep_state: bool = True) -> TrainResult:
+               on_epoch: Callable[[int, float], None] | None = None, keep_state: bool = True,
+               init: Callable[[nn.Module], object] | None = None) -> TrainResult:
     """Build ``spec`` for ``data`` (weights initialised under ``config.seed``) and train it.
 
-    The keyword arguments are those of :func:`train_model`.
+    ``init``, if given, is called on the built model before training (to start from inherited
+    weights, say); the other keyword arguments are those of :func:`train_model`.
 
     Raises:
         TrainingError: the loss became NaN or infinite.
@@ -325,4 +327,6 @@ def train_spec(spec: ArchSpec, data: Dataset, config: TrainConfig, *, evaluate_t
     dev = resolve_device(config.device)
     with num_threads(config.threads), _seeded(config.seed, dev):
         model = build_model(spec, data.input_shape, data.num_classes)
+    if init is not None:
+        init(model)
     return train_model(model, data, config, evaluate_test=evaluate_test, on_epoch=on_epoch, keep_state=keep_state)

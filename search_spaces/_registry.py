@@ -48,6 +48,38 @@ class SearchSpace:
     def suggest(self, trial: optuna.trial.BaseTrial) -> ArchSpec:
         raise NotImplementedError
 
+    def _params_of(self, spec: ArchSpec) -> dict[str, Any]:
+        """The parameters :meth:`suggest` would need to produce ``spec`` (unchecked)."""
+        raise NotImplementedError(f"space '{self.name}' cannot map a spec back to its parameters")
+
+    def params_of(self, spec: ArchSpec) -> dict[str, Any]:
+        """The trial parameters under which :meth:`suggest` returns exactly ``spec`` (same hash):
+        what ``study.enqueue_trial`` needs to seed a search with a known architecture.
+
+        Raises:
+            SpaceError: ``spec`` is not in this space (another family, a width or depth outside
+                the options, a pruned network with per-block widths, another input size).
+
+        Example:
+            >>> space = get_space("plain", input_shape=(1, 8, 8))
+            >>> from search_spaces import sample_spec
+            >>> spec = sample_spec(space, 0)
+            >>> space.suggest(optuna.trial.FixedTrial(space.params_of(spec))).hash == spec.hash
+            True
+        """
+        if spec.family != self.name:
+            raise SpaceError(f"spec {spec.short_hash} is a {spec.family!r} network, not one of space '{self.name}'")
+        try:
+            params = self._params_of(spec)
+            back = self.suggest(optuna.trial.FixedTrial(params))
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError):
+            back, params = None, {}
+        if back is None or back.hash != spec.hash:
+            raise SpaceError(f"spec {spec.short_hash} is not in space '{self.name}' with options {self.options} "
+                             f"for input {'x'.join(map(str, self.input_shape))} (a width, depth, kernel or rank "
+                             "outside them, per-block widths, or another input size)")
+        return params
+
     @classmethod
     def option_help(cls) -> list[tuple[str, Any, str]]:
         """``(name, default, help)`` for every option."""

@@ -111,6 +111,15 @@ class ResNetSpace(SearchSpace):
             stages.append(Stage(tuple(blocks)))
         return ArchSpec(stem=stem, stages=tuple(stages), head=Head(), act="relu", family=self.name)
 
+    def _params_of(self, spec: ArchSpec) -> dict[str, Any]:
+        first = spec.stages[0].blocks[0]
+        params: dict[str, Any] = {"stem_width": spec.stem.out_channels, "block": first.type}
+        for i, stage in enumerate(spec.stages):
+            b = stage.blocks[0]
+            params.update({f"s{i}_depth": len(stage.blocks), f"s{i}_rank": b.rank_ratio,
+                           f"s{i}_width": b.out_channels if b.type == "basic" else b.mid_channels})
+        return params
+
 
 @register_space
 class MobileNetV2Space(SearchSpace):
@@ -166,6 +175,17 @@ class MobileNetV2Space(SearchSpace):
             stages.append(Stage(tuple(blocks)))
         return ArchSpec(stem=stem, stages=tuple(stages), head=Head(), act="relu6", family=self.name)
 
+    def _params_of(self, spec: ArchSpec) -> dict[str, Any]:
+        params: dict[str, Any] = {"stem_width": spec.stem.out_channels}
+        cin = spec.stem.out_channels
+        for i, stage in enumerate(spec.stages):
+            b = stage.blocks[0]
+            params.update({f"s{i}_depth": len(stage.blocks), f"s{i}_width": b.out_channels,
+                           f"s{i}_expansion": (b.mid_channels or cin) // cin, f"s{i}_kernel": b.kernel,
+                           f"s{i}_rank": b.rank_ratio})
+            cin = b.out_channels
+        return params
+
 
 @register_space
 class PlainSpace(SearchSpace):
@@ -211,3 +231,13 @@ class PlainSpace(SearchSpace):
         head_rank = trial.suggest_categorical("head_rank", list(o.rank_ratios)) if hidden else 1.0
         head = Head(hidden=hidden or None, rank_ratio=head_rank)
         return ArchSpec(stem=stem, stages=tuple(stages), head=head, act="relu", family=self.name)
+
+    def _params_of(self, spec: ArchSpec) -> dict[str, Any]:
+        params: dict[str, Any] = {"stem_width": spec.stem.out_channels, "head_hidden": spec.head.hidden or 0}
+        for i, stage in enumerate(spec.stages):
+            b = stage.blocks[0]
+            params.update({f"s{i}_depth": len(stage.blocks), f"s{i}_width": b.out_channels, f"s{i}_kernel": b.kernel,
+                           f"s{i}_rank": b.rank_ratio})
+        if spec.head.hidden:
+            params["head_rank"] = spec.head.rank_ratio
+        return params

@@ -130,10 +130,11 @@ class RefinementRow(Base):
 class JobRow(Base):
     """A queued job (``kind`` ``refine``: refine one trial with ``settings_json``), run by a worker.
 
-    ``state``: ``queued`` -> ``running`` (claimed by ``worker``, which refreshes ``heartbeat_at``)
-    -> ``done`` or ``failed`` (``error``). A running job whose heartbeat is stale goes back to
-    ``queued``; ``attempts`` counts the claims. ``key`` identifies the work (study, trial,
-    settings, parent architecture), so a repeated request finds the job that does it.
+    ``state``: ``queued`` -> ``running`` (claimed by ``worker``, which refreshes ``heartbeat_at``
+    every ``heartbeat_s`` seconds) -> ``done`` or ``failed`` (``error``). A running job silent for
+    3x ``heartbeat_s`` goes back to ``queued``; ``attempts`` counts the claims. ``key`` identifies
+    the work (study, trial, settings, parent architecture), so a repeated request finds the job
+    that does it.
     ``progress_json``: the last progress event (``stored``, ``expected``, ``message``).
     """
 
@@ -153,6 +154,7 @@ class JobRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_s: Mapped[float | None] = mapped_column(Float, nullable=True)  # its worker's beat interval
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 

@@ -351,10 +351,11 @@ class Store:
             s.execute(update(StudyRow).where(StudyRow.name == name).values(target_trials=target))
 
     def delete_study(self, name: str) -> None:
-        """Remove the study's row and its jobs that have not run (a running one fails on its own)."""
+        """Remove the study's row and all its jobs (a running one's worker then finds it gone and
+        stops recording; a study created later under the name starts with none)."""
         with self.session() as s:
             s.execute(delete(StudyRow).where(StudyRow.name == name))
-            s.execute(delete(JobRow).where(JobRow.study == name, JobRow.state == "queued"))
+            s.execute(delete(JobRow).where(JobRow.study == name))
 
     # ------------------------------------------------------------------ architectures and evaluations
     def put_architecture(self, spec_hash: str, family: str, spec_json: str) -> None:
@@ -500,17 +501,20 @@ class Store:
         with self.session() as s:
             return list(s.scalars(q.order_by(JobRow.id)))
 
-    def claim_job(self, worker: str, studies: list[str] | None = None, *, stale_after: float = 30.0,
-                  max_attempts: int = 3) -> JobRow | None:
-        """The oldest queued job (of ``studies``; None: any), now ``running`` for ``worker``.
+    def claim_job(self, worker: str, studies: list[str] | None = None, *, heartbeat: float = 10.0,
+                  max_attempts: int = 3, sweep: bool = True) -> JobRow | None:
+        """The oldest queued job (of ``studies``; None: any), now ``running`` for ``worker``, which
+        promises a heartbeat every ``heartbeat`` seconds (stored on the job).
 
-        First, running jobs whose heartbeat is older than ``stale_after`` seconds (their worker
-        died) are queued again, or failed once they were claimed ``max_attempts`` times."""
+        First (``sweep``), running jobs silent for 3x *their own worker's* heartbeat interval
+        (their worker died) are queued again, or failed once they were claimed ``max_attempts``
+        times. A worker that just met a database outage passes ``sweep=False``: then every
+        worker missed beats, and their jobs are not dead."""
         now = _utcnow()
         with self.lock("jobs"), self.session() as s:
-            for job in s.scalars(select(JobRow).where(JobRow.state == "running")):
+            for job in s.scalars(select(JobRow).where(JobRow.state == "running")) if sweep else ():
                 beat = _aware(job.heartbeat_at or job.started_at)
-                if beat is not None and (now - beat).total_seconds() <= stale_after:
+                if beat is not None and (now - beat).total_seconds() <= 3 * (job.heartbeat_s or heartbeat):
                     continue
                 if job.attempts >= max_attempts:
                     job.state, job.finished_at = "failed", now
@@ -527,6 +531,7 @@ class Store:
                 return None
             claimed.state, claimed.worker, claimed.attempts = "running", worker, claimed.attempts + 1
             claimed.started_at = claimed.heartbeat_at = now
+            claimed.heartbeat_s = float(heartbeat)
             claimed.error = None
             return claimed
 

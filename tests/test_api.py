@@ -222,6 +222,7 @@ def test_bad_requests_get_one_line_json_errors_and_change_nothing(trained):
 def test_who_may_do_what(sqlite_url, caplog):
     caplog.set_level(logging.DEBUG)
     with client(sqlite_url) as c:
+        assert c.post("/studies", json={**STUDY, "name": "s0"}, headers=AUTH).status_code == 201
         before = dump(sqlite_url)
         for method, path, body in [("post", "/studies", STUDY), ("patch", "/studies/s1", {"trials": 9}),
                                    ("delete", "/studies/s1", None), ("post", "/studies/s1/trials/0/refine", {})]:
@@ -255,6 +256,14 @@ def test_a_large_body_is_refused_before_it_is_read(sqlite_url):
         big = {**STUDY, "space_options": {**SPACE, "padding": "x" * 8000}}
         r = c.post("/studies", json=big, headers=AUTH)
         assert r.status_code == 413 and r.json()["message"] == "request body too large: at most 4096 bytes"
+
+        def chunks():  # no Content-Length: the limit applies as the body streams in
+            text = json.dumps(big).encode()
+            for i in range(0, len(text), 1000):
+                yield text[i:i + 1000]
+
+        r = c.post("/studies", content=chunks(), headers={**AUTH, "Content-Type": "application/json"})
+        assert r.status_code == 413 and "at most 4096 bytes" in r.json()["message"]
         assert c.get("/studies").json()["studies"] == []
 
 
@@ -302,10 +311,48 @@ def test_files_are_read_only_under_a_data_root(tmp_path, sqlite_url):
     x = np.random.default_rng(0).random((40, 8, 8), dtype=np.float32)
     np.savez(root / "d.npz", x_train=x, y_train=np.arange(40) % 4)
     with client(sqlite_url, data_roots=(root,)) as c:
-        outside = c.post("/studies", json={**STUDY, "data": f"npz:{tmp_path}/../{tmp_path.name}/x.npz"}, headers=AUTH)
-        assert outside.status_code == 422 and "not under a data root" in outside.json()["message"]
-        inside = c.post("/studies", json={**STUDY, "data": f"npz:{root}/d.npz"}, headers=AUTH)
+        (tmp_path / "secret.npz").write_bytes((root / "d.npz").read_bytes())
+        (root / "link.npz").symlink_to(tmp_path / "secret.npz")
+        for source, needle in [(f"npz:{root}/../secret.npz", "not under a data root"),
+                               (f"npz:{root}/link.npz", "not under a data root"),  # a symlink out of the root
+                               ("npz:~/secret.npz", "not an absolute path"),
+                               ("npz:data/d.npz", "not an absolute path")]:
+            r = c.post("/studies", json={**STUDY, "data": source}, headers=AUTH)
+            assert r.status_code == 422 and needle in r.json()["message"], (source, r.text)
+        inside = c.post("/studies", json={**STUDY, "data": f"npz:{root}/./d.npz"}, headers=AUTH)
         assert inside.status_code == 201, inside.text
+        assert inside.json()["spec"]["data"] == f"npz:{root.resolve()}/d.npz"  # stored resolved
+
+        # The files vanish (an unmounted volume): reads that need them say so, with 409.
+        work(sqlite_url)
+        n = c.get("/studies/s1/pareto").json()["rows"][0]["trial"]
+        (root / "d.npz").unlink()
+        r = c.get(f"/studies/s1/trials/{n}/export", params={"format": "onnx"})
+        assert r.status_code == 409 and r.json()["field"] == "data", r.text
+
+
+def test_reads_never_write_and_delete_takes_the_jobs_along(trained):
+    with client(trained) as c:
+        n = c.get("/studies/s1/pareto").json()["rows"][0]["trial"]
+        before = dump(trained)
+        for path, params in [("/studies", {}), ("/studies/s1", {}), ("/studies/s1/pareto", {}),
+                             ("/studies/s1/pareto", {"include_refined": "true", "where": "flops<=1M"}),
+                             ("/studies/s1/trials", {"limit": 2}), (f"/studies/s1/trials/{n}", {}),
+                             (f"/studies/s1/trials/{n}/export", {"format": "onnx"}),
+                             (f"/studies/s1/trials/{n}/export", {"format": "json"}), ("/spaces", {}),
+                             ("/devices", {}), ("/health", {}), ("/studies/s1/jobs", {})]:
+            assert c.get(path, params=params).status_code == 200, path
+        assert dump(trained) == before  # no test accuracy measured, nothing cached in the database
+        assert all(r["test_accuracy"] is None for r in c.get("/studies/s1/pareto").json()["rows"])
+        # A second export is served from memory, byte for byte the same.
+        first = c.get(f"/studies/s1/trials/{n}/export", params={"format": "onnx"}).content
+        assert c.get(f"/studies/s1/trials/{n}/export", params={"format": "onnx"}).content == first
+
+        job = c.post(f"/studies/s1/trials/{n}/refine", json=QUICK_REFINE, headers=AUTH).json()
+        assert c.delete("/studies/s1", headers=AUTH).status_code == 204
+        assert c.post("/studies", json=STUDY, headers=AUTH).status_code == 201  # the name again
+        assert c.get("/studies/s1").json()["jobs"] == {}
+        assert c.get(f"/studies/s1/jobs/{job['id']}").status_code == 404
 
 
 # --------------------------------------------------------------------------------- jobs and workers
@@ -319,13 +366,14 @@ def test_a_job_of_a_dead_worker_is_taken_over_and_an_interrupted_one_requeued(st
         job_id = c.post(f"/studies/s1/trials/{n}/refine", json=QUICK_REFINE, headers=AUTH).json()["id"]
     store = Store(storage_url)
     try:
-        first = store.claim_job("dead-worker", ["s1"], stale_after=30)
+        first = store.claim_job("dead-worker", ["s1"], heartbeat=10)
         assert first is not None and first.id == job_id and first.attempts == 1
-        assert store.claim_job("other", ["s1"], stale_after=30) is None  # it is running, and alive
+        assert store.claim_job("other", ["s1"], heartbeat=1) is None  # it is running, and alive
         with store.session() as s:  # the dead worker's last heartbeat, an hour ago
             s.execute(text("UPDATE lightnas_jobs SET heartbeat_at = :t WHERE id = :i"),
                       {"t": first.heartbeat_at.replace(year=first.heartbeat_at.year - 1), "i": job_id})
-        second = store.claim_job("other", ["s1"], stale_after=30)
+        assert store.claim_job("other", ["s1"], sweep=False) is None  # just after an outage: no sweep
+        second = store.claim_job("other", ["s1"], heartbeat=10)
         assert second is not None and second.id == job_id and second.attempts == 2 and second.worker == "other"
         assert not store.finish_job(job_id, "dead-worker", "done")  # a zombie cannot finish it any more
 
@@ -436,11 +484,11 @@ def test_no_request_makes_the_server_fail(tmp_path, mode):
     assert len(operations) >= 15
     statuses: dict[str, set[int]] = {}
 
-    for operation in operations:
+    def fuzzer(operation):  # one Hypothesis test per operation (a closure: @given takes no defaults)
         @given(case=operation.as_strategy(generation_mode=GenerationMode(mode)))
         @settings(max_examples=int(os.environ.get("NAS_FUZZ_EXAMPLES", "25")), deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
-        def fuzz(case, operation=operation) -> None:
+        def fuzz(case) -> None:
             for headers in (AUTH, {}):
                 response = case.call(headers=headers)
                 assert response.status_code < 500, (case.method, case.formatted_path, response.text)
@@ -448,10 +496,13 @@ def test_no_request_makes_the_server_fail(tmp_path, mode):
                 if mode == "positive":
                     case.validate_response(response, headers=headers, checks=CHECKS)
 
+        return fuzz
+
+    for operation in operations:
         raw = operation.definition.raw
         if mode == "negative" and not (raw.get("parameters") or raw.get("requestBody")):
             continue  # nothing to get wrong (GET /health, /spaces, ...)
-        fuzz()
+        fuzzer(operation)()
     fuzzed = {op.label for op in operations if mode == "positive" or op.definition.raw.get("parameters")
               or op.definition.raw.get("requestBody")}
     assert set(statuses) == fuzzed and len(fuzzed) >= 12

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import trials_of
+from conftest import add_known_result, trials_of
 from optuna.trial import TrialState
 
 from nas._ray import RayOptions, absolute_url, experiment_dir, run_ray
@@ -166,6 +166,21 @@ def test_ray_run_meets_target_with_budget_reuse_pareto_and_asha(fresh_postgres_u
             else:
                 assert t.user_attrs["status"] in ("trained", "reused") and ev is not None and ev.epochs_run == 4
         print(f"asha: {dict(counts)}")
+
+        # Pareto-aware early stopping in a multi-objective study: the same rule as local workers,
+        # inside the trainable; a stopped trial is PRUNED with its partial curve.
+        new_study(url, "pe", budget="params<=20k", pruner="pareto", trials=4,
+                  fidelity={"epochs": 3, "train_fraction": 0.3}, early_stop={"rungs": [1], "margin": 0.0})
+        best = add_known_result(store, "pe", epochs=3)  # perfect and free: every trained network is dominated
+        p = run_ray("pe", store, options=RayOptions(max_concurrent=2))
+        trials = trials_of(url, "pe")
+        stopped = [t for t in trials if t.state == TrialState.PRUNED]
+        assert p.finished == 4 and states(trials)["RUNNING"] == 0 and stopped
+        for t in stopped:
+            assert t.user_attrs["stopped_by"]["trial"] == best and t.user_attrs["epochs_run"] == 1
+            assert len(t.user_attrs["curve"]) == 1 and t.user_attrs["ray_trial_id"]
+        assert all(t.user_attrs["status"] == "over_budget" for t in trials
+                   if t.state == TrialState.COMPLETE and t.number != best)
     finally:
         store.close()
 

@@ -99,6 +99,29 @@ def test_fixed_trial_replays_sampled_spec(name):
 
 
 @pytest.mark.parametrize("name", list_spaces())
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_params_of_maps_every_sampled_spec_back_to_its_parameters(name, shape):
+    """What warm starts rely on: a spec of the space -> the trial parameters that produce it."""
+    space = get_space(name, input_shape=shape)
+    for seed in range(N_SPECS):
+        spec = sample_spec(space, seed)
+        params = space.params_of(spec)
+        assert space.suggest(optuna.trial.FixedTrial(params)).hash == spec.hash
+
+
+def test_params_of_refuses_a_spec_outside_the_space():
+    wide = sample_spec(get_space("plain", input_shape=(1, 8, 8), widths=(32,)), 0)
+    with pytest.raises(SpaceError, match="is not in space 'plain'"):
+        get_space("plain", input_shape=(1, 8, 8), widths=(8,)).params_of(wide)
+    with pytest.raises(SpaceError, match="is a 'plain' network, not one of space 'resnet'"):
+        get_space("resnet", input_shape=(1, 8, 8)).params_of(wide)
+    narrowed = json.loads(wide.to_json())  # per-block widths, as pruning leaves them: not a point of the space
+    narrowed["stages"][0]["blocks"][0]["out_channels"] = 31
+    with pytest.raises(SpaceError, match="not in space"):
+        get_space("plain", input_shape=(1, 8, 8), widths=(32,)).params_of(ArchSpec.from_dict(narrowed))
+
+
+@pytest.mark.parametrize("name", list_spaces())
 def test_space_adapts_downsampling_to_input(name):
     small = sample_spec(get_space(name, input_shape=(1, 8, 8)), 0)
     large = sample_spec(get_space(name, input_shape=(3, 32, 32)), 0)

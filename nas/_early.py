@@ -1,0 +1,118 @@
+"""Pareto-aware early stopping: stop a trial whose learning curve is dominated at the same epoch.
+
+Optuna's pruners and Ray Tune's schedulers rank trials on one metric, so neither works in a
+multi-objective (accuracy vs cost) study. Here cost is known before training (the cost model),
+and the rule compares like with like:
+
+    At a rung epoch ``e``, trial ``t`` (cost ``c_t``, best validation accuracy up to epoch ``e``,
+    ``a_t(e)``) is stopped when at least ``min_dominators`` other trials of the study with *no
+    higher cost* in every cost objective (``c_p <= c_t``) had reached ``a_p(e) >= a_t(e) + margin``
+    by that same epoch.
+
+"Best up to epoch e" (a running maximum) rather than the accuracy at epoch ``e`` itself: at a
+high learning rate and a small validation split the curves of the first epochs jump by tens of
+points from one epoch to the next, and a single bad epoch must not end a trial.
+
+Such a trial cannot end on the front unless its curve overtakes a cheaper network's by more than
+it already trails it, which a short low-fidelity schedule rarely allows; ``margin`` says how
+clear "clearly better" must be. A cheaper network that trails is never stopped by a costlier
+one, so the cheap end of the front is never cut. Rungs follow successive halving: by default
+``E/9`` and ``E/3`` of the fidelity's ``E`` epochs (reduction factor 3), rounded up.
+
+Defaults (margin 0.1, rungs E/9 and E/3, one dominator) come from a pilot: the rule replayed on
+two 40-trial tpe searches of the digits demo study (seeds 0 and 1, run without it) stopped 15 of
+44 trained networks, saved 29% of their epochs, and stopped none of the 7 that ended on a
+front; margin 0.05 saved 42.5% but stopped 1 front member, margin 0.02 stopped 2. The benchmark
+(``bench/bench_anchors.py``) uses other seeds.
+
+Peers are the study's trials that trained at the same fidelity: complete ones (their whole
+curve), pruned ones (their partial curve) and running ones (the curve up to their last rung, as
+recorded at each rung). A stopped trial is recorded PRUNED with its partial curve and
+``stopped_by`` (the dominating trial, the epoch and both accuracies). The rule is a pure
+function (:func:`dominators`) so benchmarks can replay it on finished searches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["EarlyStop", "Peer", "best_by", "dominators", "peers_of", "rung_epochs"]
+
+
+class EarlyStop(BaseModel):
+    """Settings of the ``pareto`` pruner (``nas study create --pruner pareto``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rungs: list[int] | None = Field(default=None, description="epochs at which curves are compared (default: "
+                                                               "successive halving, E/9 and E/3 of E epochs)")
+    margin: float = Field(default=0.1, ge=0.0, le=1.0, description="how much better (validation accuracy) a peer "
+                                                                    "of no higher cost must be")
+    min_dominators: int = Field(default=1, ge=1, le=1000, description="peers that must dominate before a stop")
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return None
+        if any(isinstance(r, bool) or r < 1 for r in v):
+            raise ValueError(f"rungs are epochs >= 1, got {v}")
+        return sorted(set(v))
+
+
+def rung_epochs(settings: EarlyStop, epochs: int) -> list[int]:
+    """The epochs (1-based, before the last) at which a trial of ``epochs`` epochs is checked."""
+    wanted = settings.rungs if settings.rungs is not None else [math.ceil(epochs / 9), math.ceil(epochs / 3)]
+    return sorted({r for r in wanted if 1 <= r < epochs})
+
+
+@dataclass(frozen=True)
+class Peer:
+    """What the rule needs of another trial: its number, cost and validation curve so far."""
+
+    number: int
+    cost: dict[str, float]
+    curve: tuple[float, ...]
+
+
+def best_by(curve: Sequence[float], epoch: int) -> float:
+    """The best validation accuracy of ``curve`` up to ``epoch`` (1-based)."""
+    return max(curve[:epoch])
+
+
+def dominators(epoch: int, curve: Sequence[float], cost: dict[str, float], peers: Iterable[Peer],
+               cost_objectives: Sequence[str], margin: float) -> list[tuple[Peer, float]]:
+    """Peers of no higher cost (every objective in ``cost_objectives``) whose best validation
+    accuracy by ``epoch`` was at least that of ``curve`` plus ``margin``, with that accuracy,
+    best first."""
+    own = best_by(curve, epoch)
+    out = []
+    for p in peers:
+        if len(p.curve) < epoch:
+            continue
+        if any(p.cost.get(o, math.inf) > cost.get(o, math.inf) for o in cost_objectives):
+            continue
+        theirs = best_by(p.curve, epoch)
+        if theirs >= own + margin - 1e-12:
+            out.append((p, theirs))
+    return sorted(out, key=lambda x: (-x[1], x[0].number))
+
+
+def peers_of(trials: Iterable[Any], exclude: int, epochs: int | None = None) -> list[Peer]:
+    """:class:`Peer` views of Optuna trials that recorded a curve (``user_attrs["curve"]``) and a cost,
+    leaving out trial ``exclude`` (and, with ``epochs``, curves longer than the fidelity's)."""
+    out = []
+    for t in trials:
+        a = t.user_attrs
+        curve, cost = a.get("curve"), a.get("cost")
+        if t.number == exclude or not curve or not cost or a.get("status") == "over_budget":
+            continue
+        if epochs is not None and len(curve) > epochs:
+            continue
+        out.append(Peer(t.number, {k: float(v) for k, v in cost.items()}, tuple(float(x) for x in curve)))
+    return out

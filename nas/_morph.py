@@ -1,0 +1,196 @@
+"""Weight inheritance (network morphism, SEEDS.md section 3): start a child from a trained parent.
+
+A study with ``inherit_weights`` initialises each network it trains from the stored weights of
+the trained architecture of the same study that overlaps it most, instead of from random
+weights; the training schedule is unchanged, so the comparison with training from scratch is at
+equal epochs (``bench/bench_anchors.py`` part d measures it).
+
+Matching. Layers are matched by position in the spec, not by flat index: block ``j`` of stage
+``s`` of the child takes block ``j`` of stage ``s`` of the parent (blocks beyond the parent's
+depth keep their random initialisation); the stem and the head match by name. A tensor is
+copied on the slice both have: leading channels for widths, centred for kernels (a 3x3 parent
+kernel lands in the middle of a 5x5 child kernel). Tensors match by name: a full-rank
+convolution keeps its weight as ``reduce``, which is also the first factor of a low-rank
+``LightConv2d``, so a low-rank child's first factor starts from the parent's leading filters
+and its second factor (``expand``) from the parent's only if the parent has one. BatchNorm
+statistics come with their channels.
+
+Because the result depends on which parents existed when a trial ran, a study with
+inheritance keys its evaluations by a fidelity that says so (``inherit_weights`` is part of
+``StudySpec.fidelity_dict``); they are never reused by studies that train from scratch.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import optuna
+import torch
+from torch import nn
+
+from search_spaces import ArchSpec, build_model
+from storage import Store
+
+__all__ = ["Parent", "inherit_weights", "overlap", "pick_parent", "spec_state_shapes"]
+
+
+def _block_names(spec: ArchSpec) -> dict[tuple[int, int], int]:
+    """(stage, position) -> flat block index of the built model."""
+    out, k = {}, 0
+    for s, stage in enumerate(spec.stages):
+        for j in range(len(stage.blocks)):
+            out[(s, j)] = k
+            k += 1
+    return out
+
+
+def _key_map(child: ArchSpec, parent: ArchSpec) -> dict[str, str]:
+    """``blocks.<child index>.`` -> ``blocks.<parent index>.`` prefixes for blocks at the same place."""
+    pc, pp = _block_names(child), _block_names(parent)
+    return {f"blocks.{i}.": f"blocks.{pp[pos]}." for pos, i in pc.items() if pos in pp}
+
+
+def _parent_key(key: str, prefixes: Mapping[str, str]) -> str | None:
+    if not key.startswith("blocks."):
+        return key
+    head = key[: key.index(".", len("blocks.")) + 1]
+    mapped = prefixes.get(head)
+    return None if mapped is None else mapped + key[len(head):]
+
+
+def _slices(child: tuple[int, ...], parent: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    if len(child) != len(parent):
+        return None
+    cs, ps = [], []
+    for d, (c, p) in enumerate(zip(child, parent, strict=True)):
+        n = min(c, p)
+        if len(child) == 4 and d >= 2:  # kernel: centred
+            oc, op = (c - n) // 2, (p - n) // 2
+        else:  # channels / features: leading
+            oc = op = 0
+        cs.append(slice(oc, oc + n))
+        ps.append(slice(op, op + n))
+    return tuple(cs), tuple(ps)
+
+
+def spec_state_shapes(spec: ArchSpec, input_shape: tuple[int, int, int], classes: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of the built model's state dict, without allocating it (meta device)."""
+    with torch.device("meta"):
+        model = build_model(spec, input_shape, classes)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def overlap(child: ArchSpec, child_shapes: Mapping[str, tuple[int, ...]], parent: ArchSpec,
+            parent_shapes: Mapping[str, tuple[int, ...]]) -> float:
+    """Share of the child's floating-point parameters that inheriting from ``parent`` would set."""
+    prefixes = _key_map(child, parent)
+    total = covered = 0
+    for key, shape in child_shapes.items():
+        if key.endswith("num_batches_tracked") or "running_" in key:
+            continue
+        n = 1
+        for d in shape:
+            n *= d
+        total += n
+        pk = _parent_key(key, prefixes)
+        if pk is None or pk not in parent_shapes:
+            continue
+        sl = _slices(shape, parent_shapes[pk])
+        if sl is None:
+            continue
+        m = 1
+        for s in sl[0]:
+            m *= s.stop - s.start
+        covered += m
+    return covered / total if total else 0.0
+
+
+@torch.no_grad()
+def inherit_weights(child: nn.Module, parent_state: Mapping[str, torch.Tensor], child_spec: ArchSpec,
+                    parent_spec: ArchSpec) -> float:
+    """Copy the overlapping slices of ``parent_state`` into ``child`` (in place); returns the share
+    of the child's parameters that were set (see the module docstring for the matching)."""
+    prefixes = _key_map(child_spec, parent_spec)
+    state = child.state_dict()
+    total = covered = 0
+    for key, tensor in state.items():
+        is_param = tensor.is_floating_point() and "running_" not in key
+        total += tensor.numel() if is_param else 0
+        pk = _parent_key(key, prefixes)
+        if pk is None or pk not in parent_state:
+            continue
+        src = parent_state[pk]
+        if tensor.ndim == 0:
+            tensor.copy_(src)
+            continue
+        sl = _slices(tuple(tensor.shape), tuple(src.shape))
+        if sl is None:
+            continue
+        tensor[sl[0]] = src[sl[1]].to(tensor.dtype)
+        if is_param:
+            covered += tensor[sl[0]].numel()
+    return covered / total if total else 0.0
+
+
+@dataclass
+class Parent:
+    """The chosen parent: its trial, architecture, weights and overlap with the child."""
+
+    number: int
+    spec: ArchSpec
+    state: dict[str, torch.Tensor]
+    overlap: float
+
+
+_SHAPES: dict[tuple[str, tuple[int, ...], int], dict[str, tuple[int, ...]]] = {}
+
+
+def _shapes(spec: ArchSpec, input_shape: tuple[int, int, int], classes: int) -> dict[str, tuple[int, ...]]:
+    key = (spec.hash, tuple(input_shape), classes)
+    if key not in _SHAPES:
+        if len(_SHAPES) > 4096:
+            _SHAPES.clear()
+        _SHAPES[key] = spec_state_shapes(spec, input_shape, classes)
+    return _SHAPES[key]
+
+
+def pick_parent(child: ArchSpec, study: str, store: Store, spec, data, *,  # spec: StudySpec, data: Dataset
+                min_overlap: float = 0.2, trials: list[optuna.trial.FrozenTrial] | None = None) -> Parent | None:
+    """The trained architecture of ``study`` (same family, weights stored at the study's fidelity)
+    that covers most of ``child``'s parameters; ties go to the higher validation accuracy. None
+    when nothing covers ``min_overlap``."""
+    from ._trial import weights_key
+
+    shape, classes = tuple(data.input_shape), int(data.num_classes)
+    if trials is None:
+        trials = optuna.load_study(study_name=study, storage=store.optuna).get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    child_shapes = _shapes(child, shape, classes)  # type: ignore[arg-type]
+    best: tuple[float, float, int, ArchSpec] | None = None
+    seen: set[str] = set()
+    for t in trials:
+        h = t.user_attrs.get("spec_hash")
+        if t.state != optuna.trial.TrialState.COMPLETE or t.user_attrs.get("status") != "trained" or not h \
+                or h in seen or h == child.hash:
+            continue
+        seen.add(h)
+        arch_json = store.get_architecture(h)
+        if arch_json is None:
+            continue
+        arch = ArchSpec.from_json(arch_json)
+        if arch.family != child.family:
+            continue
+        ov = overlap(child, child_shapes, arch, _shapes(arch, shape, classes))  # type: ignore[arg-type]
+        score = (ov, float(t.user_attrs.get("val_accuracy") or 0.0), -t.number, arch)
+        if ov >= min_overlap and (best is None or score[:3] > best[:3]):
+            best = score
+    if best is None:
+        return None
+    arch = best[3]
+    blob = store.get_artifact(weights_key(arch.hash, spec.fidelity_key))
+    if blob is None:
+        return None
+    state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    return Parent(-best[2], arch, state, best[0])

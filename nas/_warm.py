@@ -1,0 +1,170 @@
+"""Warm starts: seed a study with known good architectures so that its search does not start blind.
+
+Two sources (``nas study create ... --enqueue FILE`` / ``--warm-start STUDY``, or the API's
+``enqueue`` and ``warm_start`` fields):
+
+* ``ArchSpec`` JSON files (a spec as ``nas export`` writes it in ``spec.json``): mapped back to
+  the study space's parameters (:meth:`search_spaces.SearchSpace.params_of`), so the sampler
+  sees an ordinary trial of its space.
+* the Pareto front of another study (a similar dataset, say): its members' *parameters* are
+  enqueued when the spaces match, so the space adapts them to this study's input (strides,
+  stem); otherwise their specs are mapped as above.
+
+Enqueued trials run first (Optuna's ``enqueue_trial``), with ``user_attrs["warm_start"]``
+naming the source. A given spec must fit the study (its space and options, its budget), else
+the command fails with the reason and writes nothing; front members of another study that do
+not fit (another family, widths outside the options, over this budget) or are already in the
+study are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from objectives import estimate_cost
+from search_spaces import ArchSpec, SearchSpace, SpaceError, SpecError, get_space
+from storage import Store
+
+from ._errors import NasError
+from ._study import StudySpec, get_study_spec
+
+__all__ = ["WarmStart", "enqueue", "plan_warm_start", "read_spec_file", "warm_start"]
+
+
+@dataclass
+class WarmStart:
+    """What :func:`warm_start` did: enqueued ``(source, params)``, skipped ``(source, reason)``."""
+
+    enqueued: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def read_spec_file(path: str | Path) -> ArchSpec:
+    """An ``ArchSpec`` from a JSON file (``spec.json`` of ``nas export``); NasError with one line."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise NasError(f"--enqueue: cannot read {path} ({e.strerror})") from None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise NasError(f"--enqueue: {path} is not JSON (expected an ArchSpec, e.g. spec.json of 'nas export')"
+                       ) from None
+    if isinstance(doc, dict) and isinstance(doc.get("spec"), dict):  # the API's export?format=json
+        doc = doc["spec"]
+    try:
+        return ArchSpec.from_dict(doc)
+    except (SpecError, TypeError, KeyError, AttributeError) as e:
+        raise NasError(f"--enqueue: {path} is not an ArchSpec ({e})") from None
+
+
+def _checked(space: SearchSpace, params: dict[str, Any]) -> ArchSpec:
+    """The spec ``params`` give in ``space``, if every value lies in the space's choices."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # out-of-range fixed values warn; they are detected below
+        study.enqueue_trial(params)
+        trial = study.ask()
+        spec = space.suggest(trial)
+    changed = sorted(k for k, v in trial.params.items() if k in params and params[k] != v)
+    missing = sorted(set(trial.params) - set(params))
+    if changed or missing:
+        raise SpaceError(f"parameters outside this study's space: {', '.join(changed + missing)}")
+    return spec
+
+
+def plan_warm_start(spec: StudySpec, store: Store, *, specs: Sequence[tuple[str, ArchSpec]] = (),
+                    from_study: str | None = None, limit: int = 20) -> WarmStart:
+    """What :func:`warm_start` would enqueue into a study of ``spec`` (which need not exist yet).
+
+    ``specs`` are ``(source, ArchSpec)`` pairs given by the user: each must fit the study (its
+    space, its budget), else :class:`NasError`. Members of ``from_study``'s front that do not fit
+    are skipped with the reason (another dataset or budget makes that normal).
+
+    Raises:
+        NasError: a given spec that is not in the study's space or is over its budget; an
+            unknown ``from_study``.
+    """
+    from ._pareto import pareto_rows
+
+    data = spec.load_data()
+    space = get_space(spec.space, input_shape=data.input_shape, **spec.space_options)
+    budget = spec.budget_obj()
+    known: set[str] = set()
+    queued: set[str] = set()
+    if spec.name in optuna.get_all_study_names(store.optuna):
+        trials = optuna.load_study(study_name=spec.name, storage=store.optuna).get_trials(deepcopy=False)
+        known = {str(t.user_attrs["spec_hash"]) for t in trials if t.user_attrs.get("spec_hash")}
+        queued = {json.dumps(t.system_attrs.get("fixed_params") or t.params, sort_keys=True) for t in trials
+                  if t.state == optuna.trial.TrialState.WAITING}
+    out = WarmStart()
+
+    candidates: list[tuple[str, dict[str, Any] | None, ArchSpec | None, bool]] = [(src, None, s, True)
+                                                                                  for src, s in specs]
+    if from_study is not None:
+        other: StudySpec = get_study_spec(from_study, store)
+        rows = sorted(pareto_rows(from_study, store, with_test=False), key=lambda r: -r["accuracy"])[:limit]
+        trials_of = {t.number: t for t in optuna.load_study(study_name=from_study, storage=store.optuna)
+                     .get_trials(deepcopy=False)}
+        for r in rows:
+            t = trials_of[r["trial"]]
+            src = f"{from_study} trial {t.number}"
+            if other.space == spec.space:
+                candidates.append((src, dict(t.params), None, False))
+            else:
+                arch_json = store.get_architecture(t.user_attrs["spec_hash"])
+                candidates.append((src, None, ArchSpec.from_json(arch_json) if arch_json else None, False))
+
+    for src, params, arch, strict in candidates:
+        reason = None
+        try:
+            if params is None:
+                if arch is None:
+                    raise SpaceError("its architecture is not stored")
+                params = space.params_of(arch)
+            arch = _checked(space, params)
+        except SpaceError as e:
+            reason = str(e)
+        if reason is None and arch is not None and budget is not None:
+            report = estimate_cost(arch, data.input_shape, data.num_classes, device=spec.cost_device)
+            over = budget.violations(report.totals)
+            if over:
+                reason = f"over the budget {spec.budget} ({', '.join(sorted(over))})"
+        if reason is None and arch is not None and params is not None:
+            key = json.dumps(params, sort_keys=True)
+            if arch.hash in known or key in queued:
+                reason = f"architecture {arch.short_hash} is already in the study"
+            else:
+                known.add(arch.hash)
+                queued.add(key)
+                out.enqueued.append((src, params))
+                continue
+        if strict:
+            raise NasError(f"--enqueue {src}: {reason}")
+        out.skipped.append((src, str(reason)))
+    return out
+
+
+def enqueue(name: str, store: Store, plan: WarmStart) -> None:
+    """Enqueue the planned trials into study ``name`` (``user_attrs["warm_start"]`` = source)."""
+    study = optuna.load_study(study_name=name, storage=store.optuna)
+    for src, params in plan.enqueued:
+        study.enqueue_trial(params, user_attrs={"warm_start": src})
+
+
+def warm_start(name: str, store: Store, *, specs: Sequence[tuple[str, ArchSpec]] = (),
+               from_study: str | None = None, limit: int = 20) -> WarmStart:
+    """Enqueue ``specs`` and (``from_study``) the front of another study into existing study ``name``.
+
+    See :func:`plan_warm_start`; nothing is enqueued when it raises.
+    """
+    plan = plan_warm_start(get_study_spec(name, store), store, specs=specs, from_study=from_study, limit=limit)
+    enqueue(name, store, plan)
+    return plan
