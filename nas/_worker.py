@@ -219,10 +219,10 @@ class StudyWorker:
             # records them itself (_Heartbeat), from the moment the trial is claimed.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-            target = self.target
             with self.store.lock(f"study:{self.name}"):
                 # Under the lock, so that a failed trial's retry is queued before anyone can take
-                # its slot with a new trial.
+                # its slot with a new trial, and a target lowered (paused) meanwhile is seen.
+                target = self.target
                 self._fail_abandoned()
                 if slots_left(self.store, self.name, target) <= 0:
                     return None
