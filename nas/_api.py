@@ -505,7 +505,7 @@ def _warm_plan(nas: _App, spec: StudySpec, body: StudyCreate) -> Any:
     try:
         return plan_warm_start(spec, nas.store, specs=specs, from_study=body.warm_start)
     except NasError as e:
-        raise ApiError(422, str(e).replace("--enqueue ", ""), "enqueue") from None
+        raise ApiError(422, str(e), "enqueue") from None
 
 
 # ----------------------------------------------------------------------------------- the app
@@ -646,8 +646,12 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 -- one place lists every endpoi
         if plan is not None:
             from ._warm import enqueue
 
-            enqueue(spec.name, nas.store, plan)
-            nas.store.set_target(spec.name, target)
+            try:
+                enqueue(spec.name, nas.store, plan)
+                nas.store.set_target(spec.name, target)
+            except BaseException:  # all or nothing: the same request again must work
+                delete_study(spec.name, nas.store)
+                raise
         info = nas.info(spec.name, with_front=False)
         if plan is not None:
             info.warm_start = {"enqueued": [src for src, _ in plan.enqueued],

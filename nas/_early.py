@@ -13,17 +13,23 @@ and the rule compares like with like:
 high learning rate and a small validation split the curves of the first epochs jump by tens of
 points from one epoch to the next, and a single bad epoch must not end a trial.
 
-Such a trial cannot end on the front unless its curve overtakes a cheaper network's by more than
-it already trails it, which a short low-fidelity schedule rarely allows; ``margin`` says how
-clear "clearly better" must be. A cheaper network that trails is never stopped by a costlier
-one, so the cheap end of the front is never cut. Rungs follow successive halving: by default
+Such a trial ends on the front only if its curve later overtakes a cheaper network's by more
+than it already trails it; ``margin`` says how clear "clearly better" must be. That does happen:
+replayed on six 40-trial tpe searches (BENCHMARKS.md section 6, part b) the rule would have
+stopped 5 of the 22 networks that ended on a front, and early stopping cost some final
+hypervolume (0.81 vs 0.83 on digits) while it saved 24-31% of the epochs. In a study whose only
+objective is accuracy there is no cost to compare, and every peer qualifies. A cheaper network
+is never stopped by a costlier one, whatever their curves. Rungs follow successive halving: by default
 ``E/9`` and ``E/3`` of the fidelity's ``E`` epochs (reduction factor 3), rounded up.
 
 Defaults (margin 0.1, rungs E/9 and E/3, one dominator) come from a pilot: the rule replayed on
 two 40-trial tpe searches of the digits demo study (seeds 0 and 1, run without it) stopped 15 of
 44 trained networks, saved 29% of their epochs, and stopped none of the 7 that ended on a
 front; margin 0.05 saved 42.5% but stopped 1 front member, margin 0.02 stopped 2. The benchmark
-(``bench/bench_anchors.py``) uses other seeds.
+(``bench/bench_anchors.py``) uses other seeds, where the same defaults fared worse (above).
+
+With ``inherit_weights`` a child starts from a trained parent, so its early epochs are not
+like a network trained from scratch; the rule still compares them at equal epochs.
 
 Peers are the study's trials that trained at the same fidelity: complete ones (their whole
 curve), pruned ones (their partial curve) and running ones (the curve up to their last rung, as
@@ -78,6 +84,7 @@ class Peer:
     number: int
     cost: dict[str, float]
     curve: tuple[float, ...]
+    spec_hash: str = ""
 
 
 def best_by(curve: Sequence[float], epoch: int) -> float:
@@ -98,21 +105,28 @@ def dominators(epoch: int, curve: Sequence[float], cost: dict[str, float], peers
         if any(p.cost.get(o, math.inf) > cost.get(o, math.inf) for o in cost_objectives):
             continue
         theirs = best_by(p.curve, epoch)
-        if theirs >= own + margin - 1e-12:
+        # Clearly better: by the margin, and never by a tie (margin 0 must not let equals stop each other).
+        if theirs >= own + margin - 1e-12 and theirs > own:
             out.append((p, theirs))
     return sorted(out, key=lambda x: (-x[1], x[0].number))
 
 
-def peers_of(trials: Iterable[Any], exclude: int, epochs: int | None = None) -> list[Peer]:
+def peers_of(trials: Iterable[Any], exclude: int, epochs: int | None = None, spec_hash: str | None = None
+             ) -> list[Peer]:
     """:class:`Peer` views of Optuna trials that recorded a curve (``user_attrs["curve"]``) and a cost,
-    leaving out trial ``exclude`` (and, with ``epochs``, curves longer than the fidelity's)."""
-    out = []
+    one per architecture (the longest curve), leaving out trial ``exclude``, the architecture
+    ``spec_hash`` itself, and (with ``epochs``) curves longer than the fidelity's. A re-drawn,
+    reused or re-stopped architecture is one peer, not several."""
+    best: dict[str, Peer] = {}
     for t in trials:
         a = t.user_attrs
         curve, cost = a.get("curve"), a.get("cost")
-        if t.number == exclude or not curve or not cost or a.get("status") == "over_budget":
+        h = str(a.get("spec_hash") or f"trial-{t.number}")
+        if t.number == exclude or not curve or not cost or a.get("status") == "over_budget" or h == spec_hash:
             continue
         if epochs is not None and len(curve) > epochs:
             continue
-        out.append(Peer(t.number, {k: float(v) for k, v in cost.items()}, tuple(float(x) for x in curve)))
-    return out
+        p = Peer(t.number, {k: float(v) for k, v in cost.items()}, tuple(float(x) for x in curve), h)
+        if h not in best or len(p.curve) > len(best[h].curve):
+            best[h] = p
+    return sorted(best.values(), key=lambda p: p.number)

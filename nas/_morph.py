@@ -9,11 +9,10 @@ Matching. Layers are matched by position in the spec, not by flat index: block `
 ``s`` of the child takes block ``j`` of stage ``s`` of the parent (blocks beyond the parent's
 depth keep their random initialisation); the stem and the head match by name. A tensor is
 copied on the slice both have: leading channels for widths, centred for kernels (a 3x3 parent
-kernel lands in the middle of a 5x5 child kernel). Tensors match by name: a full-rank
-convolution keeps its weight as ``reduce``, which is also the first factor of a low-rank
-``LightConv2d``, so a low-rank child's first factor starts from the parent's leading filters
-and its second factor (``expand``) from the parent's only if the parent has one. BatchNorm
-statistics come with their channels.
+kernel lands in the middle of a 5x5 child kernel). A convolution that is full rank on one side
+and low rank (a ``LightConv2d``, two factors) on the other keeps its initialisation: the
+tensors do not mean the same thing. Two low-rank ones pass on the leading slice of both
+factors. BatchNorm statistics come with their channels.
 
 Because the result depends on which parents existed when a trial ran, a study with
 inheritance keys its evaluations by a fidelity that says so (``inherit_weights`` is part of
@@ -23,7 +22,7 @@ inheritance keys its evaluations by a fidelity that says so (``inherit_weights``
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import optuna
@@ -58,6 +57,25 @@ def _parent_key(key: str, prefixes: Mapping[str, str]) -> str | None:
     head = key[: key.index(".", len("blocks.")) + 1]
     mapped = prefixes.get(head)
     return None if mapped is None else mapped + key[len(head):]
+
+
+def _factored(key: str) -> str | None:
+    """``...conv.`` for a LightConv factor (``...conv.reduce.weight`` / ``...conv.expand.weight``)."""
+    for part in ("reduce.weight", "expand.weight"):
+        if key.endswith(part):
+            return key[: -len(part)]
+    return None
+
+
+def _rank_clash(key: str, child_keys: Collection[str], parent_keys: Collection[str],
+                prefixes: Mapping[str, str]) -> bool:
+    """A convolution that is full rank on one side and factored (LightConv) on the other: its
+    ``reduce`` means different things (the weight vs the first factor), so nothing is copied."""
+    conv = _factored(key)
+    if conv is None:
+        return False
+    pconv = _parent_key(conv, prefixes)
+    return pconv is not None and ((conv + "expand.weight") in child_keys) != ((pconv + "expand.weight") in parent_keys)
 
 
 def _slices(child: tuple[int, ...], parent: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
@@ -95,7 +113,7 @@ def overlap(child: ArchSpec, child_shapes: Mapping[str, tuple[int, ...]], parent
             n *= d
         total += n
         pk = _parent_key(key, prefixes)
-        if pk is None or pk not in parent_shapes:
+        if pk is None or pk not in parent_shapes or _rank_clash(key, child_shapes, parent_shapes, prefixes):
             continue
         sl = _slices(shape, parent_shapes[pk])
         if sl is None:
@@ -119,7 +137,7 @@ def inherit_weights(child: nn.Module, parent_state: Mapping[str, torch.Tensor], 
         is_param = tensor.is_floating_point() and "running_" not in key
         total += tensor.numel() if is_param else 0
         pk = _parent_key(key, prefixes)
-        if pk is None or pk not in parent_state:
+        if pk is None or pk not in parent_state or _rank_clash(key, state, parent_state, prefixes):
             continue
         src = parent_state[pk]
         if tensor.ndim == 0:
@@ -168,7 +186,7 @@ def pick_parent(child: ArchSpec, study: str, store: Store, spec, data, *,  # spe
         trials = optuna.load_study(study_name=study, storage=store.optuna).get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     child_shapes = _shapes(child, shape, classes)  # type: ignore[arg-type]
-    best: tuple[float, float, int, ArchSpec] | None = None
+    scored: list[tuple[float, float, int, ArchSpec]] = []
     seen: set[str] = set()
     for t in trials:
         h = t.user_attrs.get("spec_hash")
@@ -176,21 +194,30 @@ def pick_parent(child: ArchSpec, study: str, store: Store, spec, data, *,  # spe
                 or h in seen or h == child.hash:
             continue
         seen.add(h)
-        arch_json = store.get_architecture(h)
-        if arch_json is None:
-            continue
-        arch = ArchSpec.from_json(arch_json)
-        if arch.family != child.family:
+        arch = _architecture(store, h)
+        if arch is None or arch.family != child.family:
             continue
         ov = overlap(child, child_shapes, arch, _shapes(arch, shape, classes))  # type: ignore[arg-type]
-        score = (ov, float(t.user_attrs.get("val_accuracy") or 0.0), -t.number, arch)
-        if ov >= min_overlap and (best is None or score[:3] > best[:3]):
-            best = score
-    if best is None:
-        return None
-    arch = best[3]
-    blob = store.get_artifact(weights_key(arch.hash, spec.fidelity_key))
-    if blob is None:
-        return None
-    state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    return Parent(-best[2], arch, state, best[0])
+        if ov >= min_overlap:
+            scored.append((ov, float(t.user_attrs.get("val_accuracy") or 0.0), -t.number, arch))
+    for ov, _acc, neg_number, arch in sorted(scored, key=lambda x: x[:3], reverse=True):
+        blob = store.get_artifact(weights_key(arch.hash, spec.fidelity_key))
+        if blob is not None:  # else (weights not stored) the next best
+            state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+            return Parent(-neg_number, arch, state, ov)
+    return None
+
+
+_ARCHS: dict[str, ArchSpec] = {}
+
+
+def _architecture(store: Store, spec_hash: str) -> ArchSpec | None:
+    """A stored architecture by hash (immutable, so kept once read)."""
+    if spec_hash not in _ARCHS:
+        text = store.get_architecture(spec_hash)
+        if text is None:
+            return None
+        if len(_ARCHS) > 4096:
+            _ARCHS.clear()
+        _ARCHS[spec_hash] = ArchSpec.from_json(text)
+    return _ARCHS[spec_hash]

@@ -153,6 +153,13 @@ class StudySpec(BaseModel):
                              f"{','.join(self.objectives)}): Optuna pruners and Tune's ASHA stop trials on one "
                              "metric; use pruner 'pareto' (accuracy at equal or lower cost) in multi-objective "
                              "studies")
+        if self.early_stop != EarlyStop() and self.pruner != "pareto":
+            raise ValueError(f"early_stop settings apply to pruner 'pareto' only (got pruner {self.pruner!r}); "
+                             "add --pruner pareto or leave them out")
+        rungs = self.early_stop.rungs
+        if rungs is not None and (not rungs or max(rungs) >= self.fidelity.epochs):
+            raise ValueError(f"early_stop.rungs: need epochs from 1 to {self.fidelity.epochs - 1} (before the last of "
+                             f"{self.fidelity.epochs} epochs), got {rungs}")
         if self.pruner == "pareto" and "accuracy" not in self.objectives:
             raise ValueError(f"pruner 'pareto' compares validation accuracy; it needs accuracy among the objectives "
                              f"(got {','.join(self.objectives)})")

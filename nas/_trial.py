@@ -146,7 +146,8 @@ class TrialObjective:
         trial.set_user_attr("curve", list(curve))
         settings = self.ctx.spec.early_stop
         number = getattr(trial, "number", -1)
-        peers = peers_of(self._study_trials(trial), exclude=number, epochs=self.ctx.train_config.epochs)
+        peers = peers_of(self._study_trials(trial), exclude=number, epochs=self.ctx.train_config.epochs,
+                         spec_hash=trial.user_attrs.get("spec_hash"))
         found = dominators(epoch, curve, cost, peers, self.cost_objectives, settings.margin)
         if len(found) < settings.min_dominators:
             return

@@ -20,7 +20,6 @@ study are skipped with the reason.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 import optuna
 
 from objectives import estimate_cost
-from search_spaces import ArchSpec, SearchSpace, SpaceError, SpecError, get_space
+from search_spaces import ArchSpec, SpaceError, SpecError, get_space
 from storage import Store
 
 from ._errors import NasError
@@ -46,38 +45,23 @@ class WarmStart:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def read_spec_file(path: str | Path) -> ArchSpec:
+def read_spec_file(path: str | Path, flag: str = "--enqueue") -> ArchSpec:
     """An ``ArchSpec`` from a JSON file (``spec.json`` of ``nas export``); NasError with one line."""
     try:
         text = Path(path).read_text()
     except OSError as e:
-        raise NasError(f"--enqueue: cannot read {path} ({e.strerror})") from None
+        raise NasError(f"{flag}: cannot read {path} ({e.strerror})") from None
     try:
         doc = json.loads(text)
     except ValueError:
-        raise NasError(f"--enqueue: {path} is not JSON (expected an ArchSpec, e.g. spec.json of 'nas export')"
+        raise NasError(f"{flag}: {path} is not JSON (expected an ArchSpec, e.g. spec.json of 'nas export')"
                        ) from None
     if isinstance(doc, dict) and isinstance(doc.get("spec"), dict):  # the API's export?format=json
         doc = doc["spec"]
     try:
         return ArchSpec.from_dict(doc)
     except (SpecError, TypeError, KeyError, AttributeError) as e:
-        raise NasError(f"--enqueue: {path} is not an ArchSpec ({e})") from None
-
-
-def _checked(space: SearchSpace, params: dict[str, Any]) -> ArchSpec:
-    """The spec ``params`` give in ``space``, if every value lies in the space's choices."""
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # out-of-range fixed values warn; they are detected below
-        study.enqueue_trial(params)
-        trial = study.ask()
-        spec = space.suggest(trial)
-    changed = sorted(k for k, v in trial.params.items() if k in params and params[k] != v)
-    missing = sorted(set(trial.params) - set(params))
-    if changed or missing:
-        raise SpaceError(f"parameters outside this study's space: {', '.join(changed + missing)}")
-    return spec
+        raise NasError(f"{flag}: {path} is not an ArchSpec ({e})") from None
 
 
 def plan_warm_start(spec: StudySpec, store: Store, *, specs: Sequence[tuple[str, ArchSpec]] = (),
@@ -129,7 +113,7 @@ def plan_warm_start(spec: StudySpec, store: Store, *, specs: Sequence[tuple[str,
                 if arch is None:
                     raise SpaceError("its architecture is not stored")
                 params = space.params_of(arch)
-            arch = _checked(space, params)
+            arch = space.check_params(params)
         except SpaceError as e:
             reason = str(e)
         if reason is None and arch is not None and budget is not None:
@@ -147,7 +131,7 @@ def plan_warm_start(spec: StudySpec, store: Store, *, specs: Sequence[tuple[str,
                 out.enqueued.append((src, params))
                 continue
         if strict:
-            raise NasError(f"--enqueue {src}: {reason}")
+            raise NasError(f"{src}: {reason}")
         out.skipped.append((src, str(reason)))
     return out
 

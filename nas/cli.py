@@ -327,13 +327,19 @@ def study_create(
         specs = [(path, read_spec_file(path)) for path in enqueue]
         plan = plan_warm_start(spec, store, specs=specs, from_study=warm_start)  # checked before anything is written
     create_study(spec, store, target=0 if plan is not None else None)  # no worker starts before the warm start
+    if plan is not None:
+        from nas._study import delete_study
+        from nas._warm import enqueue as enqueue_plan
+
+        try:
+            enqueue_plan(spec.name, store, plan)
+            store.set_target(spec.name, spec.trials)
+        except BaseException:  # all or nothing: rerunning the same command must work
+            delete_study(spec.name, store)
+            raise
     out.print(f"created study [bold]{spec.name}[/] ({spec.space} on {spec.data}, budget {spec.budget or 'none'}, "
               f"target {spec.trials} trials) in {store.url}")
     if plan is not None:
-        from nas._warm import enqueue as enqueue_plan
-
-        enqueue_plan(spec.name, store, plan)
-        store.set_target(spec.name, spec.trials)
         out.print(f"warm start: {len(plan.enqueued)} architecture(s) queued to run first"
                   + (f", {len(plan.skipped)} skipped" if plan.skipped else ""))
         for src, reason in plan.skipped:
@@ -443,10 +449,17 @@ def study_enqueue(
 
     if not spec and not from_study:
         raise UsageError("give --spec FILE (repeatable) and/or --from STUDY")
-    specs = [(path, read_spec_file(path)) for path in spec]
-    plan = warm_start(name, open_store(storage), specs=specs, from_study=from_study)
+    from nas._worker import finished
+
+    specs = [(path, read_spec_file(path, flag="--spec")) for path in spec]
+    store = open_store(storage)
+    plan = warm_start(name, store, specs=specs, from_study=from_study)
     out.print(f"{name}: {len(plan.enqueued)} architecture(s) queued to run next"
               + (f", {len(plan.skipped)} skipped" if plan.skipped else ""))
+    row = store.get_study(name)
+    if plan.enqueued and row is not None and finished(store, name) >= row.target_trials:
+        out.print(f"note: {name} has met its target ({row.target_trials}); raise it ('nas study run {name} --trials "
+                  "N' or PATCH target) for the queued architectures to run", highlight=False, markup=False)
     for src, reason in plan.skipped:
         out.print(f"  skipped {src}: {reason}", highlight=False, markup=False)
 

@@ -52,6 +52,20 @@ class SearchSpace:
         """The parameters :meth:`suggest` would need to produce ``spec`` (unchecked)."""
         raise NotImplementedError(f"space '{self.name}' cannot map a spec back to its parameters")
 
+    def check_params(self, params: dict[str, Any]) -> ArchSpec:
+        """The spec :meth:`suggest` gives for ``params``, if every value lies in its distribution
+        (a categorical choice of the options, an integer within its range) and none is missing.
+
+        Raises:
+            SpaceError: naming the parameters outside this space.
+        """
+        trial = _CheckingTrial(params)
+        spec = self.suggest(trial)  # type: ignore[arg-type]
+        if trial.bad:
+            raise SpaceError(f"parameters outside space '{self.name}' with these options: "
+                             f"{', '.join(sorted(trial.bad))}")
+        return spec
+
     def params_of(self, spec: ArchSpec) -> dict[str, Any]:
         """The trial parameters under which :meth:`suggest` returns exactly ``spec`` (same hash):
         what ``study.enqueue_trial`` needs to seed a search with a known architecture.
@@ -71,8 +85,8 @@ class SearchSpace:
             raise SpaceError(f"spec {spec.short_hash} is a {spec.family!r} network, not one of space '{self.name}'")
         try:
             params = self._params_of(spec)
-            back = self.suggest(optuna.trial.FixedTrial(params))
-        except (ValueError, KeyError, IndexError, AttributeError, TypeError):
+            back: ArchSpec | None = self.check_params(params)
+        except (SpaceError, ValueError, KeyError, IndexError, AttributeError, TypeError):
             back, params = None, {}
         if back is None or back.hash != spec.hash:
             raise SpaceError(f"spec {spec.short_hash} is not in space '{self.name}' with options {self.options} "
@@ -91,6 +105,41 @@ class SearchSpace:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(input_shape={self.input_shape}, options={self.options})"
+
+
+class _CheckingTrial:
+    """A define-by-run trial that answers from ``params`` and notes every value outside its
+    distribution (answering a valid one instead, so the space can go on)."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params, self.bad = params, []  # type: ignore[var-annotated]
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        if name not in self.params:
+            self.bad.append(f"{name} (missing)")
+            return choices[0]
+        value = self.params[name]
+        if not any(type(value) is type(c) and value == c or value == c and isinstance(c, float) for c in choices):
+            self.bad.append(f"{name}={value!r} (accepted: {list(choices)})")
+            return choices[0]
+        return value
+
+    def suggest_int(self, name: str, low: int, high: int, **_kw: Any) -> int:
+        value = self.params.get(name)
+        if name not in self.params:
+            self.bad.append(f"{name} (missing)")
+            return low
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.bad.append(f"{name}={value!r} (accepted: {low}..{high})")
+            return low
+        return value
+
+    def suggest_float(self, name: str, low: float, high: float, **_kw: Any) -> float:
+        value = self.params.get(name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+            self.bad.append(f"{name}={value!r} (accepted: {low}..{high})")
+            return low
+        return float(value)
 
 
 def register_space(cls: type[SearchSpace]) -> type[SearchSpace]:

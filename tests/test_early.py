@@ -36,6 +36,8 @@ def test_a_cheaper_peer_clearly_better_at_the_same_epoch_dominates():
     # The margin is inclusive and "better by that epoch" is the best so far, on both sides.
     assert [p.number for p, _ in dominators(2, [0.8, 0.7], {"hw_cost": 0.5}, peers, ["hw_cost"], 0.1)] == [1]
     assert dominators(2, [0.81, 0.7], {"hw_cost": 0.5}, peers, ["hw_cost"], 0.1) == []
+    # A tie is not "clearly better", even at margin 0: equals never stop each other.
+    assert dominators(2, [0.5, 0.9], {"hw_cost": 0.5}, peers, ["hw_cost"], 0.0) == []
     # A peer whose curve is shorter than the epoch (still running, or stopped earlier) says nothing.
     assert dominators(3, [0.1, 0.1, 0.1], {"hw_cost": 0.5}, [peer(3, 0.3, [0.6, 0.7])], ["hw_cost"], 0.1) == []
     # With several cost objectives a peer must be no higher in every one.
@@ -60,6 +62,14 @@ def test_peers_leave_out_the_trial_itself_over_budget_ones_and_curves_of_another
     for i, t in enumerate(ts):
         t.number = i
     assert [p.number for p in peers_of(ts, exclude=0, epochs=4)] == [3]
+    # One architecture is one peer (reused or re-stopped copies do not count twice), and never
+    # a peer of a trial of the same architecture.
+    same = [frozen(0, "trained", [0.5] * 4), frozen(1, "reused", [0.5] * 4), frozen(2, "pruned", [0.5, 0.6])]
+    for i, t in enumerate(same):
+        t.number = i
+        t.user_attrs["spec_hash"] = "a" if i < 2 else "b"
+    assert [(p.number, p.spec_hash) for p in peers_of(same, exclude=9)] == [(0, "a"), (2, "b")]
+    assert [p.spec_hash for p in peers_of(same, exclude=9, spec_hash="a")] == ["b"]
 
 
 # ------------------------------------------------------------------------------- the study settings
@@ -71,6 +81,9 @@ def test_peers_leave_out_the_trial_itself_over_budget_ones_and_curves_of_another
     ({"pruner": "pareto", "early_stop": {"margin": 2}}, "early_stop.margin"),
     ({"pruner": "pareto", "early_stop": {"rungs": [0]}}, "early_stop.rungs"),
     ({"pruner": "pareto", "early_stop": {"patience": 3}}, "early_stop.patience: unknown field"),
+    ({"pruner": "pareto", "early_stop": {"rungs": [8]}}, "early_stop.rungs: need epochs from 1 to 7"),
+    ({"pruner": "pareto", "early_stop": {"rungs": []}}, "early_stop.rungs: need epochs from 1 to 7"),
+    ({"early_stop": {"margin": 0.05}}, "apply to pruner 'pareto' only"),
 ])
 def test_bad_early_stopping_settings_name_the_field(fields, needle):
     with pytest.raises(NasError, match="") as e:

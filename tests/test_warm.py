@@ -83,8 +83,19 @@ def test_an_exported_spec_is_evaluated_first_in_a_new_study(sqlite_url, tmp_path
     assert first.state == TrialState.COMPLETE and first.user_attrs["status"] in ("trained", "reused")
 
 
+def test_front_members_outside_this_studys_options_are_skipped_not_fatal(sqlite_url, capsys):
+    searched(sqlite_url, trials=6, space_options={**TINY, "widths": (16,), "max_depth": 2, "min_depth": 2})
+    code, out, err = cli(capsys, "study", "create", "dst", "--space", "plain", "--budget", "params<=20k",
+                         "--option", "widths=[8]", "--option", "max_depth=1", "--option", "kernels=[3]",
+                         "--option", "hidden=[0, 32]", "--warm-start", "src", "--storage", sqlite_url)
+    assert code == 0, err
+    assert "warm start: 0 architecture(s) queued" in out and "parameters outside space 'plain'" in out
+    assert "s0_depth=2" in out and "s0_width=16" in out
+
+
 @pytest.mark.parametrize("doc, needle", [
     ("not json", "is not JSON"),
+    ("deep", "not in space 'plain'"),  # a depth beyond the study's max_depth (an integer range)
     ('{"stem": 3}', "is not an ArchSpec"),
     (None, "is not in space 'plain'"),  # a real spec, but wider than the study's options
     ("over", "over the budget params<=100"),
@@ -95,6 +106,9 @@ def test_an_enqueued_spec_that_does_not_fit_fails_in_one_line_and_writes_nothing
     budget = "params<=20k"
     if doc is None:
         doc = sample_spec(get_space("plain", input_shape=(1, 8, 8), widths=(64,)), 0).to_json()
+    elif doc == "deep":
+        deep = get_space("plain", input_shape=(1, 8, 8), **{**TINY, "min_depth": 3, "max_depth": 3})
+        doc = sample_spec(deep, 0).to_json()
     elif doc == "over":  # a spec of the space, but no network of it has 100 parameters or fewer
         doc, budget = sample_spec(get_space("plain", input_shape=(1, 8, 8), **TINY), 1).to_json(), "params<=100"
     path.write_text(doc)
@@ -207,6 +221,21 @@ def test_a_wider_deeper_child_gets_the_parents_slices_in_place():
     assert torch.equal(after["blocks.1.conv1.conv.reduce.weight"], before["blocks.1.conv1.conv.reduce.weight"])
     shapes = spec_state_shapes
     assert overlap(big, shapes(big, (1, 8, 8), 10), small, shapes(small, (1, 8, 8), 10)) == pytest.approx(share)
+
+
+def test_full_rank_and_low_rank_convolutions_do_not_pass_weights():
+    def spec(rank: float) -> ArchSpec:
+        space = get_space("plain", input_shape=(1, 8, 8), widths=(8,), kernels=(3,), max_depth=1, hidden=(0,),
+                          rank_ratios=(rank,))
+        return sample_spec(space, 0)
+
+    dense, low = spec(1.0), spec(0.5)
+    child = build_model(dense, (1, 8, 8), 10)
+    before = child.state_dict()["blocks.0.conv1.conv.reduce.weight"].clone()
+    inherit_weights(child, build_model(low, (1, 8, 8), 10).state_dict(), dense, low)
+    assert torch.equal(child.state_dict()["blocks.0.conv1.conv.reduce.weight"], before)
+    shapes = spec_state_shapes
+    assert overlap(dense, shapes(dense, (1, 8, 8), 10), low, shapes(low, (1, 8, 8), 10)) < 0.5
 
 
 def test_a_study_with_inheritance_starts_networks_from_stored_parents(sqlite_url):
