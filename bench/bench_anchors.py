@@ -4,7 +4,7 @@ on digits and on an IDX dataset; plus how often early stopping would have stoppe
 warm starts across datasets, and weight inheritance at equal epochs.
 
 ``python bench/bench_anchors.py [--trials 40] [--seeds 3] [--idx DIR] [--parallel 2] [--only digits|idx]
-[--skip warm,inherit] [--quick]``
+[--skip warm,inherit] [--keep DIR] [--inherit-from DIR] [--quick]``
 
 Parts (all from one run, on one machine; every time is a ratio within the run):
 
@@ -345,6 +345,8 @@ def main() -> None:
     ap.add_argument("--inherit-nets", type=int, default=12)
     ap.add_argument("--keep", help="a new directory to keep the study databases in (default: a temp dir, removed)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test; numbers meaningless)")
+    ap.add_argument("--inherit-from", metavar="DIR",
+                    help="run part d only, on the tpe studies of the first seed kept in DIR by an earlier --keep run")
     args = ap.parse_args()
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     assert "random" in args.methods and set(args.methods) <= set(METHODS), args.methods
@@ -376,6 +378,14 @@ def main() -> None:
         datasets["idx"] = (f"idx:{root}", f"params<=20k flops<={flops / 1e6:g}M")
 
     print(machine_header("Search that beats its anchors (bench/bench_anchors.py)", sys.argv), flush=True)
+    if args.inherit_from:  # part d alone, parents from the studies an earlier run kept
+        res = {}
+        for ds in datasets:
+            name = f"{ds}-tpe-s{args.seed_list[0]}"
+            url = f"sqlite:///{Path(args.inherit_from).resolve()}/{name}.db"
+            res[(ds, "tpe", args.seed_list[0])] = {"name": name, "url": url, "trials": finished_trials(url, name)}
+        print(part_inherit(args, res, datasets), flush=True)
+        return
     res = run_studies(args, tmp, datasets)
     print(part_race(args, res, datasets), flush=True)
     print(f"All {sum(1 for k in res if k != '_total')} studies of part a took {res['_total']:.0f} s, "
