@@ -7,7 +7,8 @@ content), then ``nas serve`` is started on it and every read endpoint is called 
 times in a row (one client, keep-alive), and the writes (create a study, raise a target, queue
 a refinement) a few times. Reported: median and 95th-percentile latency per endpoint, and the
 ratio of ``GET /pareto`` to calling ``nas._pareto.pareto_rows`` directly in one process (what
-the HTTP layer, validation and JSON cost on top of the query).
+the HTTP layer, validation and JSON cost on top of the query), and reading a page of 50 trials
+in process one ``get_trial`` at a time against one batched read (what the trials page does).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def p95(xs: list[float]) -> float:
     return sorted(xs)[max(0, int(round(0.95 * len(xs))) - 1)]
 
 
-def run_backend(label: str, url: str, args) -> tuple[list[list], float]:
+def run_backend(label: str, url: str, args) -> tuple[list[list], dict]:
     from nas._pareto import pareto_rows
     from nas._runner import work
     from storage import Store
@@ -64,7 +65,13 @@ def run_backend(label: str, url: str, args) -> tuple[list[list], float]:
     store = Store(url)
     direct = _timed(lambda: pareto_rows("demo", store, with_test=False), args.requests)
     front = pareto_rows("demo", store, with_test=False)
+    ids = store.trial_page("demo", limit=50)  # what GET .../trials?limit=50 reads, in process
+    one_by_one = _timed(lambda: [store.optuna.get_trial(i) for i in ids], args.requests)
+    batched = _timed(lambda: store.trials_by_id("demo", ids), args.requests)
     store.close()
+    if not front:
+        raise SystemExit(f"bench_api: no trial of {args.trials} fits the budget, so there is no front to ask for; "
+                         "raise --trials")
     n = front[0]["trial"]
 
     port = _port()
@@ -124,7 +131,8 @@ def run_backend(label: str, url: str, args) -> tuple[list[list], float]:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-    return rows, statistics.median(pareto_ms) / statistics.median(direct)
+    return rows, {"pareto": statistics.median(pareto_ms) / statistics.median(direct),
+                  "page": (len(ids), statistics.median(one_by_one), statistics.median(batched))}
 
 
 def main() -> None:
@@ -146,7 +154,12 @@ def main() -> None:
     print(table(["backend", "request", "n", "median ms", "p95 ms"], rows))
     print()
     print("GET /pareto (HTTP, real server) / `pareto_rows` (in process), medians: "
-          + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+          + ", ".join(f"{k} {v['pareto']:.2f}x" for k, v in ratios.items()))
+    print()
+    print("Reading a page of trials in process, medians: one `get_trial` per trial / one batched read "
+          "(`Store.trials_by_id`, what the API does): "
+          + ", ".join(f"{k} {v['page'][1]:.1f} ms / {v['page'][2]:.1f} ms = {v['page'][1] / v['page'][2]:.1f}x "
+                      f"({v['page'][0]} trials)" for k, v in ratios.items()))
     print(f"\nStudy: the digits demo spec, {args.trials} trials, searched first; one client with keep-alive; "
           "the server is `nas serve` (uvicorn, one process) on 127.0.0.1; PostgreSQL 15 throwaway server "
           "(fsync off). Writes: POST /studies creates a study with target 0 (loads and checks the data); "

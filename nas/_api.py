@@ -734,8 +734,7 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 -- one place lists every endpoi
                                "cursor")
             after = int(cursor)
         ids = nas.store.trial_page(name, after=after, states=(state.upper(),) if state else None, limit=limit + 1)
-        storage = nas.store.optuna
-        page = [storage.get_trial(i) for i in ids[:limit]]
+        page = nas.store.trials_by_id(name, ids[:limit])
         more = len(ids) > limit
         return TrialPage(trials=[_trial_row(spec, t) for t in page],
                          next_cursor=str(page[-1].number) if more and page else None)

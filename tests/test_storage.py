@@ -60,6 +60,33 @@ def test_duplicate_evaluation_returns_the_first(storage_url):
     s.close()
 
 
+def test_a_page_of_trials_reads_as_get_trial_does(storage_url):
+    # The API's trials pages are read in one batched query; every field must be what Optuna's
+    # own per-trial read gives, in the page's order, and only the page's trials.
+    import optuna
+
+    s = Store(storage_url)
+    study = optuna.create_study(study_name="p", storage=s.optuna, directions=["maximize", "minimize"])
+    other = optuna.create_study(study_name="q", storage=s.optuna)
+    for i in range(7):
+        t = study.ask()
+        t.suggest_int("w", 1, 64)
+        t.suggest_categorical("block", ["plain", "light"])
+        t.set_user_attr("curve", [0.1 * i, 0.2 * i])
+        if i == 3:
+            study.tell(t, state=optuna.trial.TrialState.FAIL)
+        elif i != 6:
+            study.tell(t, [0.1 * i, float(i)])
+    other.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    ids = s.trial_page("p", after=-1, limit=10)
+    assert len(ids) == 7
+    page = [ids[4], ids[0], ids[6], ids[3]]
+    assert s.trials_by_id("p", page) == [s.optuna.get_trial(i) for i in page]
+    assert [t.number for t in s.trials_by_id("p", ids[2:5])] == [2, 3, 4]
+    assert s.trials_by_id("p", []) == []
+    s.close()
+
+
 def test_newer_schema_is_refused_not_recreated(storage_url):
     s = Store(storage_url)
     with s.session() as sess:

@@ -260,7 +260,11 @@ def test_local_pruner_stops_poor_trials_and_they_count_towards_the_target(sqlite
 def test_ctrl_c_on_study_run_fails_the_trial_cleanly_and_a_rerun_resumes(sqlite_url, tmp_path):
     create(sqlite_url, spec("ctrlc", 4, epochs=30))
     cmd = [sys.executable, "-m", "nas.cli", "study", "run", "ctrlc", "--storage", sqlite_url, "--quiet"]
-    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C in a terminal reaches a process whose SIGINT is at its default; a test run started
+    # from a backgrounded shell would hand the CLI SIGINT *ignored* (a shell's rule for `&` jobs),
+    # and then Python raises no KeyboardInterrupt at all.
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         t = wait_until(lambda: training_trial(sqlite_url, "ctrlc"), "a trial in training")
         run.send_signal(signal.SIGINT)
