@@ -75,7 +75,8 @@ from . import __version__
 from ._errors import NasError
 from ._jobs import candidate_info, iso_utc, job_info, queue_refinement
 from ._refine import RefineSettings
-from ._study import StudySpec, create_study, delete_study, get_study_spec, one_line_error
+from ._study import StudySpec, delete_study, get_study_spec, one_line_error
+from ._warm import WarmStart, arch_from_doc, create_warm_started, plan_warm_start
 
 __all__ = ["ApiSettings", "create_app"]
 
@@ -486,20 +487,16 @@ READ = [Depends(require_read)]
 WRITE = [Depends(require_write)]
 
 
-def _warm_plan(nas: _App, spec: StudySpec, body: StudyCreate) -> Any:
+def _warm_plan(nas: _App, spec: StudySpec, body: StudyCreate) -> WarmStart | None:
     """The warm start a creation asks for (``enqueue``, ``warm_start``), validated; None if none."""
     if not body.enqueue and body.warm_start is None:
         return None
-    from search_spaces import ArchSpec, SpecError
-
-    from ._warm import plan_warm_start
-
     specs = []
     for i, doc in enumerate(body.enqueue):
         try:
-            specs.append((f"enqueue[{i}]", ArchSpec.from_dict(doc.get("spec", doc) if isinstance(doc, dict) else doc)))
-        except (SpecError, TypeError, KeyError, AttributeError, ValueError) as e:
-            raise ApiError(422, f"enqueue[{i}]: not an ArchSpec ({e})", "enqueue") from None
+            specs.append((f"enqueue[{i}]", arch_from_doc(doc)))
+        except NasError as e:
+            raise ApiError(422, f"enqueue[{i}]: {e}", "enqueue") from None
     if body.warm_start is not None and nas.store.get_study(body.warm_start) is None:
         raise ApiError(422, f"warm_start: unknown study {body.warm_start!r}; GET /studies lists them", "warm_start")
     try:
@@ -624,34 +621,22 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 -- one place lists every endpoi
         """Create a study. Workers start on it at once, unless ``target`` is 0."""
         from objectives import list_devices
 
+        taken = ApiError(409, f"study {body.name!r} already exists; choose another name or DELETE it first", "name")
         if nas.store.get_study(body.name) is not None:
-            raise ApiError(409, f"study {body.name!r} already exists; choose another name or DELETE it first", "name")
+            raise taken
         data = nas.check_data(body.data)
         if body.cost_device not in list_devices():
             raise ApiError(422, f"cost_device: {body.cost_device!r} is not a device profile of this server; accepted: "
                                 f"{', '.join(list_devices())}", "cost_device")
         spec = StudySpec(**{**body.model_dump(exclude={"target", "enqueue", "warm_start"}), "data": data})
         plan = _warm_plan(nas, spec, body)  # checked before anything is written
-        target = spec.trials if body.target is None else body.target
         try:
-            # Created with target 0 when there is a warm start to enqueue first: no worker can
-            # start a trial before the enqueued ones are there (nor any, for a target of 0).
-            create_study(spec, nas.store, target=0 if plan is not None else target)
+            create_warm_started(spec, nas.store, plan, target=body.target)
         except NasError as e:
             message = str(e)
             raise ApiError(409 if "already exists" in message else 422, message, _field_of(message)) from None
         except (optuna.exceptions.DuplicatedStudyError, IntegrityError):  # the same name created concurrently
-            raise ApiError(409, f"study {body.name!r} already exists; choose another name or DELETE it first",
-                           "name") from None
-        if plan is not None:
-            from ._warm import enqueue
-
-            try:
-                enqueue(spec.name, nas.store, plan)
-                nas.store.set_target(spec.name, target)
-            except BaseException:  # all or nothing: the same request again must work
-                delete_study(spec.name, nas.store)
-                raise
+            raise taken from None
         info = nas.info(spec.name, with_front=False)
         if plan is not None:
             info.warm_start = {"enqueued": [src for src, _ in plan.enqueued],

@@ -22,7 +22,8 @@ inheritance keys its evaluations by a fidelity that says so (``inherit_weights``
 from __future__ import annotations
 
 import io
-from collections.abc import Collection, Mapping
+import math
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 
 import optuna
@@ -100,28 +101,34 @@ def spec_state_shapes(spec: ArchSpec, input_shape: tuple[int, int, int], classes
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def overlap(child: ArchSpec, child_shapes: Mapping[str, tuple[int, ...]], parent: ArchSpec,
-            parent_shapes: Mapping[str, tuple[int, ...]]) -> float:
-    """Share of the child's floating-point parameters that inheriting from ``parent`` would set."""
+def _is_param(key: str) -> bool:
+    """A learned tensor (weights, biases, BatchNorm affine), not a BatchNorm statistic or counter."""
+    return "running_" not in key and not key.endswith("num_batches_tracked")
+
+
+Slices = tuple[slice, ...]
+
+
+def _matches(child: ArchSpec, child_shapes: Mapping[str, tuple[int, ...]], parent: ArchSpec,
+             parent_shapes: Mapping[str, tuple[int, ...]]) -> Iterator[tuple[str, str, Slices, Slices]]:
+    """``(child key, parent key, child slice, parent slice)`` for every tensor of the child that
+    inheriting from ``parent`` sets (see the module docstring for the matching)."""
     prefixes = _key_map(child, parent)
-    total = covered = 0
     for key, shape in child_shapes.items():
-        if key.endswith("num_batches_tracked") or "running_" in key:
-            continue
-        n = 1
-        for d in shape:
-            n *= d
-        total += n
         pk = _parent_key(key, prefixes)
         if pk is None or pk not in parent_shapes or _rank_clash(key, child_shapes, parent_shapes, prefixes):
             continue
         sl = _slices(shape, parent_shapes[pk])
-        if sl is None:
-            continue
-        m = 1
-        for s in sl[0]:
-            m *= s.stop - s.start
-        covered += m
+        if sl is not None:
+            yield key, pk, sl[0], sl[1]
+
+
+def overlap(child: ArchSpec, child_shapes: Mapping[str, tuple[int, ...]], parent: ArchSpec,
+            parent_shapes: Mapping[str, tuple[int, ...]]) -> float:
+    """Share of the child's floating-point parameters that inheriting from ``parent`` would set."""
+    total = sum(math.prod(shape) for key, shape in child_shapes.items() if _is_param(key))
+    covered = sum(math.prod(s.stop - s.start for s in cs)
+                  for key, _pk, cs, _ps in _matches(child, child_shapes, parent, parent_shapes) if _is_param(key))
     return covered / total if total else 0.0
 
 
@@ -130,25 +137,16 @@ def inherit_weights(child: nn.Module, parent_state: Mapping[str, torch.Tensor], 
                     parent_spec: ArchSpec) -> float:
     """Copy the overlapping slices of ``parent_state`` into ``child`` (in place); returns the share
     of the child's parameters that were set (see the module docstring for the matching)."""
-    prefixes = _key_map(child_spec, parent_spec)
     state = child.state_dict()
-    total = covered = 0
-    for key, tensor in state.items():
-        is_param = tensor.is_floating_point() and "running_" not in key
-        total += tensor.numel() if is_param else 0
-        pk = _parent_key(key, prefixes)
-        if pk is None or pk not in parent_state or _rank_clash(key, state, parent_state, prefixes):
-            continue
-        src = parent_state[pk]
-        if tensor.ndim == 0:
-            tensor.copy_(src)
-            continue
-        sl = _slices(tuple(tensor.shape), tuple(src.shape))
-        if sl is None:
-            continue
-        tensor[sl[0]] = src[sl[1]].to(tensor.dtype)
-        if is_param:
-            covered += tensor[sl[0]].numel()
+    child_shapes = {k: tuple(v.shape) for k, v in state.items()}
+    parent_shapes = {k: tuple(v.shape) for k, v in parent_state.items()}
+    total = sum(v.numel() for k, v in state.items() if _is_param(k))
+    covered = 0
+    for key, pk, cs, ps in _matches(child_spec, child_shapes, parent_spec, parent_shapes):
+        tensor = state[key]
+        tensor[cs] = parent_state[pk][ps].to(tensor.dtype)  # a 0-d tensor takes the empty slice: all of it
+        if _is_param(key):
+            covered += tensor[cs].numel()
     return covered / total if total else 0.0
 
 

@@ -32,9 +32,10 @@ from search_spaces import ArchSpec, SpaceError, SpecError, get_space
 from storage import Store
 
 from ._errors import NasError
-from ._study import StudySpec, get_study_spec
+from ._study import StudySpec, create_study, delete_study, get_study_spec
 
-__all__ = ["WarmStart", "enqueue", "plan_warm_start", "read_spec_file", "warm_start"]
+__all__ = ["WarmStart", "arch_from_doc", "create_warm_started", "enqueue", "plan_warm_start", "read_spec_file",
+           "warm_start"]
 
 
 @dataclass
@@ -56,12 +57,25 @@ def read_spec_file(path: str | Path, flag: str = "--enqueue") -> ArchSpec:
     except ValueError:
         raise NasError(f"{flag}: {path} is not JSON (expected an ArchSpec, e.g. spec.json of 'nas export')"
                        ) from None
-    if isinstance(doc, dict) and isinstance(doc.get("spec"), dict):  # the API's export?format=json
+    try:
+        return arch_from_doc(doc)
+    except NasError as e:
+        raise NasError(f"{flag}: {path} is {e}") from None
+
+
+def arch_from_doc(doc: Any) -> ArchSpec:
+    """An ``ArchSpec`` from a parsed JSON document: the spec itself, or the API's
+    ``export?format=json``, which holds it under ``spec``.
+
+    Raises:
+        NasError: ``not an ArchSpec (<why>)``.
+    """
+    if isinstance(doc, dict) and isinstance(doc.get("spec"), dict):
         doc = doc["spec"]
     try:
         return ArchSpec.from_dict(doc)
-    except (SpecError, TypeError, KeyError, AttributeError) as e:
-        raise NasError(f"{flag}: {path} is not an ArchSpec ({e})") from None
+    except (SpecError, TypeError, KeyError, AttributeError, ValueError) as e:
+        raise NasError(f"not an ArchSpec ({e})") from None
 
 
 def plan_warm_start(spec: StudySpec, store: Store, *, specs: Sequence[tuple[str, ArchSpec]] = (),
@@ -134,6 +148,23 @@ def plan_warm_start(spec: StudySpec, store: Store, *, specs: Sequence[tuple[str,
             raise NasError(f"{src}: {reason}")
         out.skipped.append((src, str(reason)))
     return out
+
+
+def create_warm_started(spec: StudySpec, store: Store, plan: WarmStart | None, *, target: int | None = None) -> None:
+    """:func:`nas._study.create_study`, with the ``plan``'s trials enqueued before the target
+    (default ``spec.trials``) is set: the study is created with target 0, so no worker starts a
+    trial of its own first. All or nothing: if enqueueing fails the study is deleted, and the
+    same request again works."""
+    if plan is None:
+        create_study(spec, store, target=target)
+        return
+    create_study(spec, store, target=0)
+    try:
+        enqueue(spec.name, store, plan)
+        store.set_target(spec.name, spec.trials if target is None else target)
+    except BaseException:
+        delete_study(spec.name, store)
+        raise
 
 
 def enqueue(name: str, store: Store, plan: WarmStart) -> None:

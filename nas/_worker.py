@@ -68,6 +68,12 @@ def database_down(e: BaseException) -> bool:
     return down
 
 
+def outage_within(seconds: float) -> bool:
+    """Whether this process met the database unreachable in the last ``seconds``. Then every
+    worker missed beats, so no trial or job is judged dead by its heartbeat yet."""
+    return time.monotonic() - _last_outage <= seconds
+
+
 def make_sampler(spec: StudySpec, worker: int = 0, n_target: int | None = None) -> optuna.samplers.BaseSampler:
     """The study's sampler, seeded per worker (``seed + worker``)."""
     seed = spec.seed + worker
@@ -243,9 +249,7 @@ class StudyWorker:
         storage = self.store.optuna
         interval = storage.heartbeat_interval or 10
         grace = storage.grace_period or 2 * interval
-        # Not right after a database outage: then every running trial missed heartbeats, and
-        # their workers need a beat to catch up.
-        if time.monotonic() - _last_outage <= grace + interval:
+        if outage_within(grace + interval):  # their workers need a beat to catch up
             return
         optuna.storages.fail_stale_trials(self.study)
         for trial_id in self.store.running_without_heartbeat(self.name, older_than=max(60.0, 3 * grace)):
@@ -444,9 +448,8 @@ def _run_one_job(store: Store, names: Sequence[str] | None, ident: str, stop: th
     """Claim and run the oldest queued job of the studies in scope; False if there is none."""
     from ._jobs import run_job
 
-    grace = 3 * heartbeat  # right after an outage every worker missed beats: no job is judged dead
     job = store.claim_job(ident, list(names) if names else None, heartbeat=heartbeat,
-                          sweep=time.monotonic() - _last_outage > grace + heartbeat)
+                          sweep=not outage_within(3 * heartbeat + heartbeat))  # grace 3 beats, and 1 more
     if job is None:
         return False
     log.info("%s job %d: refining trial %d (attempt %d)", job.study, job.id, job.trial, job.attempts)

@@ -285,7 +285,8 @@ def study_create(
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
 ) -> None:
     """Create a study (once); then run it with 'nas study run NAME'."""
-    from nas._study import create_study, load_spec_file, make_spec
+    from nas._study import load_spec_file, make_spec
+    from nas._warm import create_warm_started, plan_warm_start, read_spec_file
 
     fields: dict[str, Any] = {"name": name, "space": space, "data": data, "budget": budget, "sampler": sampler,
                               "pruner": pruner, "seed": seed, "trials": trials, "device": device,
@@ -322,21 +323,9 @@ def study_create(
     store = open_store(storage)
     plan = None
     if enqueue or warm_start:
-        from nas._warm import plan_warm_start, read_spec_file
-
         specs = [(path, read_spec_file(path)) for path in enqueue]
         plan = plan_warm_start(spec, store, specs=specs, from_study=warm_start)  # checked before anything is written
-    create_study(spec, store, target=0 if plan is not None else None)  # no worker starts before the warm start
-    if plan is not None:
-        from nas._study import delete_study
-        from nas._warm import enqueue as enqueue_plan
-
-        try:
-            enqueue_plan(spec.name, store, plan)
-            store.set_target(spec.name, spec.trials)
-        except BaseException:  # all or nothing: rerunning the same command must work
-            delete_study(spec.name, store)
-            raise
+    create_warm_started(spec, store, plan)
     out.print(f"created study [bold]{spec.name}[/] ({spec.space} on {spec.data}, budget {spec.budget or 'none'}, "
               f"target {spec.trials} trials) in {store.url}")
     if plan is not None:
