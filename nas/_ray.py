@@ -330,6 +330,9 @@ def _study_search_class() -> type:
                 ot_trial = self._ot_trials[trial_id]
                 store.optuna.record_heartbeat(ot_trial._trial_id)
                 ot_trial.set_user_attr("worker", drv.ident)
+                # From the ask on, not only once the trainable starts: a trial still pending in
+                # Tune when the run is interrupted is then traceable to its Tune trial too.
+                ot_trial.set_user_attr("ray_trial_id", trial_id)
                 return config
 
             config = wait_for_database(claim, "asking for a trial")
@@ -472,6 +475,7 @@ def ray_trial(config: dict[str, Any], study: str = "", url: str = "", threads: i
         tune.report(_final(spec, None, "skipped"))
         return
     trial = optuna.trial.Trial(ostudy, trial_id)
+    # Again from the trainable's side: after a restore this is the Tune trial that really ran it.
     trial.set_user_attr("ray_trial_id", tune.get_context().get_trial_id())
     epochs = ctx.train_config.epochs
 
