@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import numpy as np
 import onnxruntime as ort
@@ -371,7 +372,7 @@ def test_a_job_of_a_dead_worker_is_taken_over_and_an_interrupted_one_requeued(st
         assert store.claim_job("other", ["s1"], heartbeat=1) is None  # it is running, and alive
         with store.session() as s:  # the dead worker's last heartbeat, an hour ago
             s.execute(text("UPDATE lightnas_jobs SET heartbeat_at = :t WHERE id = :i"),
-                      {"t": first.heartbeat_at.replace(year=first.heartbeat_at.year - 1), "i": job_id})
+                      {"t": first.heartbeat_at - timedelta(days=400), "i": job_id})
         assert store.claim_job("other", ["s1"], sweep=False) is None  # just after an outage: no sweep
         second = store.claim_job("other", ["s1"], heartbeat=10)
         assert second is not None and second.id == job_id and second.attempts == 2 and second.worker == "other"

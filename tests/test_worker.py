@@ -117,13 +117,23 @@ def assert_intact(url: str, name: str, target: int) -> list[optuna.trial.FrozenT
     return trials
 
 
-def training_trial(url: str, name: str) -> optuna.trial.FrozenTrial | None:
-    """A RUNNING trial that is past its budget check and training (cost known, no status yet)."""
-    for t in trials_of(url, name):
-        if t.state == TrialState.RUNNING and "cost" in t.user_attrs and "status" not in t.user_attrs \
-                and "worker" in t.user_attrs:
-            return t
-    return None
+def training_trial(url: str, name: str, steady: float = 0.0) -> optuna.trial.FrozenTrial | None:
+    """A RUNNING trial that is past its budget check and training (cost known, no status yet).
+
+    With ``steady`` > 0, only one seen so in two reads that many seconds apart: an over-budget or
+    reused trial passes through that state in milliseconds, a long training does not.
+    """
+
+    def candidates() -> dict[int, optuna.trial.FrozenTrial]:
+        return {t.number: t for t in trials_of(url, name)
+                if t.state == TrialState.RUNNING and "cost" in t.user_attrs and "status" not in t.user_attrs
+                and "worker" in t.user_attrs}
+
+    first = candidates()
+    if not first or steady <= 0:
+        return next(iter(first.values()), None)
+    time.sleep(steady)
+    return next((t for n, t in candidates().items() if n in first), None)
 
 
 # ------------------------------------------------------------------------------------------ tests
@@ -156,7 +166,7 @@ def test_worker_without_names_waits_for_work_and_stops_cleanly_on_sigterm(sqlite
     create(sqlite_url, spec("first", 3, epochs=1, options=FAST, budget="params<=15k"), spec("long", 50, epochs=30))
     wait_until(lambda: sum(t.state == TrialState.COMPLETE for t in trials_of(sqlite_url, "first")) == 3,
                "study 'first' to meet its target")
-    t = wait_until(lambda: training_trial(sqlite_url, "long"), "a trial of 'long' to be training")
+    t = wait_until(lambda: training_trial(sqlite_url, "long", steady=0.5), "a trial of 'long' to be training")
     w.send_signal(signal.SIGTERM)
     w.wait(timeout=120)
     assert w.returncode == 0, log.read_text()
@@ -175,7 +185,8 @@ def test_kill_9_workers_mid_trial_loses_and_duplicates_nothing(fresh_postgres_ur
     url, target, kills = fresh_postgres_url, 20, 3
     create(url, spec("faults", target))
     log = tmp_path / "workers.log"
-    procs.extend(start_worker(url, "faults", "--until-done", log=log) for _ in range(2))
+    # heartbeat 3 s (grace 9 s): a survivor starved of the CPU for a moment must not look dead
+    procs.extend(start_worker(url, "faults", "--until-done", log=log, heartbeat=3) for _ in range(2))
     killed: list[int] = []
     while len(killed) < kills:
         live = {p.pid: p for p in procs if p.poll() is None}
@@ -187,12 +198,17 @@ def test_kill_9_workers_mid_trial_loses_and_duplicates_nothing(fresh_postgres_ur
         if t is True:
             continue
         victim = live[int(t.user_attrs["worker"].rsplit(":", 1)[1])]  # type: ignore[union-attr]
+        # Frozen first, then looked at: the trial cannot finish (and the worker start its next one)
+        # between the look and the kill.
+        victim.send_signal(signal.SIGSTOP)
+        now = next(x for x in trials_of(url, "faults") if x.number == t.number)  # type: ignore[union-attr]
+        if now.state != TrialState.RUNNING:  # it finished between the poll and the freeze
+            victim.send_signal(signal.SIGCONT)
+            continue
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
-        after = next(x for x in trials_of(url, "faults") if x.number == t.number)  # type: ignore[union-attr]
-        if after.state == TrialState.RUNNING:  # (it may have finished between the poll and the kill)
-            killed.append(after.number)
-        procs.append(start_worker(url, "faults", "--until-done", log=log))  # a replacement joins
+        killed.append(now.number)
+        procs.append(start_worker(url, "faults", "--until-done", log=log, heartbeat=3))  # a replacement joins
     wait_all([p for p in procs if p.returncode is None or p.returncode == 0], log)
     trials = assert_intact(url, "faults", target)
     by_number = {t.number: t for t in trials}
@@ -266,7 +282,7 @@ def test_ctrl_c_on_study_run_fails_the_trial_cleanly_and_a_rerun_resumes(sqlite_
     run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        t = wait_until(lambda: training_trial(sqlite_url, "ctrlc"), "a trial in training")
+        t = wait_until(lambda: training_trial(sqlite_url, "ctrlc", steady=0.5), "a trial in training")
         run.send_signal(signal.SIGINT)
         _, err = run.communicate(timeout=120)
     finally:
