@@ -370,7 +370,7 @@ def test_a_job_of_a_dead_worker_is_taken_over_and_an_interrupted_one_requeued(st
         first = store.claim_job("dead-worker", ["s1"], heartbeat=10)
         assert first is not None and first.id == job_id and first.attempts == 1
         assert store.claim_job("other", ["s1"], heartbeat=1) is None  # it is running, and alive
-        with store.session() as s:  # the dead worker's last heartbeat, an hour ago
+        with store.session() as s:  # the dead worker's last heartbeat, 400 days ago
             s.execute(text("UPDATE lightnas_jobs SET heartbeat_at = :t WHERE id = :i"),
                       {"t": first.heartbeat_at - timedelta(days=400), "i": job_id})
         assert store.claim_job("other", ["s1"], sweep=False) is None  # just after an outage: no sweep

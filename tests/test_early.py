@@ -160,12 +160,12 @@ def test_an_architecture_stopped_before_is_stopped_again_without_training(sqlite
     import nas._trial
 
     trained: list[str] = []  # the architectures handed to the trainer, in order
+    real = nas._trial.train_spec
 
     def counting(arch, *args, **kwargs):
         trained.append(arch.hash)
         return real(arch, *args, **kwargs)
 
-    real = nas._trial.train_spec
     monkeypatch.setattr(nas._trial, "train_spec", counting)
     store = study(sqlite_url, trials=3)
     try:
