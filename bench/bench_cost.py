@@ -1,6 +1,6 @@
 """Benchmark of the hardware-cost model (issue 2).
 
-a. Cost-estimation time per spec (``estimate_cost``), uncached (``trace_layers`` cache cleared
+a. Cost-estimation time per spec (``estimate_cost``), uncached (``analytic_layers`` cache cleared
    before every call) and cached, for a ResNet-56 spec and 30 sampled specs per space (3x32x32),
    as a ratio to ONE forward pass of the real model at batch 1 on this CPU (so the figure does
    not depend on how fast the machine is). Absolute milliseconds are printed as information.
@@ -32,7 +32,7 @@ from _util import loadavg, machine_header, median, table  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
 from objectives import estimate_cost, measure_latency  # noqa: E402
-from objectives._cost import trace_layers  # noqa: E402
+from objectives._analytic import analytic_layers  # noqa: E402
 from objectives._latency import calibrate_host, default_calibration_set  # noqa: E402
 from search_spaces import ArchSpec, Block, Head, Stage, Stem, get_space, list_spaces, sample_spec  # noqa: E402
 
@@ -63,7 +63,7 @@ def time_calls(fn, repeats: int) -> float:
 def cost_times(spec: ArchSpec, n_uncached: int, n_cached: int, n_forward: int) -> tuple[float, float, float]:
     """(uncached ms, cached ms, forward ms) medians for one spec."""
     def uncached() -> None:
-        trace_layers.cache_clear()
+        analytic_layers.cache_clear()
         estimate_cost(spec, SHAPE, NUM_CLASSES)
 
     # Clearing the cache is inside the timed call; it is O(cache size) and the cache holds at
@@ -100,7 +100,7 @@ def part_a(quick: bool) -> str:
     head = ["specs", "n", "uncached / forward (median)", "cached / forward (median)", "uncached ms (info)",
             "cached ms (info)", "forward ms, batch 1 (info)", "uncached/forward min - max"]
     note = (f"\nPer spec: median of {n_unc} uncached calls ({n_unc * 3} for ResNet-56; "
-            f"`trace_layers.cache_clear()` before each), {n_cached} cached calls, forward pass = "
+            f"`analytic_layers.cache_clear()` before each), {n_cached} cached calls, forward pass = "
             f"`measure_latency(..., repeats={n_fwd})` ({n_fwd * 2} for ResNet-56) on "
             f"{THREADS} thread(s), eval mode, `inference_mode`. Rows for sampled specs give "
             "the median over specs of the per-spec values. Device profile of `estimate_cost`: rpi4 "

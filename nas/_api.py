@@ -75,7 +75,7 @@ from . import __version__
 from ._errors import NasError
 from ._jobs import candidate_info, iso_utc, job_info, queue_refinement
 from ._refine import RefineSettings
-from ._study import StudySpec, delete_study, get_study_spec, one_line_error
+from ._study import StudySpec, delete_study, get_study_spec, one_line_error, plan_study, study_info
 from ._warm import WarmStart, arch_from_doc, create_warm_started, plan_warm_start
 
 __all__ = ["ApiSettings", "create_app"]
@@ -239,7 +239,7 @@ class _BodyLimit:
 class StudyCreate(StudySpec):
     """A study spec (the fields of ``nas study create``) and, optionally, its first target.
 
-    ``target`` (default: ``trials``) is how many finished trials workers run; 0 creates the
+    ``target`` (default: ``trials``) is how many networks within the budget workers evaluate; 0 creates the
     study without starting it (``PATCH`` starts it).
     """
 
@@ -272,12 +272,17 @@ class StudyInfo(BaseModel):
 
     name: str
     spec: dict[str, Any]
-    target: int
-    finished: int
+    target: int = Field(description="networks to evaluate within the budget (rejected samples do not count)")
+    finished: int = Field(description="networks evaluated within the budget: trained, reused or stopped early")
+    rejected: int = Field(default=0, description="samples rejected over the budget before training")
     counts: dict[str, int]
     pareto_size: int | None = None
     jobs: dict[str, int] = Field(default_factory=dict)
     created_at: str | None = None
+    feasibility: dict[str, Any] | None = Field(
+        default=None, description="the space's exact minimum per budgeted resource and its share within the budget")
+    fit: dict[str, Any] | None = Field(default=None, description="how the space was scaled to the budget, if it was")
+    warnings: list[str] = Field(default_factory=list, description="on creation: e.g. a share within budget under 1%")
     warm_start: dict[str, Any] | None = Field(default=None, description="on creation: what was enqueued, skipped")
 
 
@@ -403,14 +408,18 @@ class _App:
         row = self.store.get_study(name)
         if row is None:
             raise ApiError(404, f"unknown study {name!r}; GET /studies lists them")
-        counts = {k.lower(): v for k, v in self.store.trial_counts(name).items()}
-        finished = counts.get("complete", 0) + counts.get("pruned", 0)
+        raw = self.store.study_counts(name)
+        finished, rejected = raw.pop("COUNTED"), raw.pop("REJECTED")
+        counts = {k.lower(): v for k, v in raw.items()}
         front = progress(name, self.store, row.target_trials).pareto if with_front else None
         jobs: dict[str, int] = {}
         for j in self.store.list_jobs(name):
             jobs[j.state] = jobs.get(j.state, 0) + 1
+        extra = study_info(name, self.store)
         return StudyInfo(name=name, spec=json.loads(spec.to_json()), target=row.target_trials, finished=finished,
-                         counts=counts, pareto_size=front, jobs=jobs, created_at=iso_utc(row.created_at))
+                         rejected=rejected, counts=counts, pareto_size=front, jobs=jobs,
+                         created_at=iso_utc(row.created_at), feasibility=extra.get("feasibility"),
+                         fit=extra.get("fit"))
 
     def check_data(self, source: str) -> str:
         """The data source with its path resolved; file sources must be absolute paths under a data
@@ -629,15 +638,22 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 -- one place lists every endpoi
             raise ApiError(422, f"cost_device: {body.cost_device!r} is not a device profile of this server; accepted: "
                                 f"{', '.join(list_devices())}", "cost_device")
         spec = StudySpec(**{**body.model_dump(exclude={"target", "enqueue", "warm_start"}), "data": data})
+        try:
+            study_plan = plan_study(spec)  # budget first: refused (422), warned or fitted before any write
+        except NasError as e:
+            message = str(e)
+            raise ApiError(422, message, _field_of(message)) from None
+        spec = study_plan.spec
         plan = _warm_plan(nas, spec, body)  # checked before anything is written
         try:
-            create_warm_started(spec, nas.store, plan, target=body.target)
+            create_warm_started(spec, nas.store, plan, target=body.target, study_plan=study_plan)
         except NasError as e:
             message = str(e)
             raise ApiError(409 if "already exists" in message else 422, message, _field_of(message)) from None
         except (optuna.exceptions.DuplicatedStudyError, IntegrityError):  # the same name created concurrently
             raise taken from None
         info = nas.info(spec.name, with_front=False)
+        info.warnings = list(study_plan.warnings)
         if plan is not None:
             info.warm_start = {"enqueued": [src for src, _ in plan.enqueued],
                                "skipped": [{"source": src, "reason": why} for src, why in plan.skipped]}
@@ -657,16 +673,15 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 -- one place lists every endpoi
     @app.patch("/studies/{name}", response_model=StudyInfo, dependencies=WRITE,
                responses=_responses(401, 403, 404, 409, 413, 422), tags=["studies"])
     def set_target(nas: Nas, name: StudyName, body: TargetUpdate) -> StudyInfo:
-        """Set the target of finished trials: raising it starts or extends the search (workers pick
-        it up); setting it to the finished count pauses it. It cannot go below the trials already
-        finished."""
+        """Set the target of networks evaluated within the budget: raising it starts or extends the
+        search (workers pick it up); setting it to the count so far pauses it. It cannot go below
+        the networks already evaluated (samples rejected over budget do not count)."""
         nas.spec(name)
         with nas.store.lock(f"study:{name}"):  # the workers' slot lock: the count and the write agree
-            counts = nas.store.trial_counts(name)
-            finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+            finished = nas.store.study_counts(name)["COUNTED"]
             if body.target < finished:
-                raise ApiError(409, f"target: {name!r} has {finished} finished trials already; the target can be "
-                                    f"{finished} (pause) or more", "target")
+                raise ApiError(409, f"target: {name!r} has {finished} networks evaluated within its budget already; "
+                                    f"the target can be {finished} (pause) or more", "target")
             nas.store.set_target(name, body.target)
         return nas.info(name, with_front=False)
 

@@ -1,8 +1,8 @@
 """Running a study to its target: local worker processes sharing the database.
 
-``run_study`` runs until the study has its target number of finished trials (COMPLETE, over
-budget trials included since they are complete with their cost, plus PRUNED ones), so running
-it again after a crash or Ctrl-C resumes. The trial loop, the slot lock that keeps concurrent
+``run_study`` runs until the study has its target number of networks evaluated within its
+budget (trained, reused, or stopped early; samples rejected over budget do not count), so
+running it again after a crash or Ctrl-C resumes. The trial loop, the slot lock that keeps concurrent
 workers from overshooting the target and the failure handling live in :mod:`nas._worker`.
 """
 
@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -24,15 +25,20 @@ from storage import Store
 
 from ._errors import NasError
 from ._study import get_study_spec
-from ._worker import make_pruner, make_sampler, run_worker
+from ._worker import REJECTION_STREAK, finished, make_pruner, make_sampler, run_worker
 
 __all__ = ["Progress", "make_pruner", "make_sampler", "progress", "run_study", "work"]
 
 POLL_SECONDS = 1.0
+#: The largest target a study takes (as ``StudySpec.trials``).
+MAX_TARGET = 1_000_000
 
 
 @dataclass(frozen=True)
 class Progress:
+    """Trials of a study: ``complete`` (Optuna COMPLETE, ``rejected`` over-budget samples among
+    them), ``feasible`` (complete within budget: ``trained`` + reused), ``pruned`` (stopped early)."""
+
     complete: int
     target: int
     running: int
@@ -41,15 +47,25 @@ class Progress:
     trained: int
     pareto: int
     pruned: int = 0
+    rejected: int = 0
 
     @property
     def finished(self) -> int:
-        """Trials that count towards the target: complete + pruned."""
-        return self.complete + self.pruned
+        """Trials that count towards the target: networks evaluated within the budget (complete
+        within budget + pruned); over-budget rejections do not count."""
+        return self.complete - self.rejected + self.pruned
 
     @property
     def feasible_share(self) -> float:
         return self.feasible / self.complete if self.complete else 0.0
+
+    def summary(self) -> str:
+        """``12/16 within budget (10 trained, 2 reused, 1 stopped early), 40 rejected over budget, 0 failed``."""
+        parts = [f"{self.trained} trained", f"{self.feasible - self.trained} reused"]
+        if self.pruned:
+            parts.append(f"{self.pruned} stopped early")
+        return (f"{self.finished}/{self.target} within budget ({', '.join(parts)}), {self.rejected} rejected over "
+                f"budget, {self.failed} failed")
 
 
 def progress(name: str, store: Store, target: int | None = None) -> Progress:
@@ -62,14 +78,16 @@ def progress(name: str, store: Store, target: int | None = None) -> Progress:
     trained = sum(t.user_attrs.get("status") == "trained" for t in complete)
     tgt = target if target is not None else store.get_study(name).target_trials  # type: ignore[union-attr]
     front = front_trials(get_study_spec(name, store), feasible) if feasible else []
+    rejected = sum(t.user_attrs.get("status") == "over_budget" for t in complete)
     return Progress(len(complete), tgt, sum(t.state == TrialState.RUNNING for t in trials),
                     sum(t.state == TrialState.FAIL for t in trials), len(feasible), trained, len(front),
-                    sum(t.state == TrialState.PRUNED for t in trials))
+                    sum(t.state == TrialState.PRUNED for t in trials), rejected)
 
 
 def work(name: str, url: str, *, target: int | None = None, deadline: float | None = None, worker: int = 0,
          threads: int | None = None, callback: Callable[[], None] | None = None,
-         max_consecutive_failures: int = 20, heartbeat: int = 10, stop: threading.Event | None = None) -> int:
+         max_consecutive_failures: int = 20, heartbeat: int = 10, stop: threading.Event | None = None,
+         rejection_streak: int = REJECTION_STREAK) -> int:
     """Run trials of one study in this process until it has its target of finished trials.
 
     Returns the number of trials this worker ran. See :func:`nas._worker.run_worker`.
@@ -83,15 +101,20 @@ def work(name: str, url: str, *, target: int | None = None, deadline: float | No
             store.close()
     stats = run_worker([name], url, until_done=True, deadline=deadline, worker=worker, threads=threads, stop=stop,
                        heartbeat=heartbeat, max_consecutive_failures=max_consecutive_failures,
+                       rejection_streak=rejection_streak,
                        on_trial=(lambda _n, _t: callback()) if callback else None)
     return stats.trials
 
 
-def _worker_main(name: str, url: str, deadline: float | None, worker: int, threads: int, heartbeat: int) -> None:
+def _worker_main(name: str, url: str, deadline: float | None, worker: int, threads: int, heartbeat: int,
+                 errors: Any) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # finish or cleanly fail the trial, then exit
     with contextlib.suppress(KeyboardInterrupt):
-        work(name, url, deadline=deadline, worker=worker, threads=threads, heartbeat=heartbeat, stop=stop)
+        try:
+            work(name, url, deadline=deadline, worker=worker, threads=threads, heartbeat=heartbeat, stop=stop)
+        except NasError as e:  # the study cannot go on (failures or rejections in a row): tell the parent
+            errors.put(str(e))
 
 
 def run_study(name: str, store: Store, *, trials: int | None = None, workers: int = 1, timeout: float | None = None,
@@ -110,16 +133,21 @@ def run_study(name: str, store: Store, *, trials: int | None = None, workers: in
     get_study_spec(name, store)  # unknown study: NasError listing the studies there
     row = store.get_study(name)
     assert row is not None
+    # Everything is checked before the target is written.
+    if workers < 1 or workers > 64:
+        raise NasError(f"--workers: must be between 1 and 64, got {workers}")
+    if timeout is not None and not (0 < timeout < 1e9):
+        raise NasError(f"--timeout: must be positive seconds, got {timeout}")
     if trials is not None:
-        if trials < 1:
-            raise NasError(f"--trials: must be >= 1, got {trials}")
+        if not 1 <= trials <= MAX_TARGET:
+            raise NasError(f"--trials: must be between 1 and {MAX_TARGET:,}, got {trials}")
+        done = finished(store, name)
+        if trials < done:
+            raise NasError(f"--trials: {name} has {done} networks evaluated within its budget already; "
+                           f"the target cannot go below that (got {trials})")
         if trials != row.target_trials:
             store.set_target(name, trials)
     target = trials if trials is not None else row.target_trials
-    if workers < 1 or workers > 64:
-        raise NasError(f"--workers: must be between 1 and 64, got {workers}")
-    if timeout is not None and timeout <= 0:
-        raise NasError(f"--timeout: must be positive seconds, got {timeout}")
     deadline = time.time() + timeout if timeout else None
     threads = threads_per_worker(workers)
     report = (lambda: on_progress(progress(name, store, target))) if on_progress else None
@@ -127,7 +155,8 @@ def run_study(name: str, store: Store, *, trials: int | None = None, workers: in
         work(name, store.url, deadline=deadline, threads=threads, callback=report, heartbeat=heartbeat)
     else:
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker_main, args=(name, store.url, deadline, i, threads, heartbeat),
+        errors = ctx.SimpleQueue()
+        procs = [ctx.Process(target=_worker_main, args=(name, store.url, deadline, i, threads, heartbeat, errors),
                              name=f"nas-worker-{i}") for i in range(workers)]
         for p in procs:
             p.start()
@@ -146,6 +175,8 @@ def run_study(name: str, store: Store, *, trials: int | None = None, workers: in
                     p.terminate()
                     p.join()
             raise
+        if not errors.empty():
+            raise NasError(errors.get())
     final = progress(name, store, target)
     if on_progress:
         on_progress(final)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,8 +29,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["OBJECTIVES", "PRUNERS", "SAMPLERS", "SINGLE_METRIC_PRUNERS", "EarlyStop", "Fidelity", "StudySpec",
-           "create_study", "delete_study", "get_study_spec", "list_studies", "load_spec_file", "one_line_error"]
+__all__ = ["OBJECTIVES", "PRUNERS", "SAMPLERS", "SINGLE_METRIC_PRUNERS", "EarlyStop", "Fidelity", "StudyPlan",
+           "StudySpec", "check_name_free", "create_study", "delete_study", "describe_plan", "get_study_spec",
+           "list_studies", "load_spec_file", "one_line_error", "plan_study", "study_info"]
 
 SAMPLERS = ("tpe", "nsga2", "random")
 #: Early stopping of poor trials on validation accuracy. ``median``, ``asha``, ``hyperband``:
@@ -78,6 +80,7 @@ class StudySpec(BaseModel):
     device: str = "auto"
     cost_device: str = "rpi4"
     trials: int = Field(default=30, ge=1, le=1_000_000)
+    fit_space: bool = True
     val_fraction: float = Field(default=0.15, gt=0.0, lt=1.0)
     fidelity: Fidelity = Field(default_factory=Fidelity)
 
@@ -242,36 +245,180 @@ def load_spec_file(path: str | Path, **overrides: Any) -> StudySpec:
     return make_spec(**data)
 
 
-def create_study(spec: StudySpec, store: Store, *, target: int | None = None) -> None:
-    """Create the Optuna study and the lightnas record, after checking the data and space.
+@dataclass
+class StudyPlan:
+    """What creating a study will store: the spec with the space fitted to the budget, and the
+    budget-first figures (``info``: ``feasibility`` of the space used, ``fit`` when it was
+    scaled, ``feasibility_as_given`` then). ``warnings`` are lines for the user."""
 
-    ``target`` (default ``spec.trials``) is the first target of finished trials; 0 creates the
-    study without starting it (workers see it with nothing to do). Nothing is written when
-    anything is wrong.
+    spec: StudySpec
+    info: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _fmt_resource(name: str, value: float) -> str:
+    from objectives._budget import BYTE_RESOURCES
+
+    if name in BYTE_RESOURCES:
+        for unit, size in (("GiB", 1024.0**3), ("MiB", 1024.0**2), ("KiB", 1024.0)):
+            if value >= size:
+                return f"{value / size:.4g}{unit}"
+        return f"{value:.0f}B"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:.4g}{unit}"
+    return f"{value:.4g}"
+
+
+def _options_text(options: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(options.items())) or "as given"
+
+
+def plan_study(spec: StudySpec, data: Any = None) -> StudyPlan:
+    """Budget first, before anything is written or trained: the exact minimum of every budgeted
+    resource over the space and its share within the budget (:mod:`objectives._feasibility`);
+    the space fitted to the budget when too little of it fits (``spec.fit_space``); a budget no
+    architecture reaches is refused.
 
     Raises:
-        NasError: name taken, data unreadable, space options invalid for the data.
+        NasError: data unreadable, bad space options, or a budget below what the space (fitted
+            or not) can reach; the message names the resource, the minimum and what would fit.
     """
     from objectives import DataError
+    from objectives._feasibility import USABLE_SHARE, WARN_SHARE, assess, fit_space, most_scaled, space_minimum
 
-    if store.get_study(spec.name) is not None or spec.name in optuna.get_all_study_names(store.optuna):
-        raise NasError(f"study {spec.name!r} already exists; choose another name or "
-                       f"delete it with 'nas study delete {spec.name} --yes'")
+    if data is None:
+        try:
+            data = spec.load_data()
+        except DataError as e:
+            raise NasError(f"data: {e}") from None
+    shape, classes = data.input_shape, data.num_classes
     try:
-        data = spec.load_data()
-    except DataError as e:
-        raise NasError(f"data: {e}") from None
-    try:
-        get_space(spec.space, input_shape=data.input_shape, **spec.space_options)
+        space = get_space(spec.space, input_shape=shape, **spec.space_options)
     except SpaceError as e:
         raise NasError(f"space_options: {e}") from None
+    budget = spec.budget_obj()
+    if budget is None:
+        return StudyPlan(spec)
+    where = f"space {spec.space!r} on input {'x'.join(map(str, shape))}"
+    given = assess(space, budget, classes, spec.cost_device, seed=spec.seed)
+    plan = StudyPlan(spec, {"feasibility": given.to_dict()})
+    final, final_space = given, space
+    if spec.fit_space and (given.share < USABLE_SHARE or given.below):
+        fit = fit_space(spec.space, shape, spec.space_options, budget, classes, spec.cost_device, seed=spec.seed)
+        if fit.scaled:
+            final_space = get_space(spec.space, input_shape=shape, **fit.options)
+            final = assess(final_space, budget, classes, spec.cost_device, seed=spec.seed)
+            if not final.below and (given.below or final.share >= given.share):
+                plan.spec = spec.model_copy(update={"space_options": fit.options})
+                plan.info = {"feasibility": final.to_dict(), "feasibility_as_given": given.to_dict(),
+                             "fit": fit.to_dict()}
+            else:
+                final, final_space = given, space
+    if final.below:
+        resource, minimum = next(iter(final.below.items()))
+        limit = budget.limits[resource]
+        advice = f"budgets that fit: {resource}<={_fmt_resource(resource, minimum)} or more"
+        if not spec.fit_space:
+            small = most_scaled(spec.space, shape, spec.space_options)
+            if small != spec.space_options:
+                small_min = space_minimum(get_space(spec.space, input_shape=shape, **small), classes,
+                                          spec.cost_device, [resource])[resource][0]
+                if small_min <= limit:
+                    advice += f"; or let lightnas fit the space (drop --no-fit-space: {_options_text(small)} " \
+                              f"reaches {_fmt_resource(resource, small_min)})"
+        others = []
+        for other in list_spaces():
+            if other == spec.space:
+                continue
+            try:
+                osmall = most_scaled(other, shape, {})
+                ospace = get_space(other, input_shape=shape, **osmall)
+            except SpaceError:
+                continue
+            omin = space_minimum(ospace, classes, spec.cost_device, [resource])[resource][0]
+            if omin <= limit:
+                others.append(f"{other!r} ({_options_text(osmall)}: {_fmt_resource(resource, omin)})")
+        if others:
+            advice += "; or space " + ", ".join(others)
+        scaled = " even scaled down" if spec.fit_space else ""
+        raise NasError(f"budget: {resource}<={_fmt_resource(resource, limit)} is below what {where} can reach"
+                       f"{scaled}: its cheapest architecture needs {_fmt_resource(resource, minimum)}; {advice}")
+    if final.share < WARN_SHARE:
+        plan.warnings.append(
+            f"warning: only {final.share:.2%} of {where} lies within the budget {spec.budget} "
+            f"({final.samples} samples); most samples will be rejected before training. Loosen the budget "
+            f"(minimum: {', '.join(f'{k}={_fmt_resource(k, v)}' for k, v in final.minima.items())})"
+            + ("" if spec.fit_space else " or drop --no-fit-space"))
+    return plan
+
+
+def describe_plan(plan: StudyPlan) -> list[str]:
+    """Lines for the user: the space's minimum and share within the budget, what fitting did."""
+    feas = plan.info.get("feasibility")
+    if not feas:
+        return []
+    minima = ", ".join(f"{k} {_fmt_resource(k, v)}" for k, v in feas["minimum"].items())
+    lines = []
+    fit = plan.info.get("fit")
+    if fit:
+        before = plan.info["feasibility_as_given"]["share_within_budget"]
+        scaled = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in fit["scaled"].items())
+        kept = f"; kept as you gave them: {_options_text(fit['kept'])}" if fit["kept"] else ""
+        lines.append(f"space fitted to the budget (TinyNAS): {scaled}{kept} "
+                     f"({before:.1%} of the space as given was within the budget)")
+    lines.append(f"budget {plan.spec.budget}: the space's minimum is {minima}; "
+                 f"{feas['share_within_budget']:.1%} of it lies within the budget ({feas['samples']} samples)")
+    return lines + plan.warnings
+
+
+def create_study(spec: StudySpec, store: Store, *, target: int | None = None,
+                 plan: StudyPlan | None = None) -> StudyPlan:
+    """Create the Optuna study and the lightnas record, after checking the data, the space and
+    the budget (:func:`plan_study`, unless its ``plan`` is given).
+
+    ``target`` (default ``spec.trials``) is the first target of networks evaluated within the
+    budget; 0 creates the study without starting it (workers see it with nothing to do).
+    Nothing is written when anything is wrong.
+
+    Returns:
+        The plan: the spec as stored (its space fitted to the budget) and the figures.
+
+    Raises:
+        NasError: name taken, data unreadable, space options invalid for the data, a budget
+            the space cannot reach.
+    """
+    check_name_free(spec.name, store)
+    if plan is None:
+        plan = plan_study(spec)
+    spec = plan.spec
     study = optuna.create_study(storage=store.optuna, study_name=spec.name, directions=spec.directions)  # type: ignore[arg-type]
     try:
         study.set_user_attr("lightnas_spec", json.loads(spec.to_json()))
-        store.add_study(spec.name, spec.to_json(), spec.trials if target is None else target)
+        store.add_study(spec.name, spec.to_json(), spec.trials if target is None else target,
+                        info=json.dumps(plan.info))
     except Exception:
         optuna.delete_study(study_name=spec.name, storage=store.optuna)
         raise
+    return plan
+
+
+def check_name_free(name: str, store: Store) -> None:
+    """Raises NasError when a study of that name exists (lightnas's or a plain Optuna one)."""
+    if store.get_study(name) is not None or name in optuna.get_all_study_names(store.optuna):
+        raise NasError(f"study {name!r} already exists; choose another name or "
+                       f"delete it with 'nas study delete {name} --yes'")
+
+
+def study_info(name: str, store: Store) -> dict[str, Any]:
+    """The budget-first figures stored at creation (``feasibility``, ``fit``), {} for none."""
+    row = store.get_study(name)
+    if row is None or not row.info_json:
+        return {}
+    try:
+        return dict(json.loads(row.info_json))
+    except ValueError:
+        return {}
 
 
 def get_study_spec(name: str, store: Store) -> StudySpec:

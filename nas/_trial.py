@@ -29,7 +29,7 @@ from typing import Any
 import optuna
 import torch
 
-from objectives import Dataset, TrainConfig, TrainingError, estimate_cost, train_spec
+from objectives import Dataset, TrainConfig, TrainingError, estimate_cost, get_device, train_spec
 from search_spaces import ArchSpec, SearchSpace, get_space
 from storage import Store
 
@@ -108,6 +108,7 @@ class TrialObjective:
         spec = ctx.spec
         self.rungs = set(rung_epochs(spec.early_stop, ctx.train_config.epochs)) if spec.pruner == "pareto" else set()
         self.cost_objectives = [o for o in spec.objectives if o != "accuracy"]
+        self.profile = get_device(spec.cost_device)  # resolved once: every trial costs on the same numbers
 
     def _epoch_hook(self, trial: optuna.trial.BaseTrial, cost: dict[str, float]
                     ) -> Callable[[int, float], None] | None:
@@ -183,7 +184,7 @@ class TrialObjective:
 
     def cost(self, arch: ArchSpec) -> dict[str, float]:
         data = self.ctx.data
-        report = estimate_cost(arch, data.input_shape, data.num_classes, device=self.ctx.spec.cost_device)
+        report = estimate_cost(arch, data.input_shape, data.num_classes, device=self.profile)
         totals = dict(report.totals)
         if self.budget is not None:
             totals["hw_cost"] = self.budget.hw_cost(totals)

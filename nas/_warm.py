@@ -32,7 +32,7 @@ from search_spaces import ArchSpec, SpaceError, SpecError, get_space
 from storage import Store
 
 from ._errors import NasError
-from ._study import StudySpec, create_study, delete_study, get_study_spec
+from ._study import StudyPlan, StudySpec, create_study, delete_study, get_study_spec
 
 __all__ = ["WarmStart", "arch_from_doc", "create_warm_started", "enqueue", "plan_warm_start", "read_spec_file",
            "warm_start"]
@@ -150,21 +150,22 @@ def plan_warm_start(spec: StudySpec, store: Store, *, specs: Sequence[tuple[str,
     return out
 
 
-def create_warm_started(spec: StudySpec, store: Store, plan: WarmStart | None, *, target: int | None = None) -> None:
+def create_warm_started(spec: StudySpec, store: Store, plan: WarmStart | None, *, target: int | None = None,
+                        study_plan: StudyPlan | None = None) -> StudyPlan:
     """:func:`nas._study.create_study`, with the ``plan``'s trials enqueued before the target
     (default ``spec.trials``) is set: the study is created with target 0, so no worker starts a
     trial of its own first. All or nothing: if enqueueing fails the study is deleted, and the
-    same request again works."""
+    same request again works. ``study_plan``: the budget-first plan, if made already."""
     if plan is None:
-        create_study(spec, store, target=target)
-        return
-    create_study(spec, store, target=0)
+        return create_study(spec, store, target=target, plan=study_plan)
+    made = create_study(spec, store, target=0, plan=study_plan)
     try:
         enqueue(spec.name, store, plan)
         store.set_target(spec.name, spec.trials if target is None else target)
     except BaseException:
         delete_study(spec.name, store)
         raise
+    return made
 
 
 def enqueue(name: str, store: Store, plan: WarmStart) -> None:

@@ -3,11 +3,17 @@
 One loop serves ``nas study run`` (one study, stop when its target is met) and ``nas worker``
 (any study with work left, long-running, waits with backoff when there is none).
 
-Claiming a trial. A study's target counts its *finished* trials (COMPLETE + PRUNED). A worker
-claims a slot under a database-wide lock (PostgreSQL advisory lock / SQLite ``flock``): it
-counts finished + RUNNING trials and asks Optuna for a trial only while that is below the
-target, so concurrent workers never overshoot it. Asking pops WAITING trials first: those are
-retries of killed or interrupted trials.
+Claiming a trial. A study's target counts the networks evaluated within its budget (trained,
+reused or stopped early: COMPLETE + PRUNED trials, less the COMPLETE ones rejected over budget,
+``Store.study_counts``). A worker claims a slot under a database-wide lock (PostgreSQL advisory
+lock / SQLite ``flock``): it counts those + RUNNING trials and asks Optuna for a trial only
+while that is below the target, so concurrent workers never overshoot it (a running trial may
+still turn out over budget: it frees its slot in milliseconds). Asking pops WAITING trials
+first: those are retries of killed or interrupted trials.
+
+Rejections. Over-budget samples stay Optuna trials (their cost and constraint values teach the
+sampler the feasible region) but do not count. A worker that meets ``REJECTION_STREAK`` of them
+in a row stops the study with one line naming the budget and the space's share within it.
 
 Failures.
 * ``kill -9`` of a worker: its trial's heartbeat goes stale; any worker then fails it
@@ -46,12 +52,15 @@ from ._errors import NasError
 from ._study import SINGLE_METRIC_PRUNERS, StudySpec, get_study_spec
 from ._trial import TrialInterrupted, TrialObjective, load_context
 
-__all__ = ["StudyWorker", "WorkerStats", "make_pruner", "make_sampler", "run_worker", "slots_left"]
+__all__ = ["REJECTION_STREAK", "StudyWorker", "WorkerStats", "finished", "make_pruner", "make_sampler", "run_worker",
+           "slots_left"]
 
 log = logging.getLogger("nas.worker")
 
-#: States that count towards a study's target.
-FINISHED = ("COMPLETE", "PRUNED")
+#: Over-budget samples in a row after which a worker gives up on a study. At the 20 % share
+#: a fitted space keeps within its budget, 200 rejections in a row have probability 0.8**200
+#: (about 4e-20); at a 1 % share (the warning threshold) about 0.13.
+REJECTION_STREAK = 200
 
 
 #: When this process last met the database unreachable (time.monotonic()).
@@ -102,14 +111,14 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 
 def slots_left(store: Store, name: str, target: int) -> int:
-    """How many more trials may be started now: target - finished - running."""
-    counts = store.trial_counts(name)
-    return target - sum(counts.get(s, 0) for s in FINISHED) - counts.get("RUNNING", 0)
+    """How many more trials may be started now: target - counted - running."""
+    counts = store.study_counts(name)
+    return target - counts["COUNTED"] - counts.get("RUNNING", 0)
 
 
 def finished(store: Store, name: str) -> int:
-    counts = store.trial_counts(name)
-    return sum(counts.get(s, 0) for s in FINISHED)
+    """Trials that count towards the target: networks evaluated within the budget."""
+    return store.study_counts(name)["COUNTED"]
 
 
 def wait_for_database(fn: Callable[[], object], what: str, stop: threading.Event | None = None,
@@ -206,6 +215,7 @@ class StudyWorker:
             # Same re-queueing as for stale trials (system attrs failed_trial / retry_history).
             self.retry = RetryTrial(max_retry=max_retry)
         self.failures: list[str] = []
+        self.rejections = 0  # over-budget samples in a row
         self.ident = f"{socket.gethostname()}:{os.getpid()}"
 
     @property
@@ -305,11 +315,26 @@ class StudyWorker:
             # evaluation is in the store, so the retry reuses it.
             log.warning("%s trial %d was failed as stale meanwhile; its retry is queued", self.name, trial.number)
             return frozen
+        # Streaks end only when a network is evaluated within the budget: failures and rejections
+        # that alternate are still no progress.
         if state == TrialState.FAIL:
             self.failures.append(reason)
+        elif frozen.user_attrs.get("status") == "over_budget":
+            self.rejections += 1
         else:
             self.failures.clear()
+            self.rejections = 0
         return frozen
+
+    def rejection_message(self) -> str:
+        from ._study import study_info
+
+        feas = study_info(self.name, self.store).get("feasibility") or {}
+        share = feas.get("share_within_budget")
+        where = (f"{share:.2%} of space {self.ctx.spec.space!r} lies within it" if share is not None
+                 else f"space {self.ctx.spec.space!r}")
+        return (f"{self.rejections} samples of {self.name!r} in a row were over the budget {self.ctx.spec.budget} "
+                f"({where}); loosen the budget or narrow the space (--option), then rerun")
 
     def _retry_queued(self, number: int) -> bool:
         trials = self.study._storage.get_all_trials(self.study._study_id, deepcopy=False,
@@ -334,7 +359,7 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
                stop: threading.Event | None = None, heartbeat: int = 10, poll_min: float = 1.0,
                poll_max: float = 30.0, max_consecutive_failures: int = 20,
                on_trial: Callable[[str, optuna.trial.FrozenTrial], None] | None = None,
-               jobs: bool = False) -> WorkerStats:
+               jobs: bool = False, rejection_streak: int = REJECTION_STREAK) -> WorkerStats:
     """Run trials until stopped (``stop``), past ``deadline``, or -- with ``until_done`` --
     until every study in scope has met its target.
 
@@ -351,7 +376,8 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
 
     Raises:
         NasError: a named study does not exist, or one of the named studies failed
-            ``max_consecutive_failures`` trials in a row.
+            ``max_consecutive_failures`` trials in a row, or met ``rejection_streak`` samples over
+            its budget in a row.
     """
     stop = stop or threading.Event()
     store = wait_for_database(lambda: Store(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat),
@@ -407,9 +433,13 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
                              _describe(frozen))
                     if on_trial:
                         on_trial(name, frozen)
+                    msg = None
                     if len(sw.failures) >= max_consecutive_failures:
                         msg = (f"{len(sw.failures)} trials of {name!r} failed in a row, last: {sw.failures[-1]}; "
                                "fix the study (e.g. its learning rate or data) and rerun")
+                    elif sw.rejections >= rejection_streak:
+                        msg = sw.rejection_message()
+                    if msg is not None:
                         if names:
                             raise NasError(msg)
                         log.error("%s; this worker skips it from now on", msg)

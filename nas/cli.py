@@ -277,7 +277,11 @@ def study_create(
     seed: int = typer.Option(None, "--seed"),
     epochs: int = typer.Option(None, "--epochs", help="training epochs per trial (fidelity)"),
     train_fraction: float = typer.Option(None, "--train-fraction", help="share of training data per trial"),
-    trials: int = typer.Option(None, "--trials", help="target number of complete trials"),
+    trials: int = typer.Option(None, "--trials", help="target: networks evaluated within the budget (over-budget "
+                                                       "samples are rejected and do not count)"),
+    fit_space: bool = typer.Option(None, "--fit-space/--no-fit-space",
+                                   help="scale the space to the budget when too little of it fits (TinyNAS; on by "
+                                        "default; your own --option values are kept)"),
     device: str = typer.Option(None, "--device", help="torch device: auto | cpu | cuda"),
     cost_device: str = typer.Option(None, "--cost-device", help="device profile for latency/energy"),
     option: list[str] = typer.Option([], "--option", help="space option key=value (repeatable)"),
@@ -285,7 +289,7 @@ def study_create(
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
 ) -> None:
     """Create a study (once); then run it with 'nas study run NAME'."""
-    from nas._study import load_spec_file, make_spec
+    from nas._study import check_name_free, describe_plan, load_spec_file, make_spec, plan_study
     from nas._warm import create_warm_started, plan_warm_start, read_spec_file
 
     fields: dict[str, Any] = {"name": name, "space": space, "data": data, "budget": budget, "sampler": sampler,
@@ -295,6 +299,8 @@ def study_create(
         fields["objectives"] = [o.strip() for o in objectives.split(",") if o.strip()]
     if inherit_weights is not None:
         fields["inherit_weights"] = inherit_weights
+    if fit_space is not None:
+        fields["fit_space"] = fit_space
     early: dict[str, Any] = {}
     if es_margin is not None:
         early["margin"] = es_margin
@@ -321,13 +327,18 @@ def study_create(
             fields["fidelity"] = fid
         spec = make_spec(**{k: v for k, v in fields.items() if v is not None})
     store = open_store(storage)
+    specs = [(path, read_spec_file(path)) for path in enqueue]
+    check_name_free(spec.name, store)
+    study_plan = plan_study(spec)  # budget first: refused, warned or fitted before anything is written
+    spec = study_plan.spec
     plan = None
     if enqueue or warm_start:
-        specs = [(path, read_spec_file(path)) for path in enqueue]
         plan = plan_warm_start(spec, store, specs=specs, from_study=warm_start)  # checked before anything is written
-    create_warm_started(spec, store, plan)
+    create_warm_started(spec, store, plan, study_plan=study_plan)
     out.print(f"created study [bold]{spec.name}[/] ({spec.space} on {spec.data}, budget {spec.budget or 'none'}, "
-              f"target {spec.trials} trials) in {store.url}")
+              f"target {spec.trials} networks within budget) in {store.url}")
+    for line in describe_plan(study_plan):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
     if plan is not None:
         out.print(f"warm start: {len(plan.enqueued)} architecture(s) queued to run first"
                   + (f", {len(plan.skipped)} skipped" if plan.skipped else ""))
@@ -348,7 +359,7 @@ def _progress_bar(quiet: bool):
     if quiet:
         return None
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("feasible {task.fields[feasible]:.0%}  front {task.fields[front]}"),
+                    TextColumn("within budget  rejected {task.fields[rejected]}  front {task.fields[front]}"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err)
 
 
@@ -374,10 +385,10 @@ def run_with_progress(name: str, store, trials: int | None, workers: int, timeou
     if bar is None:
         return runner()
     with bar:
-        task = bar.add_task(name, total=trials or store.get_study(name).target_trials, feasible=0.0, front=0)
+        task = bar.add_task(name, total=trials or store.get_study(name).target_trials, rejected=0, front=0)
 
         def update(p) -> None:
-            bar.update(task, completed=p.finished, total=p.target, feasible=p.feasible_share, front=p.pareto)
+            bar.update(task, completed=p.finished, total=p.target, rejected=p.rejected, front=p.pareto)
 
         return runner(update)
 
@@ -385,7 +396,8 @@ def run_with_progress(name: str, store, trials: int | None, workers: int, timeou
 @study_app.command("run")
 def study_run(
     name: str = typer.Argument(..., help="study name"),
-    trials: int = typer.Option(None, "--trials", help="target of complete trials in total (raises the stored one)"),
+    trials: int = typer.Option(None, "--trials", help="target: networks evaluated within the budget in total (raises "
+                                                       "the stored one; rejected over-budget samples do not count)"),
     workers: int = typer.Option(None, "--workers", help="local worker processes (default 1; --backend local)"),
     timeout: float = typer.Option(None, "--timeout", help="stop starting trials after S seconds"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
@@ -415,14 +427,11 @@ def study_run(
         from nas._runner import progress
 
         p = progress(name, store)
-        err.print(f"{name}: interrupted at {p.finished}/{p.target} finished trials; the running trial was failed "
-                  "and queued again; rerun the same command to resume", highlight=False, soft_wrap=True,
+        err.print(f"{name}: interrupted at {p.finished}/{p.target} networks within budget; the running trial was "
+                  "failed and queued again; rerun the same command to resume", highlight=False, soft_wrap=True,
                   markup=False)
         raise typer.Exit(130) from None
-    done = (f"{p.complete}/{p.target} complete" if not p.pruned
-            else f"{p.finished}/{p.target} finished ({p.complete} complete, {p.pruned} pruned)")
-    out.print(f"{name}: {done} ({p.trained} trained, {p.feasible} within budget, "
-              f"{p.failed} failed); Pareto front: {p.pareto} architectures")
+    out.print(f"{name}: {p.summary()}; Pareto front: {p.pareto} architectures")
 
 
 @study_app.command("enqueue")
@@ -465,7 +474,7 @@ def study_list(fmt: Format = typer.Option(Format.table, "--format"),
     for spec, target in list_studies(store):
         p = progress(spec.name, store, target)
         rows.append({"name": spec.name, "space": spec.space, "data": spec.data, "budget": spec.budget,
-                     "complete": p.complete, "target": target, "front": p.pareto})
+                     "within_budget": p.finished, "target": target, "rejected": p.rejected, "front": p.pareto})
     emit(rows, fmt, "studies")
 
 
@@ -477,10 +486,11 @@ def study_show(name: str = typer.Argument(...), fmt: Format = typer.Option(Forma
 
     from nas._pareto import pareto_rows
     from nas._runner import progress
-    from nas._study import get_study_spec
+    from nas._study import get_study_spec, study_info
 
     store = open_store(storage)
     spec = get_study_spec(name, store)
+    info = study_info(name, store)
     p = progress(name, store)
     trials = optuna.load_study(study_name=name, storage=store.optuna).get_trials(deepcopy=False)
     states: dict[str, int] = {}
@@ -491,15 +501,26 @@ def study_show(name: str = typer.Argument(...), fmt: Format = typer.Option(Forma
         states[key] = states.get(key, 0) + 1
     front = pareto_rows(name, store, with_test=False)
     best = max(front, key=lambda r: r["accuracy"], default=None)
-    info = {"spec": spec.model_dump(), "target": p.target, "complete": p.complete, "counts": states,
-            "pareto_size": p.pareto, "best": best}
+    doc = {"spec": spec.model_dump(), "target": p.target, "within_budget": p.finished, "rejected": p.rejected,
+           "complete": p.complete, "counts": states, "pareto_size": p.pareto, "best": best,
+           "feasibility": info.get("feasibility"), "fit": info.get("fit"),
+           "target_converted": info.get("target_converted")}
     if fmt is Format.json:
-        sys.stdout.write(json.dumps(info, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
         return
     emit([{"field": k, "value": json.dumps(v) if isinstance(v, (dict, list)) else v}
           for k, v in spec.model_dump().items()], Format.table, f"study {name}")
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(states.items()))
-    out.print(f"progress: {p.complete}/{p.target} complete; {counts}")
+    out.print(f"progress: {p.summary()}; trials by status: {counts}", highlight=False)
+    from nas._study import StudyPlan, describe_plan
+
+    for line in describe_plan(StudyPlan(spec, info)):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+    conv = info.get("target_converted")
+    if conv:
+        out.print(f"target converted on upgrade (schema 4: only networks within budget count): {conv['old_target']} "
+                  f"trials with {conv['old_finished']} finished -> {conv['new_target']} networks with "
+                  f"{conv['counted']} evaluated", highlight=False, markup=False, soft_wrap=True)
     if best:
         out.print(f"best: trial {best['trial']} ({best['spec_hash']}), accuracy {best['accuracy']:.4f}, "
                   f"flops {si(best['cost'].get('flops', 0))}, params {si(best['cost'].get('params', 0))}")
@@ -850,21 +871,22 @@ def demo_cmd(
 
     from nas._demo import demo_spec
     from nas._report import write_report
-    from nas._study import create_study
+    from nas._study import create_study, describe_plan
 
     store = open_store(storage)
     spec = demo_spec(name, trials)
     if store.get_study(name) is None:
-        create_study(spec, store)
+        made = create_study(spec, store)
         out.print(f"created study [bold]{name}[/]: {spec.space} on {spec.data}, budget [bold]{spec.budget}[/], "
-                  f"{spec.trials} trials, in {store.url}")
+                  f"{spec.trials} networks within budget, in {store.url}")
+        for line in describe_plan(made):
+            out.print(line, highlight=False, markup=False, soft_wrap=True)
     else:
         out.print(f"resuming study [bold]{name}[/] in {store.url}")
     t0 = time.time()
     p = run_with_progress(name, store, trials, workers, None, quiet)
-    rejected = p.complete - p.feasible
-    out.print(f"{p.complete} trials in {time.time() - t0:.0f} s: {p.trained} trained, "
-              f"{rejected} rejected over budget before training, {p.feasible - p.trained} reused")
+    out.print(f"{p.complete + p.pruned} trials in {time.time() - t0:.0f} s: {p.trained} trained, "
+              f"{p.rejected} rejected over budget before training, {p.feasible - p.trained} reused")
     pareto_cmd(name, None, Format.table, store.url)
     info = write_report(name, store, to)
     out.print(f"Pareto plot: {info['files'][0]} (and {info['files'][2]})")

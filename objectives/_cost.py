@@ -1,8 +1,10 @@
 """Hardware-cost model: per-layer MACs, params, bytes moved, live memory, latency, energy.
 
-The network of a spec is built on PyTorch's ``meta`` device (shapes, no storage, no
-initialisation) and run once with forward hooks, so the counts are those of the very model
-``build_model`` trains: nothing is re-derived by hand. One row per executed operation:
+The operations of a spec come from its shapes alone (:mod:`objectives._analytic`, no model
+built): a few hundred microseconds per spec, so budget-first search can look at thousands of
+candidates. The reference, :func:`trace_layers`, builds the network on PyTorch's ``meta`` device
+(shapes, no storage) and records every operation with forward hooks; the tests hold the two
+equal row for row (``estimate_cost(..., method="trace")`` uses it). One row per operation:
 
 * ``conv`` / ``dwconv`` / ``linear``: MACs = output elements x (input channels / groups) x
   kernel area (x input features for linear), the convention of thop and of the papers that
@@ -13,7 +15,7 @@ initialisation) and run once with forward hooks, so the counts are those of the 
 
 Bytes moved by a row (``traffic``) are its weights read once + its input read + its output
 written, per inference (batch 1); ``mem_traffic_bytes`` is their sum over rows, the memory
-term of FS-DNN's objective (SEEDS.md section 1). ``live`` is the activation memory alive
+term of FS-DNN's objective (Li et al., Applied Intelligence 53, 2023). ``live`` is the activation memory alive
 while the row runs: its input, its output, and the skip tensor of the enclosing residual
 block when that is a different tensor (residual blocks compute their shortcut first, see
 ``search_spaces._build``); ``peak_activation_bytes`` is the largest ``live`` (MCUNet's
@@ -35,8 +37,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from search_spaces import ArchSpec, build_model, check_input_shape
+from search_spaces import ArchSpec, SpecError, build_model, check_input_shape
 
+from ._analytic import Op, analytic_layers
 from ._devices import DeviceProfile, get_device
 
 __all__ = ["RESOURCES", "CostReport", "LayerCost", "estimate_cost", "trace_layers"]
@@ -53,21 +56,6 @@ RESOURCES: dict[str, str] = {
     "latency_ms": "roofline latency on the device profile, milliseconds",
     "energy_uj": "energy on the device profile, microjoules",
 }
-
-
-@dataclass(frozen=True)
-class _Op:
-    """Device-independent record of one operation, in element counts."""
-
-    name: str
-    kind: str
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    macs: int
-    params: int
-    in_elems: int
-    out_elems: int
-    live_elems: int
 
 
 @dataclass(frozen=True)
@@ -89,7 +77,8 @@ class LayerCost:
 
 @dataclass(frozen=True)
 class CostReport:
-    """Per-layer rows and totals for one spec, input shape and device.
+    """Totals for one spec, input shape and device, and (``rows``, built when first read) one
+    :class:`LayerCost` per operation (bytes at the device's data type).
 
     ``report["flops"]`` and ``report.totals`` give the totals named in ``RESOURCES``.
     """
@@ -98,12 +87,24 @@ class CostReport:
     device: str
     input_shape: tuple[int, int, int]
     num_classes: int
-    rows: tuple[LayerCost, ...]
     totals: dict[str, float] = field(hash=False)
     depth: int = 0
+    ops: tuple[Op, ...] = field(default=(), repr=False, compare=False)
+    profile: DeviceProfile | None = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, resource: str) -> float:
         return self.totals[resource]
+
+    @functools.cached_property
+    def rows(self) -> tuple[LayerCost, ...]:
+        assert self.profile is not None
+        prof, bpe = self.profile, self.profile.bytes_per_element
+        out = []
+        for op in self.ops:
+            traffic, lat, energy = op_terms(op, prof)
+            out.append(LayerCost(op.name, op.kind, op.in_shape, op.out_shape, op.macs, op.params, op.params * bpe,
+                                 traffic, op.live_elems * bpe, lat, energy))
+        return tuple(out)
 
     def to_dict(self, *, rows: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -119,6 +120,55 @@ class CostReport:
         return d
 
 
+def op_terms(op: Op, prof: DeviceProfile) -> tuple[int, float, float]:
+    """Bytes moved, roofline latency (ms) and energy (uJ) of one operation on a device."""
+    traffic = (op.params + op.in_elems + op.out_elems) * prof.bytes_per_element
+    compute_s = op.macs / prof.peak_macs_per_s
+    memory_s = traffic / prof.mem_bandwidth_bytes_per_s
+    lat = max(compute_s, memory_s) * 1e3 + prof.layer_overhead_us * 1e-3
+    energy = (op.macs * prof.energy_pj_per_mac + traffic * prof.energy_pj_per_byte) * 1e-6
+    return traffic, lat, energy
+
+
+#: The parts of a segment of operations (a stem, a stage, a head) that make up the totals: sums
+#: (``macs``, ``params``, ``out_elems``, ``traffic``, ``latency_ms``, ``energy_uj``) and the
+#: largest live set (``live``), so totals of a network are sums and a max over its segments.
+SEGMENT_FIELDS = ("macs", "params", "out_elems", "traffic", "latency_ms", "energy_uj", "live")
+
+
+def segment_terms(ops: Sequence[Op], prof: DeviceProfile) -> tuple[float, ...]:
+    """The :data:`SEGMENT_FIELDS` of a run of operations."""
+    macs = params = out_elems = traffic = live = 0
+    lat = energy = 0.0
+    for op in ops:
+        t, la, en = op_terms(op, prof)
+        macs += op.macs
+        params += op.params
+        out_elems += op.out_elems
+        traffic += t
+        lat += la
+        energy += en
+        live = max(live, op.live_elems)
+    return (macs, params, out_elems, traffic, lat, energy, live)
+
+
+def totals_from_terms(terms: Sequence[float], input_elems: int, prof: DeviceProfile) -> dict[str, float]:
+    """Totals of ``RESOURCES`` from the :data:`SEGMENT_FIELDS` of a whole network."""
+    macs, params, out_elems, traffic, lat, energy, live = terms
+    bpe = prof.bytes_per_element
+    return {
+        "macs": float(macs),
+        "flops": float(2 * macs),
+        "params": float(params),
+        "weight_bytes": float(params * bpe),
+        "activation_bytes": float((input_elems + out_elems) * bpe),
+        "mem_traffic_bytes": float(traffic),
+        "peak_activation_bytes": float(live * bpe),
+        "latency_ms": float(lat),
+        "energy_uj": float(energy),
+    }
+
+
 def _elems(shape: Sequence[int]) -> int:
     n = 1
     for v in shape:
@@ -131,12 +181,12 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=4096)
-def trace_layers(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> tuple[_Op, ...]:
+def trace_layers(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> tuple[Op, ...]:
     """Run the spec's model once on the meta device and record every operation (batch 1)."""
     with torch.device("meta"):
         model = build_model(spec, input_shape, num_classes)
     model.eval()
-    ops: list[_Op] = []
+    ops: list[Op] = []
     # Stack of residual-block contexts: [input tensor id, skip tensor id, skip elements].
     blocks: list[list[Any]] = []
     names = {m: n for n, m in model.named_modules()}
@@ -151,7 +201,7 @@ def trace_layers(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes:
         name = names[m]
         if isinstance(m, nn.BatchNorm2d):
             last = ops[-1]
-            ops[-1] = _Op(last.name, last.kind, last.in_shape, last.out_shape, last.macs,
+            ops[-1] = Op(last.name, last.kind, last.in_shape, last.out_shape, last.macs,
                           last.params + sum(p.numel() for p in m.parameters()),
                           last.in_elems, last.out_elems, last.live_elems)
             return
@@ -165,7 +215,7 @@ def trace_layers(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes:
             macs, kind = oe * m.in_features, "linear"
         else:
             macs, kind = 0, "pool"
-        ops.append(_Op(name, kind, tuple(x.shape[1:]), tuple(out.shape[1:]), macs, params,
+        ops.append(Op(name, kind, tuple(x.shape[1:]), tuple(out.shape[1:]), macs, params,
                        ie, oe, ie + oe + held(x)))
 
     def block_pre(m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
@@ -183,7 +233,7 @@ def trace_layers(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes:
         blocks.pop()
         oe = out.numel()
         shape = tuple(out.shape[1:])
-        ops.append(_Op(f"{names[m]}.add", "add", shape, shape, 0, 0, 2 * oe, oe, 2 * oe))
+        ops.append(Op(f"{names[m]}.add", "add", shape, shape, 0, 0, 2 * oe, oe, 2 * oe))
 
     handles = []
     for m in model.modules():
@@ -207,10 +257,12 @@ def trace_layers(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes:
 
 
 def estimate_cost(spec: ArchSpec, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 10,
-                  device: str | DeviceProfile = "rpi4") -> CostReport:
+                  device: str | DeviceProfile = "rpi4", *, method: str = "analytic") -> CostReport:
     """Cost report of ``spec`` for one input of ``input_shape`` on a device profile.
 
-    No training and no real tensors: milliseconds per spec (cached per spec and shape).
+    No training, no model and no tensors: the operations come from the spec's shapes (cached
+    per spec and shape). ``method="trace"`` builds the model on the meta device and traces it
+    instead: the reference the analytic path is tested against, many times slower.
 
     Args:
         spec: the architecture.
@@ -232,31 +284,14 @@ def estimate_cost(spec: ArchSpec, input_shape: Sequence[int] = (3, 32, 32), num_
         True
     """
     shape = check_input_shape(input_shape)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise SpecError(f"num_classes: expected an integer >= 2, got {num_classes!r}")
     prof = device if isinstance(device, DeviceProfile) else get_device(device)
-    ops = trace_layers(spec, shape, num_classes)
-    bpe = prof.bytes_per_element
-    rows = []
-    input_bytes = _elems(shape) * bpe
-    for op in ops:
-        wb = op.params * bpe
-        traffic = wb + (op.in_elems + op.out_elems) * bpe
-        compute_s = op.macs / prof.peak_macs_per_s
-        memory_s = traffic / prof.mem_bandwidth_bytes_per_s
-        lat = max(compute_s, memory_s) * 1e3 + prof.layer_overhead_us * 1e-3
-        energy = (op.macs * prof.energy_pj_per_mac + traffic * prof.energy_pj_per_byte) * 1e-6
-        rows.append(LayerCost(op.name, op.kind, op.in_shape, op.out_shape, op.macs, op.params, wb,
-                              traffic, op.live_elems * bpe, lat, energy))
-    macs = sum(r.macs for r in rows)
-    params = sum(r.params for r in rows)
-    totals = {
-        "macs": float(macs),
-        "flops": float(2 * macs),
-        "params": float(params),
-        "weight_bytes": float(params * bpe),
-        "activation_bytes": float(input_bytes + sum(op.out_elems for op in ops) * bpe),
-        "mem_traffic_bytes": float(sum(r.traffic_bytes for r in rows)),
-        "peak_activation_bytes": float(max(r.live_bytes for r in rows)),
-        "latency_ms": sum(r.latency_ms for r in rows),
-        "energy_uj": sum(r.energy_uj for r in rows),
-    }
-    return CostReport(spec.hash, prof.name, shape, num_classes, tuple(rows), totals, spec.depth)
+    if method == "analytic":
+        ops = analytic_layers(spec, shape, num_classes)
+    elif method == "trace":
+        ops = trace_layers(spec, shape, num_classes)
+    else:
+        raise ValueError(f"method: got {method!r}, accepted: analytic, trace")
+    totals = totals_from_terms(segment_terms(ops, prof), _elems(shape), prof)
+    return CostReport(spec.hash, prof.name, shape, num_classes, totals, spec.depth, ops, prof)

@@ -22,7 +22,8 @@ import torch
 
 from search_spaces import ArchSpec, build_model, check_input_shape, get_space, list_spaces, sample_spec
 
-from ._cost import _Op, trace_layers
+from ._analytic import Op as _Op
+from ._analytic import analytic_layers
 from ._devices import DeviceProfile
 
 __all__ = ["CalibrationResult", "calibrate_host", "measure_latency", "resolve_device", "roofline_ms"]
@@ -154,7 +155,7 @@ def calibrate_host(specs: Sequence[tuple[ArchSpec, tuple[int, int, int]]] | None
         for i, (spec, shape) in enumerate(pairs):
             measured.append(measure_latency(spec, shape, num_classes, repeats=repeats, warmup=3,
                                             threads=threads, device=str(dev)))
-            traced.append(trace_layers(spec, tuple(shape), num_classes))
+            traced.append(analytic_layers(spec, tuple(shape), num_classes))
             if progress:
                 progress(i + 1, len(pairs))
     finally:

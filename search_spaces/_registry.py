@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import optuna
 
 from ._build import check_input_shape
-from ._spec import ArchSpec
+from ._spec import ArchSpec, Head, Stage, Stem
 
-__all__ = ["SearchSpace", "SpaceError", "get_space", "list_spaces", "register_space"]
+__all__ = ["EnumeratingTrial", "RandomTrial", "SearchSpace", "SpaceError", "enumerate_choices", "get_space",
+           "list_spaces", "register_space"]
 
 _SPACES: dict[str, type[SearchSpace]] = {}
 
@@ -23,15 +25,24 @@ class SpaceError(ValueError):
 class SearchSpace:
     """A named family of architectures that maps an Optuna trial to an ``ArchSpec``.
 
-    Subclasses set ``name``, ``description`` and an ``Options`` dataclass (every field has a
-    default and a ``metadata={"help": ...}``) and implement :meth:`suggest`. ``suggest`` uses
-    Optuna's define-by-run API only, so it works with any sampler and with
-    ``optuna.trial.FixedTrial``. Instances are immutable in practice and safe to share.
+    Subclasses set ``name``, ``description``, ``act`` and an ``Options`` dataclass (every field
+    has a default and a ``metadata={"help": ...}``), a list ``stage_strides`` (one entry per
+    stage), and implement the segments :meth:`suggest` assembles, in this order:
+    :meth:`suggest_globals` (choices every stage sees, e.g. the stem width), :meth:`stem`,
+    :meth:`suggest_stage` once per stage (given the width that enters it) and
+    :meth:`suggest_head`. Cost is additive over these segments, which is what lets
+    :mod:`objectives._feasibility` find a space's exact minimum stage by stage.
+
+    Everything uses Optuna's define-by-run API only, so it works with any sampler, with
+    ``optuna.trial.FixedTrial`` and with the enumerating and random trials of this module.
+    Instances are immutable in practice and safe to share.
     """
 
     name: ClassVar[str]
     description: ClassVar[str]
     Options: ClassVar[type]
+    act: ClassVar[str] = "relu"
+    stage_strides: tuple[int, ...] = ()
 
     def __init__(self, input_shape: Sequence[int] = (3, 32, 32), **options: Any) -> None:
         self.input_shape = check_input_shape(input_shape)
@@ -45,8 +56,37 @@ class SearchSpace:
         except (TypeError, ValueError) as e:
             raise SpaceError(f"space '{self.name}': {e}") from None
 
-    def suggest(self, trial: optuna.trial.BaseTrial) -> ArchSpec:
+    def suggest_globals(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+        """Choices made once per network, before the stages (the stem width, a block type)."""
         raise NotImplementedError
+
+    def stem(self, g: dict[str, Any]) -> Stem:
+        raise NotImplementedError
+
+    def suggest_stage(self, trial: optuna.trial.BaseTrial, i: int, g: dict[str, Any], cin: int) -> Stage:
+        """Stage ``i`` given the global choices and the width ``cin`` entering it."""
+        raise NotImplementedError
+
+    def suggest_head(self, trial: optuna.trial.BaseTrial, g: dict[str, Any], cin: int) -> Head:
+        """The classifier head given the width of the last stage (default: pool + linear)."""
+        return Head()
+
+    def suggest(self, trial: optuna.trial.BaseTrial) -> ArchSpec:
+        """The architecture for ``trial``'s choices (an Optuna trial, or any define-by-run trial)."""
+        g = self.suggest_globals(trial)
+        stem = self.stem(g)
+        cin, stages = stem.out_channels, []
+        for i in range(len(self.stage_strides)):
+            stage = self.suggest_stage(trial, i, g, cin)
+            stages.append(stage)
+            cin = stage.blocks[-1].out_channels
+        head = self.suggest_head(trial, g, cin)
+        return ArchSpec(stem=stem, stages=tuple(stages), head=head, act=self.act, family=self.name)
+
+    def sample(self, rng: random.Random) -> ArchSpec:
+        """One architecture drawn uniformly at every choice (as Optuna's RandomSampler draws),
+        without an Optuna study: microseconds, for estimating shares of a space."""
+        return self.suggest(RandomTrial(rng))  # type: ignore[arg-type]
 
     def _params_of(self, spec: ArchSpec) -> dict[str, Any]:
         """The parameters :meth:`suggest` would need to produce ``spec`` (unchecked)."""
@@ -140,6 +180,63 @@ class _CheckingTrial:
             self.bad.append(f"{name}={value!r} (accepted: {low}..{high})")
             return low
         return float(value)
+
+
+class RandomTrial:
+    """A define-by-run trial answering every choice uniformly at random from ``rng``."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return choices[self.rng.randrange(len(choices))]
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, **_kw: Any) -> int:
+        return low + step * self.rng.randrange((high - low) // step + 1)
+
+
+class EnumeratingTrial:
+    """A define-by-run trial that answers the ``path[k]``-th choice at its ``k``-th decision
+    (0 past the end of the path), recording how many choices each decision had."""
+
+    def __init__(self, path: Sequence[int]) -> None:
+        self.path, self.sizes, self.params = path, [], {}  # type: ignore[var-annotated]
+
+    def _pick(self, name: str, choices: Sequence[Any]) -> Any:
+        k = len(self.sizes)
+        self.sizes.append(len(choices))
+        value = choices[self.path[k] if k < len(self.path) else 0]
+        self.params[name] = value
+        return value
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self._pick(name, list(choices))
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, **_kw: Any) -> int:
+        return int(self._pick(name, range(low, high + 1, step)))
+
+
+def enumerate_choices(fn: Callable[[Any], Any]) -> Iterator[tuple[dict[str, Any], Any]]:
+    """Every ``(params, fn(trial))`` of a define-by-run function, depth first: conditional
+    choices (a parameter asked only for some values of another) are followed as they arise.
+
+    Example:
+        >>> [p for p, _ in enumerate_choices(lambda t: t.suggest_int("a", 0, 1) and t.suggest_int("b", 0, 1))]
+        [{'a': 0}, {'a': 1, 'b': 0}, {'a': 1, 'b': 1}]
+    """
+    path: list[int] = []
+    while True:
+        trial = EnumeratingTrial(path)
+        result = fn(trial)
+        yield trial.params, result
+        sizes = trial.sizes
+        path = [path[k] if k < len(path) else 0 for k in range(len(sizes))]
+        k = len(sizes) - 1
+        while k >= 0 and path[k] + 1 >= sizes[k]:
+            k -= 1
+        if k < 0:
+            return
+        path = path[:k] + [path[k] + 1]
 
 
 def register_space(cls: type[SearchSpace]) -> type[SearchSpace]:

@@ -58,13 +58,41 @@ def _strides(spatial: int, wanted: list[int]) -> tuple[int, list[int]]:
 
 
 def _stem_stride(space: SearchSpace) -> tuple[int, int]:
+    """The stem's stride (option ``stem_stride``; by default 2 for inputs of 64 pixels and more)
+    and the short side of the map after it."""
     hw = min(space.input_shape[1:])
-    stride = 2 if hw >= 64 else 1
+    chosen = space.options.stem_stride  # type: ignore[attr-defined]
+    stride = chosen if chosen is not None else (2 if hw >= 64 else 1)
     return stride, (hw - 1) // stride + 1
 
 
-def _scaled(widths: tuple[int, ...], factor: int) -> list[int]:
-    return sorted({w * factor for w in widths})
+def _mult(width: float, mult: float) -> int:
+    """A width scaled by the option ``width_mult`` (at least 1 channel)."""
+    return max(1, int(round(width * mult)))
+
+
+def _scaled(widths: tuple[int, ...], factor: int, mult: float = 1.0) -> list[int]:
+    return sorted({_mult(w, mult) * factor for w in widths})
+
+
+def _stem_choices(widths: tuple[int, ...], mult: float) -> list[int]:
+    """Stem widths as given (their order is the Optuna distribution's), scaled when ``mult`` != 1."""
+    return list(widths) if mult == 1.0 else _scaled(widths, 1, mult)
+
+
+def _check_scaling(width_mult: Any, stem_stride: Any) -> None:
+    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not 0 < width_mult <= 4:
+        raise ValueError(f"width_mult must be a number in (0, 4], got {width_mult!r}")
+    if stem_stride is not None and stem_stride not in (1, 2):
+        raise ValueError(f"stem_stride: got {stem_stride!r}, accepted: 1, 2 (or null: 2 for inputs of 64 px and more)")
+
+
+def _width_opt() -> Any:
+    return _opt(1.0, "multiplier of every width choice, stem included (budget fitting scales it)")
+
+
+def _stride_opt() -> Any:
+    return _opt(None, "stem stride 1 or 2 (default: 2 for inputs of 64 px and more; budget fitting may set 2)")
 
 
 @register_space
@@ -82,6 +110,8 @@ class ResNetSpace(SearchSpace):
         stem_widths: tuple[int, ...] = _opt((8, 16, 24, 32), "stem widths")
         block_types: tuple[str, ...] = _opt(("basic", "bottleneck"), "block types to choose from")
         rank_ratios: tuple[float, ...] = _opt(RANK_RATIOS, "LightConv rank ratios per stage")
+        width_mult: float = _width_opt()
+        stem_stride: int | None = _stride_opt()
 
         def __post_init__(self) -> None:
             _check_depths(self.min_depth, self.max_depth)
@@ -89,27 +119,36 @@ class ResNetSpace(SearchSpace):
             _check_choices("stem_widths", self.stem_widths)
             _check_choices("block_types", self.block_types, ("basic", "bottleneck"))
             _check_choices("rank_ratios", self.rank_ratios, RANK_RATIOS)
+            _check_scaling(self.width_mult, self.stem_stride)
 
-    def suggest(self, trial: optuna.trial.BaseTrial) -> ArchSpec:
+    act = "relu"
+
+    def __init__(self, input_shape: Any = (3, 32, 32), **options: Any) -> None:
+        super().__init__(input_shape, **options)
+        self.stem_stride, hw = _stem_stride(self)
+        self.stage_strides = tuple(_strides(hw, [1, 2, 2])[1])
+
+    def suggest_globals(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         o = self.options
-        stem_stride, hw = _stem_stride(self)
-        stem = Stem(trial.suggest_categorical("stem_width", list(o.stem_widths)), 3, stem_stride)
-        btype = trial.suggest_categorical("block", list(o.block_types))
-        _, strides = _strides(hw, [1, 2, 2])
-        stages = []
-        for i, stride in enumerate(strides):
-            depth = trial.suggest_int(f"s{i}_depth", o.min_depth, o.max_depth)
-            width = trial.suggest_categorical(f"s{i}_width", _scaled(o.widths, 2**i))
-            rank = trial.suggest_categorical(f"s{i}_rank", list(o.rank_ratios))
-            blocks = []
-            for j in range(depth):
-                s = stride if j == 0 else 1
-                if btype == "basic":
-                    blocks.append(Block("basic", width, width, None, 3, s, rank))
-                else:
-                    blocks.append(Block("bottleneck", 4 * width, width, width, 3, s, rank))
-            stages.append(Stage(tuple(blocks)))
-        return ArchSpec(stem=stem, stages=tuple(stages), head=Head(), act="relu", family=self.name)
+        return {"stem_width": trial.suggest_categorical("stem_width", _stem_choices(o.stem_widths, o.width_mult)),
+                "block": trial.suggest_categorical("block", list(o.block_types))}
+
+    def stem(self, g: dict[str, Any]) -> Stem:
+        return Stem(g["stem_width"], 3, self.stem_stride)
+
+    def suggest_stage(self, trial: optuna.trial.BaseTrial, i: int, g: dict[str, Any], cin: int) -> Stage:
+        o = self.options
+        depth = trial.suggest_int(f"s{i}_depth", o.min_depth, o.max_depth)
+        width = trial.suggest_categorical(f"s{i}_width", _scaled(o.widths, 2**i, o.width_mult))
+        rank = trial.suggest_categorical(f"s{i}_rank", list(o.rank_ratios))
+        blocks = []
+        for j in range(depth):
+            s = self.stage_strides[i] if j == 0 else 1
+            if g["block"] == "basic":
+                blocks.append(Block("basic", width, width, None, 3, s, rank))
+            else:
+                blocks.append(Block("bottleneck", 4 * width, width, width, 3, s, rank))
+        return Stage(tuple(blocks))
 
     def _params_of(self, spec: ArchSpec) -> dict[str, Any]:
         first = spec.stages[0].blocks[0]
@@ -141,8 +180,11 @@ class MobileNetV2Space(SearchSpace):
         width_mults: tuple[float, ...] = _opt((0.5, 0.75, 1.0), "width multipliers of the base widths")
         stem_widths: tuple[int, ...] = _opt((8, 16, 32), "stem widths")
         rank_ratios: tuple[float, ...] = _opt(RANK_RATIOS, "rank ratios of the 1x1 convolutions")
+        width_mult: float = _width_opt()
+        stem_stride: int | None = _stride_opt()
 
         def __post_init__(self) -> None:
+            _check_scaling(self.width_mult, self.stem_stride)
             if not (isinstance(self.stages, int) and 1 <= self.stages <= 5):
                 raise ValueError(f"stages must be 1-5, got {self.stages}")
             _check_depths(self.min_depth, self.max_depth)
@@ -153,27 +195,34 @@ class MobileNetV2Space(SearchSpace):
             if not self.width_mults or not all(0 < float(m) <= 4 for m in self.width_mults):
                 raise ValueError(f"width_mults must be in (0, 4], got {list(self.width_mults)}")
 
-    def suggest(self, trial: optuna.trial.BaseTrial) -> ArchSpec:
+    act = "relu6"
+
+    def __init__(self, input_shape: Any = (3, 32, 32), **options: Any) -> None:
+        super().__init__(input_shape, **options)
+        self.stem_stride, hw = _stem_stride(self)
+        self.stage_strides = tuple(_strides(hw, list(self.WANTED_STRIDES[: self.options.stages]))[1])
+
+    def suggest_globals(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         o = self.options
-        stem_stride, hw = _stem_stride(self)
-        stem = Stem(trial.suggest_categorical("stem_width", list(o.stem_widths)), 3, stem_stride)
-        _, strides = _strides(hw, list(self.WANTED_STRIDES[: o.stages]))
-        cin = stem.out_channels
-        stages = []
-        for i, stride in enumerate(strides):
-            depth = trial.suggest_int(f"s{i}_depth", o.min_depth, o.max_depth)
-            widths = sorted({max(4, int(round(self.BASE_WIDTHS[i] * m / 4)) * 4) for m in o.width_mults})
-            width = trial.suggest_categorical(f"s{i}_width", widths)
-            expansion = trial.suggest_categorical(f"s{i}_expansion", list(o.expansions))
-            kernel = trial.suggest_categorical(f"s{i}_kernel", list(o.kernels))
-            rank = trial.suggest_categorical(f"s{i}_rank", list(o.rank_ratios))
-            blocks = []
-            for j in range(depth):
-                blocks.append(Block("inverted", width, cin * expansion, None, kernel,
-                                    stride if j == 0 else 1, rank))
-                cin = width
-            stages.append(Stage(tuple(blocks)))
-        return ArchSpec(stem=stem, stages=tuple(stages), head=Head(), act="relu6", family=self.name)
+        return {"stem_width": trial.suggest_categorical("stem_width", _stem_choices(o.stem_widths, o.width_mult))}
+
+    def stem(self, g: dict[str, Any]) -> Stem:
+        return Stem(g["stem_width"], 3, self.stem_stride)
+
+    def suggest_stage(self, trial: optuna.trial.BaseTrial, i: int, g: dict[str, Any], cin: int) -> Stage:
+        o = self.options
+        depth = trial.suggest_int(f"s{i}_depth", o.min_depth, o.max_depth)
+        widths = sorted({max(4, int(round(self.BASE_WIDTHS[i] * m * o.width_mult / 4)) * 4) for m in o.width_mults})
+        width = trial.suggest_categorical(f"s{i}_width", widths)
+        expansion = trial.suggest_categorical(f"s{i}_expansion", list(o.expansions))
+        kernel = trial.suggest_categorical(f"s{i}_kernel", list(o.kernels))
+        rank = trial.suggest_categorical(f"s{i}_rank", list(o.rank_ratios))
+        blocks = []
+        for j in range(depth):
+            blocks.append(Block("inverted", width, cin * expansion, None, kernel,
+                                self.stage_strides[i] if j == 0 else 1, rank))
+            cin = width
+        return Stage(tuple(blocks))
 
     def _params_of(self, spec: ArchSpec) -> dict[str, Any]:
         params: dict[str, Any] = {"stem_width": spec.stem.out_channels}
@@ -203,8 +252,11 @@ class PlainSpace(SearchSpace):
         kernels: tuple[int, ...] = _opt((3, 5), "kernel sizes")
         hidden: tuple[int, ...] = _opt((0, 64, 128), "hidden FC widths (0 = none)")
         rank_ratios: tuple[float, ...] = _opt(RANK_RATIOS, "LightLayer rank ratios per stage")
+        width_mult: float = _width_opt()
+        stem_stride: int | None = _stride_opt()
 
         def __post_init__(self) -> None:
+            _check_scaling(self.width_mult, self.stem_stride)
             if not (isinstance(self.stages, int) and 1 <= self.stages <= 4):
                 raise ValueError(f"stages must be 1-4, got {self.stages}")
             _check_depths(self.min_depth, self.max_depth)
@@ -214,23 +266,34 @@ class PlainSpace(SearchSpace):
             if not self.hidden or not all(isinstance(h, int) and h >= 0 for h in self.hidden):
                 raise ValueError(f"hidden must be non-negative integers, got {list(self.hidden)}")
 
-    def suggest(self, trial: optuna.trial.BaseTrial) -> ArchSpec:
+    act = "relu"
+
+    def __init__(self, input_shape: Any = (3, 32, 32), **options: Any) -> None:
+        super().__init__(input_shape, **options)
+        self.stem_stride, hw = _stem_stride(self)
+        self.stage_strides = tuple(_strides(hw, [1] + [2] * (self.options.stages - 1))[1])
+
+    def suggest_globals(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
         o = self.options
-        stem_stride, hw = _stem_stride(self)
-        stem = Stem(trial.suggest_categorical("stem_width", list(o.widths)), 3, stem_stride)
-        _, strides = _strides(hw, [1] + [2] * (o.stages - 1))
-        stages = []
-        for i, stride in enumerate(strides):
-            depth = trial.suggest_int(f"s{i}_depth", o.min_depth, o.max_depth)
-            width = trial.suggest_categorical(f"s{i}_width", _scaled(o.widths, 2**i))
-            kernel = trial.suggest_categorical(f"s{i}_kernel", list(o.kernels))
-            rank = trial.suggest_categorical(f"s{i}_rank", list(o.rank_ratios))
-            stages.append(Stage(tuple(Block("conv", width, None, None, kernel, stride if j == 0 else 1, rank)
-                                      for j in range(depth))))
+        return {"stem_width": trial.suggest_categorical("stem_width", _stem_choices(o.widths, o.width_mult))}
+
+    def stem(self, g: dict[str, Any]) -> Stem:
+        return Stem(g["stem_width"], 3, self.stem_stride)
+
+    def suggest_stage(self, trial: optuna.trial.BaseTrial, i: int, g: dict[str, Any], cin: int) -> Stage:
+        o = self.options
+        depth = trial.suggest_int(f"s{i}_depth", o.min_depth, o.max_depth)
+        width = trial.suggest_categorical(f"s{i}_width", _scaled(o.widths, 2**i, o.width_mult))
+        kernel = trial.suggest_categorical(f"s{i}_kernel", list(o.kernels))
+        rank = trial.suggest_categorical(f"s{i}_rank", list(o.rank_ratios))
+        return Stage(tuple(Block("conv", width, None, None, kernel, self.stage_strides[i] if j == 0 else 1, rank)
+                           for j in range(depth)))
+
+    def suggest_head(self, trial: optuna.trial.BaseTrial, g: dict[str, Any], cin: int) -> Head:
+        o = self.options
         hidden = trial.suggest_categorical("head_hidden", list(o.hidden))
         head_rank = trial.suggest_categorical("head_rank", list(o.rank_ratios)) if hidden else 1.0
-        head = Head(hidden=hidden or None, rank_ratio=head_rank)
-        return ArchSpec(stem=stem, stages=tuple(stages), head=head, act="relu", family=self.name)
+        return Head(hidden=hidden or None, rank_ratio=head_rank)
 
     def _params_of(self, spec: ArchSpec) -> dict[str, Any]:
         params: dict[str, Any] = {"stem_width": spec.stem.out_channels, "head_hidden": spec.head.hidden or 0}

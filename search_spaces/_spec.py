@@ -32,6 +32,7 @@ in the block (depthwise convolutions stay dense); 1.0 means full layers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -243,9 +244,12 @@ class ArchSpec:
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (lists, dicts, numbers, strings); inverse of :meth:`from_dict`."""
-        d = dataclasses.asdict(self)
-        d["format"] = SPEC_FORMAT_VERSION
-        return d
+        # What dataclasses.asdict gives (tests hold them equal), without its deep copies: the
+        # leaves are immutable numbers and strings. The spec hash is computed from it.
+        return {"stem": dict(vars(self.stem)),
+                "stages": tuple({"blocks": tuple(dict(vars(b)) for b in st.blocks)} for st in self.stages),
+                "head": dict(vars(self.head)), "act": self.act, "family": self.family,
+                "format": SPEC_FORMAT_VERSION}
 
     def to_json(self, *, indent: int | None = None) -> str:
         """Canonical JSON: sorted keys, no insignificant whitespace unless ``indent``."""
@@ -297,9 +301,10 @@ class ArchSpec:
             raise SpecError(f"spec: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
         return cls.from_dict(data)
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
-        """SHA-256 of the canonical JSON: equal across processes, key orders and Python versions."""
+        """SHA-256 of the canonical JSON: equal across processes, key orders and Python versions
+        (computed once per spec object: the spec is frozen)."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     @property

@@ -7,6 +7,12 @@ Schema history (``lightnas_meta.schema_version``):
    with their lineage.
 3. ``lightnas_jobs``: queued work other than trials (refinement requests of the HTTP API), which
    workers claim, heartbeat and finish.
+4. ``lightnas_studies.info_json`` (the budget-first figures of a study: its space's minimum cost,
+   share within the budget, how the space was fitted), and targets that count networks evaluated
+   within the budget: over-budget samples no longer count. An existing study's target is
+   converted so that the work it had left stays the same: ``new = counted + max(0, old -
+   finished)``, where ``finished`` counts its complete and pruned trials as the old target did
+   and ``counted`` leaves out the over-budget ones. A study that had met its target still has.
 
 Upgrades are functions in ``MIGRATIONS`` applied in order; tables are never dropped.
 """
@@ -14,6 +20,7 @@ Upgrades are functions in ``MIGRATIONS`` applied in order; tables are never drop
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 
 from sqlalchemy import (
@@ -25,11 +32,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _now() -> dt.datetime:
@@ -54,6 +63,7 @@ class StudyRow(Base):
     spec_json: Mapped[str] = mapped_column(Text)
     target_trials: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    info_json: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ArchitectureRow(Base):
@@ -168,5 +178,37 @@ def _v3_jobs(conn: Connection) -> None:
     JobRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
+#: ``value_json`` of the status user attribute of a trial rejected over budget (json.dumps).
+REJECTED_JSON = '"over_budget"'
+#: SQL counting a study's trials by state, over-budget ones (user attribute ``status``) apart.
+COUNTS_SQL = ("SELECT q.state, q.rejected, COUNT(*) FROM (SELECT t.state AS state, CASE WHEN a.value_json = "
+              f"'{REJECTED_JSON}' THEN 1 ELSE 0 END AS rejected FROM trials t "
+              "JOIN studies s ON s.study_id = t.study_id "
+              "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'status' "
+              "WHERE s.study_name = :n) q GROUP BY q.state, q.rejected")
+
+
+def _v4_counted_targets(conn: Connection) -> None:
+    """Version 4: ``info_json``, and targets converted to count networks within the budget."""
+    insp = inspect(conn)
+    if "info_json" not in {c["name"] for c in insp.get_columns("lightnas_studies")}:
+        conn.execute(text("ALTER TABLE lightnas_studies ADD COLUMN info_json TEXT"))
+    if not insp.has_table("trials"):
+        return
+    rows = conn.execute(text("SELECT name, target_trials, info_json FROM lightnas_studies")).all()
+    for name, target, info_json in rows:
+        finished = counted = 0
+        for state, rejected, n in conn.execute(text(COUNTS_SQL), {"n": name}):
+            if str(getattr(state, "name", state)) in ("COMPLETE", "PRUNED"):
+                finished += n
+                counted += 0 if rejected else n
+        new = counted + max(0, target - finished)
+        info = json.loads(info_json) if info_json else {}
+        info["target_converted"] = {"schema": 4, "old_target": target, "old_finished": finished,
+                                    "counted": counted, "new_target": new}
+        conn.execute(text("UPDATE lightnas_studies SET target_trials = :t, info_json = :i WHERE name = :n"),
+                     {"t": new, "i": json.dumps(info), "n": name})
+
+
 #: version -> upgrade function(connection) from version-1. Version 1 is created by create_all.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_refinements, 3: _v3_jobs}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_refinements, 3: _v3_jobs, 4: _v4_counted_targets}

@@ -37,6 +37,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ._schema import (
+    COUNTS_SQL,
     MIGRATIONS,
     SCHEMA_VERSION,
     ArchitectureRow,
@@ -305,6 +306,21 @@ class Store:
         with self.engine.connect() as conn:
             return {str(getattr(state, "name", state)): int(n) for state, n in conn.execute(sql, {"n": name})}
 
+    def study_counts(self, name: str) -> dict[str, int]:
+        """Trials of study ``name`` by state, read fresh, plus ``REJECTED``: the COMPLETE ones
+        rejected over the budget before training (they are in ``COMPLETE`` too), and
+        ``COUNTED``: COMPLETE + PRUNED - REJECTED, the networks evaluated within the budget that
+        a study's target counts."""
+        out: dict[str, int] = {"REJECTED": 0}
+        with self.engine.connect() as conn:
+            for state, rejected, n in conn.execute(text(COUNTS_SQL), {"n": name}):
+                key = str(getattr(state, "name", state))
+                out[key] = out.get(key, 0) + int(n)
+                if rejected and key == "COMPLETE":
+                    out["REJECTED"] += int(n)
+        out["COUNTED"] = out.get("COMPLETE", 0) + out.get("PRUNED", 0) - out["REJECTED"]
+        return out
+
     def trial_page(self, name: str, *, after: int = -1, states: tuple[str, ...] | None = None,
                    limit: int = 50) -> list[int]:
         """Ids of the trials of study ``name`` numbered above ``after`` (in ``states``), by number,
@@ -351,9 +367,9 @@ class Store:
             return [int(r[0]) for r in conn.execute(sql, {"n": name, "cutoff": cutoff})]
 
     # ------------------------------------------------------------------ studies
-    def add_study(self, name: str, spec_json: str, target: int) -> None:
+    def add_study(self, name: str, spec_json: str, target: int, info: str | None = None) -> None:
         with self.session() as s:
-            s.add(StudyRow(name=name, spec_json=spec_json, target_trials=target))
+            s.add(StudyRow(name=name, spec_json=spec_json, target_trials=target, info_json=info))
 
     def get_study(self, name: str) -> StudyRow | None:
         with self.session() as s:
