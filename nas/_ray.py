@@ -16,8 +16,9 @@ reports every objective (``spec.objectives``) in its final result and the driver
 study. So Ray trials are ordinary trials of the study: ``nas pareto`` sees them and local
 workers can run beside the Ray run.
 
-Slots and target. The searcher asks for a trial only while finished (COMPLETE + PRUNED) +
-RUNNING trials of the study are below its target, under the same database lock as local
+Slots and target. The searcher asks for a trial only while counted (networks within the budget:
+COMPLETE + PRUNED, less the over-budget rejections) + RUNNING trials of the study are below its
+target, under the same database lock as local
 workers (:func:`nas._worker.slots_left`, ``Store.lock``): the Tune experiment has unlimited
 samples and ends when the target is covered. A failed trial frees its slot and is replaced.
 The driver records the heartbeats of its trials (pending or running), so when the driver dies
@@ -135,7 +136,7 @@ class RayInterrupted(Exception):
     def __init__(self, progress: Progress, path: Path | None, detail: str = "interrupted") -> None:
         self.progress, self.path = progress, path
         where = f"; the Ray Tune experiment is saved in {path}" if path is not None else ""
-        super().__init__(f"{detail}: {progress.finished}/{progress.target} trials finished{where}; "
+        super().__init__(f"{detail}: {progress.finished}/{progress.target} networks within budget{where}; "
                          "rerun the same command to resume")
 
 

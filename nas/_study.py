@@ -81,6 +81,8 @@ class StudySpec(BaseModel):
     cost_device: str = "rpi4"
     trials: int = Field(default=30, ge=1, le=1_000_000)
     fit_space: bool = True
+    fit_resolution: bool = False
+    input_size: int | None = Field(default=None, ge=4, le=4096)
     val_fraction: float = Field(default=0.15, gt=0.0, lt=1.0)
     fidelity: Fidelity = Field(default_factory=Fidelity)
 
@@ -180,14 +182,17 @@ class StudySpec(BaseModel):
         """The study's dataset with its fixed splits (raises ``DataError``)."""
         from objectives import load_dataset
 
-        return load_dataset(self.data, seed=self.seed, val_fraction=self.val_fraction,
+        data = load_dataset(self.data, seed=self.seed, val_fraction=self.val_fraction,
                             train_fraction=self.fidelity.train_fraction)
+        return data if self.input_size is None else data.resized(self.input_size)
 
     def fidelity_dict(self) -> dict[str, Any]:
         """What an evaluation's accuracy depends on besides the architecture."""
         out = {"data": self.data, "seed": self.seed, "val_fraction": self.val_fraction, **self.fidelity.model_dump()}
         if self.inherit_weights:  # initialised from a parent: not the same evaluation as from scratch
             out["inherit_weights"] = True
+        if self.input_size is not None:  # images resized: another dataset, as far as accuracy goes
+            out["input_size"] = self.input_size
         return out
 
     @property
@@ -285,7 +290,16 @@ def plan_study(spec: StudySpec, data: Any = None) -> StudyPlan:
             or not) can reach; the message names the resource, the minimum and what would fit.
     """
     from objectives import DataError
-    from objectives._feasibility import USABLE_SHARE, WARN_SHARE, assess, fit_space, most_scaled, space_minimum
+    from objectives._feasibility import (
+        USABLE_SHARE,
+        WARN_SHARE,
+        assess,
+        fit_space,
+        most_scaled,
+        resized_shape,
+        smaller_inputs,
+        space_minimum,
+    )
 
     if data is None:
         try:
@@ -304,13 +318,19 @@ def plan_study(spec: StudySpec, data: Any = None) -> StudyPlan:
     given = assess(space, budget, classes, spec.cost_device, seed=spec.seed)
     plan = StudyPlan(spec, {"feasibility": given.to_dict()})
     final, final_space = given, space
+    resolutions = smaller_inputs(shape) if spec.fit_resolution and spec.input_size is None else []
     if spec.fit_space and (given.share < USABLE_SHARE or given.below):
-        fit = fit_space(spec.space, shape, spec.space_options, budget, classes, spec.cost_device, seed=spec.seed)
+        fit = fit_space(spec.space, shape, spec.space_options, budget, classes, spec.cost_device, seed=spec.seed,
+                        resolutions=resolutions)
         if fit.scaled:
-            final_space = get_space(spec.space, input_shape=shape, **fit.options)
+            fshape = shape if fit.input_size is None else resized_shape(shape, fit.input_size)
+            final_space = get_space(spec.space, input_shape=fshape, **fit.options)
             final = assess(final_space, budget, classes, spec.cost_device, seed=spec.seed)
             if not final.below and (given.below or final.share >= given.share):
-                plan.spec = spec.model_copy(update={"space_options": fit.options})
+                update: dict[str, Any] = {"space_options": fit.options}
+                if fit.input_size is not None:
+                    update["input_size"] = fit.input_size
+                plan.spec = spec.model_copy(update=update)
                 plan.info = {"feasibility": final.to_dict(), "feasibility_as_given": given.to_dict(),
                              "fit": fit.to_dict()}
             else:
@@ -341,6 +361,15 @@ def plan_study(spec: StudySpec, data: Any = None) -> StudyPlan:
                 others.append(f"{other!r} ({_options_text(osmall)}: {_fmt_resource(resource, omin)})")
         if others:
             advice += "; or space " + ", ".join(others)
+        if not resolutions and spec.input_size is None and smaller_inputs(shape):
+            small_side = min(smaller_inputs(shape))
+            sshape = resized_shape(shape, small_side)
+            smin = space_minimum(get_space(spec.space, input_shape=sshape, **most_scaled(spec.space, sshape,
+                                                                                         spec.space_options)),
+                                 classes, spec.cost_device, [resource])[resource][0]
+            if smin <= limit:
+                advice += (f"; or allow smaller inputs (--fit-resolution: at {small_side} px the space reaches "
+                           f"{_fmt_resource(resource, smin)})")
         scaled = " even scaled down" if spec.fit_space else ""
         raise NasError(f"budget: {resource}<={_fmt_resource(resource, limit)} is below what {where} can reach"
                        f"{scaled}: its cheapest architecture needs {_fmt_resource(resource, minimum)}; {advice}")
@@ -367,6 +396,8 @@ def describe_plan(plan: StudyPlan) -> list[str]:
         kept = f"; kept as you gave them: {_options_text(fit['kept'])}" if fit["kept"] else ""
         lines.append(f"space fitted to the budget (TinyNAS): {scaled}{kept} "
                      f"({before:.1%} of the space as given was within the budget)")
+        if fit.get("input_size"):
+            lines.append(f"inputs are resized to a short side of {fit['input_size']} px (--fit-resolution)")
     lines.append(f"budget {plan.spec.budget}: the space's minimum is {minima}; "
                  f"{feas['share_within_budget']:.1%} of it lies within the budget ({feas['samples']} samples)")
     return lines + plan.warnings

@@ -282,6 +282,10 @@ def study_create(
     fit_space: bool = typer.Option(None, "--fit-space/--no-fit-space",
                                    help="scale the space to the budget when too little of it fits (TinyNAS; on by "
                                         "default; your own --option values are kept)"),
+    fit_resolution: bool = typer.Option(None, "--fit-resolution/--no-fit-resolution",
+                                        help="let budget fitting also resize the inputs (TinyNAS's resolution knob; "
+                                             "off by default: your images are kept as they are)"),
+    input_size: int = typer.Option(None, "--input-size", help="resize inputs to this short side in pixels"),
     device: str = typer.Option(None, "--device", help="torch device: auto | cpu | cuda"),
     cost_device: str = typer.Option(None, "--cost-device", help="device profile for latency/energy"),
     option: list[str] = typer.Option([], "--option", help="space option key=value (repeatable)"),
@@ -301,6 +305,10 @@ def study_create(
         fields["inherit_weights"] = inherit_weights
     if fit_space is not None:
         fields["fit_space"] = fit_space
+    if fit_resolution is not None:
+        fields["fit_resolution"] = fit_resolution
+    if input_size is not None:
+        fields["input_size"] = input_size
     early: dict[str, Any] = {}
     if es_margin is not None:
         early["margin"] = es_margin

@@ -121,6 +121,23 @@ class Dataset:
                  ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
         return replace(self, **moved)
 
+    def resized(self, short_side: int) -> Dataset:
+        """A copy with every image resized (bilinear, antialiased) so that its short side is
+        ``short_side`` pixels, aspect kept; ``self`` when it is that size already. The
+        normalisation statistics are those of the original training split."""
+        _, h, w = self.input_shape
+        size = (max(1, round(h * short_side / min(h, w))), max(1, round(w * short_side / min(h, w))))
+        if size == (h, w):
+            return self
+
+        def resize(x: torch.Tensor) -> torch.Tensor:
+            parts = [torch.nn.functional.interpolate(x[i:i + 4096], size=size, mode="bilinear", antialias=True,
+                                                     align_corners=False) for i in range(0, len(x), 4096)]
+            return torch.cat(parts) if parts else x.new_zeros((0, x.shape[1], *size))
+
+        return replace(self, x_train=resize(self.x_train), x_val=resize(self.x_val), x_test=resize(self.x_test),
+                       input_shape=(self.input_shape[0], *size))
+
     def __repr__(self) -> str:
         s = self.sizes
         return (f"Dataset({self.name!r}, input_shape={self.input_shape}, num_classes={self.num_classes}, "

@@ -20,7 +20,9 @@ Three answers, all from the analytic cost model (no model built):
 Choices made here where the paper is silent: the usable share is 20 % (below it, four in five
 samples are rejected and samplers spend most asks learning the boundary); the grid is width
 multipliers 1, 0.75, 0.5, 0.25, stem stride as given or 2, and depth caps as given, 2 or 1;
-variants are screened on 300 samples each, and the chosen one is measured again on 2,000.
+variants are screened on 300 samples each, and the chosen one is measured again on 2,000. The
+input resolution, TinyNAS's other knob, is tried only where the user allows the images to be
+resized (``fit_resolution``): short sides of 3/4, 1/2, 3/8 and 1/4 of the input's, at least 8 px.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from ._cost import SEGMENT_FIELDS, estimate_cost, segment_terms, totals_from_ter
 from ._devices import DeviceProfile, get_device
 
 __all__ = ["FIT_SAMPLES", "SHARE_SAMPLES", "USABLE_SHARE", "WARN_SHARE", "Feasibility", "SpaceFit",
-           "below_minimum", "fit_space", "space_minimum", "space_share"]
+           "below_minimum", "fit_space", "resized_shape", "smaller_inputs", "space_minimum", "space_share"]
 
 #: A space of which less than this share lies within the budget is fitted (when fitting is on),
 #: and a fitted variant must reach it (else the variant with the largest share is taken).
@@ -267,7 +269,7 @@ def assess(space: SearchSpace, budget: Budget, num_classes: int, device: str | D
 
 @dataclass
 class SpaceFit:
-    """The outcome of :func:`fit_space`: the options to use and what changed."""
+    """The outcome of :func:`fit_space`: the options (and input size) to use and what changed."""
 
     options: dict[str, Any]
     scaled: dict[str, tuple[Any, Any]]
@@ -276,11 +278,31 @@ class SpaceFit:
     share_after: float
     mean_flops_after: float
     variants: int
+    input_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"options": dict(self.options), "scaled": {k: list(v) for k, v in self.scaled.items()},
                 "kept": dict(self.kept), "share_before": self.share_before, "share_after": self.share_after,
-                "mean_flops_within_budget": self.mean_flops_after, "variants_screened": self.variants}
+                "mean_flops_within_budget": self.mean_flops_after, "variants_screened": self.variants,
+                "input_size": self.input_size}
+
+
+def resized_shape(shape: tuple[int, int, int], short_side: int) -> tuple[int, int, int]:
+    """``(C, H, W)`` with the short side scaled to ``short_side``, aspect kept
+    (``objectives.Dataset.resized``)."""
+    c, h, w = shape
+    m = min(h, w)
+    return (c, max(1, round(h * short_side / m)), max(1, round(w * short_side / m)))
+
+
+#: Input resolutions (as a share of the short side) that fitting may try when a user allows it.
+RESOLUTIONS = (0.75, 0.5, 0.375, 0.25)
+
+
+def smaller_inputs(shape: tuple[int, int, int], smallest: int = 8) -> list[int]:
+    """Short sides :func:`fit_space` tries with ``resolutions``: fractions of the input's, >= 8 px."""
+    m = min(shape[1:])
+    return sorted({round(m * f) for f in RESOLUTIONS if smallest <= round(m * f) < m}, reverse=True)
 
 
 #: Options whose presence means the user chose the widths: the width multiplier is then not varied.
@@ -316,9 +338,11 @@ def _variants(space: SearchSpace, given: Mapping[str, Any]) -> list[dict[str, An
 
 def fit_space(name: str, input_shape: tuple[int, int, int], options: Mapping[str, Any], budget: Budget,
               num_classes: int, device: str | DeviceProfile = "rpi4", *, seed: int = 0,
-              samples: int = FIT_SAMPLES) -> SpaceFit:
+              samples: int = FIT_SAMPLES, resolutions: Sequence[int] = ()) -> SpaceFit:
     """The scaled variant of space ``name`` (with the user's ``options`` kept) that TinyNAS
-    would choose for ``budget``: see the module docstring.
+    would choose for ``budget``: see the module docstring. ``resolutions``: smaller short sides
+    of the input the variants may also use (TinyNAS's second knob; only where the user allows
+    the images to be resized).
 
     Raises:
         SpaceError: bad options.
@@ -327,24 +351,36 @@ def fit_space(name: str, input_shape: tuple[int, int, int], options: Mapping[str
     base = get_space(name, input_shape=input_shape, **given)
     scored = []
     share_before = 0.0
-    for k, v in enumerate(_variants(base, given)):
-        space = base if not v else get_space(name, input_shape=input_shape, **{**given, **v})
-        s = space_share(space, budget, num_classes, device, samples=samples, seed=seed)
-        if k == 0:
-            share_before = s.share
-        scored.append((v, s))
-    usable = [(v, s) for v, s in scored if s.share >= USABLE_SHARE]
+    sizes: list[int | None] = [None, *resolutions]
+    for size in sizes:
+        shape = input_shape if size is None else resized_shape(input_shape, size)
+        at = base if size is None else get_space(name, input_shape=shape, **given)
+        for v in _variants(at, given):
+            space = at if not v else get_space(name, input_shape=shape, **{**given, **v})
+            s = space_share(space, budget, num_classes, device, samples=samples, seed=seed)
+            if size is None and not v:
+                share_before = s.share
+            scored.append(((size, v), s))
+
+    def changes(sv: tuple[int | None, dict[str, Any]]) -> int:
+        return len(sv[1]) + (sv[0] is not None)
+
+    usable = [(sv, s) for sv, s in scored if s.share >= USABLE_SHARE]
     if not any(s.share > 0 for _, s in scored):  # only rare architectures fit: the smallest variant
-        v = {k: val for k, val in most_scaled(name, input_shape, given).items() if k not in given}
-        space = get_space(name, input_shape=input_shape, **{**given, **v})
-        s = space_share(space, budget, num_classes, device, samples=samples, seed=seed)
+        size = min(resolutions) if resolutions else None
+        shape = input_shape if size is None else resized_shape(input_shape, size)
+        v = {k: val for k, val in most_scaled(name, shape, given).items() if k not in given}
+        s = space_share(get_space(name, input_shape=shape, **{**given, **v}), budget, num_classes, device,
+                        samples=samples, seed=seed)
     elif usable:  # TinyNAS: the most compute within the budget; fewer changes break ties
-        v, s = max(usable, key=lambda vs: (vs[1].mean_flops, -len(vs[0])))
+        (size, v), s = max(usable, key=lambda x: (x[1].mean_flops, -changes(x[0])))
     else:
-        v, s = max(scored, key=lambda vs: (vs[1].share, vs[1].mean_flops, -len(vs[0])))
+        (size, v), s = max(scored, key=lambda x: (x[1].share, x[1].mean_flops, -changes(x[0])))
     defaults = base.options
-    scaled = {k: (getattr(defaults, k), val) for k, val in v.items()}
-    return SpaceFit({**given, **v}, scaled, given, share_before, s.share, s.mean_flops, len(scored))
+    scaled: dict[str, tuple[Any, Any]] = {k: (getattr(defaults, k), val) for k, val in v.items()}
+    if size is not None:
+        scaled["input_size"] = (min(input_shape[1:]), size)
+    return SpaceFit({**given, **v}, scaled, given, share_before, s.share, s.mean_flops, len(scored), size)
 
 
 def most_scaled(name: str, input_shape: tuple[int, int, int], options: Mapping[str, Any]) -> dict[str, Any]:

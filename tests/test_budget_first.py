@@ -177,3 +177,25 @@ def test_api_refuses_an_impossible_budget_with_422_and_shows_the_figures(sqlite_
         assert body["fit"]["scaled"] and 0 < body["feasibility"]["minimum"]["flops"] < 300e3
         view = c.get("/studies/y").json()
         assert view["feasibility"] == body["feasibility"] and view["rejected"] == 0
+
+
+def test_fitting_may_resize_the_inputs_only_when_allowed(store, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "big.npz"
+    np.savez(path, x_train=rng.integers(0, 255, (240, 96, 96, 3), dtype=np.uint8), y_train=np.arange(240) % 4)
+    budget = "peak_mem<=64KiB flops<=2M"
+    with pytest.raises(NasError, match="allow smaller inputs \\(--fit-resolution"):
+        plan_study(spec("r", space="mobilenetv2", data=f"npz:{path}", budget=budget))
+    made = create_study(spec("r", space="mobilenetv2", data=f"npz:{path}", budget=budget, fit_resolution=True,
+                             trials=1), store)
+    size = made.spec.input_size
+    assert size is not None and size < 96 and made.info["fit"]["scaled"]["input_size"] == [96, size]
+    stored = get_study_spec("r", store)
+    assert stored.input_size == size and stored.load_data().input_shape == (3, size, size)
+    assert run_study("r", store).finished == 1
+    trial = next(t for t in optuna.load_study(study_name="r", storage=store.optuna).get_trials()
+                 if t.user_attrs.get("status") == "trained")
+    arch = ArchSpec.from_json(store.get_architecture(trial.user_attrs["spec_hash"]))
+    assert estimate_cost(arch, (3, size, size), 4)["peak_activation_bytes"] <= 64 * 1024

@@ -32,9 +32,9 @@ def test_full_flow_on_sqlite(tmp_path):
     nas("study", "create", "flow", "--space", "plain", "--data", "digits", "--budget", "params<=12k",
         "--epochs", "2", "--trials", "5", "--device", "cpu", *TINY, "--storage", url, cwd=tmp_path)
     r = nas("study", "run", "flow", "--quiet", "--storage", url, cwd=tmp_path)
-    assert "5/5 complete" in r.stdout
+    assert "5/5 within budget" in r.stdout
     show = json.loads(nas("study", "show", "flow", "--format", "json", "--storage", url, cwd=tmp_path).stdout)
-    assert show["complete"] == 5 and show["spec"]["budget"] == "params<=12k"
+    assert show["within_budget"] == 5 and show["spec"]["budget"] == "params<=12k"
     listed = json.loads(nas("study", "list", "--format", "json", "--storage", url, cwd=tmp_path).stdout)
     assert [s["name"] for s in listed] == ["flow"]
     front = json.loads(nas("pareto", "flow", "--format", "json", "--storage", url, cwd=tmp_path).stdout)
@@ -51,7 +51,7 @@ def test_full_flow_on_sqlite(tmp_path):
     # Rerunning with a higher target resumes.
     nas("study", "run", "flow", "--trials", "7", "--quiet", "--storage", url, cwd=tmp_path)
     assert json.loads(nas("study", "show", "flow", "--format", "json", "--storage", url,
-                          cwd=tmp_path).stdout)["complete"] == 7
+                          cwd=tmp_path).stdout)["within_budget"] == 7
     assert nas("study", "delete", "flow", "--storage", url, cwd=tmp_path, check=False).returncode == 2
     nas("study", "delete", "flow", "--yes", "--storage", url, cwd=tmp_path)
     assert json.loads(nas("study", "list", "--format", "json", "--storage", url, cwd=tmp_path).stdout) == []
@@ -105,6 +105,9 @@ def test_demo_meets_its_promise(tmp_path):
     """README's main job: digits + SQLite, a front of >= 3 architectures within budget, >= 95% test."""
     r = nas("demo", "--quiet", cwd=tmp_path)
     assert (tmp_path / "nas.db").exists()
+    # Budget first: the space's minimum cost and share within the budget, before any training.
+    assert "the space's minimum is params" in r.stdout and "lies within the budget (2000 samples)" in r.stdout
+    assert "48 networks within budget" in r.stdout
     assert "Pareto plot: nas_runs/demo/pareto.png" in r.stdout
     front = json.loads(nas("pareto", "demo", "--format", "json", cwd=tmp_path).stdout)
     assert len(front) >= 3

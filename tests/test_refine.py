@@ -116,7 +116,7 @@ def test_every_candidate_is_stored_with_its_lineage(storage_url):
     store.close()
 
     store = Store(storage_url)  # read back through a new connection
-    assert store.schema_version == SCHEMA_VERSION == 3
+    assert store.schema_version == SCHEMA_VERSION == 4
     stored = store.get_refinements("t", parent_trial=0)
     assert [r.id for r in stored] == [r.id for r in rows]
     methods = [r.method for r in stored]
@@ -328,8 +328,8 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_data(storage_url):
     engine.dispose()
 
     store = Store(storage_url)
-    assert store.schema_version == SCHEMA_VERSION == 3
-    assert store.get_study("old").target_trials == 3
+    assert store.schema_version == SCHEMA_VERSION == 4
+    assert store.get_study("old").target_trials == 3  # no trials: nothing counted, 3 left
     assert {"lightnas_refinements", "lightnas_jobs"} <= set(inspect(store.engine).get_table_names())
     kw = dict(study="old", parent_trial=0, parent_spec_hash="a" * 64, settings_hash="k", parent_step=None,
               method="baseline", spec_hash="a" * 64, settings={"x": 1}, detail={}, val_accuracy=0.5,

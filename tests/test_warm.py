@@ -18,6 +18,7 @@ from nas._morph import inherit_weights, overlap, spec_state_shapes
 from nas._runner import run_study
 from nas._study import create_study, make_spec
 from nas.cli import main
+from objectives import estimate_cost
 from search_spaces import ArchSpec, build_model, get_space, sample_spec
 from storage import Store
 
@@ -98,7 +99,8 @@ def test_front_members_outside_this_studys_options_are_skipped_not_fatal(sqlite_
     ("deep", "not in space 'plain'"),  # a depth beyond the study's max_depth (an integer range)
     ('{"stem": 3}', "is not an ArchSpec"),
     (None, "is not in space 'plain'"),  # a real spec, but wider than the study's options
-    ("over", "over the budget params<=100"),
+    ("over", "over the budget params<="),
+    ("unreachable", "params<=100 is below what space 'plain' on input 1x8x8 can reach"),
 ])
 def test_an_enqueued_spec_that_does_not_fit_fails_in_one_line_and_writes_nothing(sqlite_url, tmp_path, capsys,
                                                                                    doc, needle):
@@ -109,10 +111,13 @@ def test_an_enqueued_spec_that_does_not_fit_fails_in_one_line_and_writes_nothing
     elif doc == "deep":
         deep = get_space("plain", input_shape=(1, 8, 8), **{**TINY, "min_depth": 3, "max_depth": 3})
         doc = sample_spec(deep, 0).to_json()
-    elif doc == "over":  # a spec of the space, but no network of it has 100 parameters or fewer
-        doc, budget = sample_spec(get_space("plain", input_shape=(1, 8, 8), **TINY), 1).to_json(), "params<=100"
+    elif doc in ("over", "unreachable"):  # a spec of the space, one parameter over the budget
+        arch = sample_spec(get_space("plain", input_shape=(1, 8, 8), **TINY), 1)
+        params = int(estimate_cost(arch, (1, 8, 8), 10)["params"])
+        # ... or a budget no network of the space reaches: refused before the spec is looked at.
+        doc, budget = arch.to_json(), (f"params<={params - 1}" if doc == "over" else "params<=100")
     path.write_text(doc)
-    code, _out, err = cli(capsys, "study", "create", "dst", "--space", "plain", "--budget", budget,
+    code, _out, err = cli(capsys, "study", "create", "dst", "--space", "plain", "--budget", budget, "--no-fit-space",
                           "--option", "widths=[8, 16]", "--option", "max_depth=1", "--option", "kernels=[3]",
                           "--option", "hidden=[0, 32]", "--enqueue", str(path), "--storage", sqlite_url)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err

@@ -92,13 +92,14 @@ def wait_all(ps: list[subprocess.Popen], log: Path, timeout: float = WAIT) -> No
 
 
 def assert_intact(url: str, name: str, target: int) -> list[optuna.trial.FrozenTrial]:
-    """Exactly ``target`` complete trials, unique numbers, each with its values, cost and status;
-    trained ones have their evaluation and weights in the store; nothing left running or queued."""
+    """Exactly ``target`` complete trials within the budget (rejected ones besides), unique
+    numbers, each with its values, cost and status; trained ones have their evaluation and weights
+    in the store; nothing left running or queued."""
     trials = trials_of(url, name)
     numbers = [t.number for t in trials]
     assert len(numbers) == len(set(numbers))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == target
+    assert sum(t.user_attrs.get("status") != "over_budget" for t in complete) == target
     assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     store = Store(url)
     try:
