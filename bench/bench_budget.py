@@ -13,7 +13,7 @@ c. 16-network studies at low fidelity (``--studies``): for each of those cells, 
    and a LeNet-5-sized network trained at the same fidelity on the same splits.
 
 Usage: python bench/bench_budget.py --mnist ../shared/data/mnist [--studies] [--max-minutes M]
-       [--json out.json]
+       [--epochs 2] [--train-fraction 0.05] [--val-fraction 0.05] [--workers 2]
 """
 
 from __future__ import annotations
@@ -112,14 +112,16 @@ def fmt_opts(options: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(options.items())) or "as given"
 
 
-def part_b(inputs: list[tuple[str, str]], fidelity: dict) -> tuple[str, list]:
+def part_b(inputs: list[tuple[str, str]], fidelity: dict, val_fraction: float) -> tuple[str, list]:
     rows, cells = [], []
     for label, data in inputs:
-        base = make_spec(name="probe", space="plain", data=data, budget="flops<=1M", fidelity=fidelity)
+        base = make_spec(name="probe", space="plain", data=data, budget="flops<=1M", fidelity=fidelity,
+                         val_fraction=val_fraction)
         loaded = base.load_data()
         for space in list_spaces():
             for budget in BUDGETS:
-                spec = make_spec(name="probe", space=space, data=data, budget=budget, fidelity=fidelity)
+                spec = make_spec(name="probe", space=space, data=data, budget=budget, fidelity=fidelity,
+                                 val_fraction=val_fraction)
                 t0 = time.perf_counter()
                 try:
                     plan = plan_study(spec, loaded)
@@ -155,6 +157,8 @@ def part_c(cells: list, fidelity: dict, max_minutes: float, workers: int) -> str
     store = Store(f"sqlite:///{tmp}/b.db")
     rows, baselines = [], {}
     t_start = time.time()
+    # Cheap budgets first, both inputs and every space per budget, so a time cap cuts the dearest.
+    cells = sorted(cells, key=lambda c: (BUDGETS.index(c[3]), c[0], c[2]))
     for k, (label, _data, space, budget, plan, refusal) in enumerate(cells):
         if plan is None:
             rows.append([label, space, budget, "refused", "-", "-", "-", refusal[:150]])
@@ -191,8 +195,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mnist", type=Path, default=Path("../shared/data/mnist"))
     ap.add_argument("--studies", action="store_true", help="part c: run the 16-network studies")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--train-fraction", type=float, default=0.1)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--train-fraction", type=float, default=0.05)
+    ap.add_argument("--val-fraction", type=float, default=0.05)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--max-minutes", type=float, default=60.0)
     args = ap.parse_args()
@@ -204,13 +209,14 @@ def main() -> None:
     atexit.register(shutil.rmtree, tmp, True)
     write_padded_npz(args.mnist, tmp / "mnist32x3.npz")
     inputs = [("MNIST 1x28x28", f"idx:{args.mnist.resolve()}"), ("MNIST padded 3x32x32", f"npz:{tmp}/mnist32x3.npz")]
-    text, cells = part_b(inputs, fidelity)
+    text, cells = part_b(inputs, fidelity, args.val_fraction)
     out.append("\n### b. Share of each space within the budget, as given and as fitted\n\n" + text)
     print(out[-1], flush=True)
     if args.studies:
         text = part_c(cells, fidelity, args.max_minutes, args.workers)
         out.append(f"\n### c. 16 networks within budget per study (epochs {args.epochs}, train fraction "
-                   f"{args.train_fraction}, {args.workers} workers)\n\n" + text)
+                   f"{args.train_fraction}, validation fraction {args.val_fraction}, {args.workers} workers)\n\n"
+                   + text)
         print(out[-1], flush=True)
     print("\n".join(out), file=sys.stderr)
 

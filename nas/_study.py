@@ -17,7 +17,7 @@ from typing import Any, Literal
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from objectives import RESOURCES, BudgetError, parse_budget, resolve_resource
+from objectives import RESOURCES, BudgetError, format_amount, parse_budget, resolve_resource
 from search_spaces import SpaceError, get_space, list_spaces
 from storage import Store
 
@@ -261,20 +261,6 @@ class StudyPlan:
     warnings: list[str] = field(default_factory=list)
 
 
-def _fmt_resource(name: str, value: float) -> str:
-    from objectives._budget import BYTE_RESOURCES
-
-    if name in BYTE_RESOURCES:
-        for unit, size in (("GiB", 1024.0**3), ("MiB", 1024.0**2), ("KiB", 1024.0)):
-            if value >= size:
-                return f"{value / size:.4g}{unit}"
-        return f"{value:.0f}B"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if value >= size:
-            return f"{value / size:.4g}{unit}"
-    return f"{value:.4g}"
-
-
 def _options_text(options: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(options.items())) or "as given"
 
@@ -338,7 +324,7 @@ def plan_study(spec: StudySpec, data: Any = None) -> StudyPlan:
     if final.below:
         resource, minimum = next(iter(final.below.items()))
         limit = budget.limits[resource]
-        advice = f"budgets that fit: {resource}<={_fmt_resource(resource, minimum)} or more"
+        advice = f"budgets that fit: {resource}<={format_amount(resource, minimum, up=True)} or more"
         if not spec.fit_space:
             small = most_scaled(spec.space, shape, spec.space_options)
             if small != spec.space_options:
@@ -346,7 +332,7 @@ def plan_study(spec: StudySpec, data: Any = None) -> StudyPlan:
                                           spec.cost_device, [resource])[resource][0]
                 if small_min <= limit:
                     advice += f"; or let lightnas fit the space (drop --no-fit-space: {_options_text(small)} " \
-                              f"reaches {_fmt_resource(resource, small_min)})"
+                              f"reaches {format_amount(resource, small_min)})"
         others = []
         for other in list_spaces():
             if other == spec.space:
@@ -358,7 +344,7 @@ def plan_study(spec: StudySpec, data: Any = None) -> StudyPlan:
                 continue
             omin = space_minimum(ospace, classes, spec.cost_device, [resource])[resource][0]
             if omin <= limit:
-                others.append(f"{other!r} ({_options_text(osmall)}: {_fmt_resource(resource, omin)})")
+                others.append(f"{other!r} ({_options_text(osmall)}: {format_amount(resource, omin)})")
         if others:
             advice += "; or space " + ", ".join(others)
         if not resolutions and spec.input_size is None and smaller_inputs(shape):
@@ -369,15 +355,15 @@ def plan_study(spec: StudySpec, data: Any = None) -> StudyPlan:
                                  classes, spec.cost_device, [resource])[resource][0]
             if smin <= limit:
                 advice += (f"; or allow smaller inputs (--fit-resolution: at {small_side} px the space reaches "
-                           f"{_fmt_resource(resource, smin)})")
+                           f"{format_amount(resource, smin)})")
         scaled = " even scaled down" if spec.fit_space else ""
-        raise NasError(f"budget: {resource}<={_fmt_resource(resource, limit)} is below what {where} can reach"
-                       f"{scaled}: its cheapest architecture needs {_fmt_resource(resource, minimum)}; {advice}")
+        raise NasError(f"budget: {resource}<={format_amount(resource, limit)} is below what {where} can reach"
+                       f"{scaled}: its cheapest architecture needs {format_amount(resource, minimum)}; {advice}")
     if final.share < WARN_SHARE:
         plan.warnings.append(
             f"warning: only {final.share:.2%} of {where} lies within the budget {spec.budget} "
             f"({final.samples} samples); most samples will be rejected before training. Loosen the budget "
-            f"(minimum: {', '.join(f'{k}={_fmt_resource(k, v)}' for k, v in final.minima.items())})"
+            f"(minimum: {', '.join(f'{k}={format_amount(k, v)}' for k, v in final.minima.items())})"
             + ("" if spec.fit_space else " or drop --no-fit-space"))
     return plan
 
@@ -387,7 +373,7 @@ def describe_plan(plan: StudyPlan) -> list[str]:
     feas = plan.info.get("feasibility")
     if not feas:
         return []
-    minima = ", ".join(f"{k} {_fmt_resource(k, v)}" for k, v in feas["minimum"].items())
+    minima = ", ".join(f"{k} {format_amount(k, v)}" for k, v in feas["minimum"].items())
     lines = []
     fit = plan.info.get("fit")
     if fit:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from ._budget import ALIASES, Budget, BudgetError, Condition, parse_budget, parse_conditions, resolve_resource
+from ._budget import (
+    ALIASES,
+    Budget,
+    BudgetError,
+    Condition,
+    format_amount,
+    parse_budget,
+    parse_conditions,
+    resolve_resource,
+)
 from ._cost import RESOURCES, CostReport, LayerCost, estimate_cost, trace_layers
 from ._data import DATA_SOURCES, DataError, Dataset, describe_sources, load_dataset
 from ._devices import DeviceError, DeviceProfile, get_device, list_devices, nas_home, save_device
@@ -31,6 +40,7 @@ __all__ = [
     "LayerCost",
     "calibrate_host",
     "estimate_cost",
+    "format_amount",
     "get_device",
     "list_devices",
     "measure_latency",

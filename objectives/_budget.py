@@ -13,6 +13,7 @@ resources, with ``w_i = 1/n`` unless given, so a network exactly at every limit 
 
 from __future__ import annotations
 
+import decimal
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -21,7 +22,7 @@ from typing import Any
 
 from ._cost import RESOURCES
 
-__all__ = ["ALIASES", "Budget", "BudgetError", "Condition", "parse_budget", "parse_conditions",
+__all__ = ["ALIASES", "Budget", "BudgetError", "Condition", "format_amount", "parse_budget", "parse_conditions",
            "resolve_resource"]
 
 #: Short names accepted for resources.
@@ -62,6 +63,26 @@ class Condition:
         return f"{self.name}{self.op}{self.value:g}"
 
 
+def format_amount(name: str, value: float, *, up: bool = False) -> str:
+    """``value`` of resource ``name`` in the budget language, 4 significant digits: binary
+    suffixes and ``B`` for bytes, SI suffixes otherwise, so that it parses back. ``up`` rounds
+    up (a limit that admits ``value``), else to nearest.
+
+    >>> format_amount("peak_activation_bytes", 65536), format_amount("flops", 1.5e6)
+    ('64KiB', '1.5M')
+    >>> format_amount("params", 12344), format_amount("params", 12344, up=True)
+    ('12.34k', '12.35k')
+    """
+    units = ((("GiB", 1024.0**3), ("MiB", 1024.0**2), ("KiB", 1024.0), ("B", 1.0)) if name in BYTE_RESOURCES
+             else (("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1.0)))
+    unit, size = next(((u, s) for u, s in units if value >= s), units[-1])
+    scaled = value / size
+    if up and scaled > 0:
+        step = 10.0 ** (math.floor(math.log10(scaled)) - 3)
+        scaled = math.ceil(round(scaled / step, 6)) * step
+    return f"{scaled:.4g}{unit}"
+
+
 def resolve_resource(name: str, extra: Iterable[str] = ()) -> str:
     """Canonical resource name for ``name`` or an alias; raises :class:`BudgetError`."""
     canon = ALIASES.get(name, name)
@@ -83,7 +104,11 @@ def _parse_number(text: str, name: str) -> float:
     if suffix not in SUFFIXES:
         raise BudgetError(f"{name}: unknown suffix {suffix!r} in {text!r}; accepted: "
                           "k, M, G, T (powers of 1000), Ki, Mi, Gi, Ti (powers of 1024), optional B for bytes")
-    value = float(num) * SUFFIXES[suffix]
+    # In decimal, rounded once: "8.155k" is 8155 exactly (float(8.155) * 1000 is 8154.999...).
+    try:
+        value = float(decimal.Decimal(num) * decimal.Decimal(SUFFIXES[suffix]))
+    except (decimal.Overflow, OverflowError):
+        value = math.inf
     if not math.isfinite(value):
         raise BudgetError(f"{name}: {text!r} is not a finite number")
     return value

@@ -95,8 +95,36 @@ def _stride_opt() -> Any:
     return _opt(None, "stem stride 1 or 2 (default: 2 for inputs of 64 px and more; budget fitting may set 2)")
 
 
+class _BuiltinSpace(SearchSpace):
+    """What the built-in spaces share: the stem stride (option ``stem_stride``), the strides of
+    their stages (:meth:`wanted_strides`, kept while the map is large enough), and a stem of
+    one 3x3 convolution whose width is the global choice ``stem_width`` (from
+    :meth:`stem_widths`, scaled by ``width_mult``)."""
+
+    def __init__(self, input_shape: Any = (3, 32, 32), **options: Any) -> None:
+        super().__init__(input_shape, **options)
+        self.stem_stride, hw = _stem_stride(self)
+        self.stage_strides = tuple(_strides(hw, self.wanted_strides())[1])
+
+    def wanted_strides(self) -> list[int]:
+        raise NotImplementedError
+
+    def stem_widths(self) -> tuple[int, ...]:
+        return tuple(self.options.stem_widths)  # type: ignore[attr-defined]
+
+    def suggest_stem_width(self, trial: optuna.trial.BaseTrial) -> int:
+        return int(trial.suggest_categorical("stem_width", _stem_choices(self.stem_widths(),
+                                                                         self.options.width_mult)))  # type: ignore[attr-defined]
+
+    def suggest_globals(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+        return {"stem_width": self.suggest_stem_width(trial)}
+
+    def stem(self, g: dict[str, Any]) -> Stem:
+        return Stem(g["stem_width"], 3, self.stem_stride)
+
+
 @register_space
-class ResNetSpace(SearchSpace):
+class ResNetSpace(_BuiltinSpace):
     """CIFAR-style residual network: 3 stages, basic or bottleneck blocks."""
 
     name = "resnet"
@@ -123,18 +151,12 @@ class ResNetSpace(SearchSpace):
 
     act = "relu"
 
-    def __init__(self, input_shape: Any = (3, 32, 32), **options: Any) -> None:
-        super().__init__(input_shape, **options)
-        self.stem_stride, hw = _stem_stride(self)
-        self.stage_strides = tuple(_strides(hw, [1, 2, 2])[1])
+    def wanted_strides(self) -> list[int]:
+        return [1, 2, 2]
 
     def suggest_globals(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
-        o = self.options
-        return {"stem_width": trial.suggest_categorical("stem_width", _stem_choices(o.stem_widths, o.width_mult)),
-                "block": trial.suggest_categorical("block", list(o.block_types))}
-
-    def stem(self, g: dict[str, Any]) -> Stem:
-        return Stem(g["stem_width"], 3, self.stem_stride)
+        return {"stem_width": self.suggest_stem_width(trial),
+                "block": trial.suggest_categorical("block", list(self.options.block_types))}
 
     def suggest_stage(self, trial: optuna.trial.BaseTrial, i: int, g: dict[str, Any], cin: int) -> Stage:
         o = self.options
@@ -161,7 +183,7 @@ class ResNetSpace(SearchSpace):
 
 
 @register_space
-class MobileNetV2Space(SearchSpace):
+class MobileNetV2Space(_BuiltinSpace):
     """Inverted-residual network (MobileNetV2): expansion, kernel, width, depth per stage."""
 
     name = "mobilenetv2"
@@ -197,17 +219,8 @@ class MobileNetV2Space(SearchSpace):
 
     act = "relu6"
 
-    def __init__(self, input_shape: Any = (3, 32, 32), **options: Any) -> None:
-        super().__init__(input_shape, **options)
-        self.stem_stride, hw = _stem_stride(self)
-        self.stage_strides = tuple(_strides(hw, list(self.WANTED_STRIDES[: self.options.stages]))[1])
-
-    def suggest_globals(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
-        o = self.options
-        return {"stem_width": trial.suggest_categorical("stem_width", _stem_choices(o.stem_widths, o.width_mult))}
-
-    def stem(self, g: dict[str, Any]) -> Stem:
-        return Stem(g["stem_width"], 3, self.stem_stride)
+    def wanted_strides(self) -> list[int]:
+        return list(self.WANTED_STRIDES[: self.options.stages])
 
     def suggest_stage(self, trial: optuna.trial.BaseTrial, i: int, g: dict[str, Any], cin: int) -> Stage:
         o = self.options
@@ -237,7 +250,7 @@ class MobileNetV2Space(SearchSpace):
 
 
 @register_space
-class PlainSpace(SearchSpace):
+class PlainSpace(_BuiltinSpace):
     """VGG-like chain of conv blocks with an optional hidden fully-connected layer."""
 
     name = "plain"
@@ -268,17 +281,11 @@ class PlainSpace(SearchSpace):
 
     act = "relu"
 
-    def __init__(self, input_shape: Any = (3, 32, 32), **options: Any) -> None:
-        super().__init__(input_shape, **options)
-        self.stem_stride, hw = _stem_stride(self)
-        self.stage_strides = tuple(_strides(hw, [1] + [2] * (self.options.stages - 1))[1])
+    def wanted_strides(self) -> list[int]:
+        return [1] + [2] * (self.options.stages - 1)
 
-    def suggest_globals(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
-        o = self.options
-        return {"stem_width": trial.suggest_categorical("stem_width", _stem_choices(o.widths, o.width_mult))}
-
-    def stem(self, g: dict[str, Any]) -> Stem:
-        return Stem(g["stem_width"], 3, self.stem_stride)
+    def stem_widths(self) -> tuple[int, ...]:
+        return tuple(self.options.widths)  # the stem takes a first-stage width
 
     def suggest_stage(self, trial: optuna.trial.BaseTrial, i: int, g: dict[str, Any], cin: int) -> Stage:
         o = self.options

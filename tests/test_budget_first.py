@@ -61,6 +61,21 @@ def test_the_refusal_names_the_minimum_and_what_would_fit():
     value, _ = space_minimum(minimum, 10, "rpi4", ["params"])["params"]
     assert f"needs {value / 1e3:.4g}k" in msg
     assert "drop --no-fit-space" in msg and "space 'mobilenetv2'" in msg
+    # The budget the message advises is accepted (rounded up, parsed back exactly): at the very
+    # minimum, with a warning that almost nothing of the space fits.
+    advised = msg.split("budgets that fit: ")[1].split(" or more")[0]
+    plan = plan_study(spec("p", space="plain", budget=advised, fit_space=False))
+    assert plan.info["feasibility"]["minimum"]["params"] == value and plan.warnings
+
+
+def test_advised_limits_round_up_and_parse_back_exactly():
+    from objectives import format_amount, parse_budget
+
+    for name, value in [("params", 8155), ("params", 12344), ("flops", 70272), ("peak_activation_bytes", 184321),
+                        ("latency_ms", 0.123456), ("mem_traffic_bytes", 1023)]:
+        text = format_amount(name, value, up=True)
+        limit = parse_budget(f"{name}<={text}").limits[name]
+        assert value <= limit <= value * 1.001 + 1, (name, value, text, limit)
 
 
 def test_a_share_under_one_percent_is_created_with_a_warning():
