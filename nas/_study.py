@@ -276,16 +276,7 @@ def plan_study(spec: StudySpec, data: Any = None) -> StudyPlan:
             or not) can reach; the message names the resource, the minimum and what would fit.
     """
     from objectives import DataError
-    from objectives._feasibility import (
-        USABLE_SHARE,
-        WARN_SHARE,
-        assess,
-        fit_space,
-        most_scaled,
-        resized_shape,
-        smaller_inputs,
-        space_minimum,
-    )
+    from objectives._feasibility import USABLE_SHARE, WARN_SHARE, assess, fit_space, resized_shape, smaller_inputs
 
     if data is None:
         try:
@@ -322,43 +313,7 @@ def plan_study(spec: StudySpec, data: Any = None) -> StudyPlan:
             else:
                 final, final_space = given, space
     if final.below:
-        resource, minimum = next(iter(final.below.items()))
-        limit = budget.limits[resource]
-        advice = f"budgets that fit: {resource}<={format_amount(resource, minimum, up=True)} or more"
-        if not spec.fit_space:
-            small = most_scaled(spec.space, shape, spec.space_options)
-            if small != spec.space_options:
-                small_min = space_minimum(get_space(spec.space, input_shape=shape, **small), classes,
-                                          spec.cost_device, [resource])[resource][0]
-                if small_min <= limit:
-                    advice += f"; or let lightnas fit the space (drop --no-fit-space: {_options_text(small)} " \
-                              f"reaches {format_amount(resource, small_min)})"
-        others = []
-        for other in list_spaces():
-            if other == spec.space:
-                continue
-            try:
-                osmall = most_scaled(other, shape, {})
-                ospace = get_space(other, input_shape=shape, **osmall)
-            except SpaceError:
-                continue
-            omin = space_minimum(ospace, classes, spec.cost_device, [resource])[resource][0]
-            if omin <= limit:
-                others.append(f"{other!r} ({_options_text(osmall)}: {format_amount(resource, omin)})")
-        if others:
-            advice += "; or space " + ", ".join(others)
-        if not resolutions and spec.input_size is None and smaller_inputs(shape):
-            small_side = min(smaller_inputs(shape))
-            sshape = resized_shape(shape, small_side)
-            smin = space_minimum(get_space(spec.space, input_shape=sshape, **most_scaled(spec.space, sshape,
-                                                                                         spec.space_options)),
-                                 classes, spec.cost_device, [resource])[resource][0]
-            if smin <= limit:
-                advice += (f"; or allow smaller inputs (--fit-resolution: at {small_side} px the space reaches "
-                           f"{format_amount(resource, smin)})")
-        scaled = " even scaled down" if spec.fit_space else ""
-        raise NasError(f"budget: {resource}<={format_amount(resource, limit)} is below what {where} can reach"
-                       f"{scaled}: its cheapest architecture needs {format_amount(resource, minimum)}; {advice}")
+        raise NasError(_refusal(spec, shape, classes, budget, final.below, resolutions))
     if final.share < WARN_SHARE:
         plan.warnings.append(
             f"warning: only {final.share:.2%} of {where} lies within the budget {spec.budget} "
@@ -366,6 +321,49 @@ def plan_study(spec: StudySpec, data: Any = None) -> StudyPlan:
             f"(minimum: {', '.join(f'{k}={format_amount(k, v)}' for k, v in final.minima.items())})"
             + ("" if spec.fit_space else " or drop --no-fit-space"))
     return plan
+
+
+def _refusal(spec: StudySpec, shape: tuple[int, int, int], classes: int, budget: Any, below: dict[str, float],
+             resolutions: list[int]) -> str:
+    """One line: the first budgeted resource no architecture reaches, the space's minimum (and,
+    when fitting was on, the minimum of its smallest scaled variant) and what would fit."""
+    from objectives._feasibility import most_scaled, resized_shape, smaller_inputs, space_minimum
+
+    resource, minimum = next(iter(below.items()))
+    limit = budget.limits[resource]
+
+    def reach(space_name: str, input_shape: tuple[int, int, int], options: dict[str, Any]) -> float:
+        space = get_space(space_name, input_shape=input_shape, **options)
+        return space_minimum(space, classes, spec.cost_device, [resource])[resource][0]
+
+    where = f"space {spec.space!r} on input {'x'.join(map(str, shape))}"
+    small = most_scaled(spec.space, shape, spec.space_options)
+    small_min = reach(spec.space, shape, small) if small != spec.space_options else minimum
+    needs = f"its cheapest architecture needs {format_amount(resource, minimum)}"
+    if spec.fit_space and small_min < minimum:
+        needs += f" as given, {format_amount(resource, small_min)} scaled down ({_options_text(small)})"
+    reachable = min(minimum, small_min) if spec.fit_space else minimum
+    advice = f"budgets that fit: {resource}<={format_amount(resource, reachable, up=True)} or more"
+    if not spec.fit_space and small_min <= limit:
+        advice += (f"; or let lightnas fit the space (drop --no-fit-space: {_options_text(small)} reaches "
+                   f"{format_amount(resource, small_min)})")
+    others = []
+    for other in list_spaces():
+        if other != spec.space:
+            osmall = most_scaled(other, shape, {})
+            omin = reach(other, shape, osmall)
+            if omin <= limit:
+                others.append(f"{other!r} ({_options_text(osmall)}: {format_amount(resource, omin)})")
+    if others:
+        advice += "; or space " + ", ".join(others)
+    if not resolutions and spec.input_size is None and smaller_inputs(shape):
+        side = min(smaller_inputs(shape))
+        sshape = resized_shape(shape, side)
+        smin = reach(spec.space, sshape, most_scaled(spec.space, sshape, spec.space_options))
+        if smin <= limit:
+            advice += (f"; or allow smaller inputs (--fit-resolution: at {side} px the space reaches "
+                       f"{format_amount(resource, smin)})")
+    return f"budget: {resource}<={format_amount(resource, limit)} is below what {where} can reach: {needs}; {advice}"
 
 
 def describe_plan(plan: StudyPlan) -> list[str]:
