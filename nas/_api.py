@@ -243,7 +243,7 @@ class StudyCreate(StudySpec):
     study without starting it (``PATCH`` starts it).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     target: int | None = Field(default=None, ge=0, le=1_000_000)
     enqueue: list[dict[str, Any]] = Field(default_factory=list, max_length=100,
                                           description="architectures (ArchSpec JSON, as the json export gives) to "

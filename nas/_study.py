@@ -48,7 +48,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
 class Fidelity(BaseModel):
     """How hard each trial trains (low fidelity: few epochs, part of the training data)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     epochs: int = Field(default=8, ge=1, le=10_000)
     train_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
     batch_size: int = Field(default=64, ge=1, le=65_536)
@@ -63,7 +63,8 @@ class StudySpec(BaseModel):
         ['accuracy', 'hw_cost']
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Non-finite numbers (JSON 1e999, TOML inf) are refused: they cannot be stored as JSON.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(pattern=NAME_PATTERN)
     space: str
@@ -76,7 +77,7 @@ class StudySpec(BaseModel):
     pruner: Literal["none", "median", "asha", "hyperband", "pareto"] = "none"
     early_stop: EarlyStop = Field(default_factory=EarlyStop)
     inherit_weights: bool = False
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     device: str = "auto"
     cost_device: str = "rpi4"
     trials: int = Field(default=30, ge=1, le=1_000_000)
@@ -97,9 +98,9 @@ class StudySpec(BaseModel):
     @classmethod
     def _options(cls, v: dict[str, Any]) -> dict[str, Any]:
         try:  # stored as JSON: normalise now (tuples become lists) so a spec reads back equal
-            return json.loads(json.dumps(v))
+            return json.loads(json.dumps(v, allow_nan=False))
         except (TypeError, ValueError):
-            raise ValueError("space options must be JSON values (numbers, strings, lists)") from None
+            raise ValueError("space options must be JSON values (finite numbers, strings, lists)") from None
 
     @field_validator("objectives")
     @classmethod
@@ -376,7 +377,7 @@ def describe_plan(plan: StudyPlan) -> list[str]:
     fit = plan.info.get("fit")
     if fit:
         before = plan.info["feasibility_as_given"]["share_within_budget"]
-        scaled = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in fit["scaled"].items())
+        scaled = ", ".join(f"{k} {'auto' if a is None else a} -> {b}" for k, (a, b) in fit["scaled"].items())
         kept = f"; kept as you gave them: {_options_text(fit['kept'])}" if fit["kept"] else ""
         lines.append(f"space fitted to the budget (TinyNAS): {scaled}{kept} "
                      f"({before:.1%} of the space as given was within the budget)")

@@ -84,8 +84,8 @@ def outage_within(seconds: float) -> bool:
 
 
 def make_sampler(spec: StudySpec, worker: int = 0, n_target: int | None = None) -> optuna.samplers.BaseSampler:
-    """The study's sampler, seeded per worker (``seed + worker``)."""
-    seed = spec.seed + worker
+    """The study's sampler, seeded per worker (``seed + worker``, modulo 2**32: NumPy's range)."""
+    seed = (spec.seed + worker) % 2**32
     target = n_target or spec.trials
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -299,13 +299,6 @@ class Store:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def trial_counts(self, name: str) -> dict[str, int]:
-        """Trials of Optuna study ``name`` by state (``COMPLETE``, ``RUNNING``, ...), read fresh."""
-        sql = text("SELECT t.state, COUNT(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
-                   "WHERE s.study_name = :n GROUP BY t.state")
-        with self.engine.connect() as conn:
-            return {str(getattr(state, "name", state)): int(n) for state, n in conn.execute(sql, {"n": name})}
-
     def study_counts(self, name: str) -> dict[str, int]:
         """Trials of study ``name`` by state, read fresh, plus ``REJECTED``: the COMPLETE ones
         rejected over the budget before training (they are in ``COMPLETE`` too), and

@@ -120,3 +120,23 @@ def test_demo_meets_its_promise(tmp_path):
     # Running it again resumes: nothing more to do.
     again = nas("demo", "--quiet", cwd=tmp_path)
     assert "resuming study demo" in again.stdout
+
+
+def test_study_run_checks_every_argument_before_it_writes_the_target(tmp_path):
+    url = f"sqlite:///{tmp_path}/t.db"
+    nas("study", "create", "t", "--space", "plain", "--data", "digits", "--budget", "params<=12k", "--epochs", "1",
+        "--trials", "2", "--device", "cpu", *TINY, "--storage", url, cwd=tmp_path)
+    nas("study", "run", "t", "--quiet", "--storage", url, cwd=tmp_path)
+
+    def target() -> int:
+        show = nas("study", "show", "t", "--format", "json", "--storage", url, cwd=tmp_path)
+        return int(json.loads(show.stdout)["target"])
+
+    for args, needle in [(["--trials", "10", "--workers", "0"], "--workers"),
+                         (["--trials", "10", "--timeout", "-1"], "--timeout"),
+                         (["--trials", "1"], "the target cannot go below that"),
+                         (["--trials", "2000000"], "between 1 and 1,000,000"),
+                         (["--trials", str(10**30)], "between 1 and 1,000,000")]:
+        r = nas("study", "run", "t", "--quiet", *args, "--storage", url, cwd=tmp_path, check=False)
+        assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+        assert target() == 2, args

@@ -66,11 +66,25 @@ def test_existing_name_is_refused_and_nothing_changes(store):
     ({"name": "bad name!"}, "name"),
     ({"cost_device": "pdp11"}, "accepted: "),
     ({"fidelity": {"epochs": 0}}, "fidelity.epochs"),
+    ({"fidelity": {"lr": float("inf")}}, "fidelity.lr: Input should be a finite number"),
+    ({"fidelity": {"lr": float("nan")}}, "fidelity.lr: Input should be a finite number"),
+    ({"budget_weights": {"params": float("inf")}}, "budget_weights.params: Input should be a finite number"),
+    ({"space_options": {"width_mult": float("inf")}}, "space_options: space options must be JSON values (finite"),
+    ({"seed": 2**32}, "seed: Input should be less than or equal to 4294967295"),
 ])
 def test_bad_study_specs_give_one_line(fields, needle):
     with pytest.raises(NasError) as e:
         tiny_spec(**fields)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_largest_seed_gives_every_worker_a_valid_sampler_seed():
+    from nas._worker import make_sampler
+
+    spec = tiny_spec("big", seed=2**32 - 1)
+    for worker in (0, 1, 99_999):  # seed + worker past 2**32 - 1 used to make every worker skip the study
+        study = optuna.create_study(sampler=make_sampler(spec, worker))
+        assert 0 <= study.ask().suggest_int("x", 0, 9) <= 9
 
 
 def test_unreadable_data_writes_nothing(store, tmp_path):
