@@ -107,7 +107,7 @@ def test_demo_meets_its_promise(tmp_path):
     assert (tmp_path / "nas.db").exists()
     # Budget first: the space's minimum cost and share within the budget, before any training.
     assert "the space's minimum is params" in r.stdout and "lies within the budget (2000 samples)" in r.stdout
-    assert "48 networks within budget" in r.stdout
+    assert "60 networks within budget" in r.stdout
     assert "Pareto plot: nas_runs/demo/pareto.png" in r.stdout
     front = json.loads(nas("pareto", "demo", "--format", "json", cwd=tmp_path).stdout)
     assert len(front) >= 3
