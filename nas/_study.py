@@ -295,15 +295,15 @@ def plan_study(spec: StudySpec, data: Any = None) -> StudyPlan:
     where = f"space {spec.space!r} on input {'x'.join(map(str, shape))}"
     given = assess(space, budget, classes, spec.cost_device, seed=spec.seed)
     plan = StudyPlan(spec, {"feasibility": given.to_dict()})
-    final, final_space = given, space
+    final = given
     resolutions = smaller_inputs(shape) if spec.fit_resolution and spec.input_size is None else []
     if spec.fit_space and (given.share < USABLE_SHARE or given.below):
         fit = fit_space(spec.space, shape, spec.space_options, budget, classes, spec.cost_device, seed=spec.seed,
                         resolutions=resolutions)
         if fit.scaled:
             fshape = shape if fit.input_size is None else resized_shape(shape, fit.input_size)
-            final_space = get_space(spec.space, input_shape=fshape, **fit.options)
-            final = assess(final_space, budget, classes, spec.cost_device, seed=spec.seed)
+            final = assess(get_space(spec.space, input_shape=fshape, **fit.options), budget, classes,
+                           spec.cost_device, seed=spec.seed)
             if not final.below and (given.below or final.share >= given.share):
                 update: dict[str, Any] = {"space_options": fit.options}
                 if fit.input_size is not None:
@@ -312,7 +312,7 @@ def plan_study(spec: StudySpec, data: Any = None) -> StudyPlan:
                 plan.info = {"feasibility": final.to_dict(), "feasibility_as_given": given.to_dict(),
                              "fit": fit.to_dict()}
             else:
-                final, final_space = given, space
+                final = given
     if final.below:
         raise NasError(_refusal(spec, shape, classes, budget, final.below, resolutions))
     if final.share < WARN_SHARE:

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from search_spaces import ArchSpec, SearchSpace, SpaceError, get_space
+from search_spaces import ArchSpec, SearchSpace, get_space
 from search_spaces._registry import enumerate_choices
 
 from ._analytic import block_ops, head_ops, stem_ops
@@ -390,9 +390,4 @@ def most_scaled(name: str, input_shape: tuple[int, int, int], options: Mapping[s
     smallest = min(_variants(base, given), key=lambda v: (v.get("width_mult", base.options.width_mult),  # type: ignore[attr-defined]
                                                            -(v.get("stem_stride") or base.stem_stride),  # type: ignore[attr-defined]
                                                            v.get("max_depth", base.options.max_depth)))  # type: ignore[attr-defined]
-    small = {**given, **smallest}
-    try:
-        get_space(name, input_shape=input_shape, **small)
-    except SpaceError:  # pragma: no cover - the grid is built from valid options
-        return given
-    return small
+    return {**given, **smallest}
