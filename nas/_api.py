@@ -75,7 +75,17 @@ from . import __version__
 from ._errors import NasError
 from ._jobs import candidate_info, iso_utc, job_info, queue_refinement
 from ._refine import RefineSettings
-from ._study import StudySpec, delete_study, get_study_spec, one_line_error, plan_study, study_info
+from ._study import (
+    StudySpec,
+    UnreadableStudy,
+    check_study_exists,
+    delete_study,
+    get_study_spec,
+    one_line_error,
+    parse_stored_spec,
+    plan_study,
+    study_info,
+)
 from ._warm import WarmStart, arch_from_doc, create_warm_started, plan_warm_start
 
 __all__ = ["ApiSettings", "create_app"]
@@ -243,7 +253,7 @@ class StudyCreate(StudySpec):
     study without starting it (``PATCH`` starts it).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
     target: int | None = Field(default=None, ge=0, le=1_000_000)
     enqueue: list[dict[str, Any]] = Field(default_factory=list, max_length=100,
                                           description="architectures (ArchSpec JSON, as the json export gives) to "
@@ -256,7 +266,7 @@ class StudyCreate(StudySpec):
 class TargetUpdate(BaseModel):
     """``target``: the study's new target of finished trials (raise it to start or extend a search)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     target: int = Field(ge=0, le=1_000_000)
 
 
@@ -284,6 +294,9 @@ class StudyInfo(BaseModel):
     fit: dict[str, Any] | None = Field(default=None, description="how the space was scaled to the budget, if it was")
     warnings: list[str] = Field(default_factory=list, description="on creation: e.g. a share within budget under 1%")
     warm_start: dict[str, Any] | None = Field(default=None, description="on creation: what was enqueued, skipped")
+    unreadable: str | None = Field(default=None, description="set when the stored spec no longer validates (written "
+                                                             "by another version, or edited): why; such a study can "
+                                                             "only be listed and deleted")
 
 
 class StudyList(BaseModel):
@@ -370,8 +383,12 @@ class _App:
         return Response(hit[0], media_type=hit[1], headers=hit[2])
 
     def spec(self, name: str) -> StudySpec:
+        """The study's spec: 404 for an unknown study, 409 for one whose stored spec no longer reads."""
         try:
             return get_study_spec(name, self.store)
+        except UnreadableStudy as e:
+            raise ApiError(409, str(e).replace(f"('nas study delete {name} --yes')", f"(DELETE /studies/{name})")
+                           ) from None
         except NasError:
             raise ApiError(404, f"unknown study {name!r}; GET /studies lists them") from None
 
@@ -402,28 +419,36 @@ class _App:
         return self.shapes[spec.name]
 
     def info(self, name: str, *, with_front: bool = True) -> StudyInfo:
+        """A study's view; one whose stored spec no longer reads is shown with ``unreadable`` (why)
+        and its counts, so that one bad row never takes the listing down."""
         from ._runner import progress
 
-        spec = self.spec(name)
         row = self.store.get_study(name)
         if row is None:
             raise ApiError(404, f"unknown study {name!r}; GET /studies lists them")
+        unreadable = None
+        try:
+            spec: dict[str, Any] = json.loads(parse_stored_spec(name, row.spec_json).to_json())
+        except UnreadableStudy as e:
+            unreadable, spec = str(e).replace(f"('nas study delete {name} --yes')", f"(DELETE /studies/{name})"), {}
         raw = self.store.study_counts(name)
         finished, rejected = raw.pop("COUNTED"), raw.pop("REJECTED")
         counts = {k.lower(): v for k, v in raw.items()}
-        front = progress(name, self.store, row.target_trials).pareto if with_front else None
+        front = progress(name, self.store, row.target_trials).pareto if with_front and unreadable is None else None
         jobs: dict[str, int] = {}
         for j in self.store.list_jobs(name):
             jobs[j.state] = jobs.get(j.state, 0) + 1
         extra = study_info(name, self.store)
-        return StudyInfo(name=name, spec=json.loads(spec.to_json()), target=row.target_trials, finished=finished,
+        return StudyInfo(name=name, spec=spec, target=row.target_trials, finished=finished,
                          rejected=rejected, counts=counts, pareto_size=front, jobs=jobs,
                          created_at=iso_utc(row.created_at), feasibility=extra.get("feasibility"),
-                         fit=extra.get("fit"))
+                         fit=extra.get("fit"), unreadable=unreadable)
 
     def check_data(self, source: str) -> str:
         """The data source with its path resolved; file sources must be absolute paths under a data
         root (clients must not make the server, or its workers, read any other path)."""
+        from objectives import DataError, check_source
+
         kind, sep, arg = source.partition(":")
         if kind.strip().lower() == "digits" and not sep:
             return source
@@ -435,8 +460,12 @@ class _App:
                     f"{', '.join(str(r) for r in roots)}")
         raw = arg.strip()
         if not raw.startswith("/"):
-            raise ApiError(422, f"data: {raw!r} is not an absolute path; {accepted}", "data")
-        path = Path(raw).resolve()  # symlinks and '..' followed before the check, and stored so
+            raise ApiError(422, f"data: {raw[:200]!r} is not an absolute path; {accepted}", "data")
+        try:
+            check_source(source)  # NUL bytes, over-long names: one line, before any file is touched
+            path = Path(raw).resolve()  # symlinks and '..' followed before the check, and stored so
+        except (DataError, OSError, ValueError) as e:
+            raise ApiError(422, f"data: {e}", "data") from None
         if not any(path == r.resolve() or path.is_relative_to(r.resolve()) for r in roots):
             raise ApiError(422, f"data: {raw!r} is not under a data root of this server; {accepted}", "data")
         return f"{kind.strip()}:{path}"
@@ -524,7 +553,7 @@ def create_app(settings: ApiSettings | None = None, store: Store | None = None) 
     """
     settings = (settings or ApiSettings.from_env()).check()
     own = store is None
-    nas = _App(settings, store or Store(settings.storage))
+    nas = _App(settings, store or Store(settings.storage, mode="serve"))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> Any:
@@ -539,6 +568,7 @@ def create_app(settings: ApiSettings | None = None, store: Store | None = None) 
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     _handlers(app)
     _routes(app)
+    _openapi(app, settings)
     return app
 
 
@@ -547,8 +577,15 @@ def _handlers(app: FastAPI) -> None:
     async def api_error(_r: Request, e: ApiError) -> JSONResponse:
         return _error(e.status_code, str(e.detail), e.field, e.headers)
 
-    @app.exception_handler(StarletteHTTPException)  # FastAPI's and the router's own (404, 405)
-    async def http_error(_r: Request, e: StarletteHTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's and the router's own (400, 404, 405)
+    async def http_error(r: Request, e: StarletteHTTPException) -> JSONResponse:
+        if e.status_code == 405:  # Starlette names the methods of one route; a path may have several
+            allowed = _allowed_methods(r)
+            return _error(405, f"method {r.method} is not allowed on {r.url.path}; accepted: {', '.join(allowed)}",
+                          None, {**(e.headers or {}), "Allow": ", ".join(allowed)})
+        if e.status_code == 400 and e.detail == "There was an error parsing the body":
+            return _error(400, "body: cannot be parsed (not UTF-8 JSON); accepted: a JSON object as /docs describes",
+                          "body")
         return _error(e.status_code, str(e.detail), None, e.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -587,6 +624,41 @@ def _handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def bug(_r: Request, e: Exception) -> JSONResponse:
         return _internal(e)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app serves on the request's path."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
+def _openapi(app: FastAPI, settings: ApiSettings) -> None:
+    """Say in the schema what the server does: reads are open unless ``--protect-reads`` (a token
+    is then optional, not required), and a body that cannot be parsed gets a 400."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for ops in schema.get("paths", {}).values():
+            for method, op in ops.items():
+                if method == "get" and op.get("security") and not settings.protect_reads:
+                    op["security"] = [{}, *op["security"]]  # open; a token may be sent
+                if "requestBody" in op:
+                    op.setdefault("responses", {})["400"] = {
+                        "description": "the body cannot be parsed (not UTF-8 JSON)",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _internal(e: Exception) -> JSONResponse:
@@ -688,8 +760,12 @@ def _routes(app: FastAPI) -> None:  # noqa: C901 -- one place lists every endpoi
     @app.delete("/studies/{name}", status_code=204, dependencies=WRITE, responses=_responses(401, 403, 404),
                 tags=["studies"])
     def delete(nas: Nas, name: StudyName) -> Response:
-        """Delete the study, its trials and its queued jobs (architectures and evaluations stay for reuse)."""
-        nas.spec(name)
+        """Delete the study, its trials and its queued jobs (architectures and evaluations stay for reuse);
+        also a study whose stored spec no longer reads."""
+        try:
+            check_study_exists(name, nas.store)
+        except NasError:
+            raise ApiError(404, f"unknown study {name!r}; GET /studies lists them") from None
         delete_study(name, nas.store)
         nas.shapes.pop(name, None)
         for key in [k for k in nas.exports if k[0] == name]:

@@ -53,7 +53,7 @@ __all__ = ["EarlyStop", "Peer", "best_by", "dominators", "peers_of", "rung_epoch
 class EarlyStop(BaseModel):
     """Settings of the ``pareto`` pruner (``nas study create --pruner pareto``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     rungs: list[int] | None = Field(default=None, description="epochs at which curves are compared (default: "
                                                                "successive halving, E/9 and E/3 of E epochs)")

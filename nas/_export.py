@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,15 @@ def _write(arch: ArchSpec, model: torch.nn.Module, data: Any, spec: Any, out: Pa
            meta: dict[str, Any]) -> dict[str, Any]:
     """Write the requested files of one network into ``out``; returns ``files`` (and the ONNX check)."""
     info: dict[str, Any] = {}
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".lightnas-write-{os.getpid()}"
+        probe.write_bytes(b"")  # a read-only place fails here, before any network is exported
+        probe.unlink()
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        what = "exists and is not a directory" if out.exists() and not out.is_dir() else \
+            f"cannot be written ({getattr(e, 'strerror', None) or e})"
+        raise NasError(f"--to: {out} {what}; accepted: a directory you may write (created if missing)") from None
     written = []
     if "json" in formats:
         (out / "spec.json").write_text(arch.to_json(indent=2) + "\n")

@@ -438,7 +438,7 @@ def _worker_context(name: str, url: str, threads: int) -> tuple[Any, optuna.Stud
         from ._trial import load_context
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        store = Store(url)
+        store = Store(url, mode="existing")
         ctx = load_context(name, store, threads=threads)
         # The sampler never samples here: every parameter was suggested by the driver.
         study = optuna.load_study(study_name=name, storage=store.optuna, sampler=optuna.samplers.RandomSampler())

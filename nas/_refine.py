@@ -173,7 +173,7 @@ class RefineSettings(BaseModel):
         (3, 10, 1)
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     epochs: int = Field(default=20, ge=1, le=100_000, description="baseline training epochs")
     reuse_weights: bool = Field(default=False, description="baseline = the search's stored weights, no training")
@@ -189,7 +189,7 @@ class RefineSettings(BaseModel):
     batch_size: int = Field(default=64, ge=1, le=65_536)
     min_channels: int = Field(default=1, ge=1, description="channels every pruned width keeps")
     low_rank: str | None = Field(default=None, description="budget of the LightLayer step, e.g. 'params<=20k'")
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
 
     @field_validator("low_rank")
     @classmethod

@@ -94,7 +94,7 @@ def work(name: str, url: str, *, target: int | None = None, deadline: float | No
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if target is not None:
-        store = Store(url)
+        store = Store(url, mode="existing")
         try:
             store.set_target(name, target)
         finally:

@@ -29,9 +29,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["OBJECTIVES", "PRUNERS", "SAMPLERS", "SINGLE_METRIC_PRUNERS", "EarlyStop", "Fidelity", "StudyPlan",
-           "StudySpec", "check_name_free", "create_study", "delete_study", "describe_plan", "get_study_spec",
-           "list_studies", "load_spec_file", "one_line_error", "plan_study", "study_info"]
+__all__ = ["OBJECTIVES", "PRUNERS", "SAMPLERS", "SINGLE_METRIC_PRUNERS", "EarlyStop", "Fidelity", "StudyEntry",
+           "StudyPlan", "StudySpec", "UnknownStudy", "UnreadableStudy", "check_name_free", "check_study_exists",
+           "create_study", "delete_study", "describe_plan", "get_study_spec", "list_studies", "load_spec_file",
+           "one_line_error", "parse_stored_spec", "plan_study", "study_info"]
 
 SAMPLERS = ("tpe", "nsga2", "random")
 #: Early stopping of poor trials on validation accuracy. ``median``, ``asha``, ``hyperband``:
@@ -43,12 +44,13 @@ SINGLE_METRIC_PRUNERS = ("median", "asha", "hyperband")
 #: Objective names: validation accuracy (maximised), the FS-DNN scalar and every cost resource (minimised).
 OBJECTIVES = ("accuracy", "hw_cost", *RESOURCES)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
+MAX_SPEC_FILE = 1 << 20  # bytes of a --config file: a study spec is a few hundred
 
 
 class Fidelity(BaseModel):
     """How hard each trial trains (low fidelity: few epochs, part of the training data)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
     epochs: int = Field(default=8, ge=1, le=10_000)
     train_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
     batch_size: int = Field(default=64, ge=1, le=65_536)
@@ -63,8 +65,9 @@ class StudySpec(BaseModel):
         ['accuracy', 'hw_cost']
     """
 
-    # Non-finite numbers (JSON 1e999, TOML inf) are refused: they cannot be stored as JSON.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # Non-finite numbers (JSON 1e999, TOML inf) are refused: they cannot be stored as JSON. Strict:
+    # true/false are not numbers, "8" is not an integer.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     name: str = Field(pattern=NAME_PATTERN)
     space: str
@@ -240,11 +243,29 @@ def make_spec(**fields: Any) -> StudySpec:
 
 
 def load_spec_file(path: str | Path, **overrides: Any) -> StudySpec:
-    """A study spec from a TOML file (fields as in :class:`StudySpec`, ``[fidelity]`` table)."""
+    """A study spec from a TOML file (fields as in :class:`StudySpec`, ``[fidelity]`` table).
+
+    Raises:
+        NasError: one line for a file that is missing, not a regular file, too large, not UTF-8,
+            not TOML, or whose fields do not validate.
+    """
+    file = Path(path)
     try:
-        data = tomllib.loads(Path(path).read_text())
-    except OSError as e:
-        raise NasError(f"--config: cannot read {path} ({e.strerror})") from None
+        if not file.is_file():  # a directory, a device, a pipe that never ends
+            raise FileNotFoundError(0, "not a regular file" if file.exists() else "no such file")
+        size = file.stat().st_size
+        if size > MAX_SPEC_FILE:
+            raise NasError(f"--config: {path} is {size:,} bytes; a study spec file is at most {MAX_SPEC_FILE:,}")
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise NasError(f"--config: {path} is not UTF-8 text; accepted: a TOML file (TOML is UTF-8)") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        if isinstance(e, NasError):
+            raise
+        raise NasError(f"--config: cannot read {path} ({getattr(e, 'strerror', None) or e}); accepted: a TOML "
+                       "file") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise NasError(f"--config: {path} is not valid TOML ({e})") from None
     data.update({k: v for k, v in overrides.items() if v is not None})
@@ -437,22 +458,69 @@ def study_info(name: str, store: Store) -> dict[str, Any]:
         return {}
 
 
-def get_study_spec(name: str, store: Store) -> StudySpec:
-    row = store.get_study(name)
-    if row is None:
+class UnknownStudy(NasError):
+    """No study of that name in the database (the message lists the ones there)."""
+
+
+class UnreadableStudy(NasError):
+    """A stored study spec that no longer validates (written by another version, or edited):
+    the study can be listed and deleted, not run or queried."""
+
+
+def check_study_exists(name: str, store: Store) -> None:
+    """Raises :class:`UnknownStudy` (one line listing the studies there) unless ``name`` exists."""
+    if store.get_study(name) is None:
         names = [r.name for r in store.list_studies()]
         accepted = f"; studies here: {', '.join(names)}" if names else "; this database has no studies"
-        raise NasError(f"unknown study {name!r}{accepted}")
-    return StudySpec.model_validate_json(row.spec_json)
+        raise UnknownStudy(f"unknown study {name!r}{accepted}")
 
 
-def list_studies(store: Store) -> list[tuple[StudySpec, int]]:
-    """``(spec, target)`` of every lightnas study in the database."""
-    return [(StudySpec.model_validate_json(r.spec_json), r.target_trials) for r in store.list_studies()]
+def parse_stored_spec(name: str, spec_json: str) -> StudySpec:
+    """A stored spec, validated; raises :class:`UnreadableStudy` naming why it no longer is."""
+    try:
+        return StudySpec.model_validate_json(spec_json)
+    except ValidationError as e:
+        reason = _one_line(e)
+    except ValueError as e:  # not JSON at all
+        reason = str(e).splitlines()[0]
+    raise UnreadableStudy(f"study {name!r}: its stored spec cannot be read ({reason}); it can only be listed "
+                          f"and deleted ('nas study delete {name} --yes')")
+
+
+def get_study_spec(name: str, store: Store) -> StudySpec:
+    """The study's spec. Raises :class:`UnknownStudy` or :class:`UnreadableStudy` (both NasError)."""
+    row = store.get_study(name)
+    if row is None:
+        check_study_exists(name, store)
+    assert row is not None
+    return parse_stored_spec(name, row.spec_json)
+
+
+@dataclass(frozen=True)
+class StudyEntry:
+    """A study as listed: its spec, or, when the stored spec no longer validates, why (``unreadable``)."""
+
+    name: str
+    target: int
+    spec: StudySpec | None
+    unreadable: str | None = None
+
+
+def list_studies(store: Store) -> list[StudyEntry]:
+    """Every lightnas study in the database, oldest first; one whose stored spec no longer
+    validates is listed with the reason instead of failing the whole list."""
+    out = []
+    for r in store.list_studies():
+        try:
+            out.append(StudyEntry(r.name, r.target_trials, parse_stored_spec(r.name, r.spec_json)))
+        except UnreadableStudy as e:
+            out.append(StudyEntry(r.name, r.target_trials, None, str(e)))
+    return out
 
 
 def delete_study(name: str, store: Store) -> None:
-    get_study_spec(name, store)
+    """Delete the study (its Optuna trials, its record, its jobs); works on an unreadable one too."""
+    check_study_exists(name, store)
     if name in optuna.get_all_study_names(store.optuna):
         optuna.delete_study(study_name=name, storage=store.optuna)
     store.delete_study(name)

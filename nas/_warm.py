@@ -34,8 +34,8 @@ from storage import Store
 from ._errors import NasError
 from ._study import StudyPlan, StudySpec, create_study, delete_study, get_study_spec
 
-__all__ = ["WarmStart", "arch_from_doc", "create_warm_started", "enqueue", "plan_warm_start", "read_spec_file",
-           "warm_start"]
+__all__ = ["WarmStart", "arch_from_doc", "cheapest_anchors", "create_warm_started", "enqueue", "plan_warm_start",
+           "read_spec_file", "warm_start"]
 
 
 @dataclass
@@ -147,6 +147,21 @@ def plan_warm_start(spec: StudySpec, store: Store, *, specs: Sequence[tuple[str,
         if strict:
             raise NasError(f"{src}: {reason}")
         out.skipped.append((src, str(reason)))
+    return out
+
+
+def cheapest_anchors(plan: StudyPlan) -> list[tuple[str, ArchSpec]]:
+    """The space's cheapest architecture per budgeted resource (found exactly at creation, see
+    :func:`nas._study.plan_study`), once each: queued first, they anchor the front's low-cost
+    end, which a sampler drawn towards accuracy may never reach on its own."""
+    cheapest = (plan.info.get("feasibility") or {}).get("cheapest") or {}
+    out: list[tuple[str, ArchSpec]] = []
+    seen: set[str] = set()
+    for resource, arch_json in cheapest.items():
+        arch = ArchSpec.from_json(arch_json)
+        if arch.hash not in seen:
+            seen.add(arch.hash)
+            out.append((f"the space's cheapest by {resource}", arch))
     return out
 
 

@@ -380,8 +380,8 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
             its budget in a row.
     """
     stop = stop or threading.Event()
-    store = wait_for_database(lambda: Store(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat),
-                              "connecting", stop)
+    store = wait_for_database(lambda: Store(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                                            mode="serve"), "connecting", stop)
     assert isinstance(store, Store)
     stats = WorkerStats()
     workers: dict[str, StudyWorker] = {}

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -52,9 +52,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (UsageError, SpecError, SpaceError, BudgetError, DeviceError, DataError, StorageError, NasError)
 
 
-def fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+def say_error(message: object) -> None:
+    """``error: <message>`` on stderr, one line (the message is text, never markup)."""
+    from rich.markup import escape
+
+    text = " ".join(str(message).splitlines())  # one line, whatever the message
+    err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -247,10 +251,18 @@ app.add_typer(study_app, name="study")
 STORAGE_HELP = "database URL (default $NAS_STORAGE or sqlite:///nas.db); postgresql+psycopg://... for many workers"
 
 
-def open_store(url: str | None):  # -> Store
+#: The database the command opened, named by a database error's one line.
+_opened: list[str] = []
+
+
+def open_store(url: str | None, mode: str = "existing"):  # -> Store
+    """The command's store. Every command but creation opens an existing lightnas database only
+    (``mode="existing"``): a mistyped path is refused, never created."""
     from storage import Store
 
-    return Store(url)
+    store = Store(url, mode=mode)
+    _opened.append(Store.display_url(store.url))
+    return store
 
 
 @study_app.command("create")
@@ -334,8 +346,8 @@ def study_create(
         if fid:
             fields["fidelity"] = fid
         spec = make_spec(**{k: v for k, v in fields.items() if v is not None})
-    store = open_store(storage)
     specs = [(path, read_spec_file(path)) for path in enqueue]
+    store = open_store(storage, mode="create")
     check_name_free(spec.name, store)
     study_plan = plan_study(spec)  # budget first: refused, warned or fitted before anything is written
     spec = study_plan.spec
@@ -479,10 +491,20 @@ def study_list(fmt: Format = typer.Option(Format.table, "--format"),
 
     store = open_store(storage)
     rows = []
-    for spec, target in list_studies(store):
-        p = progress(spec.name, store, target)
+    for entry in list_studies(store):
+        if entry.spec is None:  # listed with the reason, so one bad row never hides the others
+            counts = store.study_counts(entry.name)
+            rows.append({"name": entry.name, "space": None, "data": None, "budget": None,
+                         "within_budget": counts["COUNTED"], "target": entry.target, "rejected": counts["REJECTED"],
+                         "front": None, "unreadable": entry.unreadable})
+            continue
+        spec = entry.spec
+        p = progress(spec.name, store, entry.target)
         rows.append({"name": spec.name, "space": spec.space, "data": spec.data, "budget": spec.budget,
-                     "within_budget": p.finished, "target": target, "rejected": p.rejected, "front": p.pareto})
+                     "within_budget": p.finished, "target": entry.target, "rejected": p.rejected, "front": p.pareto,
+                     "unreadable": None})
+    if fmt is not Format.json and not any(r["unreadable"] for r in rows):
+        rows = [{k: v for k, v in r.items() if k != "unreadable"} for r in rows]
     emit(rows, fmt, "studies")
 
 
@@ -538,10 +560,10 @@ def study_show(name: str = typer.Argument(...), fmt: Format = typer.Option(Forma
 def study_delete(name: str = typer.Argument(...), yes: bool = typer.Option(False, "--yes", help="confirm"),
                  storage: str = typer.Option(None, "--storage", help=STORAGE_HELP)) -> None:
     """Delete a study and its trials (architectures and evaluations stay for reuse)."""
-    from nas._study import delete_study, get_study_spec
+    from nas._study import check_study_exists, delete_study
 
     store = open_store(storage)
-    get_study_spec(name, store)
+    check_study_exists(name, store)  # a study whose stored spec no longer reads can still be deleted
     if not yes:
         raise UsageError(f"deleting study {name!r} removes its trials; add --yes to confirm")
     delete_study(name, store)
@@ -596,7 +618,7 @@ def worker_cmd(
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from nas._study import get_study_spec
 
-    store = wait_for_database(lambda: Store(url), "connecting", max_wait=connect_wait)
+    store = wait_for_database(lambda: Store(url, mode="serve"), "connecting", max_wait=connect_wait)
     assert isinstance(store, Store)
     try:
         for n in names or ():
@@ -669,7 +691,7 @@ def serve_cmd(
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import uvicorn
 
-    store = wait_for_database(lambda: Store(url), "connecting", max_wait=connect_wait)
+    store = wait_for_database(lambda: Store(url, mode="serve"), "connecting", max_wait=connect_wait)
     assert isinstance(store, Store)
     mode = ("read-only" if settings.read_only else "INSECURE: anyone may write" if settings.insecure
             else f"{len(settings.tokens)} write token(s)")
@@ -726,6 +748,8 @@ def export_cmd(
         raise UsageError("give exactly one of --trial N (a trial) or --refined ID (a refined candidate, see "
                          "'nas pareto NAME --include-refined')")
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
+    if not fmts:
+        raise UsageError(f"--formats: give at least one of json, state_dict, onnx (comma list), got {formats!r}")
     if refined is not None:
         if epochs is not None:
             raise UsageError("--epochs retrains a trial; a refined candidate is exported with its stored weights")
@@ -879,16 +903,21 @@ def demo_cmd(
 
     from nas._demo import demo_spec
     from nas._report import write_report
-    from nas._study import create_study, describe_plan
+    from nas._study import describe_plan, plan_study
+    from nas._warm import cheapest_anchors, create_warm_started, plan_warm_start
 
-    store = open_store(storage)
+    store = open_store(storage, mode="create")
     spec = demo_spec(name, trials)
     if store.get_study(name) is None:
-        made = create_study(spec, store)
+        made = plan_study(spec)
+        anchors = plan_warm_start(made.spec, store, specs=cheapest_anchors(made))
+        create_warm_started(made.spec, store, anchors, study_plan=made)
         out.print(f"created study [bold]{name}[/]: {spec.space} on {spec.data}, budget [bold]{spec.budget}[/], "
                   f"{spec.trials} networks within budget, in {store.url}")
         for line in describe_plan(made):
             out.print(line, highlight=False, markup=False, soft_wrap=True)
+        out.print(f"warm start: {', '.join(src for src, _ in anchors.enqueued)} queued first (the front's "
+                  "low-cost end)", highlight=False, markup=False, soft_wrap=True)
     else:
         out.print(f"resuming study [bold]{name}[/] in {store.url}")
     t0 = time.time()
@@ -900,13 +929,74 @@ def demo_cmd(
     out.print(f"Pareto plot: {info['files'][0]} (and {info['files'][2]})")
 
 
+def _click_classes(name: str) -> tuple[type[BaseException], ...]:
+    """Click's exception class ``name`` as Typer raises it: Typer 0.29 carries its own copy of
+    Click (``typer._click``), older ones use the ``click`` package; both are caught."""
+    import importlib
+
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if cls is not None:
+            found.append(cls)
+    return tuple(found)
+
+
+def _usage_line(e: Any) -> str:
+    """A click usage error as one line: what was wrong, and where the accepted forms are listed."""
+    message = " ".join(e.format_message().replace("Value error, ", "").split()).rstrip(".")
+    ctx = getattr(e, "ctx", None)
+    where = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+    return f"{message}{where}"
+
+
+def _database_line(e: BaseException) -> str | None:
+    """One line for a database that answered with an error a user can act on (damaged file,
+    read-only file, permissions, disk full, server gone); None for a bug (bad SQL)."""
+    from sqlalchemy.exc import DatabaseError, IntegrityError, ProgrammingError
+
+    from storage import error_hint, error_line, is_transient
+
+    cause = e.__cause__ if isinstance(e.__cause__, DatabaseError) else e
+    if not isinstance(cause, DatabaseError) or isinstance(cause, (ProgrammingError, IntegrityError)):
+        return None
+    where = _opened[-1] if _opened else "the database"
+    text = error_line(cause)
+    hint = error_hint(text) or (" (the database is unreachable; retry when it is back)" if is_transient(cause)
+                                else "")
+    return f"storage {where}: {text}{hint}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``nas`` console script."""
+    """Entry point of the ``nas`` console script: bad input of any kind (arguments, files,
+    databases) ends in one line on stderr and exit code 2; tracebacks are for bugs."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
-        app(args=list(argv) if argv is not None else None, prog_name="nas")
+        code = app(args=list(argv) if argv is not None else None, prog_name="nas", standalone_mode=False)
+    except _click_classes("NoArgsIsHelpError") as e:
+        e.show()  # type: ignore[attr-defined]
+        sys.exit(e.exit_code)  # type: ignore[attr-defined]
+    except _click_classes("ClickException") as e:
+        say_error(_usage_line(e))
+        sys.exit(getattr(e, "exit_code", 2) or 2)
+    except _click_classes("Abort"):
+        err.print("aborted", highlight=False)
+        sys.exit(1)
     except user_errors() as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        say_error(e)
         sys.exit(2)
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+        line = _database_line(e)
+        if line is None:
+            raise
+        say_error(line)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)  # as Typer's standalone mode: always SystemExit
 
 
 if __name__ == "__main__":  # pragma: no cover

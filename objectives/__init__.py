@@ -13,7 +13,7 @@ from ._budget import (
     resolve_resource,
 )
 from ._cost import RESOURCES, CostReport, LayerCost, estimate_cost, trace_layers
-from ._data import DATA_SOURCES, DataError, Dataset, describe_sources, load_dataset
+from ._data import DATA_SOURCES, DataError, Dataset, check_source, describe_sources, load_dataset
 from ._devices import DeviceError, DeviceProfile, get_device, list_devices, nas_home, save_device
 from ._latency import CalibrationResult, calibrate_host, measure_latency, resolve_device
 from ._train import (
@@ -54,6 +54,7 @@ __all__ = [
     "DATA_SOURCES",
     "DataError",
     "Dataset",
+    "check_source",
     "describe_sources",
     "load_dataset",
     "TrainConfig",

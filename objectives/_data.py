@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DATA_SOURCES", "DataError", "Dataset", "describe_sources", "load_dataset"]
+__all__ = ["DATA_SOURCES", "DataError", "Dataset", "check_source", "describe_sources", "load_dataset"]
 
 DATA_SOURCES: tuple[str, ...] = ("digits", "idx:DIR", "cifar10:DIR", "npz:FILE")
 """The accepted forms of a data source string."""
@@ -223,7 +223,11 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     if len(buf) < header:
         raise DataError(f"{path}: IDX header truncated ({len(buf)} of {header} bytes)")
     dims = tuple(int.from_bytes(buf[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = 1
+    for d in dims:  # Python integers: a header of huge dimensions cannot overflow the product
+        expected *= d
+    if dims[0] == 0:
+        raise DataError(f"{path}: IDX file holds 0 {'images' if ndim == 3 else 'labels'}; accepted: at least one")
     body = len(buf) - header
     if body != expected:
         what = "truncated" if body < expected else "has trailing bytes"
@@ -287,13 +291,21 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e}); "
                         "accepted: the pickles of cifar-10-python.tar.gz") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+        keys = sorted(map(repr, batch)) if isinstance(batch, dict) else type(batch).__name__
         raise DataError(f"{path}: expected a dict with b'data' and b'labels', found {keys}")
-    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+    try:
+        data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+    except (ValueError, TypeError) as e:  # ragged lists
+        raise DataError(f"{path}: b'data' or b'labels' is not a regular array ({e}); "
+                        "accepted: uint8 N x 3072 data and N integer labels") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DataError(f"{path}: b'data' is {data.dtype} {data.shape}, expected uint8 N x 3072")
+    if len(data) == 0:
+        raise DataError(f"{path}: holds 0 images; accepted: at least one")
     if labels.ndim != 1 or len(labels) != len(data):
         raise DataError(f"{path}: {len(data)} images but {labels.size} labels; counts must match")
+    if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: labels are {labels.dtype}, expected integer class indices 0..9")
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
@@ -343,8 +355,8 @@ def _npz_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
         y = y[:, 0]
     if y.ndim != 1:
         raise DataError(f"{where}: labels of shape {y.shape}, expected a vector of N class indices")
-    if not np.issubdtype(y.dtype, np.number) or (np.issubdtype(y.dtype, np.floating) and
-                                                  not np.all(np.mod(y, 1) == 0)):
+    if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating) \
+            or (np.issubdtype(y.dtype, np.floating) and not (np.isfinite(y).all() and np.all(np.mod(y, 1) == 0))):
         raise DataError(f"{where}: labels must be integer class indices, got dtype {y.dtype}")
     if len(y) != n:
         raise DataError(f"{where}: {n} images but {len(y)} labels; counts must match")
@@ -376,6 +388,39 @@ def _load_npz(arg: str) -> _Raw:
             raise DataError(f"npz:{arg}: x_train images are {x_train.shape[1:]} (C,H,W) but x_test "
                             f"{x_test.shape[1:]}; shapes must match")
     return _Raw(x_train, y_train, x_test, y_test)
+
+
+_NAME_MAX, _PATH_MAX = 255, 4096  # Linux's limits (limits.h); other systems' are no larger
+
+
+def _shown(text: str, limit: int = 120) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def check_source(source: str) -> None:
+    """Refuse a source string no file system takes (a NUL byte, a name or path over the length
+    limits), before any file is touched. Raises :class:`DataError` with one line."""
+    if isinstance(source, str):
+        if "\x00" in source:
+            raise DataError(f"data source contains a NUL byte; accepted: {_ACCEPTED}")
+        longest = max((len(os.fsencode(part)) for part in Path(source.partition(":")[2].strip()).parts), default=0)
+        if longest > _NAME_MAX or len(os.fsencode(source)) > _PATH_MAX:
+            raise DataError(f"data source {_shown(source)} is longer than paths can be (a name over {_NAME_MAX} "
+                            f"bytes or a path over {_PATH_MAX}); accepted: {_ACCEPTED}")
+
+
+def _parse_checked(source: str) -> tuple[str, str, list[Path]]:
+    """:func:`_parse_source`, with paths the operating system refuses reported as :class:`DataError`."""
+    check_source(source)
+    try:
+        return _parse_source(source)
+    except OSError as e:
+        raise DataError(f"{_shown(source)}: unusable path ({e.strerror or e}); accepted: {_ACCEPTED}") from None
 
 
 def _parse_source(source: str) -> tuple[str, str, list[Path]]:
@@ -479,14 +524,20 @@ def load_dataset(source: str, *, seed: int = 0, val_fraction: float = 0.15, test
         >>> data.x_train.shape[1:], data.sizes["val"] > 0
         (torch.Size([1, 8, 8]), True)
     """
-    kind, arg, files = _parse_source(source)
+    kind, arg, files = _parse_checked(source)
     val_fraction = _check_fraction("val_fraction", val_fraction)
     test_fraction = _check_fraction("test_fraction", test_fraction)
     train_fraction = _check_fraction("train_fraction", train_fraction, high_closed=True)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise DataError(f"seed must be a non-negative integer, got {seed!r}")
 
-    raw = _load_raw(kind, arg, _signature(files))
+    try:
+        raw = _load_raw(kind, arg, _signature(files))
+    except DataError:
+        raise
+    except (OSError, ValueError, OverflowError, MemoryError, EOFError) as e:  # what a file can still throw at us
+        raise DataError(f"{_shown(source)}: cannot read ({type(e).__name__}: {_first_line(e)}); "
+                        f"accepted: {_ACCEPTED}") from None
     labels = [y for y in (raw.y_train, raw.y_test) if y is not None]
     if min(int(y.min()) for y in labels) < 0:
         raise DataError(f"{source}: negative class labels; accepted: class indices 0..K-1")

@@ -6,13 +6,15 @@ from ._schema import SCHEMA_VERSION
 from ._store import (
     DEFAULT_URL,
     JOB_STATES,
+    OPEN_MODES,
     RetryTrial,
     StorageError,
     Store,
+    error_hint,
     error_line,
     is_transient,
     normalize_url,
 )
 
-__all__ = ["DEFAULT_URL", "JOB_STATES", "SCHEMA_VERSION", "RetryTrial", "Store", "StorageError", "error_line",
-           "is_transient", "normalize_url"]
+__all__ = ["DEFAULT_URL", "JOB_STATES", "OPEN_MODES", "SCHEMA_VERSION", "RetryTrial", "Store", "StorageError",
+           "error_hint", "error_line", "is_transient", "normalize_url"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
-from sqlalchemy import Engine, create_engine, delete, event, select, text, update
+from sqlalchemy import Engine, create_engine, delete, event, inspect, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -50,10 +50,18 @@ from ._schema import (
     StudyRow,
 )
 
-__all__ = ["DEFAULT_URL", "JOB_STATES", "RetryTrial", "Store", "StorageError", "error_line", "is_transient",
-           "normalize_url"]
+__all__ = ["DEFAULT_URL", "JOB_STATES", "OPEN_MODES", "RetryTrial", "Store", "StorageError", "error_hint",
+           "error_line", "is_transient", "normalize_url"]
 
 DEFAULT_URL = "sqlite:///nas.db"
+#: How a :class:`Store` may treat the database it opens:
+#: ``existing``: it must exist and be lightnas's (every command but creation: nothing is created);
+#: ``serve``: lightnas's, or empty (its tables are created: a service's first start), never another
+#: application's; ``create``: tables are created if missing, also beside another application's
+#: (a user explicitly creating a study there).
+OPEN_MODES = ("existing", "serve", "create")
+_OUR_TABLE = "lightnas_meta"
+_SQLITE_HEADER = b"SQLite format 3\x00"
 #: States of a queued job (``lightnas_jobs``), in the order a job passes through them.
 JOB_STATES = ("queued", "running", "done", "failed")
 T = TypeVar("T")
@@ -138,15 +146,23 @@ def normalize_url(url: str | None = None) -> str:
     return u.render_as_string(hide_password=False)
 
 
+def _creation_race(e: BaseException) -> bool:
+    """Whether ``e`` is what two processes creating the same tables at once meet: a duplicate
+    table or type (PostgreSQL's catalog unique violation), SQLite's "already exists"."""
+    return isinstance(e, IntegrityError) or "already exists" in error_line(e).lower()
+
+
 def _retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
-    """Run ``fn``, retrying database errors with jittered backoff (creation races, restarts)."""
+    """Run ``fn``, retrying creation races and unreachable databases with jittered backoff; any
+    other database error (a read-only file, a corrupted one, a missing permission) at once."""
     delay = 0.1
     for i in range(attempts):
         try:
             return fn()
-        except (OperationalError, IntegrityError, DBAPIError) as e:
-            if i == attempts - 1:
-                raise StorageError(f"{what} failed: {error_line(e)}", transient=is_transient(e)) from None
+        except (OperationalError, IntegrityError, DBAPIError, optuna.exceptions.StorageInternalError) as e:
+            if i == attempts - 1 or not (is_transient(e) or _creation_race(e)):
+                raise StorageError(f"{what} failed: {error_line(e)}{error_hint(error_line(e))}",
+                                   transient=is_transient(e)) from None
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 5.0)
     raise AssertionError("unreachable")
@@ -195,35 +211,55 @@ class Store:
 
     Args:
         url: storage URL (see :func:`normalize_url`).
+        mode: what may be opened (:data:`OPEN_MODES`): ``existing`` refuses a missing, empty or
+            foreign database and creates nothing; ``serve`` creates the tables of an empty one;
+            ``create`` (the default) creates them in any database.
         heartbeat_interval: seconds between a running trial's heartbeats; a trial whose
             heartbeat is older than ``grace_period`` is failed by the next worker and retried
             (``RetryFailedTrialCallback``) up to ``max_retry`` times.
 
     Raises:
-        StorageError: bad URL, database unreachable, or schema newer than this code.
+        StorageError: bad URL, database unreachable, schema newer than this code, or a database
+            ``mode`` must not open (missing, empty, damaged, another application's).
     """
 
     def __init__(self, url: str | None = None, *, heartbeat_interval: int = 10, grace_period: int | None = 30,
-                 max_retry: int = 3) -> None:
+                 max_retry: int = 3, mode: str = "create") -> None:
+        if mode not in OPEN_MODES:
+            raise ValueError(f"mode must be one of {', '.join(OPEN_MODES)}, got {mode!r}")
         self.url = normalize_url(url)
+        self.mode = mode
+        if self.url.startswith("sqlite"):
+            # Looked at read-only before SQLAlchemy connects: connecting creates a missing file, and
+            # the WAL pragma rewrites the header of a database that is not ours.
+            _check_tables(self.url, mode, _sqlite_tables(self.url, mode))
         self.engine: Engine = create_engine(self.url, **_engine_kwargs(self.url))
         if self.url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         try:
-            with self.engine.connect():
-                pass
+            with self.engine.connect() as conn:
+                tables = set(inspect(conn).get_table_names())
         except SQLAlchemyError as e:
             self.engine.dispose()
-            raise StorageError(f"cannot connect to storage {make_url(self.url).render_as_string()}: "
-                               f"{error_line(e)}", transient=is_transient(e)) from None
-        _retry(self._init_schema, "creating lightnas tables")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            callback = RetryTrial(max_retry=max_retry)
-            self.optuna = _retry(lambda: optuna.storages.RDBStorage(
-                self.url, engine_kwargs=_engine_kwargs(self.url), heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period, heartbeat_stale_trial_callback=callback), "creating Optuna tables")
+            raise StorageError(f"cannot connect to storage {self.display_url(self.url)}: {error_line(e)}"
+                               f"{error_hint(error_line(e))}",
+                               transient=is_transient(e)) from None
+        try:
+            _check_tables(self.url, mode, tables)
+            creating = _OUR_TABLE not in tables
+            _retry(self._init_schema, "creating lightnas tables" if creating else "opening lightnas tables")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                callback = RetryTrial(max_retry=max_retry)
+                self.optuna = _retry(lambda: optuna.storages.RDBStorage(
+                    self.url, engine_kwargs=_engine_kwargs(self.url), heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period, heartbeat_stale_trial_callback=callback,
+                    skip_table_creation=not creating and "studies" in tables),
+                    "creating Optuna tables" if creating else "opening Optuna tables")
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     # ------------------------------------------------------------------ schema
     def _init_schema(self) -> None:
@@ -604,6 +640,85 @@ def _aware(t: Any) -> Any:
     if t is None:
         return None
     return t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)
+
+
+def _some(tables: set[str], n: int = 5) -> str:
+    names = sorted(tables)
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _check_tables(url: str, mode: str, tables: set[str] | None) -> None:
+    """Refuse what ``mode`` must not touch: a database without lightnas's tables for ``existing``
+    (``tables`` None: no file yet), another application's (tables, none of ours) for ``serve``."""
+    if tables is not None and _OUR_TABLE in tables:
+        return
+    where = Store.display_url(url)
+    accepted = "accepted: a database that 'nas study create' wrote (check --storage or $NAS_STORAGE)"
+    if mode == "existing":
+        what = (f"has no lightnas tables (it holds {_some(tables)})" if tables
+                else "does not exist" if tables is None else "is empty: it has no lightnas studies")
+        raise StorageError(f"storage {where} {what}; {accepted}")
+    if mode == "serve" and tables:
+        raise StorageError(f"storage {where} belongs to another application (it holds {_some(tables)}, none of "
+                           "lightnas's tables); accepted: an empty database or a lightnas one; 'nas study create' "
+                           "may add lightnas's tables to it explicitly")
+
+
+def _sqlite_tables(url: str, mode: str) -> set[str] | None:
+    """The tables of a SQLite database file, read without writing anything; None when there is no
+    file yet, and an empty set for an empty file (which SQLite would make a database of).
+
+    Raises:
+        StorageError: the file is not a SQLite database, is damaged, or cannot be read.
+    """
+    import sqlite3
+
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return None if mode == "existing" else set()
+    path = Path(database).expanduser()
+    if not path.exists():
+        return None
+    if not path.is_file():
+        raise StorageError(f"storage {path}: not a file; accepted: sqlite:///PATH of a database file")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(_SQLITE_HEADER))
+    except OSError as e:
+        raise StorageError(f"storage {path}: cannot read ({e.strerror})") from None
+    if not head:
+        return set()
+    if head != _SQLITE_HEADER:
+        raise StorageError(f"storage {path}: not a SQLite database (its first bytes are not the SQLite header); "
+                           "accepted: a database that 'nas study create' wrote")
+    uri = path.resolve().as_uri()
+    # Read-only; a WAL database in a read-only directory cannot make its -shm file, and is then
+    # read as immutable (enough to list its tables).
+    for options in ("mode=ro", "mode=ro&immutable=1"):
+        try:
+            conn = sqlite3.connect(f"{uri}?{options}", uri=True)
+            try:
+                return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            finally:
+                conn.close()
+        except sqlite3.OperationalError as e:
+            if "immutable" in options or not any(t in str(e) for t in ("readonly", "unable to open")):
+                raise StorageError(f"storage {path}: {e}{error_hint(str(e))}") from None
+        except sqlite3.DatabaseError as e:
+            raise StorageError(f"storage {path}: {e}{error_hint(str(e))}") from None
+    raise AssertionError("unreachable")
+
+
+def error_hint(message: str) -> str:
+    """What a user can do about a database error, from its text ('' when nothing useful)."""
+    text = message.lower()
+    if "readonly" in text.replace(" ", "") or "read-only" in text:
+        return " (the file or its directory is read-only; accepted: a database file you may write)"
+    if "malformed" in text or "not a database" in text:
+        return " (a damaged file; restore it from a copy)"
+    if "disk is full" in text or "no space" in text:
+        return " (the disk is full)"
+    return ""
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -206,7 +206,7 @@ def test_bad_requests_get_one_line_json_errors_and_change_nothing(trained):
             (c.get("/studies/s1/jobs/7"), 404, None, "no job 7"),
             (c.get("/studies/s1/refined/7/export"), 404, None, ""),
             (c.get("/no/such/route"), 404, None, "Not Found"),
-            (c.put("/studies/s1", json={}, headers=AUTH), 405, None, "Method Not Allowed"),
+            (c.put("/studies/s1", json={}, headers=AUTH), 405, None, "method PUT is not allowed"),
         ]
         if over:  # an architecture rejected before training has no weights to export or refine
             cases += [(c.get(f"/studies/s1/trials/{over[0]}/export"), 409, None, "no trained weights"),

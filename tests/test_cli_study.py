@@ -76,8 +76,10 @@ def test_config_file(tmp_path):
     (["study", "create", "x", "--space", "plain", "--budget", "flops<=1M", "--data", "idx:/nonexistent"], "data: "),
     (["study", "create", "x", "--space", "plain", "--budget", "flops<=1M", "--storage", "mysql://a/b"],
      "unsupported database"),
-    (["study", "run", "nosuch"], "unknown study 'nosuch'"),
-    (["pareto", "nosuch"], "unknown study"),
+    # A read on a database that is not there is refused, never created (an unknown study in an
+    # existing database: tests/test_bad_input.py).
+    (["study", "run", "nosuch"], "sqlite:///nas.db does not exist"),
+    (["pareto", "nosuch"], "sqlite:///nas.db does not exist"),
     (["study", "create", "--config", "/nonexistent.toml"], "cannot read"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, args, needle):
@@ -86,6 +88,8 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, args, needle):
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    if "does not exist" in needle:
+        assert not db.exists()
     if db.exists():  # opening the default store may create empty tables, never a study
         listed = nas("study", "list", "--format", "json", cwd=tmp_path)
         assert json.loads(listed.stdout) == []
@@ -108,6 +112,8 @@ def test_demo_meets_its_promise(tmp_path):
     # Budget first: the space's minimum cost and share within the budget, before any training.
     assert "the space's minimum is params" in r.stdout and "lies within the budget (2000 samples)" in r.stdout
     assert "60 networks within budget" in r.stdout
+    # The space's cheapest architecture runs first: the front's low-cost end is never left unexplored.
+    assert "warm start: the space's cheapest by params queued first" in r.stdout
     assert "Pareto plot: nas_runs/demo/pareto.png" in r.stdout
     front = json.loads(nas("pareto", "demo", "--format", "json", cwd=tmp_path).stdout)
     assert len(front) >= 3
