@@ -27,7 +27,7 @@ from ._errors import NasError
 from ._study import get_study_spec
 from ._worker import REJECTION_STREAK, finished, make_pruner, make_sampler, run_worker
 
-__all__ = ["Progress", "make_pruner", "make_sampler", "progress", "run_study", "work"]
+__all__ = ["Progress", "check_run", "make_pruner", "make_sampler", "progress", "run_study", "work"]
 
 POLL_SECONDS = 1.0
 #: The largest target a study takes (as ``StudySpec.trials``).
@@ -117,6 +117,33 @@ def _worker_main(name: str, url: str, deadline: float | None, worker: int, threa
             errors.put(str(e))
 
 
+def check_run(name: str, store: Store, *, trials: int | None = None, workers: int = 1,
+              timeout: float | None = None) -> Any:
+    """Check a run's arguments against the stored study before anything is written or shown;
+    returns the study's row.
+
+    Raises:
+        NasError: unknown or unreadable study, workers outside 1..64, a timeout that is not a
+            positive number of seconds, a target outside 1..1,000,000 or below the networks
+            already evaluated within the budget.
+    """
+    get_study_spec(name, store)  # unknown study: NasError listing the studies there
+    row = store.get_study(name)
+    assert row is not None
+    if workers < 1 or workers > 64:
+        raise NasError(f"--workers: must be between 1 and 64, got {workers}")
+    if timeout is not None and not (0 < timeout < 1e9):
+        raise NasError(f"--timeout: must be positive seconds, got {timeout}")
+    if trials is not None:
+        if not 1 <= trials <= MAX_TARGET:
+            raise NasError(f"--trials: must be between 1 and {MAX_TARGET:,}, got {trials}")
+        done = finished(store, name)
+        if trials < done:
+            raise NasError(f"--trials: {name} has {done} networks evaluated within its budget already; "
+                           f"the target cannot go below that (got {trials})")
+    return row
+
+
 def run_study(name: str, store: Store, *, trials: int | None = None, workers: int = 1, timeout: float | None = None,
               on_progress: Callable[[Progress], None] | None = None, heartbeat: int = 10) -> Progress:
     """Run ``name`` until it has its target of complete trials (``trials`` raises the target).
@@ -130,23 +157,9 @@ def run_study(name: str, store: Store, *, trials: int | None = None, workers: in
     Raises:
         NasError: unknown study or bad arguments.
     """
-    get_study_spec(name, store)  # unknown study: NasError listing the studies there
-    row = store.get_study(name)
-    assert row is not None
-    # Everything is checked before the target is written.
-    if workers < 1 or workers > 64:
-        raise NasError(f"--workers: must be between 1 and 64, got {workers}")
-    if timeout is not None and not (0 < timeout < 1e9):
-        raise NasError(f"--timeout: must be positive seconds, got {timeout}")
-    if trials is not None:
-        if not 1 <= trials <= MAX_TARGET:
-            raise NasError(f"--trials: must be between 1 and {MAX_TARGET:,}, got {trials}")
-        done = finished(store, name)
-        if trials < done:
-            raise NasError(f"--trials: {name} has {done} networks evaluated within its budget already; "
-                           f"the target cannot go below that (got {trials})")
-        if trials != row.target_trials:
-            store.set_target(name, trials)
+    row = check_run(name, store, trials=trials, workers=workers, timeout=timeout)
+    if trials is not None and trials != row.target_trials:
+        store.set_target(name, trials)
     target = trials if trials is not None else row.target_trials
     deadline = time.time() + timeout if timeout else None
     threads = threads_per_worker(workers)

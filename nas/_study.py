@@ -105,6 +105,14 @@ class StudySpec(BaseModel):
         except (TypeError, ValueError):
             raise ValueError("space options must be JSON values (finite numbers, strings, lists)") from None
 
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: str) -> str:
+        from objectives import check_source
+
+        check_source(v)  # NUL bytes, over-long paths: DataError is a ValueError, reported on this field
+        return v
+
     @field_validator("objectives")
     @classmethod
     def _objectives(cls, v: list[str]) -> list[str]:

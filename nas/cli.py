@@ -386,9 +386,10 @@ def _progress_bar(quiet: bool):
 def run_with_progress(name: str, store, trials: int | None, workers: int, timeout: float | None, quiet: bool,
                       backend: str = "local", ray_options=None):
     """Run ``name`` on the local workers or (``backend="ray"``) on Ray Tune, with a progress bar."""
-    from nas._study import get_study_spec
+    from nas._runner import check_run
 
-    get_study_spec(name, store)  # unknown study: one line, exit 2
+    # Every argument is checked before a bar is shown or the target written: one line, exit 2.
+    check_run(name, store, trials=trials, workers=workers if backend != "ray" else 1, timeout=timeout)
     if backend == "ray":
         from nas._ray import run_ray
 

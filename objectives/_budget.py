@@ -135,6 +135,8 @@ def parse_conditions(text: str, *, ops: tuple[str, ...] = ALL_OPS, extra: Iterab
         if op not in ops:
             raise BudgetError(f"{raw}: operator {op!r} not accepted here; accepted: {', '.join(ops)}")
         out.append(Condition(name, op, _parse_number(rhs, name)))
+    if not out:  # separators only, e.g. ","
+        raise BudgetError(f"no condition in {text!r}; write e.g. 'flops<=5M params<=100k'")
     return out
 
 

@@ -235,7 +235,9 @@ class Store:
             _check_tables(self.url, mode, _sqlite_tables(self.url, mode))
         self.engine: Engine = create_engine(self.url, **_engine_kwargs(self.url))
         if self.url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            # WAL lets many workers share the file; switching a database to it rewrites its header,
+            # so an ``existing`` open (a read) leaves the journal mode as it finds it.
+            event.listen(self.engine, "connect", _sqlite_pragmas if mode != "existing" else _sqlite_wait)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         try:
             with self.engine.connect() as conn:
@@ -724,5 +726,11 @@ def error_hint(message: str) -> str:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.close()
+
+
+def _sqlite_wait(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
     cur.execute("PRAGMA busy_timeout=60000")
     cur.close()

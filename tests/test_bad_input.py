@@ -169,6 +169,7 @@ def _batch(data: object, labels: object) -> dict[bytes, object]:
 
 def bad_data_sources(root: Path) -> dict[str, tuple[str, str]]:
     """Data sources a user might point at: ``{case: (source, words the one line must contain)}``."""
+    root.mkdir(parents=True, exist_ok=True)
     npz_bad = root / "bad.npz"
     npz_bad.write_bytes(b"PK\x03\x04 not really a zip")
     npz_nan = root / "nan.npz"
@@ -582,7 +583,8 @@ def test_api_edges_are_documented_and_exact(db: Path) -> None:
         assert r.status_code == 400 and r.json()["field"] == "body", r.text
         r = c.post("/studies/b1/trials/0/refine", json={"seed": False}, headers=AUTH)
         assert r.status_code == 422 and r.json()["field"] == "seed", r.text
-        r = c.post("/studies/b1/trials/0/refine", json={"temperature": 1e308 * 10}, headers=AUTH)
+        r = c.post("/studies/b1/trials/0/refine", content=b'{"temperature": 1e999}',
+                   headers={**AUTH, "Content-Type": "application/json"})
         assert r.status_code == 422, r.text
         assert fingerprint(db) == before
         schema = c.get("/openapi.json").json()
@@ -630,7 +632,7 @@ def test_any_budget_text_gives_a_budget_or_one_line(expression: str) -> None:
     except BudgetError as e:
         assert "\n" not in str(e) and str(e).strip()
         return
-    assert all(math.isfinite(v) and v > 0 for v in budget.limits.values()), budget.limits
+    assert budget.limits and all(math.isfinite(v) and v > 0 for v in budget.limits.values()), budget.limits
     assert parse_budget(str(budget)).limits == budget.limits
 
 

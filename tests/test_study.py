@@ -47,7 +47,7 @@ def test_spec_round_trips_through_the_database(store):
     study = optuna.load_study(study_name="round", storage=store.optuna)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
     assert study.user_attrs["lightnas_spec"]["objectives"] == ["accuracy", "flops", "peak_activation_bytes"]
-    assert [s.name for s, _ in list_studies(store)] == ["round"]
+    assert [e.spec.name for e in list_studies(store) if e.spec] == ["round"]
 
 
 def test_existing_name_is_refused_and_nothing_changes(store):
