@@ -184,7 +184,7 @@ class RefineSettings(BaseModel):
     long_every: int = Field(default=4, ge=1, le=1000, description="long fine-tuning after this many removals")
     temperature: float = Field(default=4.0, gt=0.0, description="distillation temperature T")
     alpha: float = Field(default=0.9, ge=0.0, le=1.0, description="weight of the soft (distillation) loss")
-    lr: float = Field(default=0.01, gt=0.0, le=10.0, description="fine-tuning learning rate (SGD, cosine)")
+    lr: float = Field(default=0.01, gt=0.0, description="fine-tuning learning rate (SGD, cosine)")
     weight_decay: float = Field(default=1e-4, ge=0.0)
     batch_size: int = Field(default=64, ge=1, le=65_536)
     min_channels: int = Field(default=1, ge=1, description="channels every pruned width keeps")

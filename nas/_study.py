@@ -54,7 +54,7 @@ class Fidelity(BaseModel):
     epochs: int = Field(default=8, ge=1, le=10_000)
     train_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
     batch_size: int = Field(default=64, ge=1, le=65_536)
-    lr: float = Field(default=0.1, gt=0.0, le=10.0)
+    lr: float = Field(default=0.1, gt=0.0)
 
 
 class StudySpec(BaseModel):
