@@ -335,6 +335,8 @@ def test_bad_spec_fields_through_the_api_and_toml_write_nothing(tmp_path: Path) 
     toml_values = {"inf": "inf", "-inf": "-inf", "nan": "nan", "true": "true", "huge": "1" + "0" * 30}
     for field in ("lr", "epochs", "train_fraction"):
         for label, literal in toml_values.items():
+            if (field, label) == ("lr", "huge"):
+                continue  # a finite learning rate however large is the user's to choose (its trials fail as NaN)
             (tmp_path / "s.toml").write_text(f'name = "t"\nspace = "plain"\nbudget = "params<=12k"\n'
                                             f"[fidelity]\n{field} = {literal}\n")
             code, _, err = cli("study", "create", "--config", str(tmp_path / "s.toml"), "--storage", url)
