@@ -61,7 +61,6 @@ DEFAULT_URL = "sqlite:///nas.db"
 #: (a user explicitly creating a study there).
 OPEN_MODES = ("existing", "serve", "create")
 _OUR_TABLE = "lightnas_meta"
-_SQLITE_HEADER = b"SQLite format 3\x00"
 #: States of a queued job (``lightnas_jobs``), in the order a job passes through them.
 JOB_STATES = ("queued", "running", "done", "failed")
 T = TypeVar("T")
@@ -683,16 +682,14 @@ def _sqlite_tables(url: str, mode: str) -> set[str] | None:
         return None
     if not path.is_file():
         raise StorageError(f"storage {path}: not a file; accepted: sqlite:///PATH of a database file")
+    # Never open() the file itself: closing any descriptor of a file drops every POSIX lock this
+    # process holds on it, SQLite's included (a WAL database's other users could then delete its
+    # log under our connections). stat() for the size; SQLite judges the rest.
     try:
-        with path.open("rb") as fh:
-            head = fh.read(len(_SQLITE_HEADER))
+        if path.stat().st_size == 0:
+            return set()
     except OSError as e:
         raise StorageError(f"storage {path}: cannot read ({e.strerror})") from None
-    if not head:
-        return set()
-    if head != _SQLITE_HEADER:
-        raise StorageError(f"storage {path}: not a SQLite database (its first bytes are not the SQLite header); "
-                           "accepted: a database that 'nas study create' wrote")
     uri = path.resolve().as_uri()
     # Read-only; a WAL database in a read-only directory cannot make its -shm file, and is then
     # read as immutable (enough to list its tables).
@@ -707,6 +704,9 @@ def _sqlite_tables(url: str, mode: str) -> set[str] | None:
             if "immutable" in options or not any(t in str(e) for t in ("readonly", "unable to open")):
                 raise StorageError(f"storage {path}: {e}{error_hint(str(e))}") from None
         except sqlite3.DatabaseError as e:
+            if "file is not a database" in str(e):
+                raise StorageError(f"storage {path}: not a SQLite database ({e}); accepted: a database that "
+                                   "'nas study create' wrote") from None
             raise StorageError(f"storage {path}: {e}{error_hint(str(e))}") from None
     raise AssertionError("unreachable")
 
