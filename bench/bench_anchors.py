@@ -64,14 +64,14 @@ METHODS = {  # label -> spec overrides on top of the demo spec
 
 
 def method_spec(name: str, method: str, seed: int, trials: int, data: str, budget: str):
-    from nas._study import make_spec
+    from nas.search import make_spec
 
     base = demo_variant(name, seed=seed, trials=trials, budget=budget).model_dump()
     return make_spec(**{**base, "data": data, **METHODS[method]})
 
 
 def _run(name: str, url: str) -> float:
-    from nas._runner import work
+    from nas.workers import work
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -179,7 +179,7 @@ def part_race(args, res, datasets) -> str:
 
 # ------------------------------------------------------------------------------- b. replay
 def part_replay(args, res, datasets) -> str:
-    from nas._early import EarlyStop, dominators, peers_of, rung_epochs
+    from nas.search import EarlyStop, dominators, peers_of, rung_epochs
 
     settings = EarlyStop()
     rows = []
@@ -209,7 +209,7 @@ def part_replay(args, res, datasets) -> str:
     head = ["dataset", "trained trials (tpe, no early stopping)", "would have been stopped", "share",
             "front members", "front members that would have been stopped", "share"]
     return ("### b. How often early stopping would have stopped a front member\n\n" + table(head, rows) + "\n\n"
-            f"Replay of the rule (`nas._early.dominators`, margin {settings.margin}, rungs {rung_epochs(settings, 20)} "
+            f"Replay of the rule (`nas.search.dominators`, margin {settings.margin}, rungs {rung_epochs(settings, 20)} "
             "of 20 epochs, 1 dominator) on the tpe studies of part a, which ran without it. Front = the final "
             "feasible front of that study.\n")
 
@@ -217,7 +217,7 @@ def part_replay(args, res, datasets) -> str:
 # ------------------------------------------------------------------------------- c. warm start
 def part_warm(args, res, datasets, tmp: Path) -> str:
     """tpe + early stopping seeded with the front of the *other* dataset's tpe study (same seed)."""
-    from nas._warm import warm_start
+    from nas.search import warm_start
     from storage import Store
 
     if "idx" not in datasets or "digits" not in datasets or "tpe" not in args.methods:
@@ -276,10 +276,9 @@ def part_warm(args, res, datasets, tmp: Path) -> str:
 
 # ------------------------------------------------------------------------------- d. inheritance
 def part_inherit(args, res, datasets) -> str:
-    from nas._morph import inherit_weights, pick_parent
-    from nas._study import get_study_spec
+    from nas.search import get_study_spec, pick_parent
     from objectives import TrainConfig, train_model
-    from search_spaces import build_model, get_space, sample_spec
+    from search_spaces import build_model, get_space, inherit_weights, sample_spec
     from storage import Store
 
     rows = []
@@ -314,7 +313,7 @@ def part_inherit(args, res, datasets) -> str:
                 with torch.random.fork_rng():
                     torch.manual_seed(0)
                     child = build_model(arch, data.input_shape, data.num_classes)
-                inherit_weights(child, parent.state, arch, parent.spec)
+                inherit_weights(child, parent.state, arch, parent.arch)
                 a = train_model(scratch, data, cfg, keep_state=False).val_accuracy
                 b = train_model(child, data, cfg, keep_state=False).val_accuracy
                 diffs[e].append(b - a)
@@ -326,7 +325,7 @@ def part_inherit(args, res, datasets) -> str:
     return ("### d. Weight inheritance (network morphism) at equal epochs\n\n" + table(head, rows) + "\n\n"
             "Networks sampled at random from the study's space (within the budget, not in the study), each trained "
             "twice with the same seed and schedule: from scratch, and with every tensor initialised from the "
-            "overlapping slice of the stored parent with the largest overlap (`nas._morph.pick_parent`, "
+            "overlapping slice of the stored parent with the largest overlap (`nas.search.pick_parent`, "
             "`inherit_weights`), parents from the first seed's tpe study of part a.\n")
 
 

@@ -6,7 +6,7 @@ For each backend: the digits demo study is searched (``--trials``, so the answer
 content), then ``nas serve`` is started on it and every read endpoint is called ``--requests``
 times in a row (one client, keep-alive), and the writes (create a study, raise a target, queue
 a refinement) a few times. Reported: median and 95th-percentile latency per endpoint, and the
-ratio of ``GET /pareto`` to calling ``nas._pareto.pareto_rows`` directly in one process (what
+ratio of ``GET /pareto`` to calling ``nas.search.pareto_rows`` directly in one process (what
 the HTTP layer, validation and JSON cost on top of the query), and reading a page of 50 trials
 in process one ``get_trial`` at a time against one batched read (what the trials page does).
 """
@@ -56,8 +56,8 @@ def p95(xs: list[float]) -> float:
 
 
 def run_backend(label: str, url: str, args) -> tuple[list[list], dict]:
-    from nas._pareto import pareto_rows
-    from nas._runner import work
+    from nas.search import pareto_rows
+    from nas.workers import work
     from storage import Store
 
     new_study(url, demo_variant("demo", trials=args.trials))

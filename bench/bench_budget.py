@@ -36,11 +36,9 @@ if "NAS_HOME" not in os.environ:  # never touch ~/.lightnas; removed at exit
 import numpy as np  # noqa: E402
 from _util import machine_header, median, table  # noqa: E402
 
-from nas._errors import NasError  # noqa: E402
-from nas._study import create_study, make_spec, plan_study  # noqa: E402
-from objectives import estimate_cost, get_device  # noqa: E402
-from objectives._analytic import analytic_layers  # noqa: E402
-from objectives._cost import trace_layers  # noqa: E402
+from nas import NasError  # noqa: E402
+from nas.search import create_study, make_spec, plan_study  # noqa: E402
+from objectives import analytic_layers, estimate_cost, get_device, trace_layers  # noqa: E402
 from search_spaces import ArchSpec, Block, Head, Stage, Stem, get_space, list_spaces  # noqa: E402
 
 BUDGETS = ["flops<=1M", "params<=10k", "peak_mem<=64KiB", "flops<=4M", "flops<=16M"]
@@ -146,8 +144,8 @@ def part_b(inputs: list[tuple[str, str]], fidelity: dict, val_fraction: float) -
 def part_c(cells: list, fidelity: dict, max_minutes: float, workers: int) -> str:
     import optuna
 
-    from nas._runner import run_study
-    from nas._trial import load_context
+    from nas.search import load_context
+    from nas.workers import run_study
     from objectives import train_spec
     from storage import Store
 
@@ -167,7 +165,7 @@ def part_c(cells: list, fidelity: dict, max_minutes: float, workers: int) -> str
             rows.append([label, space, budget, "not run (time cap)", "-", "-", "-", ""])
             continue
         name = f"c{k}"
-        spec = plan.spec.model_copy(update={"name": name, "trials": 16, "device": "cpu", "seed": 0})
+        spec = plan.study_spec.model_copy(update={"name": name, "trials": 16, "device": "cpu", "seed": 0})
         t0 = time.time()
         create_study(spec, store, plan=type(plan)(spec, plan.info, plan.warnings))
         p = run_study(name, store, workers=workers)

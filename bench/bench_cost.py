@@ -31,9 +31,7 @@ import torch  # noqa: E402
 from _util import loadavg, machine_header, median, table  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
-from objectives import estimate_cost, measure_latency  # noqa: E402
-from objectives._analytic import analytic_layers  # noqa: E402
-from objectives._latency import calibrate_host, default_calibration_set  # noqa: E402
+from objectives import analytic_layers, calibrate_host, default_calibration_set, estimate_cost, measure_latency  # noqa: E402
 from search_spaces import ArchSpec, Block, Head, Stage, Stem, get_space, list_spaces, sample_spec  # noqa: E402
 
 SHAPE = (3, 32, 32)

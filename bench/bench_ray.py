@@ -2,7 +2,7 @@
 
 ``python bench/bench_ray.py [--trials 12] [--epochs 4] [--budget "params<=1M flops<=100M"] [--quick]``
 
-Every configuration runs one study spec (the digits demo study, ``nas._demo.demo_spec``, with
+Every configuration runs one study spec (the digits demo study, ``nas.search.demo_spec``, with
 the fidelity epochs, budget and target given here) to the same target on a fresh SQLite
 database, with the same architectures: the target's worth of parameter sets, sampled once at
 random from the space, is enqueued (``Study.enqueue_trial``) in every study, and both backends
@@ -56,8 +56,7 @@ CONFIGS = [
 
 
 def bench_spec(name: str, args: argparse.Namespace):
-    from nas._demo import demo_spec
-    from nas._study import make_spec
+    from nas.search import demo_spec, make_spec
 
     base = demo_spec(name, args.trials).model_dump()
     return make_spec(**{**base, "budget": args.budget, "fidelity": {**base["fidelity"], "epochs": args.epochs}})
@@ -80,7 +79,7 @@ def sample_params(args: argparse.Namespace) -> list[dict]:
 
 
 def make_study(url: str, name: str, args: argparse.Namespace, params: list[dict]) -> None:
-    from nas._study import create_study
+    from nas.search import create_study
     from storage import Store
 
     store = Store(url)

@@ -1,17 +1,17 @@
-"""Benchmark of post-search refinement (issue 5, SEEDS.md section 2) against training from scratch.
+"""Benchmark of post-search refinement (issue 5, docs/methods.md section 2) against training from scratch.
 
 For each dataset (scikit-learn's digits, and an IDX dataset):
 
 1. search: a small ``resnet`` study (``--trials`` trials at a low fidelity, TPE, a loose FLOPs
    budget); the front member with the best validation accuracy is the one refined;
-2. refine: ``nas._refine.refine_trial`` with its default settings (baseline 20 epochs, F = 8:
+2. refine: ``nas.refine.refine_trial`` with its default settings (baseline 20 epochs, F = 8:
    short 2, long 5, patience 1; 3 pruning iterations; fusion until -3 %), one table row per
    stored candidate: baseline -> each pruning iteration -> each fusion candidate;
 3. the seed's Table 5 comparison: the *final* architecture (the most compressed candidate
    within the 3 % drop) trained from scratch with the trainer, for the baseline's epochs and
    for as many epochs as its lineage saw (baseline + one fine-tuning per pruning iteration
    + every short and long fusion fine-tuning on its path), ``--seeds`` seeds;
-4. the FS-DNN claim (SEEDS.md section 1): a search *from scratch* with a budget of the final
+4. the FS-DNN claim (docs/methods.md section 1): a search *from scratch* with a budget of the final
    architecture's FLOPs (the whole ``resnet`` space, LightLayer ranks included, ``--fs-trials``
    trials), its most accurate feasible trial retrained at the refinement fidelity, ``--seeds``
    seeds.
@@ -127,10 +127,9 @@ def si(v: float) -> str:
 
 
 def run_dataset(label: str, source: str, budget: str, args: argparse.Namespace, tmp: Path) -> str:
-    from nas._pareto import pareto_rows
-    from nas._refine import RefineSettings, refine_trial
-    from nas._runner import run_study
-    from nas._study import create_study, make_spec
+    from nas.refine import RefineSettings, refine_trial
+    from nas.search import create_study, make_spec, pareto_rows
+    from nas.workers import run_study
     from objectives import estimate_cost, load_dataset
     from search_spaces import ArchSpec
     from storage import Store

@@ -3,7 +3,7 @@
 Parts (``python bench/bench_search.py PART [--quick]``; ``all`` runs every part):
 
 hv        a. Hypervolume of the feasible front after N trials for tpe, nsga2 and random on the
-             digits demo study (``nas._demo.demo_spec``, only name/sampler/seed/trials changed),
+             digits demo study (``nas.search.demo_spec``, only name/sampler/seed/trials changed),
              3 seeds, each study in its own SQLite file; and
           b. the wall-time share saved by budget rejection and reuse, from the same trials.
 overhead  c. Non-training overhead per trained trial, (trial wall - train_seconds) / trial wall,
@@ -52,8 +52,7 @@ REF_ACC, REF_COST = 0.0, 1.0  # hypervolume reference point (accuracy, hw_cost)
 
 def demo_variant(name: str, *, sampler: str = "tpe", seed: int = 0, trials: int = 40, budget: str | None = None):
     """``demo_spec`` with only name, sampler, seed and trial target (and optionally budget) changed."""
-    from nas._demo import demo_spec
-    from nas._study import make_spec
+    from nas.search import demo_spec, make_spec
 
     base = demo_spec(name, trials).model_dump()
     fields = {**base, "name": name, "sampler": sampler, "seed": seed, "trials": trials}
@@ -63,7 +62,7 @@ def demo_variant(name: str, *, sampler: str = "tpe", seed: int = 0, trials: int 
 
 
 def new_study(url: str, spec) -> None:
-    from nas._study import create_study
+    from nas.search import create_study
     from storage import Store
 
     store = Store(url)
@@ -90,7 +89,7 @@ def wall(t: optuna.trial.FrozenTrial) -> float:
 
 def _work_one(name: str, url: str) -> float:
     """Run one study to its target in this (pool) process with 1 torch thread; wall seconds."""
-    from nas._runner import work
+    from nas.workers import work
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -190,10 +189,10 @@ def part_hv(args: argparse.Namespace, tmp: Path) -> str:
             "trained / reused / over budget (mean per study)"]
     out = [f"### a. Hypervolume of the feasible front after {n} trials (digits demo study)\n",
            table(head, rows), "",
-           f"Studies: `nas._demo.demo_spec` (space plain, budget `params<=20k flops<=1.5M`, 20 epochs, batch 64, "
+           f"Studies: `nas.search.demo_spec` (space plain, budget `params<=20k flops<=1.5M`, 20 epochs, batch 64, "
            f"lr 0.1) with only name/sampler/seed/trials changed; seeds {seeds} (the seed also fixes the data "
            f"split and the training seed, identical across samplers); each study in its own SQLite file, run "
-           f"by `nas._runner.work(threads=1)`, {args.parallel} studies at a time; all {len(jobs)} studies took "
+           f"by `nas.workers.work(threads=1)`, {args.parallel} studies at a time; all {len(jobs)} studies took "
            f"{t_all:.0f} s. HV: 2-D, maximise validation accuracy, minimise hw_cost, reference point "
            f"(accuracy {REF_ACC}, hw_cost {REF_COST}) -- a feasible trial meets every budget limit, and hw_cost is "
            f"the mean of resource/limit, so feasible hw_cost <= 1; costs above 1 would be clipped to 1 (adding "
@@ -273,7 +272,7 @@ def postgres_server():
 
 
 def run_overhead_study(url: str, name: str, trials: int) -> tuple[list[optuna.trial.FrozenTrial], float]:
-    from nas._runner import work
+    from nas.workers import work
 
     new_study(url, demo_variant(name, trials=trials))
     t0 = time.perf_counter()
@@ -313,7 +312,7 @@ def part_overhead(args: argparse.Namespace, tmp: Path) -> str:
     ratio = med_over["PostgreSQL"] / med_over["SQLite"] if len(med_over) == 2 else math.nan
     return (f"### c. Non-training overhead per trained trial, SQLite vs PostgreSQL\n\n{table(head, rows)}\n\n"
             f"Median overhead PostgreSQL / SQLite = {ratio:.3g}. Each study: `demo_spec` (tpe, seed 0), "
-            f"{n} trials, run by `nas._runner.work(threads=1)`; backends run in the order "
+            f"{n} trials, run by `nas.workers.work(threads=1)`; backends run in the order "
             f"{', '.join(['SQLite', 'PostgreSQL', 'PostgreSQL', 'SQLite'][: 2 * args.overhead_rounds])} "
             "(fresh study in a fresh database each time, so nothing is reused across runs; the same seed gives "
             "the same trial sequence on both). PostgreSQL 15: "
@@ -329,7 +328,7 @@ LOOSE_BUDGET = "params<=1M flops<=100M"  # nothing in the demo space exceeds it:
 
 
 def part_workers(args: argparse.Namespace, tmp: Path) -> str:
-    from nas._runner import run_study, work
+    from nas.workers import run_study, work
     from storage import Store
 
     n = args.worker_trials

@@ -36,7 +36,7 @@ from _util import loadavg, machine_header, median, table  # noqa: E402
 from bench_search import postgres_server  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from nas._study import create_study, make_spec  # noqa: E402
+from nas.search import create_study, make_spec  # noqa: E402
 from storage import Store  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,7 +1,24 @@
-"""Errors that mean bad user input (CLI exit code 2, HTTP 4xx), as opposed to bugs."""
+"""Errors that mean bad user input (CLI exit code 2, HTTP 4xx), as opposed to bugs, and the
+signal that a worker was asked to stop."""
 
 from __future__ import annotations
+
+__all__ = ["NasError", "TrialInterrupted", "UnknownStudy", "UnreadableStudy"]
 
 
 class NasError(ValueError):
     """A one-line message naming what was wrong and what is accepted."""
+
+
+class UnknownStudy(NasError):
+    """No study of that name in the database (the message lists the ones there)."""
+
+
+class UnreadableStudy(NasError):
+    """A stored study spec that no longer validates (written by another version, or edited):
+    the study can be listed and deleted, not run or queried."""
+
+
+class TrialInterrupted(Exception):
+    """Raised at an epoch boundary when the worker was asked to stop (SIGTERM/SIGINT): the trial
+    or refinement step in progress is given back, not failed for good."""

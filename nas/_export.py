@@ -3,7 +3,6 @@ onnxruntime."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import warnings
@@ -14,13 +13,13 @@ import numpy as np
 import optuna
 import torch
 
-from objectives import TrainConfig, estimate_cost, train_model
+from objectives import estimate_cost, train_model
 from search_spaces import ArchSpec, build_model
 from storage import Store
 
+from ._artifacts import load_arch, load_network, weights_key
 from ._errors import NasError
-from ._study import get_study_spec
-from ._trial import weights_key
+from .search import DataShape, StudySpec, get_study_spec, record_of, study_data
 
 __all__ = ["export_onnx", "export_refined", "export_trial"]
 
@@ -54,39 +53,39 @@ def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs
         NasError: unknown study/trial, trial never trained (over budget or failed), bad format.
     """
     _check_formats(formats)
-    spec = get_study_spec(name, store)
+    study_spec = get_study_spec(name, store)
     study = optuna.load_study(study_name=name, storage=store.optuna)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
         raise NasError(f"study {name!r} has no trial {number}; trials are 0..{max(trials, default=-1)}")
     t = trials[number]
-    h = t.user_attrs.get("spec_hash")
+    r = record_of(t)
+    h = r.spec_hash
     if h is None:
         raise NasError(f"trial {number} has no architecture (state {t.state.name})")
-    arch = ArchSpec.from_json(store.get_architecture(h) or "")
-    data = spec.load_data()
+    arch = load_arch(store, h)
+    shape = study_data(study_spec, store)
     info: dict[str, Any] = {"trial": number, "spec_hash": h}
     if epochs is not None:
         if epochs < 1:
             raise NasError(f"--epochs: must be >= 1, got {epochs}")
-        f = spec.fidelity
-        torch.manual_seed(spec.seed)
+        data = study_spec.load_data()
+        torch.manual_seed(study_spec.seed)
         model = build_model(arch, data.input_shape, data.num_classes)
-        res = train_model(model, data, TrainConfig(epochs=epochs, batch_size=f.batch_size, lr=f.lr, seed=spec.seed,
-                                                   device=spec.device), evaluate_test=True)
+        res = train_model(model, data, study_spec.train_config(epochs=epochs), evaluate_test=True)
         info.update(retrained_epochs=epochs, val_accuracy=res.val_accuracy, test_accuracy=res.test_accuracy)
         model = model.cpu()
-    else:
-        model = build_model(arch, data.input_shape, data.num_classes)
-        blob = store.get_artifact(weights_key(h, spec.fidelity_key)) if set(formats) - {"json"} else b""
-        if blob is None:
-            status = t.user_attrs.get("status", t.state.name.lower())
-            raise NasError(f"trial {number} has no trained weights (status {status}); "
+    elif set(formats) - {"json"}:
+        stored = load_network(store, arch, weights_key(h, study_spec.fidelity_key), shape.input_shape,
+                              shape.num_classes)
+        if stored is None:
+            raise NasError(f"trial {number} has no trained weights (status {r.status or t.state.name.lower()}); "
                            "pass --epochs N to train it for export")
-        if blob:  # the spec alone (json) needs no weights
-            model.load_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
+        model = stored
+    else:  # the spec alone (json) needs no weights
+        model = build_model(arch, shape.input_shape, shape.num_classes)
     meta = {"study": name, "trial": number}
-    info.update(_write(arch, model, data, spec, Path(to), formats, meta))
+    info.update(_write(arch, model, shape, study_spec, Path(to), formats, meta))
     return info
 
 
@@ -96,8 +95,8 @@ def _check_formats(formats: tuple[str, ...]) -> None:
         raise NasError(f"--formats: unknown {sorted(bad)}; accepted: json, state_dict, onnx")
 
 
-def _write(arch: ArchSpec, model: torch.nn.Module, data: Any, spec: Any, out: Path, formats: tuple[str, ...],
-           meta: dict[str, Any]) -> dict[str, Any]:
+def _write(arch: ArchSpec, model: torch.nn.Module, data: DataShape, study_spec: StudySpec, out: Path,
+           formats: tuple[str, ...], meta: dict[str, Any]) -> dict[str, Any]:
     """Write the requested files of one network into ``out``; returns ``files`` (and the ONNX check)."""
     info: dict[str, Any] = {}
     try:
@@ -112,8 +111,8 @@ def _write(arch: ArchSpec, model: torch.nn.Module, data: Any, spec: Any, out: Pa
     written = []
     if "json" in formats:
         (out / "spec.json").write_text(arch.to_json(indent=2) + "\n")
-        report = estimate_cost(arch, data.input_shape, data.num_classes, device=spec.cost_device)
-        meta = {**meta, "input_shape": list(data.input_shape), "num_classes": data.num_classes, "data": spec.data,
+        report = estimate_cost(arch, data.input_shape, data.num_classes, device=study_spec.cost_device)
+        meta = {**meta, "input_shape": list(data.input_shape), "num_classes": data.num_classes, "data": study_spec.data,
                 "mean": list(data.mean), "std": list(data.std), "cost": report.to_dict(rows=False)}
         (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
         written += ["spec.json", "model.json"]
@@ -138,7 +137,7 @@ def export_refined(name: str, refinement_id: int, to: str | Path, store: Store, 
         NasError: unknown study, or no candidate ``refinement_id`` in this study; bad format.
     """
     _check_formats(formats)
-    spec = get_study_spec(name, store)
+    study_spec = get_study_spec(name, store)
     row = store.get_refinement(refinement_id)
     if row is None or row.study != name:
         ids = [r.id for r in store.get_refinements(name)]
@@ -146,19 +145,17 @@ def export_refined(name: str, refinement_id: int, to: str | Path, store: Store, 
             else "it has none; run 'nas refine' first"
         raise NasError(f"study {name!r} has no refined candidate {refinement_id}; {known} "
                        "(see 'nas pareto NAME --include-refined')")
-    arch = ArchSpec.from_json(store.get_architecture(row.spec_hash) or "")
-    data = spec.load_data()
-    blob = store.get_artifact(row.artifact_key)
-    if blob is None:
+    shape = study_data(study_spec, store)
+    model = load_network(store, load_arch(store, row.spec_hash), row.artifact_key, shape.input_shape,
+                         shape.num_classes)
+    if model is None:
         raise NasError(f"refined candidate {refinement_id} has lost its weights ({row.artifact_key})")
-    model = build_model(arch, data.input_shape, data.num_classes)
-    model.load_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
     lineage = {"parent_trial": row.parent_trial, "parent_spec_hash": row.parent_spec_hash, "step": row.step,
                "parent_step": row.parent_step, "method": row.method, "settings": json.loads(row.settings_json),
                "detail": json.loads(row.detail_json), "val_accuracy": row.val_accuracy,
                "test_accuracy": row.test_accuracy}
     info: dict[str, Any] = {"refined": refinement_id, "spec_hash": row.spec_hash, "parent_trial": row.parent_trial,
                             "step": row.step, "method": row.method}
-    info.update(_write(arch, model.eval(), data, spec, Path(to), formats,
+    info.update(_write(model.spec, model, shape, study_spec, Path(to), formats,
                        {"study": name, "refined": refinement_id, "lineage": lineage}))
     return info

@@ -12,10 +12,14 @@ from optuna.trial import TrialState
 
 from storage import Store
 
-from ._pareto import front_trials, pareto_rows
-from ._study import get_study_spec
+from .search import Status, front_trials, get_study_spec, pareto_rows, record_of, status_of
 
 __all__ = ["write_report"]
+
+
+def _accuracy(t: optuna.trial.FrozenTrial) -> float:
+    """Validation accuracy of an evaluated trial (0 where none was recorded)."""
+    return float(record_of(t).val_accuracy or 0.0)
 
 
 def write_report(name: str, store: Store, to: str | Path) -> dict[str, Any]:
@@ -25,17 +29,17 @@ def write_report(name: str, store: Store, to: str | Path) -> dict[str, Any]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    spec = get_study_spec(name, store)
+    study_spec = get_study_spec(name, store)
     study = optuna.load_study(study_name=name, storage=store.optuna)
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    evaluated = [t for t in trials if t.user_attrs.get("status") in ("trained", "reused")]
-    rejected = [t for t in trials if t.user_attrs.get("status") == "over_budget"]
-    front = front_trials(spec, evaluated)
-    budget = spec.budget_obj()
-    costs = [o for o in spec.objectives if o != "accuracy"]
+    evaluated = [t for t in trials if status_of(t) in Status.EVALUATED]
+    rejected = [t for t in trials if status_of(t) == Status.OVER_BUDGET]
+    front = front_trials(study_spec, evaluated)
+    budget = study_spec.budget_obj()
+    costs = [o for o in study_spec.objectives if o != "accuracy"]
     costs += [c for c in (budget.limits if budget else {}) if c not in costs]
     costs = costs or ["flops"]
-    accs_all = [t.user_attrs["val_accuracy"] for t in evaluated]
+    accs_all = [_accuracy(t) for t in evaluated]
     floor = (min(accs_all) - 0.02) if accs_all else 0.0  # rejected trials drawn just below
     out = Path(to)
     out.mkdir(parents=True, exist_ok=True)
@@ -43,15 +47,15 @@ def write_report(name: str, store: Store, to: str | Path) -> dict[str, Any]:
     fig, axes = plt.subplots(1, len(costs), figsize=(5.5 * len(costs), 4.2), squeeze=False)
     for ax, c in zip(axes[0], costs, strict=True):
         def xs(ts: list[optuna.trial.FrozenTrial], c: str = c) -> list[float]:
-            return [t.user_attrs["cost"][c] for t in ts]
+            return [record_of(t).cost[c] for t in ts]
 
-        ax.scatter(xs(evaluated), [t.user_attrs["val_accuracy"] for t in evaluated], s=18, c="tab:blue",
+        ax.scatter(xs(evaluated), [_accuracy(t) for t in evaluated], s=18, c="tab:blue",
                    alpha=0.6, label=f"evaluated ({len(evaluated)})")
         if rejected:
             ax.scatter(xs(rejected), [floor] * len(rejected), s=14, marker="x", c="tab:gray",
                        label=f"over budget, not trained ({len(rejected)})")
-        fr = sorted(front, key=lambda t: t.user_attrs["cost"][c])
-        ax.plot(xs(fr), [t.user_attrs["val_accuracy"] for t in fr], "o-", c="tab:red",
+        fr = sorted(front, key=lambda t: record_of(t).cost[c])
+        ax.plot(xs(fr), [_accuracy(t) for t in fr], "o-", c="tab:red",
                 label=f"Pareto front ({len(fr)})")
         limit = budget.limits.get(c) if budget else None
         if limit is not None:
@@ -61,14 +65,14 @@ def write_report(name: str, store: Store, to: str | Path) -> dict[str, Any]:
         ax.set_xscale("log" if c != "hw_cost" else "linear")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{name}: {spec.space} on {spec.data}, budget {spec.budget or 'none'}")
+    fig.suptitle(f"{name}: {study_spec.space} on {study_spec.data}, budget {study_spec.budget or 'none'}")
     fig.tight_layout()
     fig.savefig(out / "pareto.png", dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     nums = [t.number for t in evaluated]
-    accs = [t.user_attrs["val_accuracy"] for t in evaluated]
+    accs = [_accuracy(t) for t in evaluated]
     best, run = [], 0.0
     for a in accs:
         run = max(run, a)
@@ -91,9 +95,10 @@ def write_report(name: str, store: Store, to: str | Path) -> dict[str, Any]:
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>lightnas report: {html.escape(name)}</title>"
             "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;border-bottom:1px solid #ddd}"
             "img{max-width:100%}</style></head><body>"
-            f"<h1>{html.escape(name)}</h1><p>space <b>{html.escape(spec.space)}</b>, data "
-            f"<b>{html.escape(spec.data)}</b>, budget <b>{html.escape(spec.budget or 'none')}</b>, objectives "
-            f"{html.escape(', '.join(spec.objectives))}, sampler {spec.sampler}; {len(trials)} complete trials, "
+            f"<h1>{html.escape(name)}</h1><p>space <b>{html.escape(study_spec.space)}</b>, data "
+            f"<b>{html.escape(study_spec.data)}</b>, budget <b>{html.escape(study_spec.budget or 'none')}</b>, "
+            f"objectives {html.escape(', '.join(study_spec.objectives))}, sampler {study_spec.sampler}; "
+            f"{len(trials)} complete trials, "
             f"{len(evaluated)} evaluated, {len(rejected)} rejected over budget.</p>{imgs}"
             f"<h2>Pareto front</h2><table><tr>{''.join(f'<th>{c}</th>' for c in cols)}</tr>{table}</table>"
             "</body></html>")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._analytic import analytic_layers
 from ._budget import (
     ALIASES,
     Budget,
@@ -12,15 +13,30 @@ from ._budget import (
     parse_conditions,
     resolve_resource,
 )
-from ._cost import RESOURCES, CostReport, LayerCost, estimate_cost, trace_layers
+from ._cost import RESOURCES, CostReport, LayerCost, estimate_cost, reference_count, trace_layers
 from ._data import DATA_SOURCES, DataError, Dataset, check_source, describe_sources, load_dataset
 from ._devices import DeviceError, DeviceProfile, get_device, list_devices, nas_home, save_device
-from ._latency import CalibrationResult, calibrate_host, measure_latency, resolve_device
+from ._distill import Distillation, kd_loss, teacher_logits
+from ._feasibility import (
+    USABLE_SHARE,
+    WARN_SHARE,
+    Feasibility,
+    SpaceFit,
+    assess,
+    fit_space,
+    most_scaled,
+    resized_shape,
+    smaller_inputs,
+    space_minimum,
+    space_share,
+)
+from ._latency import CalibrationResult, calibrate_host, default_calibration_set, measure_latency, resolve_device
 from ._train import (
     TrainConfig,
     TrainingError,
     TrainResult,
     evaluate,
+    frozen_except,
     num_threads,
     threads_per_worker,
     train_model,
@@ -28,6 +44,19 @@ from ._train import (
 )
 
 __all__ = [
+    "USABLE_SHARE",
+    "WARN_SHARE",
+    "Feasibility",
+    "SpaceFit",
+    "analytic_layers",
+    "assess",
+    "default_calibration_set",
+    "fit_space",
+    "most_scaled",
+    "resized_shape",
+    "smaller_inputs",
+    "space_minimum",
+    "space_share",
     "ALIASES",
     "RESOURCES",
     "Budget",
@@ -40,6 +69,7 @@ __all__ = [
     "LayerCost",
     "calibrate_host",
     "estimate_cost",
+    "reference_count",
     "format_amount",
     "get_device",
     "list_devices",
@@ -61,7 +91,11 @@ __all__ = [
     "TrainResult",
     "TrainingError",
     "evaluate",
+    "frozen_except",
     "num_threads",
+    "Distillation",
+    "kd_loss",
+    "teacher_logits",
     "threads_per_worker",
     "train_model",
     "train_spec",

@@ -42,7 +42,7 @@ from search_spaces import ArchSpec, SpecError, build_model, check_input_shape
 from ._analytic import Op, analytic_layers
 from ._devices import DeviceProfile, get_device
 
-__all__ = ["RESOURCES", "CostReport", "LayerCost", "estimate_cost", "trace_layers"]
+__all__ = ["RESOURCES", "CostReport", "LayerCost", "estimate_cost", "reference_count", "trace_layers"]
 
 #: Resources a cost report totals, with their unit. Budgets and objectives use these names.
 RESOURCES: dict[str, str] = {
@@ -295,3 +295,42 @@ def estimate_cost(spec: ArchSpec, input_shape: Sequence[int] = (3, 32, 32), num_
         raise ValueError(f"method: got {method!r}, accepted: analytic, trace")
     totals = totals_from_terms(segment_terms(ops, prof), _elems(shape), prof)
     return CostReport(spec.hash, prof.name, shape, num_classes, totals, spec.depth, ops, prof)
+
+
+def reference_count(model: torch.nn.Module, input_shape: Sequence[int]) -> dict[str, float]:
+    """MACs of the convolutions and linear layers of ``model`` for one input of ``input_shape``, and
+    its parameters, as thop counts them (Ligeng Zhu, pytorch-OpCounter, github.com/Lyken17/pytorch-OpCounter).
+
+    The analytic cost model is tested against this count (and ``nas hardware cost --check``
+    shows both); it takes any ``nn.Module``, so a hand-made baseline can be counted the same way.
+
+    Example:
+        >>> reference_count(torch.nn.Conv2d(3, 8, 3, padding=1), (3, 32, 32))["macs"]
+        221184.0
+    """
+    import thop
+
+    x = torch.zeros(1, *input_shape)
+    was = model.training
+    model.eval()
+    try:
+        _total, _params, info = thop.profile(model, inputs=(x,), verbose=False, ret_layer_info=True)
+    finally:
+        model.train(was)
+    kinds = {name: m for name, m in model.named_modules()}
+
+    def macs(tree: dict, prefix: str = "") -> float:
+        total = 0.0
+        for name, (ops, _params, sub) in tree.items():
+            full = prefix + name
+            if isinstance(kinds.get(full), (torch.nn.Conv2d, torch.nn.Linear)):
+                total += float(ops)
+            else:
+                total += macs(sub, full + ".")
+        return total
+
+    if isinstance(model, (torch.nn.Conv2d, torch.nn.Linear)):
+        conv_linear = float(_total)
+    else:
+        conv_linear = macs(info)
+    return {"macs": conv_linear, "params": float(sum(p.numel() for p in model.parameters()))}

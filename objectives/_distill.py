@@ -1,6 +1,6 @@
 """Knowledge distillation as a loss and a teacher for the one training loop (``train_model``).
 
-Refinement (SEEDS.md section 2) fine-tunes a student against the soft labels of a teacher, the
+Refinement (docs/methods.md section 2) fine-tunes a student against the soft labels of a teacher, the
 network before fusion, with temperature ``T = 4`` and the hard labels besides. The trainer
 holds the dataset as tensors and uses no augmentation, so the teacher's logits of the training
 split are computed once (eval mode) and indexed per batch: :func:`teacher_logits` makes them,
@@ -22,7 +22,7 @@ __all__ = ["Distillation", "kd_loss", "teacher_logits"]
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, *, temperature: float = 4.0,
             alpha: float = 0.9) -> torch.Tensor:
     """Knowledge-distillation loss (Hinton, Vinyals and Dean, "Distilling the Knowledge in a
-    Neural Network", 2015), SEEDS.md section 2's soft and hard labels together.
+    Neural Network", 2015), docs/methods.md section 2's soft and hard labels together.
 
     ``alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) * CE(z_s, y)``, where the
     soft labels are ``q_i = exp(z_i/T) / sum_j exp(z_j/T)``. ``T^2`` keeps the soft term's

@@ -34,16 +34,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from search_spaces import ArchSpec, SearchSpace, get_space
-from search_spaces._registry import enumerate_choices
+from search_spaces import ArchSpec, SearchSpace, enumerate_choices, get_space
 
 from ._analytic import block_ops, head_ops, stem_ops
 from ._budget import Budget
 from ._cost import SEGMENT_FIELDS, estimate_cost, segment_terms, totals_from_terms
 from ._devices import DeviceProfile, get_device
 
-__all__ = ["FIT_SAMPLES", "SHARE_SAMPLES", "USABLE_SHARE", "WARN_SHARE", "Feasibility", "SpaceFit",
-           "below_minimum", "fit_space", "resized_shape", "smaller_inputs", "space_minimum", "space_share"]
+__all__ = ["FIT_SAMPLES", "SHARE_SAMPLES", "USABLE_SHARE", "WARN_SHARE", "Feasibility", "SpaceFit", "assess",
+           "below_minimum", "fit_space", "most_scaled", "resized_shape", "smaller_inputs", "space_minimum",
+           "space_share"]
 
 #: A space of which less than this share lies within the budget is fitted (when fitting is on),
 #: and a fitted variant must reach it (else the variant with the largest share is taken).

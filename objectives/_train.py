@@ -1,20 +1,25 @@
-"""The accuracy objective: a fast, deterministic trainer for small CNNs.
+"""The accuracy objective: the one training loop of lightnas, fast and deterministic for small CNNs.
 
 In the style of nanoGPT and airbench: the dataset is a set of tensors already on the device,
 batches are slices of a seeded permutation, there is no ``DataLoader`` and no augmentation.
 A trial trains a few epochs at low fidelity, so the loop is kept to what matters for speed
 and reproducibility:
 
-- SGD with Nesterov momentum 0.9; weight decay 5e-4 on convolution and linear weights only
-  (not on BatchNorm parameters or biases, which small networks do not need regularised).
-- Learning rate: linear warm-up from 0.1 x ``lr`` over the first 10% of steps (at least one
-  step), then cosine decay to zero at the planned last step. Peak ``lr=0.1`` at batch 128
-  (the classic CIFAR ResNet setting) was the best of 0.02/0.05/0.1/0.2 on ``digits``: sampled
-  ``plain``, ``resnet`` and ``mobilenetv2`` networks reached 95-99% validation accuracy in 10
-  epochs (mean 97.4%; 0.05 gave 94-99%, mean 96.6%; 0.02 gave 69-96%), 1-6 s each on two
-  CPU cores.
+- SGD with momentum 0.9 (Nesterov by default); weight decay on convolution and linear weights
+  only (not on BatchNorm parameters or biases, which small networks do not need regularised).
+- Learning rate: linear warm-up from 0.1 x ``lr`` over the first ``warmup_fraction`` of steps (at
+  least one step), then cosine decay to zero at the planned last step (Loshchilov and Hutter,
+  SGDR, ICLR 2017; the warm-up of Goyal et al. 2017). ``warmup_fraction=0`` is plain cosine
+  annealing from ``lr``: what refinement's fine-tuning uses (docs/methods.md section 2), each run
+  restarting the schedule.
 - Deterministic on CPU for a given ``seed``: the global RNG is forked (the caller's random
   state is left untouched), shuffling uses its own ``torch.Generator``.
+
+Refinement needs three more things of the same loop: a teacher (``teacher``, a
+:class:`objectives.Distillation`: the loss becomes :func:`objectives.kd_loss`), frozen layers
+(``trainable``: only units under those module prefixes train; the others get no gradient and
+stay in eval mode, so their BatchNorm statistics do not move either) and early stopping with
+the best weights restored (``patience``).
 
 A non-finite loss raises :class:`TrainingError` (the search records a failed trial and goes
 on); exceptions from ``on_epoch`` propagate, which is how pruners stop a trial early.
@@ -23,10 +28,11 @@ on); exceptions from ``on_epoch`` propagate, which is how pruners stop a trial e
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -35,12 +41,12 @@ from torch import nn
 from search_spaces import ArchSpec, build_model
 
 from ._data import Dataset
+from ._distill import Distillation
 from ._latency import resolve_device
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingError", "evaluate", "threads_per_worker", "train_model",
-           "train_spec"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingError", "evaluate", "frozen_except", "num_threads",
+           "threads_per_worker", "train_model", "train_spec"]
 
-_WARMUP_FRACTION = 0.1
 _WARMUP_START = 0.1
 
 
@@ -72,6 +78,8 @@ class TrainConfig:
         max_seconds: stop after this much wall time (checked after every step); the result
             records ``timed_out``.
         weight_decay: L2 penalty on convolution and linear weights.
+        nesterov: Nesterov momentum (plain momentum 0.9 when false).
+        warmup_fraction: share of the steps spent warming up (0: plain cosine annealing).
 
     Example:
         >>> TrainConfig(epochs=5, lr=0.1).batch_size
@@ -87,6 +95,8 @@ class TrainConfig:
     threads: int | None = None
     max_seconds: float | None = None
     weight_decay: float = 5e-4
+    nesterov: bool = True
+    warmup_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         def positive_int(name: str, value: object) -> None:
@@ -102,6 +112,7 @@ class TrainConfig:
         number("lr", self.lr, lambda v: 0 < v < math.inf, "a positive number")
         number("label_smoothing", self.label_smoothing, lambda v: 0 <= v < 1, "a number in [0, 1)")
         number("weight_decay", self.weight_decay, lambda v: 0 <= v < math.inf, "a non-negative number")
+        number("warmup_fraction", self.warmup_fraction, lambda v: 0 <= v < 1, "a number in [0, 1)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.threads is not None:
@@ -210,17 +221,45 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _lr_factor(step: int, total: int) -> float:
-    """Linear warm-up over the first 10% of steps, then cosine decay to 0 at ``total``."""
-    warmup = max(1, int(round(_WARMUP_FRACTION * total)))
+def _lr_factor(step: int, total: int, warmup_fraction: float) -> float:
+    """Linear warm-up over the first ``warmup_fraction`` of steps (none at 0), then cosine decay to
+    0 at ``total``."""
+    warmup = max(1, int(round(warmup_fraction * total))) if warmup_fraction > 0 else 0
     if step < warmup:
         return _WARMUP_START + (1 - _WARMUP_START) * step / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _under(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+@contextlib.contextmanager
+def frozen_except(model: nn.Module, trainable: Sequence[str] | None) -> Iterator[list[nn.Module]]:
+    """Freeze every parameter outside the ``trainable`` module prefixes (``None``: freeze none).
+
+    Yields the frozen leaf modules, which the caller keeps in eval mode while training.
+    ``requires_grad`` is restored on exit.
+    """
+    if trainable is None:
+        yield []
+        return
+    saved = {n: p.requires_grad for n, p in model.named_parameters()}
+    frozen = [m for n, m in model.named_modules() if not _under(n, trainable) and not any(True for _ in m.children())]
+    try:
+        for n, p in model.named_parameters():
+            p.requires_grad_(_under(n.rsplit(".", 1)[0], trainable))
+        yield frozen
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(saved[n])
+
+
 def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluate_test: bool = False,
-                on_epoch: Callable[[int, float], None] | None = None, keep_state: bool = True) -> TrainResult:
+                on_epoch: Callable[[int, float], None] | None = None, keep_state: bool = True,
+                teacher: Distillation | None = None, trainable: Sequence[str] | None = None,
+                patience: int | None = None) -> TrainResult:
     """Train ``model`` in place on ``data`` and report validation (and test) accuracy.
 
     Args:
@@ -231,6 +270,12 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
         on_epoch: called as ``on_epoch(epoch, val_accuracy)`` after each epoch (1-based);
             exceptions it raises propagate (e.g. a pruner stopping the trial).
         keep_state: return the final weights (CPU copies) in ``TrainResult.state_dict``.
+        teacher: distil from a teacher's logits of the training split (the loss is then
+            :func:`objectives.kd_loss`) instead of cross-entropy on the labels alone.
+        trainable: module name prefixes that train (``["blocks.3"]``); ``None`` trains all.
+        patience: stop when validation accuracy has not improved for this many epochs and
+            restore the best epoch's weights (``val_accuracy`` is then the best); ``None`` runs
+            every epoch and keeps the last weights.
 
     Returns:
         A :class:`TrainResult`.
@@ -246,27 +291,35 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
     """
     t0 = time.perf_counter()
     dev = resolve_device(config.device)
-    with num_threads(config.threads), _seeded(config.seed, dev):
+    with num_threads(config.threads), _seeded(config.seed, dev), frozen_except(model, trainable) as frozen:
         model = model.to(dev)
         data = data.to(dev)
         n = len(data.y_train)
         if n == 0:
             raise ValueError("the training split is empty")
+        if teacher is not None:
+            if len(teacher.logits) != n:
+                raise ValueError(f"teacher logits for {len(teacher.logits)} examples, the training split has {n}")
+            teacher = Distillation(teacher.logits.to(dev), teacher.temperature, teacher.alpha)
         batch = min(config.batch_size, n)
         steps_per_epoch = math.ceil(n / batch)
         total_steps = config.epochs * steps_per_epoch
         optimizer = torch.optim.SGD(_param_groups(model, config.weight_decay), lr=config.lr, momentum=0.9,
-                                    nesterov=True)
+                                    nesterov=config.nesterov)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         gen = torch.Generator().manual_seed(config.seed)
 
         curve: list[float] = []
+        best: tuple[float, dict[str, torch.Tensor]] | None = None
+        since_best = 0
         step = 0
         train_loss = math.nan
         timed_out = False
         epochs_run = 0
         for epoch in range(1, config.epochs + 1):
             model.train()
+            for m in frozen:
+                m.eval()
             perm = torch.randperm(n, generator=gen).to(dev)
             loss_sum, seen = 0.0, 0
             for i in range(steps_per_epoch):
@@ -274,8 +327,10 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
                 if len(idx) < 2 and seen:  # a batch of one breaks BatchNorm; skip the remainder
                     break
                 for group in optimizer.param_groups:
-                    group["lr"] = config.lr * _lr_factor(step, total_steps)
-                loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
+                    group["lr"] = config.lr * _lr_factor(step, total_steps, config.warmup_fraction)
+                out = model(data.x_train[idx])
+                y = data.y_train[idx]
+                loss = teacher.loss(out, idx, y) if teacher is not None else loss_fn(out, y)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise TrainingError(f"non-finite loss at epoch {epoch} step {i + 1} (loss={value}, "
@@ -295,15 +350,25 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
             curve.append(val_acc)
             if on_epoch is not None:
                 on_epoch(epoch, val_acc)
+            if patience is not None:
+                if best is None or val_acc > best[0]:
+                    best, since_best = (val_acc, copy.deepcopy(model.state_dict())), 0
+                else:
+                    since_best += 1
+                    if since_best >= patience:
+                        break
             if config.max_seconds is not None and epoch < config.epochs and \
                     time.perf_counter() - t0 > config.max_seconds:
                 timed_out = True
             if timed_out:
                 break
-
+        if best is not None and best[0] > curve[-1]:
+            model.load_state_dict(best[1])
+        model.eval()
         test_acc = evaluate(model, data.x_test, data.y_test) if evaluate_test and len(data.y_test) else None
         state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()} if keep_state else None
-    return TrainResult(val_accuracy=curve[-1], test_accuracy=test_acc, train_loss=train_loss, epochs_run=epochs_run,
+    val = best[0] if best is not None and best[0] > curve[-1] else curve[-1]
+    return TrainResult(val_accuracy=val, test_accuracy=test_acc, train_loss=train_loss, epochs_run=epochs_run,
                        seconds=time.perf_counter() - t0, curve=curve, steps=step, timed_out=timed_out,
                        state_dict=state)
 

@@ -21,7 +21,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._spec import Block
 
-__all__ = ["BlockKind", "Unit", "block_kind", "list_blocks", "register_block"]
+__all__ = ["WIDTH_FIELDS", "BlockKind", "Unit", "block_kind", "list_blocks", "register_block"]
+
+#: Symbolic inner width -> the ``Block`` field that holds it.
+WIDTH_FIELDS = {"mid": "mid_channels", "mid2": "mid2_channels"}
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,14 @@ class BlockKind:
 
     Attributes:
         name: the ``Block.type`` it is registered under.
-        widths: the spec fields it needs besides ``out_channels`` (``mid_channels``,
-            ``mid2_channels``); the others must be null.
+        widths: its inner widths (``mid``, ``mid2``: the spec fields of :data:`WIDTH_FIELDS` it
+            needs; the others must be null).
         units: its convolution units in execution order (a shortcut projection is not listed:
             it reads ``in`` and writes ``out``, widths surgery never cuts).
         residual: whether it adds a skip connection, given the block and its input width.
         summary: one line for documentation and error messages.
+        chains: no skip path ever touches its input or output (a plain convolution): its
+            ``in`` and ``out`` are widths a neighbour of the same kind may share with it.
     """
 
     name: str
@@ -63,6 +68,7 @@ class BlockKind:
     units: tuple[Unit, ...]
     residual: Callable[[Block, int], bool]
     summary: str
+    chains: bool = False
 
     def depth(self) -> int:
         """Weight layers it always puts on the main path (an inverted block's optional expand
@@ -71,7 +77,12 @@ class BlockKind:
 
     def inner(self, block: Block) -> tuple[int, ...]:
         """The block's inner widths (``mid``, ``mid2``), in order; empty when it has none."""
-        return tuple(int(getattr(block, field)) for field in self.widths)
+        return tuple(int(getattr(block, WIDTH_FIELDS[w])) for w in self.widths)
+
+    def expands(self) -> bool:
+        """Whether a unit exists only when ``mid`` differs from ``in`` (then ``mid`` may not
+        become ``in``: the builder would drop that unit and build another network)."""
+        return any(u.only_if_expanded for u in self.units)
 
     def active_units(self, block: Block, in_channels: int) -> tuple[Unit, ...]:
         """The units the built block has for this input width."""
@@ -104,18 +115,18 @@ def block_kind(name: str) -> BlockKind:
 
 register_block(BlockKind(
     "conv", (), (Unit("conv1", "in", "out"),), lambda b, cin: False,
-    "one k x k convolution + BN + activation (the plain space, VGG-like)"))
+    "one k x k convolution + BN + activation (the plain space, VGG-like)", chains=True))
 register_block(BlockKind(
-    "basic", ("mid_channels",), (Unit("conv1", "in", "mid"), Unit("conv2", "mid", "out", act=False)),
+    "basic", ("mid",), (Unit("conv1", "in", "mid"), Unit("conv2", "mid", "out", act=False)),
     lambda b, cin: True,
     "ResNet basic block: two k x k convolutions and a skip (He et al., CVPR 2016)"))
 register_block(BlockKind(
-    "bottleneck", ("mid_channels", "mid2_channels"),
+    "bottleneck", ("mid", "mid2"),
     (Unit("conv1", "in", "mid"), Unit("conv2", "mid", "mid2"), Unit("conv3", "mid2", "out", act=False)),
     lambda b, cin: True,
     "ResNet bottleneck: 1x1 reduce, k x k, 1x1 expand, and a skip (He et al., CVPR 2016)"))
 register_block(BlockKind(
-    "inverted", ("mid_channels",),
+    "inverted", ("mid",),
     (Unit("expand", "in", "mid", only_if_expanded=True), Unit("dw", "mid", "mid"),
      Unit("project", "mid", "out", act=False)),
     lambda b, cin: b.stride == 1 and cin == b.out_channels,

@@ -1,4 +1,4 @@
-"""LightLayers (Jha et al., PDCAT 2020; SEEDS.md section 4): low-rank dense and conv layers.
+"""LightLayers (Jha et al., PDCAT 2020; docs/methods.md section 4): low-rank dense and conv layers.
 
 A ``k x k`` convolution ``in -> out`` has the reshaped weight ``(k*k*in) x out``. LightConv2d
 factorises it as ``(k*k*in) x r`` times ``r x out``: a ``k x k`` convolution to ``r`` channels

@@ -39,6 +39,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._blocks import WIDTH_FIELDS, BlockKind, block_kind, list_blocks
+
 __all__ = [
     "ACTIVATIONS",
     "BLOCK_TYPES",
@@ -52,7 +54,7 @@ __all__ = [
 ]
 
 SPEC_FORMAT_VERSION = 1
-BLOCK_TYPES = ("conv", "basic", "bottleneck", "inverted")
+BLOCK_TYPES = list_blocks()
 ACTIVATIONS = ("relu", "relu6")
 KERNELS = (1, 3, 5, 7)
 STRIDES = (1, 2)
@@ -105,42 +107,37 @@ class Block:
     rank_ratio: float = 1.0
 
     def _validate(self, path: str) -> None:
-        if self.type not in BLOCK_TYPES:
-            raise SpecError(f"{path}.type: got {self.type!r}, accepted: {', '.join(BLOCK_TYPES)}")
+        try:
+            kind = block_kind(self.type)
+        except KeyError as e:
+            raise SpecError(f"{path}.type: {e.args[0]}") from None
         _check_int(f"{path}.out_channels", self.out_channels)
         _check_int(f"{path}.kernel", self.kernel, choices=KERNELS)
         _check_int(f"{path}.stride", self.stride, choices=STRIDES)
         _check_ratio(f"{path}.rank_ratio", self.rank_ratio)
         object.__setattr__(self, "rank_ratio", float(self.rank_ratio))  # 1 and 1.0 hash alike
-        if self.type == "conv":
-            for name in ("mid_channels", "mid2_channels"):
-                if getattr(self, name) is not None:
-                    raise SpecError(f"{path}.{name}: must be null for a 'conv' block")
-        else:
-            _check_int(f"{path}.mid_channels", self.mid_channels)
-            if self.type == "bottleneck":
-                _check_int(f"{path}.mid2_channels", self.mid2_channels)
-            elif self.mid2_channels is not None:
-                raise SpecError(f"{path}.mid2_channels: only a 'bottleneck' block has it")
+        needed = {WIDTH_FIELDS[w] for w in kind.widths}
+        for name in WIDTH_FIELDS.values():
+            if name in needed:
+                _check_int(f"{path}.{name}", getattr(self, name))
+            elif getattr(self, name) is not None:
+                owners = [k for k in list_blocks() if name in {WIDTH_FIELDS[w] for w in block_kind(k).widths}]
+                raise SpecError(f"{path}.{name}: must be null for a {self.type!r} block (only "
+                                f"{', '.join(map(repr, owners))} blocks have it)")
+
+    @property
+    def kind(self) -> BlockKind:
+        """What this block's type is (:mod:`search_spaces._blocks`)."""
+        return block_kind(self.type)
 
     @property
     def inner_widths(self) -> tuple[int, ...]:
         """The prunable inner widths of the block (empty for ``conv``)."""
-        if self.type == "conv":
-            return ()
-        assert self.mid_channels is not None
-        if self.type == "bottleneck":
-            assert self.mid2_channels is not None
-            return (self.mid_channels, self.mid2_channels)
-        return (self.mid_channels,)
+        return self.kind.inner(self)
 
     def is_residual(self, in_channels: int) -> bool:
         """Whether the block adds a skip connection, given its input width."""
-        if self.type in ("basic", "bottleneck"):
-            return True
-        if self.type == "inverted":
-            return self.stride == 1 and in_channels == self.out_channels
-        return False
+        return self.kind.residual(self, in_channels)
 
 
 @dataclass(frozen=True)
@@ -224,13 +221,8 @@ class ArchSpec:
     @property
     def depth(self) -> int:
         """Number of weight layers on the main path (stem + block convs + head linears)."""
-        n = 1
-        for b in self.blocks:
-            n += {"conv": 1, "basic": 2, "bottleneck": 3}.get(b.type, 0)
-            if b.type == "inverted":
-                n += 2
-        n += 1 + (self.head.hidden is not None)
-        return n
+        n = 1 + sum(b.kind.depth() for b in self.blocks)
+        return n + 1 + (self.head.hidden is not None)
 
     def block_inputs(self) -> tuple[int, ...]:
         """Input width of every block, in execution order."""

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from ._schema import SCHEMA_VERSION
+from ._schema import (
+    SCHEMA_VERSION,
+    ArchitectureRow,
+    ArtifactRow,
+    Base,
+    EvaluationRow,
+    JobRow,
+    Meta,
+    RefinementRow,
+    StudyRow,
+)
 from ._store import (
     DEFAULT_URL,
     JOB_STATES,
@@ -16,5 +26,6 @@ from ._store import (
     normalize_url,
 )
 
-__all__ = ["DEFAULT_URL", "JOB_STATES", "OPEN_MODES", "SCHEMA_VERSION", "RetryTrial", "Store", "StorageError",
+__all__ = ["DEFAULT_URL", "JOB_STATES", "OPEN_MODES", "SCHEMA_VERSION", "ArchitectureRow", "ArtifactRow", "Base",
+           "EvaluationRow", "JobRow", "Meta", "RefinementRow", "RetryTrial", "StorageError", "Store", "StudyRow",
            "error_hint", "error_line", "is_transient", "normalize_url"]

@@ -6,9 +6,7 @@ import random
 
 import pytest
 
-from objectives import estimate_cost
-from objectives._analytic import analytic_layers
-from objectives._cost import trace_layers
+from objectives import analytic_layers, estimate_cost, trace_layers
 from search_spaces import ArchSpec, Block, Head, Stage, Stem, get_space, list_spaces
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 17, 23), (3, 96, 96)]

@@ -22,10 +22,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from sqlalchemy import create_engine, inspect, text
 
-from nas._api import ApiSettings, create_app
-from nas._jobs import run_job
-from nas._worker import run_worker
 from nas.cli import main
+from nas.serve import ApiSettings, create_app
+from nas.workers import run_job, run_worker
 from search_spaces import ArchSpec, build_model
 from storage import Store
 
@@ -327,10 +326,20 @@ def test_files_are_read_only_under_a_data_root(tmp_path, sqlite_url):
         assert inside.status_code == 201, inside.text
         assert inside.json()["spec"]["data"] == f"npz:{root.resolve()}/d.npz"  # stored resolved
 
-        # The files vanish (an unmounted volume): reads that need them say so, with 409.
+        # The files vanish (an unmounted volume): the shape stored at creation still serves an
+        # export; a study created before shapes were stored needs its files, and says so with 409.
         work(sqlite_url)
         n = c.get("/studies/s1/pareto").json()["rows"][0]["trial"]
         (root / "d.npz").unlink()
+        r = c.get(f"/studies/s1/trials/{n}/export", params={"format": "state_dict"})
+        assert r.status_code == 200 and r.content, r.text
+    engine = create_engine(sqlite_url)
+    with engine.begin() as conn:
+        info = json.loads(conn.execute(text("SELECT info_json FROM lightnas_studies")).scalar_one())
+        conn.execute(text("UPDATE lightnas_studies SET info_json = :i"), {"i": json.dumps(
+            {k: v for k, v in info.items() if k != "data"})})
+    engine.dispose()
+    with client(sqlite_url, data_roots=(root,)) as c:
         r = c.get(f"/studies/s1/trials/{n}/export", params={"format": "onnx"})
         assert r.status_code == 409 and r.json()["field"] == "data", r.text
 

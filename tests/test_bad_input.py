@@ -32,10 +32,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, inspect, text
 
-from nas._api import ApiSettings, create_app
-from nas._errors import NasError
-from nas._study import make_spec
+from nas import NasError
 from nas.cli import main
+from nas.search import make_spec
+from nas.serve import ApiSettings, create_app
 from objectives import BudgetError, DataError, load_dataset, parse_budget
 from storage import StorageError, Store
 

@@ -14,10 +14,10 @@ from fastapi.testclient import TestClient
 from optuna.trial import TrialState
 from test_cli_study import nas
 
-from nas._api import ApiSettings, create_app
-from nas._errors import NasError
-from nas._runner import progress, run_study, work
-from nas._study import create_study, get_study_spec, list_studies, make_spec, plan_study, study_info
+from nas import NasError
+from nas.search import create_study, get_study_spec, list_studies, make_spec, plan_study, study_info
+from nas.serve import ApiSettings, create_app
+from nas.workers import progress, run_study, work
 from objectives import estimate_cost
 from search_spaces import ArchSpec, get_space
 from storage import Store
@@ -57,7 +57,7 @@ def test_the_refusal_names_the_minimum_and_what_would_fit():
     # The exact minimum of the space as given, a fitted variant that reaches the budget, and
     # other spaces that do.
     minimum = get_space("plain", input_shape=(1, 8, 8))
-    from objectives._feasibility import space_minimum
+    from objectives import space_minimum
 
     value, _ = space_minimum(minimum, 10, "rpi4", ["params"])["params"]
     assert f"needs {value / 1e3:.4g}k" in msg
@@ -81,7 +81,7 @@ def test_advised_limits_round_up_and_parse_back_exactly():
 
 def test_a_share_under_one_percent_is_created_with_a_warning():
     plan = plan_study(spec("w", budget="flops<=300k", fit_space=False))
-    assert plan.spec.space_options == {}
+    assert plan.study_spec.space_options == {}
     share = plan.info["feasibility"]["share_within_budget"]
     assert 0 < share < 0.01 and plan.info["feasibility"]["samples"] >= 2000
     assert len(plan.warnings) == 1 and f"{share:.2%}" in plan.warnings[0] and "flops=70.27k" in plan.warnings[0]
@@ -92,7 +92,7 @@ def test_the_fitted_space_is_stored_and_every_counted_network_is_within_the_budg
     fit = made.info["fit"]
     assert fit["scaled"] and fit["kept"] == {}
     stored = get_study_spec("fit", store)
-    assert stored.space_options == made.spec.space_options == fit["options"]  # resumes use the same space
+    assert stored.space_options == made.study_spec.space_options == fit["options"]  # resumes use the same space
     assert study_info("fit", store)["feasibility"]["share_within_budget"] >= 0.15
     p = run_study("fit", store)
     assert p.finished == 4 and p.target == 4
@@ -112,8 +112,8 @@ def test_the_fitted_space_is_stored_and_every_counted_network_is_within_the_budg
 def test_a_user_option_is_kept_and_said_so():
     plan = plan_study(spec("k", budget="flops<=300k", space_options={"max_depth": 3}))
     fit = plan.info["fit"]
-    assert plan.spec.space_options["max_depth"] == 3 and "max_depth" not in fit["scaled"]
-    from nas._study import describe_plan
+    assert plan.study_spec.space_options["max_depth"] == 3 and "max_depth" not in fit["scaled"]
+    from nas.search import describe_plan
 
     lines = describe_plan(plan)
     assert "kept as you gave them: max_depth=3" in lines[0] and "space fitted to the budget" in lines[0]
@@ -206,7 +206,7 @@ def test_fitting_may_resize_the_inputs_only_when_allowed(store, tmp_path):
         plan_study(spec("r", space="mobilenetv2", data=f"npz:{path}", budget=budget))
     made = create_study(spec("r", space="mobilenetv2", data=f"npz:{path}", budget=budget, fit_resolution=True,
                              trials=1), store)
-    size = made.spec.input_size
+    size = made.study_spec.input_size
     assert size is not None and size < 96 and made.info["fit"]["scaled"]["input_size"] == [96, size]
     stored = get_study_spec("r", store)
     assert stored.input_size == size and stored.load_data().input_shape == (3, size, size)

@@ -76,3 +76,27 @@ def test_calibrate_writes_a_usable_host_profile(tmp_path):
     d = json.loads(run("hardware", "cost", "--space", "plain", "--device", "host", "--format", "json",
                        home=tmp_path, check=True).stdout)
     assert d["device"] == "host" and d["totals"]["latency_ms"] > 0
+
+
+def test_cost_check_compares_with_thop(tmp_path):
+    r = run("hardware", "cost", "--space", "mobilenetv2", "--seed", "2", "--input", "3x32x32", "--check",
+            home=tmp_path, check=True)
+    assert "thop reference: MACs" in r.stdout and "agree" in r.stdout and "DISAGREE" not in r.stdout
+    doc = json.loads(run("hardware", "cost", "--space", "plain", "--seed", "1", "--check", "--format", "json",
+                         home=tmp_path, check=True).stdout)
+    assert doc["reference"]["agrees"] is True
+    assert doc["reference"]["macs"] == doc["totals"]["macs"] and doc["reference"]["params"] == doc["totals"]["params"]
+
+
+def test_help_text_comes_from_the_fields_the_models_are_declared_from(tmp_path):
+    """A changed default cannot make the help lie: the CLI's help says what the models declare."""
+    from nas.refine import RefineSettings
+    from nas.search import Fidelity, StudySpec
+
+    create = " ".join(run("study", "create", "--help", home=tmp_path, check=True).stdout.replace("│", " ").split())
+    refine = " ".join(run("refine", "--help", home=tmp_path, check=True).stdout.replace("│", " ").split())
+    for text, model, name in ((create, Fidelity, "epochs"), (create, StudySpec, "seed"), (create, StudySpec, "trials"),
+                              (create, StudySpec, "cost_device"), (refine, RefineSettings, "alpha"),
+                              (refine, RefineSettings, "temperature"), (refine, RefineSettings, "margin")):
+        info = model.model_fields[name]
+        assert f"{info.description} (default {info.default})" in text, (name, info.description)

@@ -117,7 +117,7 @@ def test_demo_meets_its_promise(tmp_path):
     assert "Pareto plot: nas_runs/demo/pareto.png" in r.stdout
     front = json.loads(nas("pareto", "demo", "--format", "json", cwd=tmp_path).stdout)
     assert len(front) >= 3
-    from nas._demo import DEMO_BUDGET
+    from nas.search import DEMO_BUDGET
     from objectives import parse_budget
 
     budget = parse_budget(DEMO_BUDGET)

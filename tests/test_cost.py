@@ -186,3 +186,22 @@ def test_where_conditions_accept_lower_bounds_and_extra_names():
     conds = parse_conditions("flops<=1M accuracy>=0.95", extra=("accuracy",))
     assert [(c.name, c.op, c.value) for c in conds] == [("flops", "<=", 1e6), ("accuracy", ">=", 0.95)]
     assert conds[1].holds(0.96) and not conds[1].holds(0.9)
+
+
+def test_reference_count_is_thops_count_of_any_module_and_the_analytic_model_agrees():
+    """thop stays the reference: it counts a user's own nn.Module, and every space's networks count
+    the same analytically (``nas hardware cost --check`` shows both)."""
+    import torch
+
+    from objectives import reference_count
+    from search_spaces import build_model
+
+    baseline = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                   torch.nn.Linear(8 * 32 * 32, 10))
+    ref = reference_count(baseline, (3, 32, 32))
+    assert ref == {"macs": 3 * 9 * 8 * 32 * 32 + 8 * 32 * 32 * 10, "params": 3 * 9 * 8 + 8 + 8 * 32 * 32 * 10 + 10}
+    for name in ("resnet", "mobilenetv2", "plain"):
+        spec = sample_spec(get_space(name, input_shape=(3, 32, 32)), 4)
+        report = estimate_cost(spec, (3, 32, 32), 10)
+        ref = reference_count(build_model(spec, (3, 32, 32), 10), (3, 32, 32))
+        assert (ref["macs"], ref["params"]) == (report["macs"], report["params"]), name

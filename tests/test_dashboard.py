@@ -29,9 +29,8 @@ import optuna
 import pytest
 from sqlalchemy import column, inspect, select, table
 
-from nas._pareto import pareto_rows
-from nas._runner import run_study
-from nas._study import create_study, make_spec
+from nas.search import create_study, make_spec, pareto_rows
+from nas.workers import run_study
 from storage import Store
 
 pytestmark = pytest.mark.postgres

@@ -7,13 +7,10 @@ import pytest
 from conftest import add_known_result, trials_of
 from optuna.trial import TrialState
 
-from nas._early import EarlyStop, Peer, dominators, peers_of, rung_epochs
-from nas._errors import NasError
-from nas._pareto import pareto_rows
-from nas._runner import run_study
-from nas._study import create_study, make_spec
-from nas._trial import weights_key
+from nas import NasError, weights_key
 from nas.cli import main
+from nas.search import EarlyStop, Peer, create_study, dominators, make_spec, pareto_rows, peers_of, rung_epochs
+from nas.workers import run_study
 from storage import Store
 
 TINY = {"max_depth": 1, "widths": (8, 16), "kernels": (3,), "hidden": (0, 32)}
@@ -105,7 +102,7 @@ def test_pareto_is_accepted_in_multi_objective_studies_and_on_the_cli(tmp_path, 
     assert e.value.code in (0, None)
     store = Store(url)
     try:
-        from nas._study import get_study_spec
+        from nas.search import get_study_spec
 
         assert get_study_spec("s", store).early_stop == EarlyStop(rungs=[2, 5], margin=0.05)
     finally:
@@ -158,16 +155,16 @@ def test_a_dominated_trial_is_stopped_at_its_rung_and_recorded_pruned(storage_ur
 
 
 def test_an_architecture_stopped_before_is_stopped_again_without_training(sqlite_url, monkeypatch):
-    import nas._trial
+    import nas.search._objective as objective_module
 
     trained: list[str] = []  # the architectures handed to the trainer, in order
-    real = nas._trial.train_spec
+    real = objective_module.train_spec
 
     def counting(arch, *args, **kwargs):
         trained.append(arch.hash)
         return real(arch, *args, **kwargs)
 
-    monkeypatch.setattr(nas._trial, "train_spec", counting)
+    monkeypatch.setattr(objective_module, "train_spec", counting)
     store = study(sqlite_url, trials=3)
     try:
         add_known_result(store, "es", epochs=4)

@@ -6,10 +6,8 @@ import random
 
 import pytest
 
-from objectives import RESOURCES, estimate_cost, parse_budget
-from objectives._feasibility import USABLE_SHARE, fit_space, space_minimum, space_share
-from search_spaces import get_space, list_spaces
-from search_spaces._registry import enumerate_choices
+from objectives import RESOURCES, USABLE_SHARE, estimate_cost, fit_space, parse_budget, space_minimum, space_share
+from search_spaces import enumerate_choices, get_space, list_spaces
 
 #: Small enough to enumerate every architecture (hundreds to a few thousand), large enough that
 #: every kind of choice (depth, width, rank, kernel, expansion, block type, head) is in play.

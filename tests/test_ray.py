@@ -21,9 +21,9 @@ import pytest
 from conftest import add_known_result, trials_of
 from optuna.trial import TrialState
 
-from nas._ray import RayOptions, absolute_url, experiment_dir, run_ray
-from nas._study import create_study, make_spec
-from nas._trial import weights_key
+from nas import weights_key
+from nas.search import create_study, make_spec
+from nas.workers.ray import RayOptions, absolute_url, experiment_dir, run_ray
 from storage import Store, normalize_url
 
 NAS = shutil.which("nas", path=str(Path(sys.executable).parent)) or "nas"
@@ -73,7 +73,7 @@ def test_bad_backend_arguments_exit_2_in_one_line(tmp_path, capsys, args, needle
 def test_ray_missing_names_the_extra(tmp_path, monkeypatch):
     import importlib.util
 
-    from nas._errors import NasError
+    from nas import NasError
 
     url = f"sqlite:///{tmp_path}/s.db"
     new_study(url, "s", budget="params<=5k")
@@ -109,7 +109,7 @@ def local_ray(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_ray_run_meets_target_with_budget_reuse_pareto_and_asha(fresh_postgres_url, local_ray):
-    from nas._pareto import pareto_rows
+    from nas.search import pareto_rows
 
     url = fresh_postgres_url
     # (a) Two objectives, a budget that rejects part of the space, 6 trials, 2 at a time.

@@ -1,4 +1,4 @@
-"""Refinement (SEEDS.md section 2) as a user runs it: threshold search, stored lineage, resume, Pareto, export, CLI."""
+"""Refinement (docs/methods.md section 2) as a user runs it: threshold search, lineage, resume, Pareto, export, CLI."""
 
 from __future__ import annotations
 
@@ -10,17 +10,14 @@ import pytest
 import torch
 from sqlalchemy import create_engine, inspect, text
 
-from nas._errors import NasError
-from nas._export import export_refined
-from nas._pareto import dominates, pareto_rows
-from nas._refine import RefineSettings, make_settings, parent_trials, refine_trial, threshold_search
-from nas._runner import run_study
-from nas._study import create_study, make_spec
+from nas import NasError, export_refined
 from nas.cli import main
+from nas.refine import RefineSettings, make_settings, parent_trials, refine_trial, threshold_search
+from nas.search import create_study, dominates, make_spec, pareto_rows
+from nas.workers import run_study
 from objectives import estimate_cost, evaluate, load_dataset
 from search_spaces import ArchSpec, build_model
-from storage import SCHEMA_VERSION, Store
-from storage._schema import ArchitectureRow, Base, Meta, RefinementRow, StudyRow
+from storage import SCHEMA_VERSION, ArchitectureRow, Base, Meta, RefinementRow, Store, StudyRow
 
 # ------------------------------------------------------------------------------- threshold search
 

@@ -207,3 +207,30 @@ def test_bad_json_and_input_shape():
         build_model(spec, (3, 0, 32), 10)
     with pytest.raises(SpecError, match="num_classes"):
         build_model(spec, (3, 32, 32), 1)
+
+
+def test_every_registered_block_type_is_built_costed_and_validated_from_the_registry():
+    """One registry says what a block type is; the builder and the cost model know every one (a
+    block of each type builds, and its analytic cost equals the built network's)."""
+    from objectives import estimate_cost
+    from search_spaces import block_kind, list_blocks, register_block
+
+    assert set(list_blocks()) == {"conv", "basic", "bottleneck", "inverted"}
+    fields_of = {"mid": "mid_channels", "mid2": "mid2_channels"}
+    for name in list_blocks():
+        kind = block_kind(name)
+        fields = {fields_of[w]: 6 - i for i, w in enumerate(kind.widths)}
+        block = Block(name, 8, **fields)
+        assert block.inner_widths == tuple(fields.values())
+        spec = ArchSpec(Stem(8), (Stage((block,)),))
+        model = build_model(spec, (1, 8, 8), 3)
+        assert spec.depth == 1 + kind.depth() + 1  # stem, the block's main path, classifier
+        assert estimate_cost(spec, (1, 8, 8), 3)["params"] == sum(p.numel() for p in model.parameters())
+        built = {n.split(".")[2] for n, _ in model.named_modules() if n.startswith("blocks.0.") and n.count(".") == 2}
+        assert {u.name for u in kind.active_units(block, 8)} <= built, (name, built)
+    with pytest.raises(SpecError, match="accepted: conv, basic, bottleneck, inverted"):
+        ArchSpec(Stem(8), (Stage((Block("dense", 8),)),))
+    with pytest.raises(SpecError, match="mid2_channels: must be null for a 'basic' block"):
+        ArchSpec(Stem(8), (Stage((Block("basic", 8, 4, 4),)),))
+    with pytest.raises(ValueError, match="registered already"):
+        register_block(block_kind("conv"))

@@ -6,8 +6,7 @@ import multiprocessing as mp
 
 import pytest
 
-from storage import SCHEMA_VERSION, StorageError, Store, normalize_url
-from storage._schema import Meta
+from storage import SCHEMA_VERSION, Meta, StorageError, Store, normalize_url
 
 
 def _open(url: str, q) -> None:

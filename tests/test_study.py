@@ -9,13 +9,10 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy import func, select
 
-from nas._errors import NasError
-from nas._export import export_trial
-from nas._pareto import dominates, pareto_rows
-from nas._runner import run_study
-from nas._study import create_study, delete_study, get_study_spec, list_studies, make_spec
-from storage import Store
-from storage._schema import ArtifactRow, EvaluationRow
+from nas import NasError, export_trial
+from nas.search import create_study, delete_study, dominates, get_study_spec, list_studies, make_spec, pareto_rows
+from nas.workers import run_study
+from storage import ArtifactRow, EvaluationRow, Store
 
 # A deliberately small space (few distinct architectures, so reuse happens) that trains in ~1 s.
 TINY = {"max_depth": 1, "widths": (8, 16), "kernels": (3,), "hidden": (0,), "rank_ratios": (1.0, 0.5)}
@@ -47,7 +44,7 @@ def test_spec_round_trips_through_the_database(store):
     study = optuna.load_study(study_name="round", storage=store.optuna)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
     assert study.user_attrs["lightnas_spec"]["objectives"] == ["accuracy", "flops", "peak_activation_bytes"]
-    assert [e.spec.name for e in list_studies(store) if e.spec] == ["round"]
+    assert [e.study_spec.name for e in list_studies(store) if e.study_spec] == ["round"]
 
 
 def test_existing_name_is_refused_and_nothing_changes(store):
@@ -79,7 +76,7 @@ def test_bad_study_specs_give_one_line(fields, needle):
 
 
 def test_the_largest_seed_gives_every_worker_a_valid_sampler_seed():
-    from nas._worker import make_sampler
+    from nas.search import make_sampler
 
     spec = tiny_spec("big", seed=2**32 - 1)
     for worker in (0, 1, 99_999):  # seed + worker past 2**32 - 1 used to make every worker skip the study
@@ -144,7 +141,7 @@ def test_training_failures_are_recorded_and_the_worker_goes_on(store):
     # lr 1e6 makes every trained network diverge (NaN loss): each failure is recorded with its
     # reason and the worker goes on (over-budget samples between them do not end the streak),
     # until failures in a row say the study itself is broken.
-    from nas._runner import work
+    from nas.workers import work
 
     create_study(tiny_spec("nan", trials=4, budget="params<=12k", fidelity={"epochs": 1, "lr": 1e6}), store)
     with pytest.raises(NasError, match="3 trials of 'nan' failed in a row"):
@@ -159,7 +156,7 @@ def test_training_failures_are_recorded_and_the_worker_goes_on(store):
 
 
 def test_a_study_whose_every_trial_fails_stops_with_the_reason(store):
-    from nas._runner import work
+    from nas.workers import work
 
     create_study(tiny_spec("allnan", trials=3, budget="params<=1M", fidelity={"epochs": 1, "lr": 1e6}), store)
     with pytest.raises(NasError, match="4 trials of 'allnan' failed in a row, last: non-finite loss"):

@@ -6,21 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nas._distill import finetune, frozen_except
-from nas._surgery import (
-    apply_low_rank,
-    channel_sparsity,
-    choose_fusion,
-    fusion_candidates,
+from objectives import (
+    Distillation,
+    TrainConfig,
+    estimate_cost,
+    frozen_except,
     kd_loss,
-    keep_channels,
-    low_rank_plan,
-    prunable_widths,
-    prune_channels,
-    remove_block,
-    transplant,
+    load_dataset,
+    parse_budget,
+    train_model,
 )
-from objectives import TrainConfig, estimate_cost, load_dataset, parse_budget
 from search_spaces import (
     ArchSpec,
     Block,
@@ -28,11 +23,21 @@ from search_spaces import (
     LightConv2d,
     Stage,
     Stem,
+    apply_low_rank,
     build_model,
+    channel_sparsity,
+    choose_fusion,
+    fusion_candidates,
     get_space,
+    keep_channels,
     list_spaces,
+    low_rank_plan,
+    prunable_widths,
+    prune_channels,
     rank_from_ratio,
+    remove_block,
     sample_spec,
+    transplant,
 )
 
 SHAPE = (1, 8, 8)
@@ -219,8 +224,9 @@ def test_short_finetune_trains_only_the_carrier():
     # Training: everything else (weights and BatchNorm statistics) stays bit for bit.
     before = {k: v.clone() for k, v in fused.state_dict().items()}
     teacher = torch.randn(len(data.y_train), data.num_classes)
-    finetune(fused, data, TrainConfig(epochs=1, batch_size=64, lr=0.01, device="cpu", threads=1), teacher=teacher,
-             trainable=[carrier])
+    train_model(fused, data, TrainConfig(epochs=1, batch_size=64, lr=0.01, device="cpu", threads=1, nesterov=False,
+                                         warmup_fraction=0.0), teacher=Distillation(teacher), trainable=[carrier],
+                keep_state=False)
     after = fused.state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}
     assert changed and all(k.startswith(carrier + ".") for k in changed)

@@ -13,13 +13,12 @@ from conftest import trials_of
 from fastapi.testclient import TestClient
 from optuna.trial import TrialState
 
-from nas._api import ApiSettings, create_app
-from nas._morph import inherit_weights, overlap, spec_state_shapes
-from nas._runner import run_study
-from nas._study import create_study, make_spec
 from nas.cli import main
+from nas.search import create_study, make_spec
+from nas.serve import ApiSettings, create_app
+from nas.workers import run_study
 from objectives import estimate_cost
-from search_spaces import ArchSpec, build_model, get_space, sample_spec
+from search_spaces import ArchSpec, build_model, get_space, inherit_weights, overlap, sample_spec, spec_state_shapes
 from storage import Store
 
 TINY = {"max_depth": 1, "widths": (8, 16), "kernels": (3,), "hidden": (0, 32)}
@@ -45,7 +44,7 @@ def searched(url: str, name: str = "src", trials: int = 6, **fields) -> None:
 
 
 def front_specs(url: str, name: str) -> list[str]:
-    from nas._pareto import pareto_rows
+    from nas.search import pareto_rows
 
     store = Store(url)
     try:

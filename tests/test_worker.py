@@ -23,9 +23,9 @@ import pytest
 from conftest import trials_of
 from optuna.trial import TrialState
 
-from nas._runner import run_study
-from nas._study import create_study, get_study_spec, make_spec
-from nas._trial import weights_key
+from nas import weights_key
+from nas.search import create_study, get_study_spec, make_spec
+from nas.workers import run_study
 from storage import Store
 
 # Distinct architectures are many (so trials really train) and each trains for about a second.
@@ -304,7 +304,7 @@ def test_a_result_told_after_another_worker_failed_the_trial_as_stale_is_not_an_
     """A worker cut off from the database (partition, outage) finishes training while another
     worker fails its trial as stale and queues the retry: telling the result must not crash the
     worker nor queue a second retry."""
-    from nas._worker import StudyWorker
+    from nas.workers import StudyWorker
 
     create(sqlite_url, spec("stale", 3, epochs=1, options=FAST, budget="params<=15k"))
     store = Store(sqlite_url, heartbeat_interval=1, grace_period=3)
@@ -326,7 +326,7 @@ def test_a_result_told_after_another_worker_failed_the_trial_as_stale_is_not_an_
 
 
 def test_a_trial_abandoned_before_its_first_heartbeat_is_found_and_requeued(sqlite_url):
-    from nas._worker import StudyWorker
+    from nas.workers import StudyWorker
 
     create(sqlite_url, spec("nohb", 3, epochs=1, options=FAST, budget="params<=15k"))
     store = Store(sqlite_url, heartbeat_interval=1, grace_period=3)

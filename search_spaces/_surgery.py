@@ -22,7 +22,7 @@ stem               ``stem`` when the first block is ``conv``              stem -
 head               ``hidden`` (``head.hidden_act``)                       hidden -> classifier
 =================  ===================================================  ==========================
 
-The first three rows are SEEDS.md section 2 as written: only channels *inside* a residual
+The first three rows are docs/methods.md section 2 as written: only channels *inside* a residual
 block (the input channels of its second, or third, convolution). A block's input and output
 widths are never cut, so skip connections still add. The rest extends the rule to the ``plain``
 space, where the paper's rule finds nothing: between two plain convolutions (and into the head)
@@ -48,15 +48,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from objectives import Budget
-from search_spaces import ArchSpec, Block, LightConv2d, LightLinear, LightNet, Stage, build_model
-from search_spaces._build import ConvBNAct
+from ._blocks import WIDTH_FIELDS
+from ._build import ConvBNAct, LightNet, build_model
+from ._layers import LightConv2d, LightLinear
+from ._spec import ArchSpec, Block, Stage
 
 __all__ = [
     "LOW_RANK_LADDER",
@@ -68,7 +68,6 @@ __all__ = [
     "choose_fusion",
     "fusion_candidates",
     "keep_channels",
-    "kd_loss",
     "low_rank_plan",
     "prunable_widths",
     "prune_channels",
@@ -110,23 +109,19 @@ def prunable_widths(spec: ArchSpec) -> list[Width]:
     blocks = spec.blocks
     ins = spec.block_inputs()
     out: list[Width] = []
-    if blocks[0].type == "conv":
+    if blocks[0].kind.chains:
         out.append(Width("stem", spec.stem.out_channels, "stem"))
     for i, (b, cin) in enumerate(zip(blocks, ins, strict=True)):
-        p = f"blocks.{i}"
-        if b.type == "basic":
-            assert b.mid_channels is not None
-            out.append(Width(f"{p}.mid", b.mid_channels, f"{p}.conv1"))
-        elif b.type == "bottleneck":
-            assert b.mid_channels is not None and b.mid2_channels is not None
-            out.append(Width(f"{p}.mid", b.mid_channels, f"{p}.conv1"))
-            out.append(Width(f"{p}.mid2", b.mid2_channels, f"{p}.conv2"))
-        elif b.type == "inverted":
-            assert b.mid_channels is not None
-            if b.mid_channels != cin:
-                out.append(Width(f"{p}.mid", b.mid_channels, f"{p}.dw", forbidden=cin))
-        elif i + 1 == len(blocks) or blocks[i + 1].type == "conv":
-            out.append(Width(f"{p}.out", b.out_channels, f"{p}.conv1"))
+        p, kind = f"blocks.{i}", b.kind
+        for width in kind.widths:  # inside a block: no skip touches them (docs/methods.md section 2)
+            size = int(getattr(b, WIDTH_FIELDS[width]))
+            if kind.expands() and size == cin:
+                continue  # the expand unit is absent: its width is the block's input
+            after = [u.name for u in kind.active_units(b, cin) if u.writes == width and u.act][-1]
+            out.append(Width(f"{p}.{width}", size, f"{p}.{after}", forbidden=cin if kind.expands() else None))
+        if kind.chains and (i + 1 == len(blocks) or blocks[i + 1].kind.chains):
+            after = [u.name for u in kind.units if u.writes == "out"][-1]
+            out.append(Width(f"{p}.out", b.out_channels, f"{p}.{after}"))
     if spec.head.hidden is not None:
         out.append(Width("head.hidden", spec.head.hidden, "head.hidden_act"))
     return out
@@ -142,22 +137,17 @@ def _io(spec: ArchSpec) -> dict[str, tuple[str | None, str | None]]:
     io: dict[str, tuple[str | None, str | None]] = {"stem": (None, w("stem"))}
     prev = "stem"
     for i, b in enumerate(spec.blocks):
-        p = f"blocks.{i}"
-        if b.type == "conv":
-            io[f"{p}.conv1"] = (w(prev), w(f"{p}.out"))
-            prev = f"{p}.out"
-            continue
-        if b.type == "basic":
-            io[f"{p}.conv1"] = (None, w(f"{p}.mid"))
-            io[f"{p}.conv2"] = (w(f"{p}.mid"), None)
-        elif b.type == "bottleneck":
-            io[f"{p}.conv1"] = (None, w(f"{p}.mid"))
-            io[f"{p}.conv2"] = (w(f"{p}.mid"), w(f"{p}.mid2"))
-            io[f"{p}.conv3"] = (w(f"{p}.mid2"), None)
-        else:
-            io[f"{p}.expand"] = (None, w(f"{p}.mid"))
-            io[f"{p}.dw"] = (w(f"{p}.mid"), w(f"{p}.mid"))
-            io[f"{p}.project"] = (w(f"{p}.mid"), None)
+        p, kind = f"blocks.{i}", b.kind
+
+        def width(symbol: str, prev: str = prev, p: str = p, chains: bool = kind.chains) -> str | None:
+            if symbol == "in":  # a block's input and output widths are prunable only between chains
+                return w(prev) if chains else None
+            if symbol == "out":
+                return w(f"{p}.out") if chains else None
+            return w(f"{p}.{symbol}")
+
+        for u in kind.units:
+            io[f"{p}.{u.name}"] = (width(u.reads), width(u.writes))
         prev = f"{p}.out"
     if spec.head.hidden is not None:
         io["head.hidden"] = (w(prev), w("head.hidden"))
@@ -463,7 +453,7 @@ class FusionChoice:
 
 
 def choose_fusion(spec: ArchSpec, input_shape: Sequence[int]) -> FusionChoice | None:
-    """SEEDS.md section 2's material and carrier, among the removable blocks.
+    """docs/methods.md section 2's material and carrier, among the removable blocks.
 
     Material: the removable block (:func:`fusion_candidates`) with the fewest channels (the sum
     of its inner widths; a ``conv`` block's output width), the earliest on ties. Carrier: the
@@ -497,7 +487,15 @@ def _lower(r: float) -> float | None:
     return next((x for x in LOW_RANK_LADDER if x < r - 1e-12), None)
 
 
-def low_rank_plan(spec: ArchSpec, cost_fn: Callable[[ArchSpec], Mapping[str, float]], budget: Budget
+class BudgetLike(Protocol):
+    """What :func:`low_rank_plan` needs of a budget (``objectives.Budget`` is one)."""
+
+    def violations(self, totals: Mapping[str, float]) -> Mapping[str, float]: ...
+
+    def hw_cost(self, totals: Mapping[str, float]) -> float: ...
+
+
+def low_rank_plan(spec: ArchSpec, cost_fn: Callable[[ArchSpec], Mapping[str, float]], budget: BudgetLike
                   ) -> tuple[ArchSpec, bool]:
     """Lower LightLayer rank ratios until ``spec`` meets ``budget``, greedily.
 
@@ -543,27 +541,3 @@ def apply_low_rank(model: LightNet, spec: ArchSpec) -> LightNet:
     changed is replaced by ``LightConv2d.from_dense`` / ``LightLinear.from_dense`` of its dense
     product (exact at full rank, best rank-r approximation below)."""
     return transplant(model, spec)
-
-
-# ----------------------------------------------------------------------------------- distillation
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, *, temperature: float = 4.0,
-            alpha: float = 0.9) -> torch.Tensor:
-    """Knowledge-distillation loss (Hinton et al. 2015), SEEDS.md section 2's soft + hard labels.
-
-    ``alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) * CE(z_s, y)``, where the
-    soft labels are ``q_i = exp(z_i/T) / sum_j exp(z_j/T)``. ``T^2`` keeps the soft term's
-    gradients on the scale of the hard term's as ``T`` changes.
-
-    Example:
-        >>> z = torch.randn(4, 10)
-        >>> float(kd_loss(z, z, torch.zeros(4, dtype=torch.long), alpha=1.0)) == 0.0
-        True
-    """
-    t = float(temperature)
-    log_p = F.log_softmax(student / t, dim=1)
-    q = F.softmax(teacher / t, dim=1)
-    soft = F.kl_div(log_p, q, reduction="batchmean") * (t * t)
-    if alpha >= 1.0:
-        return alpha * soft
-    return alpha * soft + (1.0 - alpha) * F.cross_entropy(student, targets)
-

@@ -7,7 +7,7 @@ One row per architecture (a spec reached again by reuse appears once, at its fir
 Test accuracy is measured for front members only, once, and stored.
 
 With ``include_refined``, the candidates of ``nas refine`` (pruned, fused, low-rank networks and
-the retrained baselines, see ``nas._refine``) join the same front with their validation
+the retrained baselines, see ``nas.refine``) join the same front with their validation
 accuracy and cost, on the study's objectives (``hw_cost`` with the study's budget), if they
 meet the budget. Their rows carry ``source`` (``"refined 12/prune/1"``: parent trial, method,
 step; trial rows say ``"trial 12"``) and ``refined`` (the candidate's id, for ``nas export
@@ -16,30 +16,29 @@ step; trial rows say ``"trial 12"``) and ``refined`` (the candidate's id, for ``
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from typing import Any
 
 import optuna
-import torch
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from objectives import BudgetError, evaluate, parse_conditions
-from search_spaces import ArchSpec, build_model
 from storage import Store
 
-from ._errors import NasError
-from ._study import StudySpec, get_study_spec
-from ._trial import weights_key
+from .._artifacts import load_arch, load_network, weights_key
+from .._errors import NasError
+from ._record import record_of
+from ._spec import StudySpec
+from ._studies import get_study_spec
 
 __all__ = ["dominates", "front_trials", "pareto_rows", "refined_points", "where_filter"]
 
 
-def _vector(spec: StudySpec, t: FrozenTrial) -> list[float]:
+def _vector(study_spec: StudySpec, t: FrozenTrial) -> list[float]:
     """Objective values, all turned into 'smaller is better'."""
     assert t.values is not None
-    return [-v if d == "maximize" else v for v, d in zip(t.values, spec.directions, strict=True)]
+    return [-v if d == "maximize" else v for v, d in zip(t.values, study_spec.directions, strict=True)]
 
 
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -51,26 +50,24 @@ def _evaluated(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     seen: set[str] = set()
     out = []
     for t in sorted(trials, key=lambda t: t.number):
-        h = t.user_attrs.get("spec_hash")
-        if (h is not None and t.state == TrialState.COMPLETE and t.user_attrs.get("status") in ("trained", "reused")
-                and h not in seen):
-            seen.add(h)
+        r = record_of(t)
+        if r.evaluated and r.spec_hash not in seen:
+            seen.add(str(r.spec_hash))
             out.append(t)
     return out
 
 
-def front_trials(spec: StudySpec, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+def front_trials(study_spec: StudySpec, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """Non-dominated evaluated, feasible trials (one per architecture)."""
     cands = _evaluated(trials)
-    vecs = [_vector(spec, t) for t in cands]
+    vecs = [_vector(study_spec, t) for t in cands]
     return [t for i, t in enumerate(cands)
             if not any(dominates(vecs[j], vecs[i]) for j in range(len(cands)) if j != i)]
 
 
 def _metrics(t: FrozenTrial) -> dict[str, float]:
-    m = dict(t.user_attrs.get("cost", {}))
-    m["accuracy"] = t.user_attrs.get("val_accuracy", 0.0)
-    return m
+    r = record_of(t)
+    return {**r.cost, "accuracy": r.val_accuracy if r.val_accuracy is not None else 0.0}
 
 
 def where_filter(where: str | None) -> Any:
@@ -83,27 +80,25 @@ def where_filter(where: str | None) -> Any:
     return lambda m: all(c.holds(m[c.name]) for c in conds if c.name in m)
 
 
-def test_accuracy(name: str, store: Store, spec: StudySpec, spec_hash: str, data: Any = None) -> float | None:
+def test_accuracy(name: str, store: Store, study_spec: StudySpec, spec_hash: str, data: Any = None) -> float | None:
     """Test accuracy of a trained architecture at the study's fidelity (measured once, stored)."""
-    ev = store.get_evaluation(spec_hash, spec.fidelity_key)
+    ev = store.get_evaluation(spec_hash, study_spec.fidelity_key)
     if ev is None:
         return None
     if ev.test_accuracy is not None:
         return ev.test_accuracy
-    blob = store.get_artifact(weights_key(spec_hash, spec.fidelity_key))
-    if blob is None:
-        return None
     if data is None:
-        data = spec.load_data()
-    arch = ArchSpec.from_json(store.get_architecture(spec_hash) or "")
-    model = build_model(arch, data.input_shape, data.num_classes)
-    model.load_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
-    acc = evaluate(model.eval(), data.x_test, data.y_test)
-    store.set_test_accuracy(spec_hash, spec.fidelity_key, acc)
+        data = study_spec.load_data()
+    model = load_network(store, load_arch(store, spec_hash), weights_key(spec_hash, study_spec.fidelity_key),
+                         data.input_shape, data.num_classes)
+    if model is None:
+        return None
+    acc = evaluate(model, data.x_test, data.y_test)
+    store.set_test_accuracy(spec_hash, study_spec.fidelity_key, acc)
     return acc
 
 
-def refined_points(name: str, store: Store, spec: StudySpec,
+def refined_points(name: str, store: Store, study_spec: StudySpec,
                    trials: dict[int, FrozenTrial] | None = None) -> list[tuple[Any, dict[str, float]]]:
     """``(refinement row, metrics)`` of every stored refinement candidate of study ``name`` that
     meets its budget; ``metrics`` holds the cost totals, ``hw_cost`` under the study's budget and
@@ -112,11 +107,11 @@ def refined_points(name: str, store: Store, spec: StudySpec,
     if trials is None:
         study = optuna.load_study(study_name=name, storage=store.optuna)
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    budget = spec.budget_obj()
+    budget = study_spec.budget_obj()
     out = []
     for r in store.get_refinements(name):
         t = trials.get(r.parent_trial)
-        if t is None or t.user_attrs.get("spec_hash") != r.parent_spec_hash:
+        if t is None or record_of(t).spec_hash != r.parent_spec_hash:
             continue
         m = json.loads(r.cost_json)
         if budget is not None:
@@ -128,9 +123,9 @@ def refined_points(name: str, store: Store, spec: StudySpec,
     return out
 
 
-def _front_indices(spec: StudySpec, metrics: Sequence[dict[str, float]]) -> list[int]:
-    vecs = [[-m[o] if d == "maximize" else m[o] for o, d in zip(spec.objectives, spec.directions, strict=True)]
-            for m in metrics]
+def _front_indices(study_spec: StudySpec, metrics: Sequence[dict[str, float]]) -> list[int]:
+    pairs = list(zip(study_spec.objectives, study_spec.directions, strict=True))
+    vecs = [[-m[o] if d == "maximize" else m[o] for o, d in pairs] for m in metrics]
     return [i for i in range(len(vecs))
             if not any(dominates(vecs[j], vecs[i]) for j in range(len(vecs)) if j != i)]
 
@@ -147,31 +142,33 @@ def pareto_rows(name: str, store: Store, *, where: str | None = None, with_test:
     measured once and stored (``measure_test``) or only as stored (None if never measured:
     what the read-only HTTP API does).
     """
-    spec = get_study_spec(name, store)
+    study_spec = get_study_spec(name, store)
     keep = where_filter(where)
     study = optuna.load_study(study_name=name, storage=store.optuna)
     all_trials = study.get_trials(deepcopy=False)
     trials = [t for t in _evaluated(all_trials) if keep(_metrics(t))]
     refined: list[tuple[Any, dict[str, float]]] = []
     if include_refined:
-        refined = [(r, m) for r, m in refined_points(name, store, spec, {t.number: t for t in all_trials}) if keep(m)]
+        by_number = {t.number: t for t in all_trials}
+        refined = [(r, m) for r, m in refined_points(name, store, study_spec, by_number) if keep(m)]
         points: list[tuple[FrozenTrial | None, Any, dict[str, float]]] = (
             [(t, None, _metrics(t)) for t in trials] + [(None, r, m) for r, m in refined])
-        chosen = [points[i] for i in _front_indices(spec, [p[2] for p in points])]
+        chosen = [points[i] for i in _front_indices(study_spec, [p[2] for p in points])]
     else:
-        chosen = [(t, None, _metrics(t)) for t in front_trials(spec, trials)]
-    data = spec.load_data() if with_test and measure_test and any(t is not None for t, _, _ in chosen) else None
+        chosen = [(t, None, _metrics(t)) for t in front_trials(study_spec, trials)]
+    data = study_spec.load_data() if with_test and measure_test and any(t is not None for t, _, _ in chosen) else None
     rows = []
     for t, r, m in chosen:
         row: dict[str, Any]
         if t is not None:
-            row = {"trial": t.number, "spec_hash": t.user_attrs["spec_hash"][:12], "accuracy": m["accuracy"]}
+            h = str(record_of(t).spec_hash)
+            row = {"trial": t.number, "spec_hash": h[:12], "accuracy": m["accuracy"]}
             if include_refined:
                 row = {"source": f"trial {t.number}", "refined": None, **row}
             if with_test and measure_test:
-                row["test_accuracy"] = test_accuracy(name, store, spec, t.user_attrs["spec_hash"], data)
+                row["test_accuracy"] = test_accuracy(name, store, study_spec, h, data)
             elif with_test:
-                ev = store.get_evaluation(t.user_attrs["spec_hash"], spec.fidelity_key)
+                ev = store.get_evaluation(h, study_spec.fidelity_key)
                 row["test_accuracy"] = ev.test_accuracy if ev is not None else None
         else:
             row = {"source": f"refined {r.parent_trial}/{r.method}/{r.step}", "refined": r.id, "trial": r.parent_trial,
@@ -183,6 +180,6 @@ def pareto_rows(name: str, store: Store, *, where: str | None = None, with_test:
                 row[k] = m[k]
         row["cost"] = {k: v for k, v in m.items() if k != "accuracy"}
         rows.append(row)
-    first_cost = next((o for o in spec.objectives if o != "accuracy"), "flops")
+    first_cost = next((o for o in study_spec.objectives if o != "accuracy"), "flops")
     rows.sort(key=lambda r: (r["cost"].get(first_cost, 0.0), -r["accuracy"]))
     return rows

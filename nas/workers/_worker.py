@@ -46,13 +46,23 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from storage import RetryTrial, Store, error_line, is_transient
+from storage import RetryTrial, Store, error_line
 
-from ._errors import NasError
-from ._study import SINGLE_METRIC_PRUNERS, StudySpec, get_study_spec
-from ._trial import TrialInterrupted, TrialObjective, load_context
+from .._errors import NasError, TrialInterrupted
+from ..search import (
+    SINGLE_METRIC_PRUNERS,
+    Status,
+    TrialObjective,
+    get_study_spec,
+    load_context,
+    make_pruner,
+    make_sampler,
+    record_of,
+    status_of,
+)
+from ._liveness import Heartbeat, database_down, outage_within, trial_fail_reason, wait_for_database
 
-__all__ = ["REJECTION_STREAK", "StudyWorker", "WorkerStats", "finished", "make_pruner", "make_sampler", "run_worker",
+__all__ = ["REJECTION_STREAK", "StudyWorker", "WorkerStats", "fail_and_requeue", "finished", "run_worker",
            "slots_left"]
 
 log = logging.getLogger("nas.worker")
@@ -61,53 +71,6 @@ log = logging.getLogger("nas.worker")
 #: a fitted space keeps within its budget, 200 rejections in a row have probability 0.8**200
 #: (about 4e-20); at a 1 % share (the warning threshold) about 0.13.
 REJECTION_STREAK = 200
-
-
-#: When this process last met the database unreachable (time.monotonic()).
-_last_outage = -1e9
-
-
-def database_down(e: BaseException) -> bool:
-    """Whether ``e`` means the database is unreachable for now (:func:`storage.is_transient`);
-    remembers when it last was."""
-    global _last_outage
-    down = is_transient(e)
-    if down:
-        _last_outage = time.monotonic()
-    return down
-
-
-def outage_within(seconds: float) -> bool:
-    """Whether this process met the database unreachable in the last ``seconds``. Then every
-    worker missed beats, so no trial or job is judged dead by its heartbeat yet."""
-    return time.monotonic() - _last_outage <= seconds
-
-
-def make_sampler(spec: StudySpec, worker: int = 0, n_target: int | None = None) -> optuna.samplers.BaseSampler:
-    """The study's sampler, seeded per worker (``seed + worker``, modulo 2**32: NumPy's range)."""
-    seed = (spec.seed + worker) % 2**32
-    target = n_target or spec.trials
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if spec.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if spec.sampler == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, target // 4)))
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                          n_startup_trials=max(4, min(10, target // 4)))
-
-
-def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    """The local Optuna pruner of a single-objective study (``NopPruner`` when none, and for
-    ``pareto``, which :class:`nas._trial.TrialObjective` applies itself)."""
-    epochs = spec.fidelity.epochs
-    if spec.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-    if spec.pruner == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
-    if spec.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
-    return optuna.pruners.NopPruner()
 
 
 def slots_left(store: Store, name: str, target: int) -> int:
@@ -119,26 +82,6 @@ def slots_left(store: Store, name: str, target: int) -> int:
 def finished(store: Store, name: str) -> int:
     """Trials that count towards the target: networks evaluated within the budget."""
     return store.study_counts(name)["COUNTED"]
-
-
-def wait_for_database(fn: Callable[[], object], what: str, stop: threading.Event | None = None,
-                      max_wait: float | None = None) -> object:
-    """Run ``fn``; while the database is unreachable, retry with backoff (1 s .. 15 s)."""
-    delay, waited, warned = 0.5, 0.0, False
-    while True:
-        try:
-            return fn()
-        except Exception as e:
-            if not database_down(e) or (max_wait is not None and waited >= max_wait):
-                raise
-            if not warned:
-                log.warning("database unavailable while %s (%s); retrying", what, error_line(e))
-                warned = True
-            if stop is not None and stop.is_set() and waited > 60:
-                raise
-            time.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 15.0)
 
 
 def fail_and_requeue(storage: optuna.storages.RDBStorage, study: optuna.Study, trial_id: int, reason: str,
@@ -154,33 +97,6 @@ def fail_and_requeue(storage: optuna.storages.RDBStorage, study: optuna.Study, t
         return False
     retry(study, storage.get_trial(trial_id))
     return True
-
-
-class _Heartbeat:
-    """Records the trial's heartbeat every ``interval`` s; database errors are ridden out."""
-
-    def __init__(self, storage: optuna.storages.RDBStorage, trial_id: int) -> None:
-        self.storage, self.trial_id = storage, trial_id
-        self.interval = storage.heartbeat_interval or 10
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.storage.record_heartbeat(self.trial_id)
-            except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
-                database_down(e)  # database away: the next beat retries
-            if self._stop.wait(self.interval):
-                return
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.interval + 5)  # a beat stuck on a dead connection is a daemon
 
 
 @dataclass
@@ -204,11 +120,11 @@ class StudyWorker:
         self.name, self.store = name, store
         self.stop = stop or threading.Event()
         self.ctx = load_context(name, store, threads=threads)
-        spec = self.ctx.spec
+        study_spec = self.ctx.study_spec
         self.study = optuna.load_study(study_name=name, storage=store.optuna,
-                                       sampler=make_sampler(spec, worker, self.target),
-                                       pruner=make_pruner(spec))
-        self.objective = TrialObjective(self.ctx, prune=spec.pruner in SINGLE_METRIC_PRUNERS,
+                                       sampler=make_sampler(study_spec, worker, self.target),
+                                       pruner=make_pruner(study_spec))
+        self.objective = TrialObjective(self.ctx, prune=study_spec.pruner in SINGLE_METRIC_PRUNERS,
                                         should_stop=self.stop.is_set)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -232,7 +148,7 @@ class StudyWorker:
         """A new (or retried) trial if the target leaves a slot, else None."""
         with warnings.catch_warnings():
             # Experimental API; and ask() warns that heartbeats belong to optimize(): this worker
-            # records them itself (_Heartbeat), from the moment the trial is claimed.
+            # records them itself (Heartbeat), from the moment the trial is claimed.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
             with self.store.lock(f"study:{self.name}"):
@@ -272,7 +188,16 @@ class StudyWorker:
         """Evaluate ``trial`` and tell the study; returns the finished trial."""
         values: list[float] | None = None
         state, reason, retry = TrialState.FAIL, "", False
-        with _Heartbeat(self.store.optuna, trial._trial_id):
+        storage, trial_id = self.store.optuna, trial._trial_id
+
+        def beat() -> None:
+            try:
+                storage.record_heartbeat(trial_id)
+            except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+                database_down(e)  # database away: the next beat retries
+
+        interval = storage.heartbeat_interval or 10
+        with Heartbeat(beat, interval, f"heartbeat-{trial_id}", join_timeout=interval + 5):
             try:
                 values = self.objective(trial)
                 state = TrialState.COMPLETE
@@ -319,7 +244,7 @@ class StudyWorker:
         # that alternate are still no progress.
         if state == TrialState.FAIL:
             self.failures.append(reason)
-        elif frozen.user_attrs.get("status") == "over_budget":
+        elif status_of(frozen) == Status.OVER_BUDGET:
             self.rejections += 1
         else:
             self.failures.clear()
@@ -327,14 +252,14 @@ class StudyWorker:
         return frozen
 
     def rejection_message(self) -> str:
-        from ._study import study_info
+        from ..search import study_info
 
         feas = study_info(self.name, self.store).get("feasibility") or {}
         share = feas.get("share_within_budget")
-        where = (f"{share:.2%} of space {self.ctx.spec.space!r} lies within it" if share is not None
-                 else f"space {self.ctx.spec.space!r}")
-        return (f"{self.rejections} samples of {self.name!r} in a row were over the budget {self.ctx.spec.budget} "
-                f"({where}); loosen the budget or narrow the space (--option), then rerun")
+        where = (f"{share:.2%} of space {self.ctx.study_spec.space!r} lies within it" if share is not None
+                 else f"space {self.ctx.study_spec.space!r}")
+        return (f"{self.rejections} samples of {self.name!r} in a row were over the budget "
+                f"{self.ctx.study_spec.budget} ({where}); loosen the budget or narrow the space (--option), then rerun")
 
     def _retry_queued(self, number: int) -> bool:
         trials = self.study._storage.get_all_trials(self.study._study_id, deepcopy=False,
@@ -349,11 +274,6 @@ class StudyWorker:
         return self.study._storage.get_trial(trial._trial_id)
 
 
-def trial_fail_reason(e: BaseException) -> str:
-    """``TrainingError.reason`` (e.g. NaN loss at epoch 3), else the exception's type and text."""
-    return str(getattr(e, "reason", None) or f"{type(e).__name__}: {e}")
-
-
 def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool = False,
                deadline: float | None = None, worker: int = 0, threads: int | None = None,
                stop: threading.Event | None = None, heartbeat: int = 10, poll_min: float = 1.0,
@@ -364,7 +284,7 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
     until every study in scope has met its target.
 
     With ``jobs``, queued jobs of the studies in scope (refinement requests, see
-    :mod:`nas._jobs`) are taken first, one per pass; ``until_done`` then also waits for the
+    :mod:`nas.workers._jobs`) are taken first, one per pass; ``until_done`` then also waits for the
     queue to be empty.
 
     Args:
@@ -490,9 +410,8 @@ def _run_one_job(store: Store, names: Sequence[str] | None, ident: str, stop: th
 
 
 def _describe(t: optuna.trial.FrozenTrial) -> str:
-    a = t.user_attrs
+    r = record_of(t)
     if t.state == TrialState.FAIL:
-        return f": {a.get('fail_reason', '')}"
-    status = a.get("status", "")
-    acc = a.get("val_accuracy")
-    return f" ({status}" + (f", val acc {acc:.4f}" if isinstance(acc, float) else "") + ")"
+        return f": {r.fail_reason or ''}"
+    acc = r.val_accuracy
+    return f" ({r.status or ''}" + (f", val acc {acc:.4f}" if isinstance(acc, float) else "") + ")"

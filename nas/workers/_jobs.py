@@ -3,7 +3,7 @@
 The API never trains: ``POST /studies/{name}/trials/{n}/refine`` only validates the request and
 queues a job (``lightnas_jobs``). Every ``nas worker`` (unless ``--no-jobs``) looks for queued
 jobs of the studies it serves before it claims a trial, runs the refinement
-(:func:`nas._refine.refine_trial`) and records progress and the result on the job.
+(:func:`nas.refine.refine_trial`) and records progress and the result on the job.
 ``nas study run`` (local or Ray) runs trials only: it ends when the target is met.
 
 Failures. A job is claimed under a database-wide lock. Its worker refreshes the job's heartbeat
@@ -26,13 +26,12 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from storage import Store, error_line
-from storage._schema import JobRow
+from storage import JobRow, Store, error_line
 
-from ._errors import NasError
-from ._refine import RefineEvent, RefineSettings, check_parent, refine_trial, settings_key
-from ._study import get_study_spec
-from ._trial import TrialInterrupted
+from .._errors import NasError, TrialInterrupted
+from ..refine import RefineEvent, RefineSettings, check_parent, refine_trial, settings_key
+from ..search import get_study_spec
+from ._liveness import Heartbeat, database_down, trial_fail_reason
 
 __all__ = ["candidate_info", "iso_utc", "job_info", "queue_refinement", "run_job"]
 
@@ -48,9 +47,9 @@ def queue_refinement(name: str, number: int, store: Store, settings: RefineSetti
     Raises:
         NasError: unknown study or trial, or a trial that cannot be refined (over budget, not trained).
     """
-    spec = get_study_spec(name, store)
+    study_spec = get_study_spec(name, store)
     trial = check_parent(name, number, store)
-    key = settings_key(settings, spec, trial.user_attrs["spec_hash"])
+    key = settings_key(settings, study_spec, trial.user_attrs["spec_hash"])
     return store.add_job(kind="refine", study=name, trial=number, key=key, settings=settings.model_dump())
 
 
@@ -83,15 +82,14 @@ def iso_utc(t: Any) -> str | None:
     return (t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)).isoformat()
 
 
-class _JobHeartbeat:
-    """Refreshes the job's heartbeat (with its latest progress) every ``interval`` seconds."""
+class _JobLiveness:
+    """What a job's heartbeat publishes (its latest progress) and learns (that another worker took
+    the job over, presuming this one dead)."""
 
-    def __init__(self, store: Store, job_id: int, worker: str, interval: float) -> None:
-        self.store, self.job_id, self.worker, self.interval = store, job_id, worker, interval
+    def __init__(self, store: Store, job_id: int, worker: str) -> None:
+        self.store, self.job_id, self.worker = store, job_id, worker
         self.progress: dict[str, Any] = {}
-        self.lost = threading.Event()  # the job was re-queued by someone else (we were presumed dead)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"job-heartbeat-{job_id}", daemon=True)
+        self.lost = threading.Event()
 
     def beat(self) -> None:
         try:
@@ -99,18 +97,6 @@ class _JobHeartbeat:
                 self.lost.set()
         except SQLAlchemyError:
             pass  # database away: the next beat retries; candidates already stored stay stored
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.beat()
-
-    def __enter__(self) -> _JobHeartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.interval + 5)
 
 
 def run_job(job: JobRow, store: Store, *, worker: str, stop: threading.Event, threads: int | None = None,
@@ -121,14 +107,13 @@ def run_job(job: JobRow, store: Store, *, worker: str, stop: threading.Event, th
     the next claim and continues from its last stored step. Bad requests that became impossible
     meanwhile (study deleted, trial gone) fail the job with a one-line reason.
     """
-    from ._worker import database_down, trial_fail_reason
-
     wait = wait or (lambda fn, _what: fn())
     if job.kind != "refine":
         state = "failed"
         wait(lambda: store.finish_job(job.id, worker, state, error=f"unknown job kind {job.kind!r}"), "failing a job")
         return state
-    with _JobHeartbeat(store, job.id, worker, heartbeat) as hb:
+    hb = _JobLiveness(store, job.id, worker)
+    with Heartbeat(hb.beat, heartbeat, f"job-heartbeat-{job.id}", first=False, join_timeout=heartbeat + 5):
         def on_event(e: RefineEvent) -> None:
             hb.progress = {"stored": e.stored, "expected": e.expected, "message": e.message, "kind": e.kind}
             if e.kind in ("candidate", "resumed", "done"):

@@ -1,4 +1,4 @@
-"""Post-search refinement (SEEDS.md section 2): dynamic pruning, then layer fusion with distillation.
+"""Post-search refinement (docs/methods.md section 2): dynamic pruning, then layer fusion with distillation.
 
 ``refine_trial(study, trial, store, settings)`` takes a trained trial's architecture and runs:
 
@@ -6,14 +6,14 @@
    whole training split, the study's batch size and learning rate), or, with
    ``reuse_weights``, take the weights the search stored at the study's fidelity.
 1. **Dynamic pruning** (steps 1..``iterations``, 3 by default): measure channel sparsity on the
-   validation set (:func:`nas._surgery.channel_sparsity`), then :func:`threshold_search` for the
+   validation set (:func:`search_spaces.channel_sparsity`), then :func:`threshold_search` for the
    pruning threshold ``Pc``; every attempt prunes at ``Pc`` (a new, smaller spec with sliced
    weights) and fine-tunes ``finetune_epochs`` with early stopping (``patience``). The target
    accuracy is the baseline's minus ``margin``. Each iteration starts from the previous one's
    model and is stored. An attempt that removes nothing is the unpruned model (no fine-tune);
    attempts that remove the same channels share one fine-tune.
 2. **Layer fusion** (the following steps): the pruned model is the teacher. Repeatedly remove
-   the material block (:func:`nas._surgery.choose_fusion`), fine-tune ``short_epochs`` with
+   the material block (:func:`search_spaces.choose_fusion`), fine-tune ``short_epochs`` with
    only the carrier trainable and the distillation loss (``temperature``, ``alpha``); after
    every ``long_every`` removals fine-tune everything ``long_epochs`` and store the result as a
    candidate. Stop when a candidate's accuracy is more than ``max_drop`` below the pruned
@@ -21,7 +21,7 @@
    last long fine-tuning then get one, and are stored).
 3. **LightLayers** (with ``low_rank``, a budget expression): the most compressed candidate
    still within ``max_drop`` gets lower rank ratios, greedily, until it meets that budget
-   (:func:`nas._surgery.low_rank_plan`); its convolutions are replaced by
+   (:func:`search_spaces.low_rank_plan`); its convolutions are replaced by
    ``LightConv2d.from_dense`` and everything is fine-tuned ``long_epochs`` with distillation.
 
 Epoch counts keep the paper's ratios: fine-tuning ``F = finetune_epochs`` stands for its 320,
@@ -38,8 +38,6 @@ an uninterrupted one would have.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import math
 import time
@@ -49,29 +47,24 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.trial import FrozenTrial, TrialState
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from optuna.trial import FrozenTrial
 
 from objectives import (
     Budget,
     Dataset,
+    Distillation,
     TrainConfig,
-    estimate_cost,
     evaluate,
-    load_dataset,
     parse_budget,
     resolve_device,
+    teacher_logits,
     train_model,
 )
-from search_spaces import ArchSpec, LightNet, build_model
-from storage import Store
-from storage._schema import RefinementRow
-
-from ._distill import finetune, teacher_logits
-from ._errors import NasError
-from ._study import StudySpec, get_study_spec
-from ._surgery import (
+from search_spaces import (
+    ArchSpec,
+    LightNet,
     apply_low_rank,
+    build_model,
     channel_sparsity,
     choose_fusion,
     fusion_candidates,
@@ -81,165 +74,15 @@ from ._surgery import (
     prune_channels,
     remove_block,
 )
-from ._trial import TrialInterrupted, serialize_state, weights_key
+from storage import RefinementRow, Store
 
-__all__ = ["METHODS", "RefineEvent", "RefineSettings", "ThresholdSearch", "make_settings", "parent_trials",
-           "refine_trial", "threshold_search"]
+from .._artifacts import load_arch, load_network, save_arch, save_state, weights_key
+from .._errors import NasError, TrialInterrupted
+from ..search import Status, StudySpec, get_study_spec, pareto_rows, record_of
+from ._settings import RefineSettings, settings_key, settings_record
+from ._threshold import threshold_search
 
-METHODS = ("baseline", "prune", "fuse", "low_rank")
-#: The paper's fine-tuning epochs (320), short (50) and long (200) fusion fine-tuning, patience (20).
-PAPER_EPOCHS = {"finetune": 320, "short": 50, "long": 200, "patience": 20}
-
-
-# ----------------------------------------------------------------------------------- threshold search
-@dataclass(frozen=True)
-class ThresholdSearch:
-    """Result of :func:`threshold_search`.
-
-    Attributes:
-        visited: ``(Pc, accuracy)`` of every attempt, in order.
-        threshold: the final ``Pu`` when some attempt met the target (the lowest threshold that
-            did, i.e. the most pruning), ``None`` when none did (prune nothing).
-        upper, lower: the final ``Pu`` and ``Pl``.
-    """
-
-    visited: tuple[tuple[float, float], ...]
-    threshold: float | None
-    upper: float
-    lower: float
-
-
-def threshold_search(accuracy_at: Callable[[float], float], target: float, *, upper: float = 1.0,
-                     lower: float = 0.5, tolerance: float = 0.03) -> ThresholdSearch:
-    """The pruning-threshold search of SEEDS.md section 2, literally.
-
-    ``Pu = 1.0``, ``Pl = 0.5``, ``Pc = (Pu + Pl) / 2``. While ``Pu - Pl >= 0.03``: prune at ``Pc``,
-    fine-tune, measure (``accuracy_at(Pc)``). If accuracy >= target: ``Pu = Pc`` and ``Pc``
-    decreases by a quarter of the interval. If accuracy < target: ``Pl = Pc`` and ``Pc``
-    increases by half of the interval. "The interval" is ``Pu - Pl`` after the bound has
-    moved, read in the order the sentence gives: a failure puts ``Pc`` at the middle of the new
-    interval; a success puts it a quarter below the new ``Pu`` (a cautious step towards more
-    pruning). Reading it as the interval before the move would send ``Pc`` to ``Pu`` itself
-    after a failure, an attempt that cannot meet the target any better than the one that just
-    passed there.
-
-    Visited sequences (``Pc``, with ``Pu - Pl`` after each attempt):
-
-    * every attempt meets the target: 0.75, 0.6875, 0.640625, 0.60546875, 0.5791015625,
-      0.559326171875, 0.54449462890625, 0.5333709716796875, 0.525028228759765625
-      (9 attempts; the interval shrinks to 3/4 each time, 0.0250 at the end);
-    * no attempt meets it: 0.75, 0.875, 0.9375, 0.96875, 0.984375 (5 attempts; halves; 0.0156);
-    * accuracy >= target exactly when ``Pc >= 0.62``: 0.75, 0.6875, 0.640625, 0.60546875 (fails),
-      0.623046875, then ``Pu - Pl = 0.0176 < 0.03``: threshold 0.623046875.
-
-    Args:
-        accuracy_at: prunes at a threshold, fine-tunes and returns the accuracy.
-        target: the accuracy to keep (the baseline's minus a margin).
-        upper, lower, tolerance: ``Pu``, ``Pl`` and the stopping gap (1.0, 0.5, 0.03).
-
-    Returns:
-        A :class:`ThresholdSearch`.
-
-    Example:
-        >>> threshold_search(lambda pc: 1.0 if pc >= 0.62 else 0.0, 0.5).threshold
-        0.623046875
-    """
-    if not 0.0 <= lower < upper:
-        raise ValueError(f"need 0 <= lower < upper, got lower={lower}, upper={upper}")
-    if tolerance <= 0:
-        raise ValueError(f"tolerance must be positive, got {tolerance}")
-    pu, pl = float(upper), float(lower)
-    pc = (pu + pl) / 2
-    visited: list[tuple[float, float]] = []
-    while pu - pl >= tolerance:
-        acc = float(accuracy_at(pc))
-        visited.append((pc, acc))
-        if acc >= target:
-            pu = pc
-            pc = pc - (pu - pl) / 4
-        else:
-            pl = pc
-            pc = pc + (pu - pl) / 2
-    return ThresholdSearch(tuple(visited), pu if pu < upper else None, pu, pl)
-
-
-# ----------------------------------------------------------------------------------- settings
-class RefineSettings(BaseModel):
-    """What a refinement run does. Everything here is part of the run's key.
-
-    Example:
-        >>> s = RefineSettings(finetune_epochs=16)
-        >>> (s.short_epochs, s.long_epochs, s.patience)
-        (3, 10, 1)
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
-
-    epochs: int = Field(default=20, ge=1, le=100_000, description="baseline training epochs")
-    reuse_weights: bool = Field(default=False, description="baseline = the search's stored weights, no training")
-    finetune_epochs: int = Field(default=8, ge=1, le=100_000, description="F, the paper's 320 epochs")
-    margin: float = Field(default=0.01, ge=0.0, lt=1.0, description="target accuracy = baseline - margin")
-    iterations: int = Field(default=3, ge=1, le=100, description="outer pruning iterations")
-    max_drop: float = Field(default=0.03, ge=0.0, lt=1.0, description="fusion stops below pruned accuracy - this")
-    long_every: int = Field(default=4, ge=1, le=1000, description="long fine-tuning after this many removals")
-    temperature: float = Field(default=4.0, gt=0.0, description="distillation temperature T")
-    alpha: float = Field(default=0.9, ge=0.0, le=1.0, description="weight of the soft (distillation) loss")
-    lr: float = Field(default=0.01, gt=0.0, description="fine-tuning learning rate (SGD, cosine)")
-    weight_decay: float = Field(default=1e-4, ge=0.0)
-    batch_size: int = Field(default=64, ge=1, le=65_536)
-    min_channels: int = Field(default=1, ge=1, description="channels every pruned width keeps")
-    low_rank: str | None = Field(default=None, description="budget of the LightLayer step, e.g. 'params<=20k'")
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
-
-    @field_validator("low_rank")
-    @classmethod
-    def _low_rank(cls, v: str | None) -> str | None:
-        if v is None or not v.strip():
-            return None
-        parse_budget(v)  # BudgetError is a ValueError: reported on this field
-        return v.strip()
-
-    def _scaled(self, paper: int) -> int:
-        return max(1, math.ceil(self.finetune_epochs * paper / PAPER_EPOCHS["finetune"]))
-
-    @property
-    def short_epochs(self) -> int:
-        return self._scaled(PAPER_EPOCHS["short"])
-
-    @property
-    def long_epochs(self) -> int:
-        return self._scaled(PAPER_EPOCHS["long"])
-
-    @property
-    def patience(self) -> int:
-        return self._scaled(PAPER_EPOCHS["patience"])
-
-
-def make_settings(**fields: Any) -> RefineSettings:
-    """Validate settings; raises :class:`NasError` with one line naming the field."""
-    try:
-        return RefineSettings(**{k: v for k, v in fields.items() if v is not None})
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "settings"
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown setting; accepted: {', '.join(RefineSettings.model_fields)}"
-        raise NasError(f"{loc}: {msg}") from None
-
-
-def _record(settings: RefineSettings, study: StudySpec) -> dict[str, Any]:
-    """The settings as stored: what the run does plus the data it did it on."""
-    return {**settings.model_dump(), "data": study.data, "data_seed": study.seed, "val_fraction": study.val_fraction,
-            "short_epochs": settings.short_epochs, "long_epochs": settings.long_epochs,
-            "patience": settings.patience}
-
-
-def settings_key(settings: RefineSettings, study: StudySpec, parent_spec_hash: str) -> str:
-    """Key of a run: its settings, data and parent architecture (a study deleted and created again
-    under the same name, with another architecture at the same trial number, starts afresh)."""
-    text = json.dumps({**_record(settings, study), "parent": parent_spec_hash}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+__all__ = ["RefineEvent", "check_parent", "parent_trials", "refine_trial"]
 
 
 # ----------------------------------------------------------------------------------- parents
@@ -249,8 +92,7 @@ def _trials(name: str, store: Store) -> dict[int, FrozenTrial]:
 
 
 def _refinable(t: FrozenTrial) -> bool:
-    return t.state == TrialState.COMPLETE and t.user_attrs.get("status") in ("trained", "reused") \
-        and "spec_hash" in t.user_attrs
+    return record_of(t).evaluated
 
 
 def check_parent(name: str, number: int, store: Store, trials: dict[int, FrozenTrial] | None = None) -> FrozenTrial:
@@ -268,9 +110,10 @@ def check_parent(name: str, number: int, store: Store, trials: dict[int, FrozenT
     t = trials[number]
     if _refinable(t):
         return t
-    status = t.user_attrs.get("status")
-    if status == "over_budget":
-        over = ", ".join(f"{k} +{v:.0%}" for k, v in t.user_attrs.get("violations", {}).items())
+    r = record_of(t)
+    status = r.status
+    if status == Status.OVER_BUDGET:
+        over = ", ".join(f"{k} +{v:.0%}" for k, v in r.violations.items())
         raise NasError(f"trial {number} is over the budget ({over}) and was never trained; "
                        f"refine takes trained trials within the budget; {hint}")
     raise NasError(f"trial {number} was not trained (state {t.state.name.lower()}"
@@ -290,8 +133,6 @@ def parent_trials(name: str, store: Store, *, trial: int | None = None, pareto: 
     if trial is not None:
         check_parent(name, trial, store)
         return [trial]
-    from ._pareto import pareto_rows
-
     front = [int(r["trial"]) for r in pareto_rows(name, store, with_test=False)]
     if not front:
         raise NasError(f"study {name!r} has no trained trial within its budget yet; run 'nas study run {name}' first")
@@ -326,7 +167,7 @@ class RefineEvent:
 @dataclass
 class _Run:
     name: str
-    study: StudySpec
+    study_spec: StudySpec
     store: Store
     trial: int
     parent_hash: str
@@ -354,46 +195,51 @@ class _Run:
         self.expected = s.iterations + 1 + already + fuse + (s.low_rank is not None)
 
     def config(self, epochs: int) -> TrainConfig:
-        """Fine-tuning configuration (the paper's SGD settings, see ``nas._distill``)."""
+        """Fine-tuning configuration: docs/methods.md section 2's plain SGD (momentum 0.9, no Nesterov),
+        cosine annealing from ``lr`` restarted with every run (no warm-up), its weight decay."""
         s = self.settings
         return TrainConfig(epochs=epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed, device=str(self.device),
-                           threads=self.threads, weight_decay=s.weight_decay)
+                           threads=self.threads, weight_decay=s.weight_decay, nesterov=False, warmup_fraction=0.0)
+
+    def finetune(self, model: LightNet, epochs: int, *, teacher: Distillation | None = None,
+                 trainable: list[str] | None = None, patience: int | None = None) -> float:
+        """Fine-tune ``model`` in place (the one training loop); its validation accuracy."""
+        res = train_model(model, self.data, self.config(epochs), keep_state=False, on_epoch=self.on_epoch,
+                          teacher=teacher, trainable=trainable, patience=patience)
+        return res.val_accuracy
+
+    def distill(self, teacher: LightNet) -> Distillation:
+        """The teacher's soft labels of the training split, with the run's temperature and alpha."""
+        s = self.settings
+        return Distillation(teacher_logits(teacher, self.data.x_train), s.temperature, s.alpha)
 
     def say(self, kind: str, message: str, row: RefinementRow | None = None) -> None:
         stored = len(self.rows)
         self.emit(RefineEvent(self.trial, kind, message, row, stored, max(self.expected, stored)))
 
     def cost(self, arch: ArchSpec) -> dict[str, float]:
-        report = estimate_cost(arch, self.data.input_shape, self.data.num_classes, device=self.study.cost_device)
-        totals = dict(report.totals)
-        totals["depth"] = float(report.depth)
-        if self.budget is not None:
-            totals["hw_cost"] = self.budget.hw_cost(totals)
-        return totals
+        return self.study_spec.cost(arch, self.data.input_shape, self.data.num_classes, with_depth=True)
 
     def load(self, row: RefinementRow) -> LightNet:
-        arch = ArchSpec.from_json(self.store.get_architecture(row.spec_hash) or "")
-        blob = self.store.get_artifact(row.artifact_key)
-        if blob is None:
+        model = load_network(self.store, load_arch(self.store, row.spec_hash), row.artifact_key,
+                             self.data.input_shape, self.data.num_classes)
+        if model is None:
             raise NasError(f"refinement step {row.step} of trial {self.trial} has lost its weights "
                            f"({row.artifact_key})")
-        model = build_model(arch, self.data.input_shape, self.data.num_classes)
-        model.load_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
         return model.to(self.device).eval()
 
     def save(self, step: int, method: str, parent_step: int | None, model: LightNet, accuracy: float,
              detail: dict[str, Any], seconds: float) -> RefinementRow:
         arch = model.spec
-        self.store.put_architecture(arch.hash, arch.family, arch.to_json())
+        save_arch(self.store, arch)
         test = evaluate(model, self.data.x_test, self.data.y_test) if len(self.data.y_test) else None
         key = f"refined/{self.name}/{self.trial}/{self.key}/{step}.pt"
-        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        self.store.put_artifact(key, serialize_state(state))
+        save_state(self.store, key, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
         row = self.store.put_refinement(
             study=self.name, parent_trial=self.trial, parent_spec_hash=self.parent_hash, settings_hash=self.key,
             step=step, parent_step=parent_step, method=method, spec_hash=arch.hash,
-            settings=_record(self.settings, self.study), detail=detail, val_accuracy=accuracy, test_accuracy=test,
-            cost=self.cost(arch), artifact_key=key, seconds=seconds)
+            settings=settings_record(self.settings, self.study_spec), detail=detail, val_accuracy=accuracy,
+            test_accuracy=test, cost=self.cost(arch), artifact_key=key, seconds=seconds)
         self.rows[step] = row
         cost = json.loads(row.cost_json)
         self.say("candidate", f"step {step} {method}: accuracy {row.val_accuracy:.4f}, flops {_si(cost['flops'])}, "
@@ -414,19 +260,17 @@ def _baseline(run: _Run, arch: ArchSpec) -> tuple[LightNet, RefinementRow]:
     s, t0 = run.settings, time.perf_counter()
     data = run.data
     if s.reuse_weights:
-        key = weights_key(arch.hash, run.study.fidelity_key)
-        blob = run.store.get_artifact(key)
-        if blob is None:
+        key = weights_key(arch.hash, run.study_spec.fidelity_key)
+        stored = load_network(run.store, arch, key, data.input_shape, data.num_classes)
+        if stored is None:
             raise NasError(f"trial {run.trial} has no stored weights at the study's fidelity; "
                            "leave out --reuse-weights to train it")
-        model = build_model(arch, data.input_shape, data.num_classes)
-        model.load_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
-        model = model.to(run.device)
+        model = stored.to(run.device)
         acc = evaluate(model, data.x_val, data.y_val)
         detail: dict[str, Any] = {"weights": key}
         run.say("phase", f"baseline: stored weights of the search, accuracy {acc:.4f}")
     else:
-        f = run.study.fidelity
+        f = run.study_spec.fidelity
         run.say("phase", f"baseline: training {s.epochs} epochs")
         with torch.random.fork_rng():
             torch.manual_seed(s.seed)
@@ -457,9 +301,8 @@ def _prune_iteration(run: _Run, k: int, model: LightNet, accuracy: float, target
         sig = tuple(sorted((w, tuple(idx)) for w, idx in keep.items()))
         if sig not in tried:
             cand = prune_channels(model, keep)
-            res = finetune(cand, run.data, run.config(s.finetune_epochs), patience=s.patience, on_epoch=run.on_epoch)
-            tried[sig] = (cand, res.val_accuracy)
-            run.say("attempt", f"prune {k}/{n} Pc={pc:.4f}: -{removed} channels, accuracy {res.val_accuracy:.4f} "
+            tried[sig] = (cand, run.finetune(cand, s.finetune_epochs, patience=s.patience))
+            run.say("attempt", f"prune {k}/{n} Pc={pc:.4f}: -{removed} channels, accuracy {tried[sig][1]:.4f} "
                                f"(target {target:.4f})")
         return tried[sig][1]
 
@@ -493,7 +336,7 @@ def _fuse(run: _Run, teacher: LightNet, reference: float) -> None:
     else:
         current, removals, parent = run.load(run.rows[n]), 0, n
     run.expect_fusion(current.spec, len(fused))
-    logits = teacher_logits(teacher, run.data.x_train)
+    soft = run.distill(teacher)
     pending: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     floor = reference - s.max_drop
@@ -501,15 +344,11 @@ def _fuse(run: _Run, teacher: LightNet, reference: float) -> None:
     def long_finetune(stop: str | None) -> bool:
         nonlocal parent, pending, t0
         run.say("phase", f"fuse: long fine-tune of everything ({s.long_epochs} epochs) after {removals} removals")
-        res = finetune(current, run.data, run.config(s.long_epochs), teacher=logits, temperature=s.temperature,
-                       alpha=s.alpha, on_epoch=run.on_epoch)
-        dropped = res.val_accuracy < floor
-        if dropped:
-            stop = (f"accuracy {res.val_accuracy:.4f} is more than {s.max_drop:g} below the pruned model's "
-                    f"{reference:.4f}")
+        accuracy = run.finetune(current, s.long_epochs, teacher=soft)
+        if accuracy < floor:
+            stop = f"accuracy {accuracy:.4f} is more than {s.max_drop:g} below the pruned model's {reference:.4f}"
         detail = {"removals": removals, "removed": pending, "reference": reference, "stop": stop}
-        row = run.save(max(run.rows) + 1, "fuse", parent, current, res.val_accuracy, detail,
-                       time.perf_counter() - t0)
+        row = run.save(max(run.rows) + 1, "fuse", parent, current, accuracy, detail, time.perf_counter() - t0)
         parent, pending, t0 = row.step, [], time.perf_counter()
         if stop:
             run.say("note", f"fuse: stopped: {stop}")
@@ -530,11 +369,9 @@ def _fuse(run: _Run, teacher: LightNet, reference: float) -> None:
         channels = sum(block.inner_widths) or block.out_channels
         run.say("phase", f"fuse: removed blocks.{choice.material} ({block.type}, {channels} channels); short "
                          f"fine-tune of the carrier blocks.{choice.carrier} ({s.short_epochs} epochs)")
-        res = finetune(current, run.data, run.config(s.short_epochs), teacher=logits, temperature=s.temperature,
-                       alpha=s.alpha, trainable=[f"blocks.{carrier}"], on_epoch=run.on_epoch)
+        short = run.finetune(current, s.short_epochs, teacher=soft, trainable=[f"blocks.{carrier}"])
         pending.append({"material": choice.material, "carrier": choice.carrier, "block": block.type,
-                        "channels": channels,
-                        "short_accuracy": res.val_accuracy})
+                        "channels": channels, "short_accuracy": short})
         if len(pending) >= s.long_every and long_finetune(None):
             return
 
@@ -551,25 +388,23 @@ def _low_rank(run: _Run, teacher: LightNet, reference: float) -> None:
     t0 = time.perf_counter()
 
     def totals(a: ArchSpec) -> dict[str, float]:
-        return dict(estimate_cost(a, run.data.input_shape, run.data.num_classes, device=run.study.cost_device).totals)
+        return run.study_spec.cost(a, run.data.input_shape, run.data.num_classes)
 
-    spec, met = low_rank_plan(base.spec, totals, budget)
-    if spec == base.spec:
+    arch, met = low_rank_plan(base.spec, totals, budget)
+    if arch == base.spec:
         run.say("note", f"low rank: step {base_row.step} already meets {budget}; nothing to factorise")
         return
     if not met:
         run.say("note", f"low rank: {budget} is out of reach by rank alone; using the lowest ranks that still help")
     run.say("phase", f"low rank: LightLayers for {budget} on step {base_row.step}, fine-tune {s.long_epochs} epochs")
-    model = apply_low_rank(base, spec)
-    logits = teacher_logits(teacher, run.data.x_train)
-    res = finetune(model, run.data, run.config(s.long_epochs), teacher=logits, temperature=s.temperature,
-                   alpha=s.alpha, on_epoch=run.on_epoch)
-    ratios = {f"blocks.{i}": b.rank_ratio for i, b in enumerate(spec.blocks)
+    model = apply_low_rank(base, arch)
+    accuracy = run.finetune(model, s.long_epochs, teacher=run.distill(teacher))
+    ratios = {f"blocks.{i}": b.rank_ratio for i, b in enumerate(arch.blocks)
               if b.rank_ratio != base.spec.blocks[i].rank_ratio}
-    if spec.head.rank_ratio != base.spec.head.rank_ratio:
-        ratios["head"] = spec.head.rank_ratio
+    if arch.head.rank_ratio != base.spec.head.rank_ratio:
+        ratios["head"] = arch.head.rank_ratio
     detail = {"budget": str(budget), "budget_met": met, "base_step": base_row.step, "rank_ratios": ratios}
-    run.save(max(run.rows) + 1, "low_rank", base_row.step, model, res.val_accuracy, detail, time.perf_counter() - t0)
+    run.save(max(run.rows) + 1, "low_rank", base_row.step, model, accuracy, detail, time.perf_counter() - t0)
 
 
 def refine_trial(name: str, number: int, store: Store, settings: RefineSettings | None = None, *,
@@ -586,7 +421,7 @@ def refine_trial(name: str, number: int, store: Store, settings: RefineSettings 
         on_event: receives :class:`RefineEvent` progress; exceptions it raises propagate (every
             stored candidate stays stored).
         should_stop: polled after every training epoch; when true the run raises
-            :class:`nas._trial.TrialInterrupted` (a worker draining on SIGTERM); a rerun continues
+            :class:`nas.TrialInterrupted` (a worker draining on SIGTERM); a rerun continues
             from the last stored step.
 
     Returns:
@@ -604,19 +439,20 @@ def refine_trial(name: str, number: int, store: Store, settings: RefineSettings 
     from objectives import DataError
 
     settings = settings or RefineSettings()
-    study = get_study_spec(name, store)
+    study_spec = get_study_spec(name, store)
     trial = check_parent(name, number, store)
-    parent_hash = trial.user_attrs["spec_hash"]
-    arch = ArchSpec.from_json(store.get_architecture(parent_hash) or "")
-    device = resolve_device(study.device)
+    parent_hash = str(record_of(trial).spec_hash)
+    arch = load_arch(store, parent_hash)
+    device = resolve_device(study_spec.device)
     try:  # the whole training split: the refinement fidelity ignores the search's train_fraction
-        data = load_dataset(study.data, seed=study.seed, val_fraction=study.val_fraction).to(device)
+        data = study_spec.load_data(whole_train=True).to(device)
     except DataError as e:
         raise NasError(f"data: {e}") from None
-    key = settings_key(settings, study, parent_hash)
+    key = settings_key(settings, study_spec, parent_hash)
     rows = {r.step: r for r in store.get_refinements(name, parent_trial=number, settings_hash=key)
             if r.parent_spec_hash == parent_hash}
-    run = _Run(name, study, store, number, parent_hash, settings, key, data, device, threads, study.budget_obj(),
+    run = _Run(name, study_spec, store, number, parent_hash, settings, key, data, device, threads,
+               study_spec.budget_obj(),
                on_event or (lambda e: None), rows, should_stop=should_stop)
     run.expect_fusion(arch)
     if rows:

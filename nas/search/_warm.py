@@ -27,15 +27,16 @@ from typing import Any
 
 import optuna
 
-from objectives import estimate_cost
-from search_spaces import ArchSpec, SpaceError, SpecError, get_space
+from search_spaces import ArchSpec, SpaceError, SpecError
 from storage import Store
 
-from ._errors import NasError
-from ._study import StudyPlan, StudySpec, create_study, delete_study, get_study_spec
+from .._artifacts import load_arch
+from .._errors import NasError
+from ._spec import StudySpec
+from ._studies import get_study_spec, study_data
 
-__all__ = ["WarmStart", "arch_from_doc", "cheapest_anchors", "create_warm_started", "enqueue", "plan_warm_start",
-           "read_spec_file", "warm_start"]
+__all__ = ["WarmStart", "arch_from_doc", "cheapest_anchors", "enqueue_planned", "plan_warm_start", "read_spec_file",
+           "warm_start"]
 
 
 @dataclass
@@ -78,9 +79,11 @@ def arch_from_doc(doc: Any) -> ArchSpec:
         raise NasError(f"not an ArchSpec ({e})") from None
 
 
-def plan_warm_start(spec: StudySpec, store: Store, *, specs: Sequence[tuple[str, ArchSpec]] = (),
-                    from_study: str | None = None, limit: int = 20) -> WarmStart:
-    """What :func:`warm_start` would enqueue into a study of ``spec`` (which need not exist yet).
+def plan_warm_start(study_spec: StudySpec, store: Store, input_shape: tuple[int, int, int], num_classes: int, *,
+                    specs: Sequence[tuple[str, ArchSpec]] = (), from_study: str | None = None,
+                    limit: int = 20) -> WarmStart:
+    """What :func:`warm_start` would enqueue into a study of ``study_spec`` (which need not exist yet)
+    whose networks take ``input_shape`` and ``num_classes``.
 
     ``specs`` are ``(source, ArchSpec)`` pairs given by the user: each must fit the study (its
     space, its budget), else :class:`NasError`. Members of ``from_study``'s front that do not fit
@@ -92,13 +95,12 @@ def plan_warm_start(spec: StudySpec, store: Store, *, specs: Sequence[tuple[str,
     """
     from ._pareto import pareto_rows
 
-    data = spec.load_data()
-    space = get_space(spec.space, input_shape=data.input_shape, **spec.space_options)
-    budget = spec.budget_obj()
+    space = study_spec.search_space(input_shape)
+    budget = study_spec.budget_obj()
     known: set[str] = set()
     queued: set[str] = set()
-    if spec.name in optuna.get_all_study_names(store.optuna):
-        trials = optuna.load_study(study_name=spec.name, storage=store.optuna).get_trials(deepcopy=False)
+    if study_spec.name in optuna.get_all_study_names(store.optuna):
+        trials = optuna.load_study(study_name=study_spec.name, storage=store.optuna).get_trials(deepcopy=False)
         known = {str(t.user_attrs["spec_hash"]) for t in trials if t.user_attrs.get("spec_hash")}
         queued = {json.dumps(t.system_attrs.get("fixed_params") or t.params, sort_keys=True) for t in trials
                   if t.state == optuna.trial.TrialState.WAITING}
@@ -107,6 +109,9 @@ def plan_warm_start(spec: StudySpec, store: Store, *, specs: Sequence[tuple[str,
     candidates: list[tuple[str, dict[str, Any] | None, ArchSpec | None, bool]] = [(src, None, s, True)
                                                                                   for src, s in specs]
     if from_study is not None:
+        if store.get_study(from_study) is None:
+            raise NasError(f"warm_start: unknown study {from_study!r}; studies here: "
+                           f"{', '.join(r.name for r in store.list_studies()) or 'none'}")
         other: StudySpec = get_study_spec(from_study, store)
         rows = sorted(pareto_rows(from_study, store, with_test=False), key=lambda r: -r["accuracy"])[:limit]
         trials_of = {t.number: t for t in optuna.load_study(study_name=from_study, storage=store.optuna)
@@ -114,11 +119,14 @@ def plan_warm_start(spec: StudySpec, store: Store, *, specs: Sequence[tuple[str,
         for r in rows:
             t = trials_of[r["trial"]]
             src = f"{from_study} trial {t.number}"
-            if other.space == spec.space:
+            if other.space == study_spec.space:
                 candidates.append((src, dict(t.params), None, False))
             else:
-                arch_json = store.get_architecture(t.user_attrs["spec_hash"])
-                candidates.append((src, None, ArchSpec.from_json(arch_json) if arch_json else None, False))
+                try:
+                    arch = load_arch(store, t.user_attrs["spec_hash"])
+                except NasError:
+                    arch = None
+                candidates.append((src, None, arch, False))
 
     for src, params, arch, strict in candidates:
         reason = None
@@ -131,10 +139,9 @@ def plan_warm_start(spec: StudySpec, store: Store, *, specs: Sequence[tuple[str,
         except SpaceError as e:
             reason = str(e)
         if reason is None and arch is not None and budget is not None:
-            report = estimate_cost(arch, data.input_shape, data.num_classes, device=spec.cost_device)
-            over = budget.violations(report.totals)
+            over = budget.violations(study_spec.cost(arch, input_shape, num_classes))
             if over:
-                reason = f"over the budget {spec.budget} ({', '.join(sorted(over))})"
+                reason = f"over the budget {study_spec.budget} ({', '.join(sorted(over))})"
         if reason is None and arch is not None and params is not None:
             key = json.dumps(params, sort_keys=True)
             if arch.hash in known or key in queued:
@@ -150,11 +157,11 @@ def plan_warm_start(spec: StudySpec, store: Store, *, specs: Sequence[tuple[str,
     return out
 
 
-def cheapest_anchors(plan: StudyPlan) -> list[tuple[str, ArchSpec]]:
+def cheapest_anchors(info: dict[str, Any]) -> list[tuple[str, ArchSpec]]:
     """The space's cheapest architecture per budgeted resource (found exactly at creation, see
-    :func:`nas._study.plan_study`), once each: queued first, they anchor the front's low-cost
-    end, which a sampler drawn towards accuracy may never reach on its own."""
-    cheapest = (plan.info.get("feasibility") or {}).get("cheapest") or {}
+    :func:`nas.search.plan_study`; ``info`` is the plan's), once each: queued first, they anchor
+    the front's low-cost end, which a sampler drawn towards accuracy may never reach on its own."""
+    cheapest = (info.get("feasibility") or {}).get("cheapest") or {}
     out: list[tuple[str, ArchSpec]] = []
     seen: set[str] = set()
     for resource, arch_json in cheapest.items():
@@ -165,25 +172,7 @@ def cheapest_anchors(plan: StudyPlan) -> list[tuple[str, ArchSpec]]:
     return out
 
 
-def create_warm_started(spec: StudySpec, store: Store, plan: WarmStart | None, *, target: int | None = None,
-                        study_plan: StudyPlan | None = None) -> StudyPlan:
-    """:func:`nas._study.create_study`, with the ``plan``'s trials enqueued before the target
-    (default ``spec.trials``) is set: the study is created with target 0, so no worker starts a
-    trial of its own first. All or nothing: if enqueueing fails the study is deleted, and the
-    same request again works. ``study_plan``: the budget-first plan, if made already."""
-    if plan is None:
-        return create_study(spec, store, target=target, plan=study_plan)
-    made = create_study(spec, store, target=0, plan=study_plan)
-    try:
-        enqueue(spec.name, store, plan)
-        store.set_target(spec.name, spec.trials if target is None else target)
-    except BaseException:
-        delete_study(spec.name, store)
-        raise
-    return made
-
-
-def enqueue(name: str, store: Store, plan: WarmStart) -> None:
+def enqueue_planned(name: str, store: Store, plan: WarmStart) -> None:
     """Enqueue the planned trials into study ``name`` (``user_attrs["warm_start"]`` = source)."""
     study = optuna.load_study(study_name=name, storage=store.optuna)
     for src, params in plan.enqueued:
@@ -196,6 +185,9 @@ def warm_start(name: str, store: Store, *, specs: Sequence[tuple[str, ArchSpec]]
 
     See :func:`plan_warm_start`; nothing is enqueued when it raises.
     """
-    plan = plan_warm_start(get_study_spec(name, store), store, specs=specs, from_study=from_study, limit=limit)
-    enqueue(name, store, plan)
+    study_spec = get_study_spec(name, store)
+    shape = study_data(study_spec, store)
+    plan = plan_warm_start(study_spec, store, shape.input_shape, shape.num_classes, specs=specs,
+                           from_study=from_study, limit=limit)
+    enqueue_planned(name, store, plan)
     return plan

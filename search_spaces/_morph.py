@@ -1,9 +1,9 @@
-"""Weight inheritance (network morphism, SEEDS.md section 3): start a child from a trained parent.
+"""Weight inheritance (network morphism, docs/methods.md section 3): which weights of a trained parent a
+child architecture can take, and copying them.
 
-A study with ``inherit_weights`` initialises each network it trains from the stored weights of
-the trained architecture of the same study that overlaps it most, instead of from random
-weights; the training schedule is unchanged, so the comparison with training from scratch is at
-equal epochs (``bench/bench_anchors.py`` part d measures it).
+A study with ``inherit_weights`` initialises each network it trains from the weights of the
+trained architecture that overlaps it most (``nas.search`` picks that parent); the training
+schedule is unchanged, so the comparison with training from scratch is at equal epochs.
 
 Matching. Layers are matched by position in the spec, not by flat index: block ``j`` of stage
 ``s`` of the child takes block ``j`` of stage ``s`` of the parent (blocks beyond the parent's
@@ -15,25 +15,22 @@ tensors do not mean the same thing. Two low-rank ones pass on the leading slice 
 factors. BatchNorm statistics come with their channels.
 
 Because the result depends on which parents existed when a trial ran, a study with
-inheritance keys its evaluations by a fidelity that says so (``inherit_weights`` is part of
-``StudySpec.fidelity_dict``); they are never reused by studies that train from scratch.
+inheritance keys its evaluations by a fidelity that says so; they are never reused by studies
+that train from scratch.
 """
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass
 
-import optuna
 import torch
 from torch import nn
 
-from search_spaces import ArchSpec, build_model
-from storage import Store
+from ._build import build_model
+from ._spec import ArchSpec
 
-__all__ = ["Parent", "inherit_weights", "overlap", "pick_parent", "spec_state_shapes"]
+__all__ = ["inherit_weights", "overlap", "spec_state_shapes"]
 
 
 def _block_names(spec: ArchSpec) -> dict[tuple[int, int], int]:
@@ -148,74 +145,3 @@ def inherit_weights(child: nn.Module, parent_state: Mapping[str, torch.Tensor], 
         if _is_param(key):
             covered += tensor[cs].numel()
     return covered / total if total else 0.0
-
-
-@dataclass
-class Parent:
-    """The chosen parent: its trial, architecture, weights and overlap with the child."""
-
-    number: int
-    spec: ArchSpec
-    state: dict[str, torch.Tensor]
-    overlap: float
-
-
-_SHAPES: dict[tuple[str, tuple[int, ...], int], dict[str, tuple[int, ...]]] = {}
-
-
-def _shapes(spec: ArchSpec, input_shape: tuple[int, int, int], classes: int) -> dict[str, tuple[int, ...]]:
-    key = (spec.hash, tuple(input_shape), classes)
-    if key not in _SHAPES:
-        if len(_SHAPES) > 4096:
-            _SHAPES.clear()
-        _SHAPES[key] = spec_state_shapes(spec, input_shape, classes)
-    return _SHAPES[key]
-
-
-def pick_parent(child: ArchSpec, study: str, store: Store, spec, data, *,  # spec: StudySpec, data: Dataset
-                min_overlap: float = 0.2, trials: list[optuna.trial.FrozenTrial] | None = None) -> Parent | None:
-    """The trained architecture of ``study`` (same family, weights stored at the study's fidelity)
-    that covers most of ``child``'s parameters; ties go to the higher validation accuracy. None
-    when nothing covers ``min_overlap``."""
-    from ._trial import weights_key
-
-    shape, classes = tuple(data.input_shape), int(data.num_classes)
-    if trials is None:
-        trials = optuna.load_study(study_name=study, storage=store.optuna).get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    child_shapes = _shapes(child, shape, classes)  # type: ignore[arg-type]
-    scored: list[tuple[float, float, int, ArchSpec]] = []
-    seen: set[str] = set()
-    for t in trials:
-        h = t.user_attrs.get("spec_hash")
-        if t.state != optuna.trial.TrialState.COMPLETE or t.user_attrs.get("status") != "trained" or not h \
-                or h in seen or h == child.hash:
-            continue
-        seen.add(h)
-        arch = _architecture(store, h)
-        if arch is None or arch.family != child.family:
-            continue
-        ov = overlap(child, child_shapes, arch, _shapes(arch, shape, classes))  # type: ignore[arg-type]
-        if ov >= min_overlap:
-            scored.append((ov, float(t.user_attrs.get("val_accuracy") or 0.0), -t.number, arch))
-    for ov, _acc, neg_number, arch in sorted(scored, key=lambda x: x[:3], reverse=True):
-        blob = store.get_artifact(weights_key(arch.hash, spec.fidelity_key))
-        if blob is not None:  # else (weights not stored) the next best
-            state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-            return Parent(-neg_number, arch, state, ov)
-    return None
-
-
-_ARCHS: dict[str, ArchSpec] = {}
-
-
-def _architecture(store: Store, spec_hash: str) -> ArchSpec | None:
-    """A stored architecture by hash (immutable, so kept once read)."""
-    if spec_hash not in _ARCHS:
-        text = store.get_architecture(spec_hash)
-        if text is None:
-            return None
-        if len(_ARCHS) > 4096:
-            _ARCHS.clear()
-        _ARCHS[spec_hash] = ArchSpec.from_json(text)
-    return _ARCHS[spec_hash]

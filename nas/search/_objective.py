@@ -9,17 +9,17 @@ backend call the same object. What it records on the Optuna trial (user attribut
 * one Optuna constraint per budgeted resource, ``value / limit - 1`` (feasible <= 0), via
   ``Trial.set_constraint`` (Optuna 5), so constrained samplers learn the feasible region.
 
-With the ``pareto`` pruner (:mod:`nas._early`) a training trial records its partial ``curve``
+With the ``pareto`` pruner (:mod:`nas.search._early`) a training trial records its partial ``curve``
 at every rung epoch and is stopped (``optuna.TrialPruned``; ``status`` ``pruned``,
 ``stopped_by``) when peers of no higher cost were clearly better at that epoch; an architecture
 already stopped in this study is stopped again at once, without training. With
-``inherit_weights`` (:mod:`nas._morph`) a network starts from the weights of the stored
-architecture that overlaps it most (``inherited_from``).
+``inherit_weights`` (:mod:`nas.search._inherit`) a network starts from the weights of the stored
+architecture that overlaps it most (``inherited_from``). The attributes are typed in
+:mod:`nas.search._record`.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Callable
@@ -29,29 +29,25 @@ from typing import Any
 import optuna
 import torch
 
-from objectives import Dataset, TrainConfig, TrainingError, estimate_cost, get_device, train_spec
-from search_spaces import ArchSpec, SearchSpace, get_space
+from objectives import Dataset, TrainConfig, TrainingError, get_device, train_spec
+from search_spaces import ArchSpec, SearchSpace
 from storage import Store
 
+from .._artifacts import save_arch, save_state, weights_key
+from .._errors import TrialInterrupted
 from ._early import best_by, dominators, peers_of, rung_epochs
-from ._study import StudySpec, get_study_spec
+from ._record import Status, record_of
+from ._spec import StudySpec
+from ._studies import get_study_spec
 
-__all__ = ["StudyContext", "TrialInterrupted", "TrialObjective", "load_context", "objective_values", "weights_key"]
-
-
-class TrialInterrupted(Exception):
-    """Raised at an epoch boundary when the worker was asked to stop (SIGTERM/SIGINT)."""
-
-
-def weights_key(spec_hash: str, fidelity_key: str) -> str:
-    return f"weights/{spec_hash}/{fidelity_key}.pt"
+__all__ = ["StudyContext", "TrialObjective", "load_context", "objective_values"]
 
 
 @dataclass
 class StudyContext:
     """What a worker needs to evaluate trials of one study (data loaded once)."""
 
-    spec: StudySpec
+    study_spec: StudySpec
     store: Store
     data: Dataset
     space: SearchSpace
@@ -59,30 +55,21 @@ class StudyContext:
 
     @property
     def name(self) -> str:
-        return self.spec.name
+        return self.study_spec.name
 
 
 def load_context(name: str, store: Store, *, threads: int | None = None) -> StudyContext:
     from objectives import resolve_device
 
-    spec = get_study_spec(name, store)
-    device = resolve_device(spec.device)
-    data = spec.load_data().to(device)
-    space = get_space(spec.space, input_shape=data.input_shape, **spec.space_options)
-    f = spec.fidelity
-    cfg = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr, seed=spec.seed, device=str(device),
-                      threads=threads)
-    return StudyContext(spec, store, data, space, cfg)
+    study_spec = get_study_spec(name, store)
+    device = resolve_device(study_spec.device)
+    data = study_spec.load_data().to(device)
+    return StudyContext(study_spec, store, data, study_spec.search_space(data.input_shape),
+                        study_spec.train_config(device=str(device), threads=threads))
 
 
-def objective_values(spec: StudySpec, accuracy: float, cost: dict[str, float]) -> list[float]:
-    return [accuracy if o == "accuracy" else float(cost[o]) for o in spec.objectives]
-
-
-def serialize_state(state: dict[str, torch.Tensor]) -> bytes:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return buf.getvalue()
+def objective_values(study_spec: StudySpec, accuracy: float, cost: dict[str, float]) -> list[float]:
+    return [accuracy if o == "accuracy" else float(cost[o]) for o in study_spec.objectives]
 
 
 class TrialObjective:
@@ -101,14 +88,15 @@ class TrialObjective:
     def __init__(self, ctx: StudyContext, *, prune: bool = False, should_stop: Callable[[], bool] | None = None,
                  on_epoch: Callable[[optuna.trial.BaseTrial, int, float], None] | None = None) -> None:
         self.ctx = ctx
-        self.budget = ctx.spec.budget_obj()
+        self.budget = ctx.study_spec.budget_obj()
         self.prune = prune
         self.should_stop = should_stop
         self.on_epoch = on_epoch
-        spec = ctx.spec
-        self.rungs = set(rung_epochs(spec.early_stop, ctx.train_config.epochs)) if spec.pruner == "pareto" else set()
-        self.cost_objectives = [o for o in spec.objectives if o != "accuracy"]
-        self.profile = get_device(spec.cost_device)  # resolved once: every trial costs on the same numbers
+        study_spec = ctx.study_spec
+        pareto = study_spec.pruner == "pareto"
+        self.rungs = set(rung_epochs(study_spec.early_stop, ctx.train_config.epochs)) if pareto else set()
+        self.cost_objectives = [o for o in study_spec.objectives if o != "accuracy"]
+        self.profile = get_device(study_spec.cost_device)  # resolved once: every trial costs on the same numbers
 
     def _epoch_hook(self, trial: optuna.trial.BaseTrial, cost: dict[str, float]
                     ) -> Callable[[int, float], None] | None:
@@ -125,7 +113,7 @@ class TrialObjective:
             if self.prune:
                 trial.report(val_accuracy, epoch)
                 if trial.should_prune():
-                    trial.set_user_attr("status", "pruned")
+                    trial.set_user_attr("status", Status.PRUNED)
                     trial.set_user_attr("epochs_run", epoch)
                     trial.set_user_attr("val_accuracy", val_accuracy)
                     raise optuna.TrialPruned(f"pruned after epoch {epoch} at validation accuracy {val_accuracy:.4f}")
@@ -145,7 +133,7 @@ class TrialObjective:
                       cost: dict[str, float]) -> None:
         """At a rung: publish the curve so far (running peers read it), stop if dominated."""
         trial.set_user_attr("curve", list(curve))
-        settings = self.ctx.spec.early_stop
+        settings = self.ctx.study_spec.early_stop
         number = getattr(trial, "number", -1)
         peers = peers_of(self._study_trials(trial), exclude=number, epochs=self.ctx.train_config.epochs,
                          spec_hash=trial.user_attrs.get("spec_hash"))
@@ -161,7 +149,7 @@ class TrialObjective:
 
     @staticmethod
     def _stop(trial: optuna.trial.BaseTrial, curve: list[float], stopped_by: dict[str, Any], message: str) -> None:
-        trial.set_user_attr("status", "pruned")
+        trial.set_user_attr("status", Status.PRUNED)
         trial.set_user_attr("epochs_run", len(curve))
         trial.set_user_attr("val_accuracy", curve[-1])
         trial.set_user_attr("curve", list(curve))
@@ -170,32 +158,30 @@ class TrialObjective:
 
     def _init(self, trial: optuna.trial.BaseTrial, arch: ArchSpec) -> Callable[[torch.nn.Module], object] | None:
         """With ``inherit_weights``: start from the most overlapping trained architecture of the study."""
-        if not self.ctx.spec.inherit_weights:
+        if not self.ctx.study_spec.inherit_weights:
             return None
-        from ._morph import inherit_weights, pick_parent
+        from search_spaces import inherit_weights
 
-        parent = pick_parent(arch, self.ctx.name, self.ctx.store, self.ctx.spec, self.ctx.data,
+        from ._inherit import pick_parent
+
+        parent = pick_parent(arch, self.ctx.name, self.ctx.store, self.ctx.study_spec, self.ctx.data,
                              trials=self._study_trials(trial))
         if parent is None:
             return None
-        trial.set_user_attr("inherited_from", {"trial": parent.number, "spec_hash": parent.spec.hash,
+        trial.set_user_attr("inherited_from", {"trial": parent.number, "spec_hash": parent.arch.hash,
                                                "overlap": round(parent.overlap, 4)})
-        return lambda model: inherit_weights(model, parent.state, arch, parent.spec)
+        return lambda model: inherit_weights(model, parent.state, arch, parent.arch)
 
     def cost(self, arch: ArchSpec) -> dict[str, float]:
         data = self.ctx.data
-        report = estimate_cost(arch, data.input_shape, data.num_classes, device=self.profile)
-        totals = dict(report.totals)
-        if self.budget is not None:
-            totals["hw_cost"] = self.budget.hw_cost(totals)
-        return totals
+        return self.ctx.study_spec.cost(arch, data.input_shape, data.num_classes, profile=self.profile)
 
     def __call__(self, trial: optuna.trial.BaseTrial) -> list[float]:
         ctx = self.ctx
         arch = ctx.space.suggest(trial)
         h = arch.hash
         trial.set_user_attr("spec_hash", h)
-        ctx.store.put_architecture(h, arch.family, arch.to_json())
+        save_arch(ctx.store, arch)
         cost = self.cost(arch)
         trial.set_user_attr("cost", cost)
         if self.budget is not None:
@@ -205,55 +191,42 @@ class TrialObjective:
             if violations:
                 # Over budget: rejected before training, in milliseconds. Accuracy 0 marks "not
                 # evaluated"; the constraint values make the trial infeasible for the sampler.
-                trial.set_user_attr("status", "over_budget")
+                trial.set_user_attr("status", Status.OVER_BUDGET)
                 trial.set_user_attr("violations", violations)
-                return objective_values(ctx.spec, 0.0, cost)
-        fkey = ctx.spec.fidelity_key
+                return objective_values(ctx.study_spec, 0.0, cost)
+        fkey = ctx.study_spec.fidelity_key
         done = ctx.store.get_evaluation(h, fkey)
         if done is not None:
-            trial.set_user_attr("status", "reused")
+            trial.set_user_attr("status", Status.REUSED)
             trial.set_user_attr("val_accuracy", done.val_accuracy)
             trial.set_user_attr("epochs_run", done.epochs_run)
             if self.rungs:  # a peer for the early-stopping rule, like the trial that trained it
                 trial.set_user_attr("curve", json.loads(done.curve_json or "[]"))
-            return objective_values(ctx.spec, done.val_accuracy, cost)
+            return objective_values(ctx.study_spec, done.val_accuracy, cost)
         if self.rungs:  # this architecture was stopped in this study before: stopped again, untrained
             for t in self._study_trials(trial):
-                a = t.user_attrs
-                if t.state == optuna.trial.TrialState.PRUNED and a.get("spec_hash") == h and a.get("curve"):
-                    self._stop(trial, a["curve"], {**a.get("stopped_by", {}), "same_as": t.number},
+                r = record_of(t)
+                if r.state == optuna.trial.TrialState.PRUNED and r.spec_hash == h and r.curve:
+                    self._stop(trial, r.curve, {**r.stopped_by, "same_as": t.number},
                                f"the same architecture was stopped in trial {t.number}")
         t0 = time.perf_counter()
         try:
             result = train_spec(arch, ctx.data, ctx.train_config, on_epoch=self._epoch_hook(trial, cost),
                                 init=self._init(trial, arch))
         except TrainingError as e:
-            trial.set_user_attr("status", "failed")
+            trial.set_user_attr("status", Status.FAILED)
             trial.set_user_attr("fail_reason", e.reason)
             raise
         key = None
         if result.state_dict is not None:
             key = weights_key(h, fkey)
-            ctx.store.put_artifact(key, serialize_state(result.state_dict))
-        row = ctx.store.put_evaluation(h, fkey, ctx.spec.fidelity_dict(), val_accuracy=result.val_accuracy,
+            save_state(ctx.store, key, result.state_dict)
+        row = ctx.store.put_evaluation(h, fkey, ctx.study_spec.fidelity_dict(), val_accuracy=result.val_accuracy,
                                        cost=cost, seconds=result.seconds, epochs_run=result.epochs_run,
                                        curve=list(result.curve), artifact_key=key)
-        trial.set_user_attr("status", "trained")
+        trial.set_user_attr("status", Status.TRAINED)
         trial.set_user_attr("val_accuracy", row.val_accuracy)
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("train_seconds", time.perf_counter() - t0)
         trial.set_user_attr("curve", list(result.curve))
-        return objective_values(ctx.spec, row.val_accuracy, cost)
-
-
-def trial_summary(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """Flat view of a finished trial for tables and JSON."""
-    cost = t.user_attrs.get("cost", {})
-    return {
-        "trial": t.number,
-        "state": t.state.name,
-        "status": t.user_attrs.get("status", ""),
-        "spec_hash": t.user_attrs.get("spec_hash", ""),
-        "accuracy": t.user_attrs.get("val_accuracy"),
-        **{k: cost.get(k) for k in ("hw_cost", "flops", "params", "peak_activation_bytes", "latency_ms")},
-    }
+        return objective_values(ctx.study_spec, row.val_accuracy, cost)

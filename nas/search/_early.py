@@ -14,19 +14,14 @@ high learning rate and a small validation split the curves of the first epochs j
 points from one epoch to the next, and a single bad epoch must not end a trial.
 
 Such a trial ends on the front only if its curve later overtakes a cheaper network's by more
-than it already trails it; ``margin`` says how clear "clearly better" must be. That does happen:
-replayed on six 40-trial tpe searches (BENCHMARKS.md section 6, part b) the rule would have
-stopped 5 of the 22 networks that ended on a front, and early stopping cost some final
-hypervolume (0.81 vs 0.83 on digits) while it saved 24-31% of the epochs. In a study whose only
-objective is accuracy there is no cost to compare, and every peer qualifies. A cheaper network
-is never stopped by a costlier one, whatever their curves. Rungs follow successive halving: by default
-``E/9`` and ``E/3`` of the fidelity's ``E`` epochs (reduction factor 3), rounded up.
-
-Defaults (margin 0.1, rungs E/9 and E/3, one dominator) come from a pilot: the rule replayed on
-two 40-trial tpe searches of the digits demo study (seeds 0 and 1, run without it) stopped 15 of
-44 trained networks, saved 29% of their epochs, and stopped none of the 7 that ended on a
-front; margin 0.05 saved 42.5% but stopped 1 front member, margin 0.02 stopped 2. The benchmark
-(``bench/bench_anchors.py``) uses other seeds, where the same defaults fared worse (above).
+than it already trails it; ``margin`` says how clear "clearly better" must be. That does happen,
+and early stopping can cost some final hypervolume for the epochs it saves: BENCHMARKS.md
+section 6 measures both. In a study whose only objective is accuracy there is no cost to
+compare, and every peer qualifies. A cheaper network is never stopped by a costlier one,
+whatever their curves. Rungs follow successive halving: by default ``E/9`` and ``E/3`` of the
+fidelity's ``E`` epochs (reduction factor 3), rounded up. The defaults (margin 0.1, those rungs,
+one dominator) were chosen on a pilot replay of finished digits searches; the benchmark replays
+the rule on other seeds (BENCHMARKS.md section 6, ``bench/bench_anchors.py``).
 
 With ``inherit_weights`` a child starts from a trained parent, so its early epochs are not
 like a network trained from scratch; the rule still compares them at equal epochs.
@@ -45,7 +40,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from .._fields import EARLY_STOP, declare
+from ._record import record_of
 
 __all__ = ["EarlyStop", "Peer", "best_by", "dominators", "peers_of", "rung_epochs"]
 
@@ -55,11 +53,9 @@ class EarlyStop(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
-    rungs: list[int] | None = Field(default=None, description="epochs at which curves are compared (default: "
-                                                               "successive halving, E/9 and E/3 of E epochs)")
-    margin: float = Field(default=0.1, ge=0.0, le=1.0, description="how much better (validation accuracy) a peer "
-                                                                    "of no higher cost must be")
-    min_dominators: int = Field(default=1, ge=1, le=1000, description="peers that must dominate before a stop")
+    rungs: list[int] | None = declare(EARLY_STOP["rungs"])
+    margin: float = declare(EARLY_STOP["margin"], ge=0.0, le=1.0)
+    min_dominators: int = declare(EARLY_STOP["min_dominators"], ge=1, le=1000)
 
     @field_validator("rungs")
     @classmethod
@@ -119,10 +115,10 @@ def peers_of(trials: Iterable[Any], exclude: int, epochs: int | None = None, spe
     reused or re-stopped architecture is one peer, not several."""
     best: dict[str, Peer] = {}
     for t in trials:
-        a = t.user_attrs
-        curve, cost = a.get("curve"), a.get("cost")
-        h = str(a.get("spec_hash") or f"trial-{t.number}")
-        if t.number == exclude or not curve or not cost or a.get("status") == "over_budget" or h == spec_hash:
+        r = record_of(t)
+        curve, cost = r.curve, r.cost
+        h = str(r.spec_hash or f"trial-{t.number}")
+        if t.number == exclude or not curve or not cost or r.over_budget or h == spec_hash:
             continue
         if epochs is not None and len(curve) > epochs:
             continue

@@ -3,7 +3,7 @@
 ``run_study`` runs until the study has its target number of networks evaluated within its
 budget (trained, reused, or stopped early; samples rejected over budget do not count), so
 running it again after a crash or Ctrl-C resumes. The trial loop, the slot lock that keeps concurrent
-workers from overshooting the target and the failure handling live in :mod:`nas._worker`.
+workers from overshooting the target and the failure handling live in :mod:`nas.workers._worker`.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from optuna.trial import TrialState
 from objectives import threads_per_worker
 from storage import Store
 
-from ._errors import NasError
-from ._study import get_study_spec
-from ._worker import REJECTION_STREAK, finished, make_pruner, make_sampler, run_worker
+from .._errors import NasError
+from ..search import Status, front_trials, get_study_spec, status_of
+from ._worker import REJECTION_STREAK, finished, run_worker
 
-__all__ = ["Progress", "check_run", "make_pruner", "make_sampler", "progress", "run_study", "work"]
+__all__ = ["MAX_TARGET", "Progress", "check_run", "progress", "run_study", "work"]
 
 POLL_SECONDS = 1.0
 #: The largest target a study takes (as ``StudySpec.trials``).
@@ -69,16 +69,15 @@ class Progress:
 
 
 def progress(name: str, store: Store, target: int | None = None) -> Progress:
-    from ._pareto import front_trials
-
+    """The study's :class:`Progress`, read fresh (``target``: the stored one when None)."""
     study = optuna.load_study(study_name=name, storage=store.optuna)
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    feasible = [t for t in complete if t.user_attrs.get("status") in ("trained", "reused")]
-    trained = sum(t.user_attrs.get("status") == "trained" for t in complete)
+    feasible = [t for t in complete if status_of(t) in Status.EVALUATED]
+    trained = sum(status_of(t) == Status.TRAINED for t in complete)
     tgt = target if target is not None else store.get_study(name).target_trials  # type: ignore[union-attr]
     front = front_trials(get_study_spec(name, store), feasible) if feasible else []
-    rejected = sum(t.user_attrs.get("status") == "over_budget" for t in complete)
+    rejected = sum(status_of(t) == Status.OVER_BUDGET for t in complete)
     return Progress(len(complete), tgt, sum(t.state == TrialState.RUNNING for t in trials),
                     sum(t.state == TrialState.FAIL for t in trials), len(feasible), trained, len(front),
                     sum(t.state == TrialState.PRUNED for t in trials), rejected)
@@ -90,7 +89,7 @@ def work(name: str, url: str, *, target: int | None = None, deadline: float | No
          rejection_streak: int = REJECTION_STREAK) -> int:
     """Run trials of one study in this process until it has its target of finished trials.
 
-    Returns the number of trials this worker ran. See :func:`nas._worker.run_worker`.
+    Returns the number of trials this worker ran. See :func:`nas.workers.run_worker`.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if target is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._study import StudySpec, make_spec
+from ._spec import StudySpec, make_spec
 
 DEMO_BUDGET = "params<=20k flops<=1.5M"
 

@@ -1,0 +1,104 @@
+"""The ``nas`` command line (Typer + Rich), one module per command group.
+
+Bad input exits with code 2 and one line on stderr naming what was wrong and what is
+accepted; tracebacks are reserved for bugs. Heavy imports happen inside the commands, so
+``nas --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+# Registered in this order, which is the order of "nas --help".
+from . import _demo, _hardware, _refine, _results, _serve, _spaces, _study, _worker  # noqa: F401, I001
+from ._common import app, err, opened, say_error, user_errors
+
+__all__ = ["app", "main"]
+
+
+def _click_classes(name: str) -> tuple[type[BaseException], ...]:
+    """Click's exception class ``name`` as Typer raises it: Typer 0.29 carries its own copy of
+    Click (``typer._click``), older ones use the ``click`` package; both are caught."""
+    import importlib
+
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if cls is not None:
+            found.append(cls)
+    return tuple(found)
+
+
+def _usage_line(e: Any) -> str:
+    """A click usage error as one line: what was wrong, and where the accepted forms are listed."""
+    message = " ".join(e.format_message().replace("Value error, ", "").split()).rstrip(".")
+    ctx = getattr(e, "ctx", None)
+    where = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+    return f"{message}{where}"
+
+
+def _database_line(e: BaseException) -> str | None:
+    """One line for a database that answered with an error a user can act on (damaged file,
+    read-only file, permissions, disk full, server gone); None for a bug (bad SQL)."""
+    from sqlalchemy.exc import DatabaseError, IntegrityError, ProgrammingError
+
+    from storage import error_hint, error_line, is_transient
+
+    cause = e.__cause__ if isinstance(e.__cause__, DatabaseError) else e
+    if not isinstance(cause, DatabaseError) or isinstance(cause, (ProgrammingError, IntegrityError)):
+        return None
+    where = opened[-1].display_url(opened[-1].url) if opened else "the database"
+    text = error_line(cause)
+    hint = error_hint(text) or (" (the database is unreachable; retry when it is back)" if is_transient(cause)
+                                else "")
+    return f"storage {where}: {text}{hint}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``nas`` console script: bad input of any kind (arguments, files,
+    databases) ends in one line on stderr and exit code 2; tracebacks are for bugs."""
+    try:
+        code = _run(argv)
+    finally:
+        while opened:
+            with contextlib.suppress(Exception):
+                opened.pop().close()
+    sys.exit(code)  # as Typer's standalone mode: always SystemExit
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    """Run the command; the exit code (bad input of any kind: one line, 2)."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        code = app(args=list(argv) if argv is not None else None, prog_name="nas", standalone_mode=False)
+    except _click_classes("NoArgsIsHelpError") as e:
+        e.show()  # type: ignore[attr-defined]
+        return int(e.exit_code)  # type: ignore[attr-defined]
+    except _click_classes("ClickException") as e:
+        say_error(_usage_line(e))
+        return int(getattr(e, "exit_code", 2) or 2)
+    except _click_classes("Abort"):
+        err.print("aborted", highlight=False)
+        return 1
+    except user_errors() as e:
+        say_error(e)
+        return 2
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+        line = _database_line(e)
+        if line is None:
+            raise
+        say_error(line)
+        return 2
+    return code if isinstance(code, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

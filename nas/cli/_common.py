@@ -1,0 +1,147 @@
+"""What every command shares: the Typer apps, the consoles, tables, one-line errors, the store."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable, Sequence
+from enum import Enum
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["STORAGE_HELP", "Format", "UsageError", "app", "emit", "err", "hardware_app", "open_store", "out",
+           "parse_options", "parse_shape", "say_error", "si", "study_app", "user_errors", "fmt_value", "opened"]
+
+app = typer.Typer(help="lightnas: neural architecture search for lightweight CNNs under hardware budgets.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+hardware_app = typer.Typer(help="Device profiles, cost reports and host calibration.", no_args_is_help=True)
+app.add_typer(hardware_app, name="hardware")
+
+out = Console()
+if not out.is_terminal:  # pipes and files: wide tables rather than folded 80-column ones
+    out = Console(width=160)
+err = Console(stderr=True)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class UsageError(ValueError):
+    """Bad command-line input detected by the CLI itself."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input (exit 2), not a bug."""
+    from objectives import BudgetError, DataError, DeviceError
+    from search_spaces import SpaceError, SpecError
+    from storage import StorageError
+
+    from .._errors import NasError
+
+    return (UsageError, SpecError, SpaceError, BudgetError, DeviceError, DataError, StorageError, NasError)
+
+
+def say_error(message: object) -> None:
+    """``error: <message>`` on stderr, one line (the message is text, never markup)."""
+    from rich.markup import escape
+
+    text = " ".join(str(message).splitlines())  # one line, whatever the message
+    err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """``"1x28x28"`` -> ``(1, 28, 28)``."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        vals = tuple(int(p) for p in parts)
+    except ValueError:
+        vals = ()
+    if len(vals) != 3 or min(vals) < 1:
+        raise UsageError(f"--input: expected CxHxW with positive integers, e.g. 1x28x28 or 3x32x32; got {text!r}")
+    return vals  # type: ignore[return-value]
+
+
+def parse_options(items: Sequence[str]) -> dict[str, Any]:
+    """``["max_depth=2", "widths=8,16"]`` -> ``{"max_depth": 2, "widths": (8, 16)}``."""
+    opts: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--option: expected key=value, got {item!r}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        opts[key.strip()] = value
+    return opts
+
+
+def emit(rows: list[dict[str, Any]], fmt: Format, title: str | None = None,
+         formatters: dict[str, Callable[[Any], str]] | None = None) -> None:
+    """Print rows as a Rich table, JSON or CSV."""
+    if fmt is Format.json:
+        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        return
+    cols = list(rows[0]) if rows else []
+    if fmt is Format.csv:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+        sys.stdout.write(buf.getvalue())
+        return
+    table = Table(title=title)
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    fmts = formatters or {}
+    for r in rows:
+        table.add_row(*[fmts.get(c, fmt_value)(r[c]) for c in cols])
+    out.print(table)
+
+
+def fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (tuple, list)):
+        return "x".join(map(str, v)) if all(isinstance(x, int) for x in v) else str(list(v))
+    return "" if v is None else str(v)
+
+
+def si(v: float) -> str:
+    """Human number: 1.23M, 45.6k."""
+    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{suf}"
+    return f"{v:.4g}"
+
+
+
+study_app = typer.Typer(help="Create, run, list, show and delete studies.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+STORAGE_HELP = "database URL (default $NAS_STORAGE or sqlite:///nas.db); postgresql+psycopg://... for many workers"
+
+
+#: The stores the command opened: the last is named by a database error's one line, and all are
+#: closed when the command ends (so a command run in-process leaves no connection behind).
+opened: list[Any] = []
+
+
+def open_store(url: str | None, mode: str = "existing"):  # -> Store
+    """The command's store. Every command but creation opens an existing lightnas database only
+    (``mode="existing"``): a mistyped path is refused, never created."""
+    from storage import Store
+
+    store = Store(url, mode=mode)
+    opened.append(store)
+    return store

@@ -1,0 +1,86 @@
+"""``nas pareto``, ``nas export``, ``nas report``: the front, its networks as files, its plot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from ._common import STORAGE_HELP, Format, UsageError, app, emit, open_store, out, si
+
+PARETO_COLS = ("trial", "spec_hash", "accuracy", "test_accuracy", "hw_cost", "flops", "params",
+               "peak_activation_bytes", "latency_ms")
+
+
+
+@app.command("pareto")
+def pareto_cmd(
+    name: str = typer.Argument(..., help="study name"),
+    where: str | None = typer.Option(None, "--where", help="filter, e.g. 'flops<=1M accuracy>=0.95'"),
+    fmt: Format = typer.Option(Format.table, "--format", help="table, json or csv"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+    include_refined: Annotated[bool, typer.Option(
+        "--include-refined", help="refined candidates ('nas refine') join the front, marked in 'source'")] = False,
+) -> None:
+    """The feasible Pareto front (accuracy vs cost) with spec hash, costs and test accuracy."""
+    from ..search import pareto_rows
+
+    rows = pareto_rows(name, open_store(storage), where=where, include_refined=include_refined)
+    if fmt is Format.json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    cols = ("source", "refined", *PARETO_COLS) if include_refined else PARETO_COLS
+    flat = [{k: r.get(k) for k in cols} for r in rows]
+    if fmt is Format.csv:
+        emit(flat, fmt)
+        return
+    if not rows:
+        out.print(f"{name}: no evaluated architecture within the budget{' and --where' if where else ''} yet")
+        return
+    emit(flat, fmt, f"Pareto front of {name}" + (f" where {where}" if where else ""),
+         {k: lambda v: si(float(v)) for k in ("flops", "params", "peak_activation_bytes")})
+
+
+@app.command("export")
+def export_cmd(
+    name: str = typer.Argument(..., help="study name"),
+    trial: int = typer.Option(None, "--trial", help="trial number"),
+    to: str = typer.Option(..., "--to", help="output directory"),
+    epochs: int = typer.Option(None, "--epochs", help="retrain for N epochs instead of using stored weights"),
+    formats: str = typer.Option("json,state_dict,onnx", "--formats", help="comma list of json, state_dict, onnx"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+    refined: Annotated[int | None, typer.Option(
+        "--refined", help="a refined candidate's id (column 'refined' of 'nas pareto --include-refined')")] = None,
+) -> None:
+    """Export a trial or a refined candidate: spec JSON, state_dict, ONNX (checked against onnxruntime)."""
+    from .._export import export_refined, export_trial
+
+    if (trial is None) == (refined is None):
+        raise UsageError("give exactly one of --trial N (a trial) or --refined ID (a refined candidate, see "
+                         "'nas pareto NAME --include-refined')")
+    fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
+    if not fmts:
+        raise UsageError(f"--formats: give at least one of json, state_dict, onnx (comma list), got {formats!r}")
+    if refined is not None:
+        if epochs is not None:
+            raise UsageError("--epochs retrains a trial; a refined candidate is exported with its stored weights")
+        info = export_refined(name, refined, to, open_store(storage), formats=fmts)
+    else:
+        info = export_trial(name, trial, to, open_store(storage), epochs=epochs, formats=fmts)
+    for f in info["files"]:
+        out.print(f"wrote {f}")
+    if "onnx_max_abs_diff" in info:
+        out.print(f"ONNX vs PyTorch: max |diff| {info['onnx_max_abs_diff']:.2e}")
+
+
+@app.command("report")
+def report_cmd(name: str = typer.Argument(...), to: str = typer.Option(..., "--to", help="output directory"),
+               storage: str = typer.Option(None, "--storage", help=STORAGE_HELP)) -> None:
+    """Pareto plot (PNG and HTML) with the budget marked, and the search history."""
+    from .._report import write_report
+
+    info = write_report(name, open_store(storage), to)
+    for f in info["files"]:
+        out.print(f"wrote {f}")

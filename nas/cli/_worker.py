@@ -1,0 +1,85 @@
+"""``nas worker``: a long-running worker on the database."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import typer
+
+from ._common import STORAGE_HELP, UsageError, app
+
+
+@app.command("worker")
+def worker_cmd(
+    names: list[str] = typer.Argument(None, help="studies to work on (default: any study with work left)"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+    threads: int = typer.Option(None, "--threads", envvar="NAS_WORKER_THREADS",
+                                help="CPU threads for training (default: all cores; with K workers on one host "
+                                     "use cores/K)"),
+    heartbeat: int = typer.Option(10, "--heartbeat", help="seconds between heartbeats; a trial silent for 3x this "
+                                                          "is failed and retried"),
+    until_done: bool = typer.Option(False, "--until-done", help="exit once the studies have met their targets "
+                                                                "instead of waiting for more work"),
+    poll_max: float = typer.Option(30.0, "--poll-max", help="longest wait (s) between polls when there is no work"),
+    connect_wait: float = typer.Option(120.0, "--connect-wait", help="how long (s) to wait for the database at "
+                                                                     "start"),
+    quiet: bool = typer.Option(False, "--quiet", help="log warnings only"),
+    jobs: bool = typer.Option(True, "--jobs/--no-jobs", help="also run queued refinement jobs (requested through "
+                                                             "the HTTP API or 'nas refine --queue'), before trials"),
+) -> None:
+    """A long-running worker: runs trials of studies in the database until stopped.
+
+    Without NAME it takes any study whose target is not met, oldest first, and waits (polling
+    with backoff) when there is none. Queued refinement jobs of those studies go first (--no-jobs:
+    trials only). SIGTERM/SIGINT: the running trial (or job) is finished, or stopped at its next
+    epoch and queued again, then the worker exits 0 (a second signal aborts).
+    """
+    import logging
+    import signal
+    import threading
+
+    from storage import Store, normalize_url
+
+    from ..workers import run_worker, wait_for_database
+
+    if heartbeat < 1:
+        raise UsageError(f"--heartbeat: must be >= 1 second, got {heartbeat}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads: must be >= 1, got {threads}")
+    if poll_max < 0.1:
+        raise UsageError(f"--poll-max: must be >= 0.1 seconds, got {poll_max}")
+    url = normalize_url(storage)  # a malformed URL fails now, not after waiting
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from ..search import get_study_spec
+
+    store = wait_for_database(lambda: Store(url, mode="serve"), "connecting", max_wait=connect_wait)
+    assert isinstance(store, Store)
+    try:
+        for n in names or ():
+            get_study_spec(n, store)  # unknown study: one line naming the studies there, exit 2
+    finally:
+        store.close()
+    stop = threading.Event()
+    log = logging.getLogger("nas.worker")
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("%s: finishing the running trial (stopping it at its next epoch), then exiting",
+                    signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("worker started on %s (%s)", Store.display_url(url), ", ".join(names) if names else "all studies")
+    # Samplers are seeded with study seed + worker: the process id keeps workers from proposing
+    # the same sequence (a single-process `nas study run` stays reproducible with worker 0).
+    stats = run_worker(names or None, url, until_done=until_done, threads=threads, stop=stop, heartbeat=heartbeat,
+                       poll_max=poll_max, worker=os.getpid() % 100_000, jobs=jobs)
+    log.info("worker exiting after %d trials (%s)%s", stats.trials,
+             ", ".join(f"{k.lower()} {v}" for k, v in sorted(stats.by_state.items())) or "none",
+             f" and {sum(stats.jobs.values())} jobs ({', '.join(f'{k} {v}' for k, v in sorted(stats.jobs.items()))})"
+             if stats.jobs else "")

@@ -1,0 +1,95 @@
+"""Studies and what one trial does: the study spec, creating a study (budget first, warm starts),
+the trial objective and its record, samplers and early stopping, weight inheritance, and the
+Pareto front."""
+
+from __future__ import annotations
+
+from ._create import StudyPlan, create_study, describe_plan, plan_study
+from ._demo import DEMO_BUDGET, demo_spec
+from ._early import EarlyStop, Peer, dominators, peers_of, rung_epochs
+from ._inherit import Parent, pick_parent
+from ._objective import StudyContext, TrialObjective, load_context, objective_values
+from ._pareto import dominates, front_trials, pareto_rows, refined_points, test_accuracy, where_filter
+from ._record import Status, TrialRecord, record_of, status_of
+from ._samplers import make_pruner, make_sampler
+from ._spec import (
+    OBJECTIVES,
+    PRUNERS,
+    SAMPLERS,
+    SINGLE_METRIC_PRUNERS,
+    Fidelity,
+    StudySpec,
+    load_spec_file,
+    make_spec,
+    one_line_error,
+)
+from ._studies import (
+    DataShape,
+    StudyEntry,
+    check_name_free,
+    check_study_exists,
+    delete_study,
+    get_study_spec,
+    list_studies,
+    parse_stored_spec,
+    study_data,
+    study_info,
+)
+from ._warm import WarmStart, arch_from_doc, cheapest_anchors, plan_warm_start, read_spec_file, warm_start
+
+__all__ = [
+    "DEMO_BUDGET",
+    "OBJECTIVES",
+    "PRUNERS",
+    "SAMPLERS",
+    "SINGLE_METRIC_PRUNERS",
+    "DataShape",
+    "EarlyStop",
+    "Parent",
+    "Peer",
+    "Fidelity",
+    "Status",
+    "StudyContext",
+    "StudyEntry",
+    "StudyPlan",
+    "StudySpec",
+    "TrialObjective",
+    "TrialRecord",
+    "WarmStart",
+    "arch_from_doc",
+    "cheapest_anchors",
+    "check_name_free",
+    "check_study_exists",
+    "create_study",
+    "delete_study",
+    "demo_spec",
+    "describe_plan",
+    "dominates",
+    "dominators",
+    "front_trials",
+    "get_study_spec",
+    "list_studies",
+    "load_context",
+    "load_spec_file",
+    "make_pruner",
+    "make_sampler",
+    "make_spec",
+    "objective_values",
+    "one_line_error",
+    "pareto_rows",
+    "peers_of",
+    "pick_parent",
+    "parse_stored_spec",
+    "plan_study",
+    "plan_warm_start",
+    "read_spec_file",
+    "record_of",
+    "refined_points",
+    "rung_epochs",
+    "status_of",
+    "study_data",
+    "study_info",
+    "test_accuracy",
+    "warm_start",
+    "where_filter",
+]

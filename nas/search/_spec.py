@@ -1,0 +1,310 @@
+"""The study spec: what a search is, validated once, stored beside the Optuna study.
+
+A :class:`StudySpec` is JSON in ``lightnas_studies`` and in the Optuna study's user attribute
+``lightnas_spec``, so plain Optuna code sees it too. It answers what every worker needs of it:
+its directions, its budget, its search space for an input shape, its training configuration, the
+cost of an architecture (with the FS-DNN ``hw_cost``) and the key of its evaluations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from objectives import RESOURCES, BudgetError, parse_budget, resolve_resource
+from search_spaces import list_spaces
+
+from .._errors import NasError
+from .._fields import FIDELITY, PRUNERS, SAMPLERS, SINGLE_METRIC_PRUNERS, STUDY, declare
+from ._early import EarlyStop
+
+if TYPE_CHECKING:
+    from objectives import Budget, Dataset, DeviceProfile, TrainConfig
+    from search_spaces import ArchSpec, SearchSpace
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["OBJECTIVES", "PRUNERS", "SAMPLERS", "SINGLE_METRIC_PRUNERS", "Fidelity", "StudySpec", "load_spec_file",
+           "make_spec", "one_line_error"]
+
+#: Objective names: validation accuracy (maximised), the FS-DNN scalar and every cost resource (minimised).
+OBJECTIVES = ("accuracy", "hw_cost", *RESOURCES)
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
+MAX_SPEC_FILE = 1 << 20  # bytes of a --config file: a study spec is a few hundred
+
+
+class Fidelity(BaseModel):
+    """How hard each trial trains (low fidelity: few epochs, part of the training data)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+    epochs: int = declare(FIDELITY["epochs"], ge=1, le=10_000)
+    train_fraction: float = declare(FIDELITY["train_fraction"], gt=0.0, le=1.0)
+    batch_size: int = declare(FIDELITY["batch_size"], ge=1, le=65_536)
+    lr: float = declare(FIDELITY["lr"], gt=0.0)
+
+
+class StudySpec(BaseModel):
+    """Everything that defines a study. Validated; errors name the field and accepted values.
+    What each field means and its default: :mod:`nas._fields` (the CLI's help says the same).
+
+    Example:
+        >>> StudySpec(name="s1", space="plain", budget="params<=50k").objectives
+        ['accuracy', 'hw_cost']
+    """
+
+    # Non-finite numbers (JSON 1e999, TOML inf) are refused: they cannot be stored as JSON. Strict:
+    # true/false are not numbers, "8" is not an integer.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+
+    name: str = declare(STUDY["name"], pattern=NAME_PATTERN)
+    space: str = declare(STUDY["space"])
+    space_options: dict[str, Any] = declare(STUDY["space_options"])
+    data: str = declare(STUDY["data"])
+    budget: str = declare(STUDY["budget"])
+    budget_weights: dict[str, float] = declare(STUDY["budget_weights"])
+    objectives: list[str] = declare(STUDY["objectives"])
+    sampler: Literal["tpe", "nsga2", "random"] = declare(STUDY["sampler"])
+    pruner: Literal["none", "median", "asha", "hyperband", "pareto"] = declare(STUDY["pruner"])
+    early_stop: EarlyStop = Field(default_factory=EarlyStop, description=STUDY["early_stop"].help)
+    inherit_weights: bool = declare(STUDY["inherit_weights"])
+    seed: int = declare(STUDY["seed"], ge=0, le=2**32 - 1)
+    device: str = declare(STUDY["device"])
+    cost_device: str = declare(STUDY["cost_device"])
+    trials: int = declare(STUDY["trials"], ge=1, le=1_000_000)
+    fit_space: bool = declare(STUDY["fit_space"])
+    fit_resolution: bool = declare(STUDY["fit_resolution"])
+    input_size: int | None = declare(STUDY["input_size"], ge=4, le=4096)
+    val_fraction: float = declare(STUDY["val_fraction"], gt=0.0, lt=1.0)
+    fidelity: Fidelity = Field(default_factory=Fidelity, description=STUDY["fidelity"].help)
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, v: str) -> str:
+        if v not in list_spaces():
+            raise ValueError(f"unknown search space {v!r}; accepted: {', '.join(list_spaces())}")
+        return v
+
+    @field_validator("space_options")
+    @classmethod
+    def _options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:  # stored as JSON: normalise now (tuples become lists) so a spec reads back equal
+            return json.loads(json.dumps(v, allow_nan=False))
+        except (TypeError, ValueError):
+            raise ValueError("space options must be JSON values (finite numbers, strings, lists)") from None
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v: str) -> str:
+        from objectives import check_source
+
+        check_source(v)  # NUL bytes, over-long paths: DataError is a ValueError, reported on this field
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one objective is needed, e.g. accuracy,hw_cost")
+        out = []
+        for name in v:
+            canon = name if name in ("accuracy", "hw_cost") else None
+            if canon is None:
+                try:
+                    canon = resolve_resource(name)
+                except BudgetError:
+                    raise ValueError(f"unknown objective {name!r}; accepted: {', '.join(OBJECTIVES)}") from None
+            out.append(canon)
+        if len(set(out)) != len(out):
+            raise ValueError(f"objective listed twice in {v}")
+        return out
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, v: str) -> str:
+        if v.strip():
+            parse_budget(v)  # BudgetError is a ValueError: pydantic reports it on this field
+        return v.strip()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        import torch
+
+        if v != "auto":
+            try:
+                torch.device(v)
+            except RuntimeError:
+                raise ValueError(f"unknown torch device {v!r}; accepted: auto, cpu, cuda, cuda:N") from None
+        return v
+
+    @field_validator("cost_device")
+    @classmethod
+    def _cost_device(cls, v: str) -> str:
+        from objectives import get_device
+
+        get_device(v)  # DeviceError lists the valid profiles
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> StudySpec:
+        if "hw_cost" in self.objectives and not self.budget:
+            raise ValueError("objective hw_cost needs a budget (hw_cost = sum w_i * resource_i / limit_i); "
+                             "give --budget, or choose resources as objectives")
+        if self.budget:
+            parse_budget(self.budget, self.budget_weights)
+        if self.pruner in SINGLE_METRIC_PRUNERS and self.objectives != ["accuracy"]:
+            raise ValueError(f"pruner {self.pruner!r} needs the single objective accuracy (got "
+                             f"{','.join(self.objectives)}): Optuna pruners and Tune's ASHA stop trials on one "
+                             "metric; use pruner 'pareto' (accuracy at equal or lower cost) in multi-objective "
+                             "studies")
+        if self.early_stop != EarlyStop() and self.pruner != "pareto":
+            raise ValueError(f"early_stop settings apply to pruner 'pareto' only (got pruner {self.pruner!r}); "
+                             "add --pruner pareto or leave them out")
+        rungs = self.early_stop.rungs
+        if rungs is not None and (not rungs or max(rungs) >= self.fidelity.epochs):
+            raise ValueError(f"early_stop.rungs: need epochs from 1 to {self.fidelity.epochs - 1} (before the last of "
+                             f"{self.fidelity.epochs} epochs), got {rungs}")
+        if self.pruner == "pareto" and "accuracy" not in self.objectives:
+            raise ValueError(f"pruner 'pareto' compares validation accuracy; it needs accuracy among the objectives "
+                             f"(got {','.join(self.objectives)})")
+        return self
+
+    # -------------------------------------------------------------- what a worker asks of it
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize" if o == "accuracy" else "minimize" for o in self.objectives]
+
+    def budget_obj(self) -> Budget | None:
+        return parse_budget(self.budget, self.budget_weights) if self.budget else None
+
+    def load_data(self, *, whole_train: bool = False) -> Dataset:
+        """The study's dataset with its fixed splits (raises ``DataError``); ``whole_train``: the
+        whole training split, whatever the fidelity's ``train_fraction`` (refinement)."""
+        from objectives import load_dataset
+
+        data = load_dataset(self.data, seed=self.seed, val_fraction=self.val_fraction,
+                            train_fraction=1.0 if whole_train else self.fidelity.train_fraction)
+        return data if self.input_size is None else data.resized(self.input_size)
+
+    def search_space(self, input_shape: tuple[int, int, int]) -> SearchSpace:
+        """The study's search space (its stored, fitted options) for inputs of ``input_shape``."""
+        from search_spaces import get_space
+
+        return get_space(self.space, input_shape=input_shape, **self.space_options)
+
+    def train_config(self, *, device: str | None = None, threads: int | None = None,
+                     epochs: int | None = None) -> TrainConfig:
+        """How a trial trains: the fidelity's epochs (or ``epochs``), batch size and learning rate,
+        the study's seed and device."""
+        from objectives import TrainConfig
+
+        f = self.fidelity
+        return TrainConfig(epochs=epochs or f.epochs, batch_size=f.batch_size, lr=f.lr, seed=self.seed,
+                           device=device or self.device, threads=threads)
+
+    def cost(self, arch: ArchSpec, input_shape: tuple[int, int, int], num_classes: int, *,
+             profile: DeviceProfile | str | None = None, with_depth: bool = False) -> dict[str, float]:
+        """The cost totals of ``arch`` on the study's device profile (or ``profile``), with the
+        FS-DNN ``hw_cost`` under the study's budget when it has one (and, ``with_depth``, the
+        network's weight layers, as refinement records them)."""
+        from objectives import estimate_cost
+
+        report = estimate_cost(arch, input_shape, num_classes, device=profile or self.cost_device)
+        totals = dict(report.totals)
+        if with_depth:
+            totals["depth"] = float(report.depth)
+        budget = self.budget_obj()
+        if budget is not None:
+            totals["hw_cost"] = budget.hw_cost(totals)
+        return totals
+
+    def fidelity_dict(self) -> dict[str, Any]:
+        """What an evaluation's accuracy depends on besides the architecture."""
+        out = {"data": self.data, "seed": self.seed, "val_fraction": self.val_fraction, **self.fidelity.model_dump()}
+        if self.inherit_weights:  # initialised from a parent: not the same evaluation as from scratch
+            out["inherit_weights"] = True
+        if self.input_size is not None:  # images resized: another dataset, as far as accuracy goes
+            out["input_size"] = self.input_size
+        return out
+
+    @property
+    def fidelity_key(self) -> str:
+        text = json.dumps(self.fidelity_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+def _one_line(e: ValidationError) -> str:
+    return one_line_error(e.errors()[0])
+
+
+def one_line_error(err: Any, default_loc: str = "study") -> str:
+    """One line ``field: what was wrong; accepted: ...`` for a pydantic error dict (the first of
+    ``ValidationError.errors()``; FastAPI's request errors too, whose location starts with
+    ``body``/``query``/``path``, which is left out)."""
+    parts = [str(p) for p in err["loc"]]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    loc = ".".join(parts) or default_loc
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    if err["type"] == "literal_error" and "sampler" in loc:
+        msg = f"got {err['input']!r}; accepted: {', '.join(SAMPLERS)}"
+    if err["type"] == "literal_error" and "pruner" in loc:
+        msg = f"got {err['input']!r}; accepted: {', '.join(PRUNERS)}"
+    if err["type"] == "string_pattern_mismatch":
+        msg = "use letters, digits, '_', '.', '-' (at most 100 characters, not starting with a symbol)"
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    return f"{loc}: {msg}"
+
+
+def make_spec(**fields: Any) -> StudySpec:
+    """Validate fields into a :class:`StudySpec`; raises :class:`NasError` with one line."""
+    try:
+        return StudySpec(**fields)
+    except ValidationError as e:
+        raise NasError(_one_line(e)) from None
+
+
+def load_spec_file(path: str | Path, **overrides: Any) -> StudySpec:
+    """A study spec from a TOML file (fields as in :class:`StudySpec`, ``[fidelity]`` table).
+
+    Raises:
+        NasError: one line for a file that is missing, not a regular file, too large, not UTF-8,
+            not TOML, or whose fields do not validate.
+    """
+    file = Path(path)
+    try:
+        if not file.is_file():  # a directory, a device, a pipe that never ends
+            raise FileNotFoundError(0, "not a regular file" if file.exists() else "no such file")
+        size = file.stat().st_size
+        if size > MAX_SPEC_FILE:
+            raise NasError(f"--config: {path} is {size:,} bytes; a study spec file is at most {MAX_SPEC_FILE:,}")
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise NasError(f"--config: {path} is not UTF-8 text; accepted: a TOML file (TOML is UTF-8)") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        if isinstance(e, NasError):
+            raise
+        raise NasError(f"--config: cannot read {path} ({getattr(e, 'strerror', None) or e}); accepted: a TOML "
+                       "file") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise NasError(f"--config: {path} is not valid TOML ({e})") from None
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return make_spec(**data)
+
+

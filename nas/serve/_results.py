@@ -1,0 +1,143 @@
+"""Result routes: trial pages, one trial (spec, cost report, metrics, lineage), exports."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+
+from .._artifacts import load_arch
+from .._errors import NasError
+from .._export import export_refined as export_candidate
+from .._export import export_trial
+from ..search import record_of
+from ..workers import candidate_info
+from ._errors import ApiError, responses
+from ._models import TrialPage
+from ._state import FORMATS, MAX_INT, READ, Format, Nas, StudyName, TrialNumber, clean, trial_row
+
+router = APIRouter()
+
+
+@router.get("/studies/{name}/trials", response_model=TrialPage, dependencies=READ,
+            responses=responses(401, 404, 422), tags=["results"])
+def trials(nas: Nas, name: StudyName,
+           state: Annotated[Literal["complete", "pruned", "fail", "running", "waiting"] | None,
+                            Query(description="only trials in this state")] = None,
+           limit: Annotated[int, Query(ge=1, le=500)] = 50,
+           cursor: Annotated[str | None, Query(max_length=20, description="next_cursor of the previous page")]
+           = None) -> TrialPage:
+    """Trials by number, a page at a time (``next_cursor`` is null on the last page)."""
+    study_spec = nas.study_spec(name)
+    after = -1
+    if cursor is not None:
+        if not (cursor.isascii() and cursor.isdigit()) or int(cursor) > MAX_INT:
+            raise ApiError(422, "cursor: not a cursor of this API; pass next_cursor of the previous page",
+                           "cursor")
+        after = int(cursor)
+    ids = nas.store.trial_page(name, after=after, states=(state.upper(),) if state else None, limit=limit + 1)
+    page = nas.store.trials_by_id(name, ids[:limit])
+    more = len(ids) > limit
+    return TrialPage(trials=[trial_row(study_spec, t) for t in page],
+                     next_cursor=str(page[-1].number) if more and page else None)
+
+
+@router.get("/studies/{name}/trials/{number}", dependencies=READ, responses=responses(401, 404, 409),
+            tags=["results"])
+def trial(nas: Nas, name: StudyName, number: TrialNumber) -> dict[str, Any]:
+    """One trial: its architecture spec, per-layer cost report, metrics and lineage (retries,
+    refinement candidates and jobs)."""
+    from objectives import estimate_cost
+
+    study_spec = nas.study_spec(name)
+    t = nas.trial(name, number)
+    r = record_of(t)
+    out = trial_row(study_spec, t)
+    h = r.spec_hash
+    try:
+        arch = load_arch(nas.store, h) if h else None
+    except NasError:
+        arch = None
+    out["spec"] = arch.to_dict() if arch is not None else None
+    out["params"] = t.params
+    if arch is not None:
+        shape = nas.shape(study_spec)
+        out["cost_report"] = estimate_cost(arch, shape.input_shape, shape.num_classes,
+                                           device=study_spec.cost_device).to_dict()
+        if "hw_cost" in r.cost:
+            out["cost_report"].setdefault("totals", {})["hw_cost"] = r.cost["hw_cost"]
+    ev = nas.store.get_evaluation(h, study_spec.fidelity_key) if h else None
+    out["metrics"] = {"val_accuracy": r.val_accuracy, "test_accuracy": ev.test_accuracy if ev else None,
+                      "epochs_run": r.epochs_run, "train_seconds": r.train_seconds,
+                      "curve": r.curve or (json.loads(ev.curve_json) if ev else None),
+                      "violations": t.user_attrs.get("violations"), "constraints": t.user_attrs.get("constraints")}
+    refinements = nas.store.get_refinements(name, parent_trial=number)
+    out["lineage"] = {"retry_of": t.system_attrs.get("failed_trial"),
+                      "retry_history": t.system_attrs.get("retry_history", []),
+                      "worker": r.worker,
+                      "refined": [candidate_info(c) for c in refinements if c.parent_spec_hash == h],
+                      "jobs": [j.id for j in nas.store.list_jobs(name) if j.trial == number]}
+    return clean(out)  # type: ignore[no-any-return]
+
+
+file_responses = {**responses(401, 404, 409),
+                  200: {"content": {"application/json": {}, "application/octet-stream": {}},
+                        "description": "the file"}}
+
+
+@router.get("/studies/{name}/trials/{number}/export", dependencies=READ, responses=file_responses,
+            response_class=Response, tags=["results"])
+def export(nas: Nas, name: StudyName, number: TrialNumber, format: Format = "onnx") -> Response:
+    """A trial's network as a file: ``json`` (spec, input, normalisation, cost), ``onnx``
+    (checked against onnxruntime) or ``state_dict``. Uses the weights the search stored; a trial
+    that was never trained has only ``json``."""
+    study_spec = nas.study_spec(name)
+    t = nas.trial(name, number)  # 404 for an unknown trial
+
+    def build() -> Response:
+        with tempfile.TemporaryDirectory(prefix="lightnas-export-") as tmp:
+            try:
+                export_trial(name, number, tmp, nas.store, formats=(format,))
+            except NasError as e:
+                raise ApiError(409, str(e).replace("; pass --epochs N to train it for export", "")) from None
+            return export_response(Path(tmp), format, f"{name}-trial{number}")
+
+    if not t.state.is_finished():
+        return build()
+    return nas.cached_export((name, "trial", number, record_of(t).spec_hash, study_spec.fidelity_key, format), build)
+
+
+@router.get("/studies/{name}/refined/{refined}/export", dependencies=READ, responses=file_responses,
+            response_class=Response, tags=["refinement"])
+def export_refined(nas: Nas, name: StudyName, refined: Annotated[int, PathParam(ge=0, le=MAX_INT)],
+                   format: Format = "onnx") -> Response:
+    """A refined candidate's network (ids: a job's ``candidates``, or the Pareto front with
+    ``include_refined``)."""
+    nas.study_spec(name)
+
+    def build() -> Response:
+        with tempfile.TemporaryDirectory(prefix="lightnas-export-") as tmp:
+            try:
+                export_candidate(name, refined, tmp, nas.store, formats=(format,))
+            except NasError as e:
+                raise ApiError(404, str(e)) from None
+            return export_response(Path(tmp), format, f"{name}-refined{refined}")
+
+    return nas.cached_export((name, "refined", refined, format), build)  # ids are never reused
+
+
+def export_response(tmp: Path, fmt: str, stem: str) -> Response:
+    """The exported file of format ``fmt`` in ``tmp`` as a download named ``stem.<ext>``."""
+    media, ext = FORMATS[fmt]
+    headers = {"Content-Disposition": f'attachment; filename="{stem}.{ext}"'}
+    if fmt == "json":
+        doc = {"spec": json.loads((tmp / "spec.json").read_text()),
+               "model": json.loads((tmp / "model.json").read_text())}
+        return JSONResponse(clean(doc), headers=headers)
+    return Response((tmp / ("model.onnx" if fmt == "onnx" else "weights.pt")).read_bytes(), media_type=media,
+                    headers=headers)

@@ -1,0 +1,118 @@
+"""Study routes: create (budget first), list, show, set the target, delete, the Pareto front."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import optuna
+from fastapi import APIRouter, Query, Response
+from sqlalchemy.exc import IntegrityError
+
+from .._errors import NasError
+from ..search import StudySpec, arch_from_doc, check_study_exists, create_study, delete_study, pareto_rows, where_filter
+from ._errors import ApiError, field_of, responses
+from ._models import ParetoAnswer, StudyCreate, StudyInfo, StudyList, TargetUpdate
+from ._state import READ, WRITE, Nas, StudyName, clean
+
+router = APIRouter()
+
+
+@router.post("/studies", status_code=201, response_model=StudyInfo, dependencies=WRITE,
+             responses=responses(401, 403, 409, 413, 422), tags=["studies"])
+def create(nas: Nas, body: StudyCreate) -> StudyInfo:
+    """Create a study. Workers start on it at once, unless ``target`` is 0."""
+    from objectives import list_devices
+
+    taken = ApiError(409, f"study {body.name!r} already exists; choose another name or DELETE it first", "name")
+    if nas.store.get_study(body.name) is not None:
+        raise taken
+    data = nas.check_data(body.data)
+    if body.cost_device not in list_devices():
+        raise ApiError(422, f"cost_device: {body.cost_device!r} is not a device profile of this server; accepted: "
+                            f"{', '.join(list_devices())}", "cost_device")
+    study_spec = StudySpec(**{**body.model_dump(exclude={"target", "enqueue", "warm_start"}), "data": data})
+    enqueue = []
+    for i, doc in enumerate(body.enqueue):
+        try:
+            enqueue.append((f"enqueue[{i}]", arch_from_doc(doc)))
+        except NasError as e:
+            raise ApiError(422, f"enqueue[{i}]: {e}", "enqueue") from None
+    try:  # budget first: refused (422), warned or fitted, warm start checked, before any write
+        plan = create_study(study_spec, nas.store, target=body.target, enqueue=enqueue, warm_start=body.warm_start)
+    except NasError as e:
+        message = str(e)
+        field = field_of(message)
+        raise ApiError(409 if "already exists" in message else 422, message,
+                       "enqueue" if field and field.startswith("enqueue[") else field) from None
+    except (optuna.exceptions.DuplicatedStudyError, IntegrityError):  # the same name created concurrently
+        raise taken from None
+    info = nas.info(plan.study_spec.name, with_front=False)
+    info.warnings = list(plan.warnings)
+    if plan.warm is not None:
+        info.warm_start = {"enqueued": [src for src, _ in plan.warm.enqueued],
+                           "skipped": [{"source": src, "reason": why} for src, why in plan.warm.skipped]}
+    return info
+
+
+@router.get("/studies", response_model=StudyList, dependencies=READ, responses=responses(401), tags=["studies"])
+def studies(nas: Nas) -> StudyList:
+    """Every study with its target and counts by state."""
+    return StudyList(studies=[nas.info(r.name, with_front=False) for r in nas.store.list_studies()])
+
+
+@router.get("/studies/{name}", response_model=StudyInfo, dependencies=READ, responses=responses(401, 404),
+            tags=["studies"])
+def study(nas: Nas, name: StudyName) -> StudyInfo:
+    """Spec, target, finished trials, counts by state, Pareto-front size and refinement jobs."""
+    return nas.info(name)
+
+
+@router.patch("/studies/{name}", response_model=StudyInfo, dependencies=WRITE,
+              responses=responses(401, 403, 404, 409, 413, 422), tags=["studies"])
+def set_target(nas: Nas, name: StudyName, body: TargetUpdate) -> StudyInfo:
+    """Set the target of networks evaluated within the budget: raising it starts or extends the
+    search (workers pick it up); setting it to the count so far pauses it. It cannot go below
+    the networks already evaluated (samples rejected over budget do not count)."""
+    nas.study_spec(name)
+    with nas.store.lock(f"study:{name}"):  # the workers' slot lock: the count and the write agree
+        finished = nas.store.study_counts(name)["COUNTED"]
+        if body.target < finished:
+            raise ApiError(409, f"target: {name!r} has {finished} networks evaluated within its budget already; "
+                                f"the target can be {finished} (pause) or more", "target")
+        nas.store.set_target(name, body.target)
+    return nas.info(name, with_front=False)
+
+
+@router.delete("/studies/{name}", status_code=204, dependencies=WRITE, responses=responses(401, 403, 404),
+               tags=["studies"])
+def delete(nas: Nas, name: StudyName) -> Response:
+    """Delete the study, its trials and its queued jobs (architectures and evaluations stay for reuse);
+    also a study whose stored spec no longer reads."""
+    try:
+        check_study_exists(name, nas.store)
+    except NasError:
+        raise ApiError(404, f"unknown study {name!r}; GET /studies lists them") from None
+    delete_study(name, nas.store)
+    nas.shapes.pop(name, None)
+    for key in [k for k in nas.exports if k[0] == name]:
+        del nas.exports[key]
+    return Response(status_code=204)
+
+
+@router.get("/studies/{name}/pareto", response_model=ParetoAnswer, dependencies=READ,
+            responses=responses(401, 404, 422), tags=["results"])
+def pareto(nas: Nas, name: StudyName,
+           where: Annotated[str | None, Query(max_length=1000, description="e.g. 'flops<=1M accuracy>=0.95'")]
+           = None,
+           include_refined: Annotated[bool, Query(description="refined candidates join the front")] = False
+           ) -> ParetoAnswer:
+    """The feasible Pareto front under ``where`` (the CLI's filter language). ``test_accuracy``
+    is the stored one (measured once by ``nas pareto`` or ``nas export``), null until then:
+    a read never runs a network or writes."""
+    study_spec = nas.study_spec(name)
+    try:
+        where_filter(where)
+    except NasError as e:
+        raise ApiError(422, str(e).removeprefix("--"), "where") from None
+    rows = pareto_rows(name, nas.store, where=where, include_refined=include_refined, measure_test=False)
+    return ParetoAnswer(study=name, where=where, objectives=study_spec.objectives, rows=clean(rows))

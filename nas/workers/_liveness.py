@@ -1,0 +1,107 @@
+"""Liveness: the one heartbeat thread, and riding out a database that goes away.
+
+Every process that runs work for a study tells the database it is alive: a worker for its
+trial, a worker for its refinement job, the Ray driver for the trials it has handed to Tune.
+:class:`Heartbeat` is that thread (Optuna's own, ``optuna/storages/_heartbeat.py``, is the
+model); what a beat writes is the caller's. When the database is unreachable (a restart, the
+network), work goes on: :func:`wait_for_database` retries a step with backoff, and
+:func:`outage_within` tells the sweeps that every beat was missed, so nothing is judged dead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from storage import error_line, is_transient
+
+__all__ = ["Heartbeat", "database_down", "outage_within", "trial_fail_reason", "wait_for_database"]
+
+log = logging.getLogger("nas.worker")
+
+#: When this process last met the database unreachable (time.monotonic()).
+_last_outage = -1e9
+
+
+def database_down(e: BaseException) -> bool:
+    """Whether ``e`` means the database is unreachable for now (:func:`storage.is_transient`);
+    remembers when it last was."""
+    global _last_outage
+    down = is_transient(e)
+    if down:
+        _last_outage = time.monotonic()
+    return down
+
+
+def outage_within(seconds: float) -> bool:
+    """Whether this process met the database unreachable in the last ``seconds``. Then every
+    worker missed beats, so no trial or job is judged dead by its heartbeat yet."""
+    return time.monotonic() - _last_outage <= seconds
+
+
+def wait_for_database(fn: Callable[[], object], what: str, stop: threading.Event | None = None,
+                      max_wait: float | None = None) -> object:
+    """Run ``fn``; while the database is unreachable, retry with backoff (1 s .. 15 s)."""
+    delay, waited, warned = 0.5, 0.0, False
+    while True:
+        try:
+            return fn()
+        except Exception as e:
+            if not database_down(e) or (max_wait is not None and waited >= max_wait):
+                raise
+            if not warned:
+                log.warning("database unavailable while %s (%s); retrying", what, error_line(e))
+                warned = True
+            if stop is not None and stop.is_set() and waited > 60:
+                raise
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 15.0)
+
+
+def trial_fail_reason(e: BaseException) -> str:
+    """``TrainingError.reason`` (e.g. NaN loss at epoch 3), else the exception's type and text."""
+    return str(getattr(e, "reason", None) or f"{type(e).__name__}: {e}")
+
+
+class Heartbeat:
+    """Calls ``beat`` every ``interval`` seconds on a daemon thread while the ``with`` block runs.
+
+    ``beat`` writes what the caller's liveness is (a trial's heartbeat row, a job's heartbeat and
+    progress) and rides out database errors itself: a beat that fails is retried by the next one.
+
+    Args:
+        beat: the write; called from the thread (and from :meth:`now`).
+        interval: seconds between beats.
+        name: the thread's name.
+        first: beat once as the block starts (a trial is then never without a heartbeat).
+        join_timeout: how long leaving the block waits for a beat in flight (None: as long as it
+            takes); a beat stuck on a dead connection is a daemon and dies with the process.
+    """
+
+    def __init__(self, beat: Callable[[], object], interval: float, name: str, *, first: bool = True,
+                 join_timeout: float | None = None) -> None:
+        self._beat, self.interval, self._first = beat, interval, first
+        self._join_timeout = join_timeout
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def now(self) -> None:
+        """Beat at once (to publish fresh progress without waiting for the next interval)."""
+        self._beat()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._beat()
+
+    def __enter__(self) -> Heartbeat:
+        if self._first:
+            self._beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self._join_timeout)
