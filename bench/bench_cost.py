@@ -4,7 +4,8 @@ a. Cost-estimation time per spec (``estimate_cost``), uncached (``analytic_layer
    before every call) and cached, for a ResNet-56 spec and 30 sampled specs per space (3x32x32),
    as a ratio to ONE forward pass of the real model at batch 1 on this CPU (so the figure does
    not depend on how fast the machine is). Absolute milliseconds are printed as information.
-b. Rank agreement (Kendall tau) between predicted and measured latency: the ``host`` profile is
+b. Rank agreement (Kendall tau) between predicted and measured latency (the calibration before
+   issue 17, kept as it was; bench/bench_latency.py measures the operator-level model): a roofline is
    calibrated on ``default_calibration_set(24, seed=1000)`` (fit set) and evaluated on 50 other
    specs per space (sample seeds 0..49, input 3x32x32): tau of the calibrated roofline latency,
    of FLOPs alone and of params alone against the measured median latency.
@@ -31,7 +32,7 @@ import torch  # noqa: E402
 from _util import loadavg, machine_header, median, table  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
-from objectives import analytic_layers, calibrate_host, default_calibration_set, estimate_cost, measure_latency  # noqa: E402
+from objectives import analytic_layers, estimate_cost, fit_roofline, measure_latency  # noqa: E402
 from search_spaces import ArchSpec, Block, Head, Stage, Stem, get_space, list_spaces, sample_spec  # noqa: E402
 
 SHAPE = (3, 32, 32)
@@ -110,13 +111,38 @@ def logerr(pred: list[float], meas: list[float]) -> float:
     return median([abs(math.log(p / m)) for p, m in zip(pred, meas, strict=True)])
 
 
+def default_calibration_set(n: int, seed: int) -> list:
+    """The calibration set before issue 17: ``n`` specs round-robin over spaces and input sizes."""
+    shapes = [(1, 28, 28), (3, 32, 32), (1, 8, 8)]
+    names = list_spaces()
+    return [(sample_spec(get_space(names[i % len(names)], input_shape=shapes[i % 3]), seed + i), shapes[i % 3])
+            for i in range(n)]
+
+
+class _Calibration:
+    """The roofline calibration before issue 17 (superseded by bench/bench_latency.py, section 8)."""
+
+    def __init__(self, pairs: list, repeats: int) -> None:
+        from objectives import get_device
+
+        traced = [analytic_layers(s, sh, NUM_CLASSES) for s, sh in pairs]
+        self.measured = [measure_latency(s, sh, NUM_CLASSES, repeats=repeats, warmup=3, threads=THREADS)
+                         for s, sh in pairs]
+        peak, bw, ovh = fit_roofline(traced, self.measured)
+        self.profile = get_device("rpi4").model_copy(update={
+            "name": "host-roofline", "opmodel": None, "peak_macs_per_s": peak, "mem_bandwidth_bytes_per_s": bw,
+            "layer_overhead_us": ovh})
+        pred = [estimate_cost(s, sh, NUM_CLASSES, device=self.profile)["latency_ms"] for s, sh in pairs]
+        self.median_abs_log_error = logerr(pred, self.measured)
+
+
 def part_b(quick: bool) -> str:
     n_fit = 6 if quick else 24
     n_eval = 8 if quick else 50
     repeats = 5 if quick else 15
     fit_pairs = default_calibration_set(n_fit, seed=1000)
     t0 = time.perf_counter()
-    cal = calibrate_host(fit_pairs, num_classes=NUM_CLASSES, repeats=repeats, threads=THREADS)
+    cal = _Calibration(fit_pairs, repeats)
     t_cal = time.perf_counter() - t0
     prof = cal.profile
     fit_hashes = {s.hash for s, _ in fit_pairs}
@@ -148,7 +174,8 @@ def part_b(quick: bool) -> str:
             "median abs log(pred/meas), eval set", "measured ms min - max (info)"]
     shapes = sorted({str(s) for _, s in fit_pairs})
     note = (f"\nFit set: `default_calibration_set({n_fit}, seed=1000)` (sample seeds 1000..{1000 + n_fit - 1}, "
-            f"round-robin over spaces and input shapes {', '.join(shapes)}), `calibrate_host(repeats={repeats})` "
+            f"round-robin over spaces and input shapes {', '.join(shapes)}), the roofline fit of "
+            f"`fit_roofline` on `measure_latency(repeats={repeats})` timings "
             f"on {THREADS} thread(s), {t_cal:.0f} s. Fit quality on the fit set: median |log(pred/meas)| = "
             f"{cal.median_abs_log_error:.3f} (a factor of {math.exp(cal.median_abs_log_error):.3f}). "
             f"Fitted profile: peak {prof.peak_macs_per_s / 1e9:.3g} GMAC/s, bandwidth "

@@ -15,7 +15,21 @@ from ._budget import (
 )
 from ._cost import RESOURCES, CostReport, LayerCost, estimate_cost, reference_count, trace_layers
 from ._data import DATA_SOURCES, DataError, Dataset, check_source, describe_sources, load_dataset
-from ._devices import DeviceError, DeviceProfile, get_device, list_devices, nas_home, save_device
+from ._devices import (
+    DeviceError,
+    DeviceProfile,
+    Validation,
+    get_device,
+    list_devices,
+    load_device_file,
+    nas_home,
+    parse_profile,
+    save_device,
+    shipped_profile_path,
+    stored_profiles,
+    use_stored_profiles,
+    user_profile_path,
+)
 from ._distill import Distillation, kd_loss, teacher_logits
 from ._feasibility import (
     USABLE_SHARE,
@@ -30,7 +44,37 @@ from ._feasibility import (
     space_minimum,
     space_share,
 )
-from ._latency import CalibrationResult, calibrate_host, default_calibration_set, measure_latency, resolve_device
+from ._latency import (
+    LOW_PERCENTILE,
+    CalibrationResult,
+    calibrate_host,
+    default_calibration_set,
+    fit_roofline,
+    measure_latencies,
+    measure_latency,
+    resolve_device,
+    roofline_ms,
+    time_rounds,
+)
+from ._opmodel import (
+    OP_CLASSES,
+    Layer,
+    OpClassParams,
+    OpModel,
+    add_layer,
+    conv_layer,
+    cross_validate,
+    fit_opmodel,
+    kendall_tau,
+    layers_from_ops,
+    linear_layer,
+    median_abs_ln_error,
+    op_classes,
+    pool_layer,
+    predict_many,
+)
+from ._probe import FAMILIES as PROBE_FAMILIES
+from ._probe import MeasurementError, Probe, board_power, fit_measurements, probe_set, write_probes
 from ._train import (
     TrainConfig,
     TrainingError,
@@ -67,7 +111,41 @@ __all__ = [
     "DeviceError",
     "DeviceProfile",
     "LayerCost",
+    "Layer",
+    "LOW_PERCENTILE",
+    "MeasurementError",
+    "OP_CLASSES",
+    "OpClassParams",
+    "OpModel",
+    "PROBE_FAMILIES",
+    "Probe",
+    "Validation",
+    "add_layer",
+    "board_power",
+    "conv_layer",
+    "fit_roofline",
+    "kendall_tau",
+    "linear_layer",
+    "load_device_file",
+    "median_abs_ln_error",
+    "op_classes",
+    "parse_profile",
+    "pool_layer",
+    "predict_many",
+    "roofline_ms",
+    "shipped_profile_path",
+    "time_rounds",
+    "user_profile_path",
     "calibrate_host",
+    "cross_validate",
+    "fit_measurements",
+    "fit_opmodel",
+    "layers_from_ops",
+    "measure_latencies",
+    "probe_set",
+    "stored_profiles",
+    "use_stored_profiles",
+    "write_probes",
     "estimate_cost",
     "reference_count",
     "format_amount",

@@ -21,10 +21,18 @@ block when that is a different tensor (residual blocks compute their shortcut fi
 ``search_spaces._build``); ``peak_activation_bytes`` is the largest ``live`` (MCUNet's
 bottleneck on microcontrollers, Lin et al., NeurIPS 2020).
 
-Latency is a per-layer roofline (Williams, Waterman, Patterson, CACM 52(4), 2009):
-``max(macs / peak_macs_per_s, traffic / bandwidth) + layer_overhead``. Energy is
-``macs x energy_per_mac + traffic x energy_per_byte`` (the decomposition of Horowitz,
-ISSCC 2014, "Computing's energy problem"). The numbers come from the device profile.
+Latency, for a profile with an operator-level model (``[opmodel]``, :mod:`objectives._opmodel`):
+each operation's predicted latency as a fused kernel of its operator class and shape (nn-Meter's
+per-kernel sum, Zhang et al., MobiSys 2021; the model's compute and memory terms are the
+roofline's, Williams, Waterman, Patterson, CACM 52(4), 2009), or the profile's measured value
+where its lookup table (``[lut]``) lists the layer. For a profile without one, a per-layer
+roofline ``max(macs / peak_macs_per_s, traffic / bandwidth) + layer_overhead``.
+
+Energy is what a device draws: ``board_power_w x latency`` (the whole board's power over the
+run time, as a power meter on its supply sees it; HW-NAS-Bench's Jetson energy and MLPerf
+Tiny's are measured so) plus the dynamic energy ``macs x energy_per_mac + traffic x
+energy_per_byte`` (the decomposition of Horowitz, ISSCC 2014, "Computing's energy problem").
+The numbers come from the device profile.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from search_spaces import ArchSpec, SpecError, build_model, check_input_shape
 
 from ._analytic import Op, analytic_layers
 from ._devices import DeviceProfile, get_device
+from ._opmodel import layer_from_op, op_classes
 
 __all__ = ["RESOURCES", "CostReport", "LayerCost", "estimate_cost", "reference_count", "trace_layers"]
 
@@ -53,8 +62,8 @@ RESOURCES: dict[str, str] = {
     "activation_bytes": "bytes of all activations produced (input included)",
     "mem_traffic_bytes": "bytes read and written per inference (weights once, every layer's input and output)",
     "peak_activation_bytes": "largest set of live activations, skip tensors included",
-    "latency_ms": "roofline latency on the device profile, milliseconds",
-    "energy_uj": "energy on the device profile, microjoules",
+    "latency_ms": "latency on the device profile (its operator-level model, else a roofline), milliseconds",
+    "energy_uj": "energy on the device profile (board power x latency + compute and memory), microjoules",
 }
 
 
@@ -100,8 +109,9 @@ class CostReport:
         assert self.profile is not None
         prof, bpe = self.profile, self.profile.bytes_per_element
         out = []
-        for op in self.ops:
-            traffic, lat, energy = op_terms(op, prof)
+        classes = op_classes(self.ops) if _layered(prof) else (None,) * len(self.ops)
+        for op, cls in zip(self.ops, classes, strict=True):
+            traffic, lat, energy = op_terms(op, prof, cls)
             out.append(LayerCost(op.name, op.kind, op.in_shape, op.out_shape, op.macs, op.params, op.params * bpe,
                                  traffic, op.live_elems * bpe, lat, energy))
         return tuple(out)
@@ -120,14 +130,46 @@ class CostReport:
         return d
 
 
-def op_terms(op: Op, prof: DeviceProfile) -> tuple[int, float, float]:
-    """Bytes moved, roofline latency (ms) and energy (uJ) of one operation on a device."""
-    traffic = (op.params + op.in_elems + op.out_elems) * prof.bytes_per_element
+def _layered(prof: DeviceProfile) -> bool:
+    """Whether the profile costs operations by operator class (model or lookup table)."""
+    return prof.opmodel is not None or bool(prof.lut)
+
+
+def op_terms(op: Op, prof: DeviceProfile, cls: str | None = None,
+             memo: dict[tuple[object, ...], float] | None = None) -> tuple[int, float, float]:
+    """Bytes moved, latency (ms) and energy (uJ) of one operation on a device. ``cls`` is its
+    operator class (``objectives._opmodel.op_classes`` of the operations around it), needed by
+    profiles with an operator-level model or a lookup table; ``memo`` is the profile's
+    ``layer_latency_memo()`` when the caller costs many operations."""
+    bpe = prof.bytes_per_element
+    traffic = (op.params + op.in_elems + op.out_elems) * bpe
+    if cls is not None and _layered(prof):
+        if memo is None:
+            memo = prof.layer_latency_memo()
+        key = (cls, *op[1:8])  # everything of the operation but its name and live set
+        lat = memo.get(key)  # type: ignore[assignment]
+        if lat is None:
+            layer = layer_from_op(op, cls)
+            hit = prof.lut.get(layer.signature()) if prof.lut else None
+            if hit is not None:
+                lat = hit
+            elif prof.opmodel is not None:
+                lat = prof.opmodel.layer_ms(layer, bpe)
+            else:
+                lat = _roofline_ms(op, traffic, prof)
+            memo[key] = lat
+    else:
+        lat = _roofline_ms(op, traffic, prof)
+    # board power (W) x latency (ms) = mJ -> x 1e3 uJ; dynamic energy in pJ -> x 1e-6 uJ
+    dynamic = (op.macs * prof.energy_pj_per_mac + traffic * prof.energy_pj_per_byte) * 1e-6
+    energy = prof.board_power_w * lat * 1e3 + dynamic
+    return traffic, lat, energy
+
+
+def _roofline_ms(op: Op, traffic: int, prof: DeviceProfile) -> float:
     compute_s = op.macs / prof.peak_macs_per_s
     memory_s = traffic / prof.mem_bandwidth_bytes_per_s
-    lat = max(compute_s, memory_s) * 1e3 + prof.layer_overhead_us * 1e-3
-    energy = (op.macs * prof.energy_pj_per_mac + traffic * prof.energy_pj_per_byte) * 1e-6
-    return traffic, lat, energy
+    return max(compute_s, memory_s) * 1e3 + prof.layer_overhead_us * 1e-3
 
 
 #: The parts of a segment of operations (a stem, a stage, a head) that make up the totals: sums
@@ -140,8 +182,11 @@ def segment_terms(ops: Sequence[Op], prof: DeviceProfile) -> tuple[float, ...]:
     """The :data:`SEGMENT_FIELDS` of a run of operations."""
     macs = params = out_elems = traffic = live = 0
     lat = energy = 0.0
-    for op in ops:
-        t, la, en = op_terms(op, prof)
+    layered = _layered(prof)
+    classes = op_classes(ops) if layered else (None,) * len(ops)
+    memo = prof.layer_latency_memo() if layered else None
+    for op, cls in zip(ops, classes, strict=True):
+        t, la, en = op_terms(op, prof, cls, memo)
         macs += op.macs
         params += op.params
         out_elems += op.out_elems

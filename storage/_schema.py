@@ -13,6 +13,9 @@ Schema history (``lightnas_meta.schema_version``):
    converted so that the work it had left stays the same: ``new = counted + max(0, old -
    finished)``, where ``finished`` counts its complete and pruned trials as the old target did
    and ``counted`` leaves out the over-budget ones. A study that had met its target still has.
+5. ``lightnas_devices``: device profiles stored in the database (``nas hardware fit``), by name,
+   as their TOML text, so that every worker of a study costs with the same profile whichever
+   host it runs on.
 
 Upgrades are functions in ``MIGRATIONS`` applied in order; tables are never dropped.
 """
@@ -38,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _now() -> dt.datetime:
@@ -168,6 +171,16 @@ class JobRow(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class DeviceProfileRow(Base):
+    """A device profile (``objectives.DeviceProfile``) as TOML text, by name."""
+
+    __tablename__ = "lightnas_devices"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    toml: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 def _v2_refinements(conn: Connection) -> None:
     """Version 2: the refinement lineage table (a no-op when ``create_all`` made it already)."""
     RefinementRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
@@ -210,5 +223,11 @@ def _v4_counted_targets(conn: Connection) -> None:
                      {"t": new, "i": json.dumps(info), "n": name})
 
 
+def _v5_devices(conn: Connection) -> None:
+    """Version 5: stored device profiles (a no-op when ``create_all`` made the table already)."""
+    DeviceProfileRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
 #: version -> upgrade function(connection) from version-1. Version 1 is created by create_all.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_refinements, 3: _v3_jobs, 4: _v4_counted_targets}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_refinements, 3: _v3_jobs, 4: _v4_counted_targets,
+                                                       5: _v5_devices}

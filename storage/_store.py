@@ -43,6 +43,7 @@ from ._schema import (
     ArchitectureRow,
     ArtifactRow,
     Base,
+    DeviceProfileRow,
     EvaluationRow,
     JobRow,
     Meta,
@@ -64,6 +65,12 @@ _OUR_TABLE = "lightnas_meta"
 #: States of a queued job (``lightnas_jobs``), in the order a job passes through them.
 JOB_STATES = ("queued", "running", "done", "failed")
 T = TypeVar("T")
+
+
+def _now_utc() -> Any:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc)
 
 
 class StorageError(ValueError):
@@ -395,6 +402,22 @@ class Store:
                    "AND t.datetime_start < :cutoff")
         with self.engine.connect() as conn:
             return [int(r[0]) for r in conn.execute(sql, {"n": name, "cutoff": cutoff})]
+
+    # ------------------------------------------------------------------ device profiles
+    def save_device_profile(self, name: str, toml: str) -> None:
+        """Store (or replace) the device profile ``name`` as its TOML text."""
+        with self.session() as s:
+            row = s.get(DeviceProfileRow, name)
+            if row is None:
+                s.add(DeviceProfileRow(name=name, toml=toml))
+            else:
+                row.toml = toml
+                row.updated_at = _now_utc()
+
+    def device_profiles(self) -> dict[str, str]:
+        """Every stored device profile: name -> TOML text."""
+        with self.session() as s:
+            return {r.name: r.toml for r in s.scalars(select(DeviceProfileRow).order_by(DeviceProfileRow.name))}
 
     # ------------------------------------------------------------------ studies
     def add_study(self, name: str, spec_json: str, target: int, info: str | None = None) -> None:

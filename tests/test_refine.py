@@ -113,7 +113,7 @@ def test_every_candidate_is_stored_with_its_lineage(storage_url):
     store.close()
 
     store = Store(storage_url)  # read back through a new connection
-    assert store.schema_version == SCHEMA_VERSION == 4
+    assert store.schema_version == SCHEMA_VERSION == 5
     stored = store.get_refinements("t", parent_trial=0)
     assert [r.id for r in stored] == [r.id for r in rows]
     methods = [r.method for r in stored]
@@ -315,19 +315,20 @@ def test_parent_trials_of_the_front(refined_db):
 
 def test_a_version_1_database_is_upgraded_and_keeps_its_data(storage_url):
     engine = create_engine(storage_url)
-    v1 = [t for name, t in Base.metadata.tables.items() if name not in (RefinementRow.__tablename__, "lightnas_jobs")]
+    later = (RefinementRow.__tablename__, "lightnas_jobs", "lightnas_devices")
+    v1 = [t for name, t in Base.metadata.tables.items() if name not in later]
     Base.metadata.create_all(engine, tables=v1)
     with engine.begin() as conn:
         conn.execute(Meta.__table__.insert().values(key="schema_version", value="1"))
         conn.execute(StudyRow.__table__.insert().values(name="old", spec_json="{}", target_trials=3))
         conn.execute(ArchitectureRow.__table__.insert().values(spec_hash="a" * 64, family="plain", spec_json="{}"))
-    assert not {"lightnas_refinements", "lightnas_jobs"} & set(inspect(engine).get_table_names())
+    assert not set(later) & set(inspect(engine).get_table_names())
     engine.dispose()
 
     store = Store(storage_url)
-    assert store.schema_version == SCHEMA_VERSION == 4
+    assert store.schema_version == SCHEMA_VERSION == 5
     assert store.get_study("old").target_trials == 3  # no trials: nothing counted, 3 left
-    assert {"lightnas_refinements", "lightnas_jobs"} <= set(inspect(store.engine).get_table_names())
+    assert set(later) <= set(inspect(store.engine).get_table_names())
     kw = dict(study="old", parent_trial=0, parent_spec_hash="a" * 64, settings_hash="k", parent_step=None,
               method="baseline", spec_hash="a" * 64, settings={"x": 1}, detail={}, val_accuracy=0.5,
               test_accuracy=None, cost={"flops": 1.0}, artifact_key="refined/x", seconds=0.1)

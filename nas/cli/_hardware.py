@@ -1,29 +1,41 @@
-"""``nas hardware``: device profiles, cost reports, host calibration."""
+"""``nas hardware``: device profiles, cost reports, host calibration, probe networks and fitting your device."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.table import Table
 
-from ._common import Format, UsageError, emit, err, hardware_app, out, parse_options, parse_shape, si
+from ._common import Format, UsageError, emit, err, hardware_app, open_store, out, parse_options, parse_shape, si
 
 
 @hardware_app.command("profiles")
 def profiles_cmd(fmt: Format = typer.Option(Format.table, "--format", help="table, json or csv")) -> None:
-    """List device profiles (shipped, user-supplied in $NAS_HOME/devices, and a calibrated host)."""
+    """List device profiles (shipped, user-supplied in $NAS_HOME/devices, a calibrated host), with the
+    runtime each describes and how well it predicted measurements it was not fitted to."""
     from objectives import get_device, list_devices
 
     rows = []
     for name in list_devices():
         p = get_device(name)
-        rows.append({"name": name, "dtype": p.dtype, "peak_macs_per_s": p.peak_macs_per_s,
-                     "bandwidth_B_per_s": p.mem_bandwidth_bytes_per_s, "memory_bytes": p.memory_bytes,
-                     "pj_per_mac": p.energy_pj_per_mac, "pj_per_byte": p.energy_pj_per_byte,
-                     "description": p.description})
+        row: dict[str, Any] = {"name": name, "runtime": p.runtime or p.dtype, "dtype": p.dtype,
+                               "latency_model": "operator-level" if p.opmodel else "roofline",
+                               "validation": p.validation_summary(), "peak_macs_per_s": p.peak_macs_per_s,
+                               "bandwidth_B_per_s": p.mem_bandwidth_bytes_per_s, "memory_bytes": p.memory_bytes,
+                               "board_power_w": p.board_power_w, "pj_per_mac": p.energy_pj_per_mac,
+                               "pj_per_byte": p.energy_pj_per_byte, "description": p.description}
+        if fmt is Format.json:
+            row["validations"] = [v.model_dump() for v in p.validation]
+        rows.append(row)
+    if fmt is Format.table:
+        rows = [{k: r[k] for k in ("name", "runtime", "latency_model", "validation", "board_power_w", "memory_bytes")}
+                for r in rows]
     emit(rows, fmt, "device profiles", {k: si for k in ("peak_macs_per_s", "bandwidth_B_per_s", "memory_bytes")})
 
 
@@ -105,29 +117,107 @@ def _agrees(report: Any, reference: dict[str, float]) -> bool:
 
 @hardware_app.command("calibrate")
 def calibrate_cmd(
-    specs: int = typer.Option(24, "--specs", help="number of sampled specs to time"),
-    repeats: int = typer.Option(15, "--repeats", help="timed runs per arch (median)"),
-    threads: int = typer.Option(None, "--threads", help="CPU threads (default: all cores)"),
+    specs: int = typer.Option(240, "--specs", help="number of probe networks to time (see 'nas hardware probe')"),
+    rounds: int = typer.Option(20, "--rounds", "--repeats", help="timings per network, taken in interleaved rounds"),
+    threads: int = typer.Option(None, "--threads", help="CPU threads (default: all cores; give a worker's --threads "
+                                                        "to calibrate what a worker sees)"),
     name: str = typer.Option("host", "--name", help="profile name to write"),
     device: str = typer.Option("cpu", "--device", help="torch device to measure: cpu, cuda, auto"),
 ) -> None:
-    """Measure this machine and write a calibrated roofline profile ($NAS_HOME/devices/NAME.toml)."""
+    """Time probe networks on this machine and write an operator-level profile ($NAS_HOME/devices/NAME.toml)."""
     from rich.progress import Progress
 
     from objectives import calibrate_host, default_calibration_set, save_device
 
-    if specs < 3:
-        raise UsageError(f"--specs: need at least 3 specs to fit 3 numbers, got {specs}")
-    if repeats < 1:
-        raise UsageError(f"--repeats: must be >= 1, got {repeats}")
+    if specs < 16:
+        raise UsageError(f"--specs: need at least 16 probe networks to fit the operator-level model, got {specs}")
+    if rounds < 1:
+        raise UsageError(f"--rounds: must be >= 1, got {rounds}")
+    check_profile_name(name)
     pairs = default_calibration_set(specs)
     with Progress(console=err, transient=True) as prog:
-        task = prog.add_task("timing specs", total=len(pairs))
-        res = calibrate_host(pairs, repeats=repeats, threads=threads, device=device, name=name,
+        task = prog.add_task(f"timing {len(pairs)} networks", total=rounds)
+        res = calibrate_host(pairs, rounds=rounds, threads=threads, device=device, name=name,
                              progress=lambda done, total: prog.update(task, completed=done))
     path = save_device(res.profile)
-    p = res.profile
-    out.print(f"peak {si(p.peak_macs_per_s)}MAC/s, bandwidth {si(p.mem_bandwidth_bytes_per_s)}B/s, "
-              f"overhead {p.layer_overhead_us:.1f} us/layer; median |log error| {res.median_abs_log_error:.3f} "
-              f"over {len(pairs)} specs")
+    v = res.profile.validation[0]
+    out.print(f"operator-level model fitted to {len(pairs)} probe networks ({rounds} rounds each): median |ln error| "
+              f"{res.median_abs_log_error:.3f} on them; cross-validated tau {v.tau:.3f}, median |ln error| "
+              f"{v.median_abs_ln_error:.3f}")
     out.print(f"wrote {path}")
+
+
+def check_profile_name(name: str) -> None:
+    """A profile name is a file name: letters, digits, '.', '_', '-'."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name or "") or name.endswith(".toml"):
+        raise UsageError(f"profile name: got {name!r}; accepted: letters, digits, '.', '_', '-' (up to 64, no .toml)")
+
+
+@hardware_app.command("probe")
+def probe_cmd(
+    to: str = typer.Option(..., "--to", help="directory to write the probe networks to (new or empty)"),
+    n: int = typer.Option(60, "--n", help="number of probe networks"),
+    seed: int = typer.Option(0, "--seed", help="seed of the probe set"),
+    classes: int = typer.Option(10, "--classes", help="classifier width of the probes"),
+) -> None:
+    """Write probe networks (ONNX, fixed shapes) and a CSV manifest to time on your device; then 'nas hardware fit'."""
+    from rich.progress import Progress
+
+    from objectives import probe_set, write_probes
+
+    if not 8 <= n <= 2000:
+        raise UsageError(f"--n: expected 8 to 2000 probe networks, got {n}")
+    if classes < 2:
+        raise UsageError(f"--classes: expected an integer >= 2, got {classes}")
+    probes = probe_set(n, seed, num_classes=classes)
+    with Progress(console=err, transient=True) as prog:
+        task = prog.add_task(f"exporting {n} probes", total=n)
+        path = write_probes(Path(to), probes, progress=lambda done, total: prog.update(task, completed=done))
+    out.print(f"wrote {n} probe networks to {Path(to) / 'onnx'} and the manifest {path}")
+    out.print(f"time each on your device (batch 1), fill latency_ms (ms) in {path}, then run "
+              f"'nas hardware fit NAME --measurements {path}'")
+
+
+@hardware_app.command("fit")
+def fit_cmd(
+    name: str = typer.Argument(..., help="name of the profile to write"),
+    measurements: str = typer.Option(..., "--measurements", help="the filled probes.csv of 'nas hardware probe', "
+                                     "or a per-layer lookup table (operator,cin,h,w,cout,kernel,stride,groups,"
+                                     "latency_ms)"),
+    probes: str = typer.Option(None, "--probes", help="the probe directory (default: the measurement file's)"),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="fit without the probes that have no latency"),
+    dtype: str = typer.Option("float32", "--dtype", help="precision the device ran: float32, float16, bfloat16, int8"),
+    runtime: str = typer.Option("", "--runtime", help="the runtime that timed them, for the record (e.g. TFLite 2.14)"),
+    folds: int = typer.Option(5, "--folds", help="cross-validation folds"),
+    storage: str = typer.Option(None, "--storage", help="study database to store the profile in (default $NAS_STORAGE, "
+                                                        "or ./nas.db when it exists)"),
+    no_store: bool = typer.Option(False, "--no-store", help="write $NAS_HOME/devices/NAME.toml only"),
+) -> None:
+    """Fit a device profile to your measurements; write it to $NAS_HOME/devices and the study database."""
+    from objectives import fit_measurements, get_device, save_device, shipped_profile_path
+
+    check_profile_name(name)
+    if shipped_profile_path(name) is not None:
+        raise UsageError(f"profile name: {name!r} is a shipped profile; choose another name")
+    if not 2 <= folds <= 20:
+        raise UsageError(f"--folds: expected 2 to 20, got {folds}")
+    url = None if no_store else storage or os.environ.get("NAS_STORAGE")
+    if not no_store and url is None and os.path.exists("nas.db"):
+        url = "sqlite:///nas.db"
+    # The database is opened before anything is written: a mistyped --storage writes nothing.
+    store = open_store(url, mode="existing") if url is not None else None
+    res = fit_measurements(name, Path(measurements), probes_dir=Path(probes) if probes else None,
+                           allow_missing=allow_missing, dtype=dtype, runtime=runtime, folds=folds)
+    path = save_device(res.profile)
+    what = "probe networks" if res.kind == "probes" else "layers of the lookup table"
+    out.print(f"fitted to {res.n} {what}: median |ln error| {res.fit_median_abs_ln_error:.3f}; {folds}-fold "
+              f"cross-validated tau {res.cv_tau:.3f}, median |ln error| {res.cv_median_abs_ln_error:.3f}")
+    out.print(f"wrote {path}")
+    get_device(str(path))  # the written file reads back
+    if store is None:
+        if not no_store:
+            out.print("not stored in a study database (no ./nas.db; give --storage URL so that workers on other "
+                      "hosts cost with it)")
+        return
+    store.save_device_profile(name, res.profile.to_toml())
+    out.print(f"stored profile {name!r} in {store.display_url(store.url)}")

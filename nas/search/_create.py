@@ -30,7 +30,7 @@ from storage import Store
 
 from .._errors import NasError
 from ._spec import StudySpec
-from ._studies import check_name_free, delete_study
+from ._studies import check_name_free, delete_study, use_store_profiles
 from ._warm import WarmStart, cheapest_anchors, enqueue_planned, plan_warm_start
 
 if TYPE_CHECKING:
@@ -216,6 +216,7 @@ def create_study(study_spec: StudySpec, store: Store, *, target: int | None = No
             ``warm_start`` study.
     """
     check_name_free(study_spec.name, store)
+    use_store_profiles(store)
     data = _load(study_spec)
     plan = plan_study(study_spec, data)
     study_spec = plan.study_spec
@@ -230,6 +231,7 @@ def create_study(study_spec: StudySpec, store: Store, *, target: int | None = No
         study.set_user_attr("lightnas_spec", json.loads(study_spec.to_json()))
         store.add_study(study_spec.name, study_spec.to_json(), 0 if plan.warm else first_target,
                         info=json.dumps(plan.info))
+        share_cost_device(study_spec.cost_device, store)
         if plan.warm:
             enqueue_planned(study_spec.name, store, plan.warm)
             store.set_target(study_spec.name, first_target)
@@ -240,3 +242,17 @@ def create_study(study_spec: StudySpec, store: Store, *, target: int | None = No
             optuna.delete_study(study_name=study_spec.name, storage=store.optuna)
         raise
     return plan
+
+
+def share_cost_device(name: str, store: Store) -> None:
+    """Store the study's cost profile in its database when it is one of this user's own (from
+    ``$NAS_HOME/devices``: calibrated or fitted here) and the database does not hold it yet, so
+    that workers on other hosts find it."""
+    from objectives import stored_profiles, user_profile_path
+
+    if name in stored_profiles() or name.endswith(".toml") or "/" in name:
+        return
+    path = user_profile_path(name)
+    if path is not None:
+        store.save_device_profile(name, path.read_text())
+        use_store_profiles(store)

@@ -20,7 +20,16 @@ from .._errors import NasError, UnknownStudy, UnreadableStudy
 from ._spec import StudySpec, one_line_error
 
 __all__ = ["DataShape", "StudyEntry", "check_name_free", "check_study_exists", "delete_study", "get_study_spec",
-           "list_studies", "parse_stored_spec", "study_data", "study_info"]
+           "list_studies", "parse_stored_spec", "study_data", "study_info", "use_store_profiles"]
+
+
+def use_store_profiles(store: Store) -> None:
+    """Make the device profiles stored in the study database resolvable by name in this process
+    (``objectives.use_stored_profiles``): a worker on another host costs with the profile the
+    study was created with, whether or not that host has the profile's file."""
+    from objectives import use_stored_profiles
+
+    use_stored_profiles(store.device_profiles())
 
 
 def check_name_free(name: str, store: Store) -> None:
@@ -67,6 +76,7 @@ def get_study_spec(name: str, store: Store) -> StudySpec:
     if row is None:
         check_study_exists(name, store)
     assert row is not None
+    use_store_profiles(store)
     return parse_stored_spec(name, row.spec_json)
 
 
@@ -84,6 +94,7 @@ def list_studies(store: Store) -> list[StudyEntry]:
     """Every lightnas study in the database, oldest first; one whose stored spec no longer
     validates is listed with the reason instead of failing the whole list."""
     out = []
+    use_store_profiles(store)
     for r in store.list_studies():
         try:
             out.append(StudyEntry(r.name, r.target_trials, parse_stored_spec(r.name, r.spec_json)))
