@@ -338,3 +338,56 @@ def add_known_result(store, name: str, *, epochs: int, accuracy: float = 1.0, hw
                     "curve": [accuracy] * epochs, "cost": {"hw_cost": hw_cost, "flops": 0.0, "params": 0.0},
                     "epochs_run": epochs}))
     return study.trials[-1].number
+
+
+# --------------------------------------------------------------------------------------- browser
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (.ci/run installs it); Playwright downloads no browser here
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[object]:
+    """A headless Debian chromium driven by Playwright for Python (``playwright.sync_api.Browser``).
+
+    Missing chromium or Playwright: a skip with the fix, except under CI, where it is a failure."""
+    missing = None
+    if not os.access(CHROMIUM, os.X_OK):
+        missing = f"{CHROMIUM} is not installed (apt-get install chromium)"
+    else:
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError:
+            missing = "Playwright for Python is not installed (pip install -e '.[dev]')"
+    if missing is not None:
+        if _in_ci():
+            pytest.fail(f"browser tests need {missing} (CI is set, so they may not be skipped)", pytrace=False)
+        pytest.skip(missing)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def is_local(url: str) -> bool:
+    """The URL stays on this machine: http(s)/ws(s) to 127.0.0.1, or a blob:/data: URL of the page."""
+    from urllib.parse import urlsplit
+
+    scheme = urlsplit(url).scheme
+    if scheme == "blob":
+        return is_local(url[len("blob:"):])
+    if scheme in ("data", "about"):
+        return True
+    return scheme in ("http", "https", "ws", "wss") and urlsplit(url).hostname == "127.0.0.1"
+
+
+def record_requests(context) -> list:
+    """Every request the browser context makes (pages, fetches, workers), as Playwright requests;
+    one that would leave 127.0.0.1 is aborted (and stays in the list for the test to see)."""
+    seen: list = []
+    context.on("request", lambda request: seen.append(request))
+    context.route(lambda url: not is_local(url), lambda route: route.abort())
+    return seen

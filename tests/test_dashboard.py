@@ -1,10 +1,12 @@
-"""optuna-dashboard reads a lightnas study on PostgreSQL exactly as lightnas stored it, and leaves it alone.
+"""optuna-dashboard reads a lightnas study on PostgreSQL exactly as lightnas stored it, and leaves it alone;
+its Pareto front is the one ``nas pareto`` answers, over-budget samples apart.
 
 The README and docker-compose.yml promise that optuna-dashboard, pointed at the same database
 as the workers, shows lightnas's studies. This runs a small real study on a fresh PostgreSQL
 database with lightnas's own API, starts the ``optuna-dashboard`` console script of this
 environment on a free port, and compares its HTTP API (the JSON its web page renders) with what
-lightnas sees. Afterwards every table of the database must be byte-for-byte what it was.
+lightnas sees. Afterwards every table of the database must be byte-for-byte what it was. The
+dashboard's Pareto plot is read from its own page, rendered by its JavaScript in Debian's chromium.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from typing import Any
 
 import optuna
 import pytest
+from conftest import record_requests
 from sqlalchemy import column, inspect, select, table
 
-from nas.search import create_study, make_spec, pareto_rows
+from nas.search import CONSTRAINTS_KEY, create_study, dominates, make_spec, pareto_rows
 from nas.workers import run_study
 from storage import Store
 
@@ -221,8 +224,8 @@ def test_dashboard_shows_the_study_as_lightnas_stored_it_and_changes_nothing(sto
             assert {p["name"]: p["param_external_value"] for p in got["params"]} == {
                 k: str(v) for k, v in want["params"].items()}, where
             # Optuna 5 keeps constraints as one system attr per name ("constraints:params");
-            # optuna-dashboard <= 0.21 reads only the old list attr "constraints" and shows [].
-            assert got["constraints"] in ([], list(want["constraints"].values())), where
+            # optuna-dashboard <= 0.21 reads only the list attr "constraints", which lightnas writes too.
+            assert got["constraints"] == [want["constraints"]["params"]], where
 
         # The pages a user opens: the single-page app itself and the CSV export.
         assert b"<html" in dash.get(f"/dashboard/studies/{summary['study_id']}").lower()
@@ -238,3 +241,70 @@ def test_dashboard_shows_the_study_as_lightnas_stored_it_and_changes_nothing(sto
     assert database_snapshot(store) == tables_before
     assert pareto_rows(NAME, store, with_test=False) == front_before
     assert front_before and all(r["params"] <= 12_000 for r in front_before)
+
+
+# One stage deeper than TINY, so that some architectures exceed a FLOPs budget with fewer parameters
+# than any within it. Enqueued in this order, they make the study deterministic (seconds to train):
+# the first is rejected, the other three are the target.
+SMALL = {"max_depth": 2, "widths": [8, 16], "kernels": [3], "hidden": [0, 32], "rank_ratios": [1.0, 0.5]}
+_BASE = {"stem_width": 8, "head_hidden": 0,
+         **{f"s{i}_{k}": v for i, w in enumerate((8, 16, 32)) for k, v in
+            (("depth", 1), ("width", w), ("kernel", 3), ("rank", 0.5))}}
+OVER = {**_BASE, "stem_width": 16, "s0_depth": 2}  # 5,082 params, 183k FLOPs: over flops<=150k, yet the fewest params
+WITHIN = [{**_BASE, "head_hidden": 32, "head_rank": 1.0},  # 5,426 params, 98k FLOPs
+          {**_BASE, "s2_rank": 1.0},  # 6,162 params, 110k FLOPs
+          {**_BASE, "s2_width": 64}]  # 8,594 params, 127k FLOPs
+
+
+def test_the_dashboards_pareto_front_is_nas_pareto_s(store, tmp_path, chromium):
+    spec = make_spec(name="front", space="plain", data="digits", budget="flops<=150k",
+                     objectives=["accuracy", "params"], trials=3, seed=0, space_options=SMALL, device="cpu",
+                     fit_space=False, fidelity={"epochs": 1, "train_fraction": 0.2, "batch_size": 64})
+    create_study(spec, store)
+    study = optuna.load_study(study_name="front", storage=store.optuna)
+    for params in (OVER, *WITHIN):
+        study.enqueue_trial(params)
+    run_study("front", store)
+    trials = study.get_trials(deepcopy=False)
+    status = {t.number: t.user_attrs["status"] for t in trials}
+    assert [status[n] for n in sorted(status)] == ["over_budget", "trained", "trained", "trained"]
+    hashes = {t.number: t.user_attrs["spec_hash"][:12] for t in trials}
+    nas_front = {r["spec_hash"] for r in pareto_rows("front", store, with_test=False)}
+
+    # Blind to feasibility, the over-budget sample is on the front (fewest parameters): what the dashboard drew.
+    vectors = {t.number: [-t.values[0], t.values[1]] for t in trials}
+    blind = {n for n, v in vectors.items() if not any(dominates(w, v) for m, w in vectors.items() if m != n)}
+    assert 0 in blind and {hashes[n] for n in blind} != nas_front
+
+    # Feasibility in both forms: Optuna 5's per-name attribute, and the list optuna-dashboard and older Optuna read.
+    assert CONSTRAINTS_KEY == optuna.study._constrained_optimization._CONSTRAINTS_KEY
+    for t in trials:
+        assert t.system_attrs[CONSTRAINTS_KEY] == [t.system_attrs["constraints:flops"]]
+        assert (t.system_attrs[CONSTRAINTS_KEY][0] <= 0) == (status[t.number] != "over_budget")
+    feasible = optuna.study._constrained_optimization._get_feasible_trials(trials)
+    assert {t.number for t in feasible} == {1, 2, 3}
+    assert {hashes[t.number] for t in study.best_trials} == nas_front  # Optuna's own front agrees
+
+    with running_dashboard(store.url, tmp_path) as dash:
+        study_id = dash.get("/api/studies")["study_summaries"][0]["study_id"]
+        shown = dash.get(f"/api/studies/{study_id}")["trials"]
+        assert {t["number"]: all(c <= 0 for c in t["constraints"]) for t in shown} == {
+            n: s != "over_budget" for n, s in status.items()}
+
+        # The Pareto plot as the dashboard's own JavaScript draws it, in a real browser.
+        context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+        requests = record_requests(context)
+        try:
+            page = context.new_page()
+            page.goto(f"{dash.base}/dashboard/studies/{study_id}")
+            page.wait_for_function("() => { const g = document.getElementById('graph-pareto-front');"
+                                   " return g && g.data && g.data.length > 0; }", timeout=30_000)
+            traces = page.evaluate("""() => document.getElementById('graph-pareto-front').data.map(t => ({
+                kind: /<extra>(.*)<\\/extra>/.exec(t.hovertemplate)[1],
+                numbers: (t.text || []).map(s => JSON.parse(s.replace(/<br>/g, '')).number)}))""")
+        finally:
+            context.close()
+        drawn = {t["kind"]: t["numbers"] for t in traces}
+        assert {hashes[n] for n in drawn["Best Trial"]} == nas_front, drawn
+        assert drawn["Infeasible Trial"] == [0], drawn
+        assert all(r.url.startswith(dash.base) for r in requests)

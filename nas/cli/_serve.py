@@ -57,7 +57,7 @@ def serve_cmd(
     assert isinstance(store, Store)
     mode = ("read-only" if settings.read_only else "INSECURE: anyone may write" if settings.insecure
             else f"{len(settings.tokens)} write token(s)")
-    err.print(f"lightnas API on http://{host}:{port} ({Store.display_url(url)}; {mode}); docs at /docs",
+    err.print(f"lightnas API on http://{host}:{port} ({Store.display_url(url)}; {mode}); web page at /, docs at /docs",
               highlight=False, soft_wrap=True, markup=False)
     # The access log prints request lines only; tokens travel in the Authorization header, never logged.
     uvicorn.run(create_app(settings, store), host=host, port=port, log_level=log_level.lower(), access_log=True,

@@ -8,7 +8,7 @@ from ._create import StudyPlan, create_study, describe_plan, plan_study
 from ._demo import DEMO_BUDGET, demo_spec
 from ._early import EarlyStop, Peer, dominators, peers_of, rung_epochs
 from ._inherit import Parent, pick_parent
-from ._objective import StudyContext, TrialObjective, load_context, objective_values
+from ._objective import CONSTRAINTS_KEY, StudyContext, TrialObjective, load_context, objective_values
 from ._pareto import dominates, front_trials, pareto_rows, refined_points, test_accuracy, where_filter
 from ._record import Status, TrialRecord, record_of, status_of
 from ._samplers import make_pruner, make_sampler
@@ -38,6 +38,7 @@ from ._studies import (
 from ._warm import WarmStart, arch_from_doc, cheapest_anchors, plan_warm_start, read_spec_file, warm_start
 
 __all__ = [
+    "CONSTRAINTS_KEY",
     "DEMO_BUDGET",
     "OBJECTIVES",
     "PRUNERS",

@@ -7,7 +7,12 @@ backend call the same object. What it records on the Optuna trial (user attribut
   ``reused``), ``violations`` when over budget, ``val_accuracy``, ``epochs_run``,
   ``train_seconds``, ``curve``, ``fail_reason`` when training failed;
 * one Optuna constraint per budgeted resource, ``value / limit - 1`` (feasible <= 0), via
-  ``Trial.set_constraint`` (Optuna 5), so constrained samplers learn the feasible region.
+  ``Trial.set_constraint`` (Optuna 5), so constrained samplers learn the feasible region; and the
+  same values, in the budget's order, as the list system attribute ``constraints`` (Optuna's
+  ``_CONSTRAINTS_KEY``, what ``constraints_func`` wrote before Optuna 5), the one form
+  optuna-dashboard reads (without it the dashboard counts over-budget trials as feasible).
+  Optuna 5 reads both forms into ``FrozenTrial.constraints`` (the list as keys ``"0"``,
+  ``"1"``, ...): feasibility is unchanged, and samplers that sum violations rank alike.
 
 With the ``pareto`` pruner (:mod:`nas.search._early`) a training trial records its partial ``curve``
 at every rung epoch and is stopped (``optuna.TrialPruned``; ``status`` ``pruned``,
@@ -40,7 +45,10 @@ from ._record import Status, record_of
 from ._spec import StudySpec
 from ._studies import get_study_spec
 
-__all__ = ["StudyContext", "TrialObjective", "load_context", "objective_values"]
+__all__ = ["CONSTRAINTS_KEY", "StudyContext", "TrialObjective", "load_context", "objective_values"]
+
+#: Optuna's ``_CONSTRAINTS_KEY``: the system attribute holding a trial's constraint values as a list.
+CONSTRAINTS_KEY = "constraints"
 
 
 @dataclass
@@ -185,8 +193,12 @@ class TrialObjective:
         cost = self.cost(arch)
         trial.set_user_attr("cost", cost)
         if self.budget is not None:
-            for name, value in self.budget.constraints(cost).items():
+            constraints = self.budget.constraints(cost)
+            for name, value in constraints.items():
                 trial.set_constraint(name, value)
+            storage, trial_id = getattr(trial, "storage", None), getattr(trial, "_trial_id", None)
+            if storage is not None and trial_id is not None:  # FixedTrial and the like have no storage
+                storage.set_trial_system_attr(trial_id, CONSTRAINTS_KEY, list(constraints.values()))
             violations = self.budget.violations(cost)
             if violations:
                 # Over budget: rejected before training, in milliseconds. Accuracy 0 marks "not

@@ -4,7 +4,7 @@
 The API never trains: creating a study or raising its target is a database write that workers
 (``nas worker``) pick up, and a refinement request queues a job (:mod:`nas.workers`) that a
 worker runs. The routes live in one module per resource (``_service``, ``_studies``,
-``_results``, ``_refinement``); what they share in ``_state``. Requests are answered from the
+``_results``, ``_refinement``, the web page's ``_web``); what they share in ``_state``. Requests are answered from the
 database; the one exception is an export, which builds the network once (and, for ONNX, checks
 it in onnxruntime, about a second) and is then served from memory. Reads never write: the
 front's ``test_accuracy`` is the stored one.
@@ -25,6 +25,10 @@ Endpoints (``/docs`` has the generated OpenAPI page, ``/openapi.json`` the schem
 ``POST /studies/{name}/trials/{number}/refine``            queue a refinement (202; 200 if known)
 ``GET /studies/{name}/jobs``, ``.../jobs/{id}``            refinement jobs, status and candidates
 ``GET /studies/{name}/refined/{id}/export``                a refined candidate's file
+``GET /studies/{name}/points``                             every trial and refined candidate as a
+                                                           plot point, the budget's limits
+``GET /``, ``GET /ui/studies/{name}``                      the web page (:mod:`nas.serve._web`); open,
+                                                           its data comes from the reads above
 =========================================================  ======================================
 
 Security. Writes (POST, PATCH, DELETE) need ``Authorization: Bearer <token>`` with one of the
@@ -67,6 +71,7 @@ from . import _refinement, _results, _service, _studies
 from ._errors import ApiError, error_response, field_of
 from ._settings import ApiSettings
 from ._state import Service
+from ._web import pages_router
 
 __all__ = ["create_app"]
 
@@ -142,7 +147,8 @@ def create_app(settings: ApiSettings | None = None, store: Store | None = None) 
     app.state.nas = nas
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     _handlers(app)
-    app.state.routers = (_service.router, _studies.router, _results.router, _refinement.router)
+    app.state.routers = (_service.router, _studies.router, _results.router, _refinement.router,
+                         pages_router(settings))
     for router in app.state.routers:
         app.include_router(router)
     _openapi(app, settings)

@@ -95,3 +95,22 @@ class Job(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[Job]
+
+
+class PlotPoints(BaseModel):
+    """What the study page's plot draws: every trial and refined candidate with its accuracy and full cost."""
+
+    study: str
+    objectives: list[str]
+    directions: list[str]
+    limits: dict[str, float] = Field(
+        description="the budget's upper limit per resource; hw_cost: its value with every resource at its limit "
+                    "(no network within the budget has more)")
+    costs: list[str] = Field(description="resources the points have, cost objectives first, then the budget's")
+    trials: list[dict[str, Any]] = Field(
+        description="every trial: number, state, status (trained, reused, over_budget, pruned, failed), accuracy "
+                    "(validation; null when not evaluated), cost (all totals), violations (over budget: relative "
+                    "excess per resource)")
+    refined: list[dict[str, Any]] = Field(
+        description="refinement candidates within the budget: refined (id), trial (parent), method, step, "
+                    "parent_step, source, accuracy, cost")

@@ -15,10 +15,10 @@ from .._artifacts import load_arch
 from .._errors import NasError
 from .._export import export_refined as export_candidate
 from .._export import export_trial
-from ..search import record_of
+from ..search import record_of, refined_points
 from ..workers import candidate_info
 from ._errors import ApiError, responses
-from ._models import TrialPage
+from ._models import PlotPoints, TrialPage
 from ._state import FORMATS, MAX_INT, READ, Format, Nas, StudyName, TrialNumber, clean, trial_row
 
 router = APIRouter()
@@ -83,6 +83,41 @@ def trial(nas: Nas, name: StudyName, number: TrialNumber) -> dict[str, Any]:
                       "refined": [candidate_info(c) for c in refinements if c.parent_spec_hash == h],
                       "jobs": [j.id for j in nas.store.list_jobs(name) if j.trial == number]}
     return clean(out)  # type: ignore[no-any-return]
+
+
+@router.get("/studies/{name}/points", response_model=PlotPoints, dependencies=READ,
+         responses=responses(401, 404, 409), tags=["results"])
+def points(nas: Nas, name: StudyName) -> PlotPoints:
+    """Every trial (accuracy, all cost totals, status, violations) and every refined candidate
+    within the budget (with its lineage), and the budget's limits: what the web page plots."""
+    import optuna
+
+    study_spec = nas.study_spec(name)
+    study = optuna.load_study(study_name=name, storage=nas.store.optuna)
+    trials = study.get_trials(deepcopy=False)
+    budget = study_spec.budget_obj()
+    limits: dict[str, float] = {}
+    if budget is not None:
+        limits = dict(budget.limits)
+        limits["hw_cost"] = sum(budget.weight(c) for c in limits)
+    costs = [o for o in study_spec.objectives if o != "accuracy"] + [c for c in limits if c != "hw_cost"]
+    rows = []
+    for t in trials:
+        a = t.user_attrs
+        cost = a.get("cost") or {}
+        costs += [k for k in cost if k not in costs]
+        rows.append({"number": t.number, "state": t.state.name.lower(),
+                     "status": a.get("status", "failed" if t.state.name == "FAIL" else None),
+                     "accuracy": a.get("val_accuracy"), "cost": cost, "violations": a.get("violations"),
+                     "spec_hash": (a.get("spec_hash") or "")[:12] or None})
+    refined = []
+    for r, m in refined_points(name, nas.store, study_spec, {t.number: t for t in trials}):
+        acc = m.pop("accuracy")
+        refined.append({"refined": r.id, "trial": r.parent_trial, "method": r.method, "step": r.step,
+                        "parent_step": r.parent_step, "source": f"refined {r.parent_trial}/{r.method}/{r.step}",
+                        "accuracy": acc, "cost": m, "spec_hash": r.spec_hash[:12]})
+    return PlotPoints(study=name, objectives=study_spec.objectives, directions=study_spec.directions, limits=limits,
+                      costs=costs, trials=clean(rows), refined=clean(refined))
 
 
 file_responses = {**responses(401, 404, 409),
