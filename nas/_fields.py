@@ -78,6 +78,8 @@ STUDY: dict[str, Doc] = {
                            "the study (network morphism)", False),
     "seed": Doc("seed of samplers, data splits and training", 0),
     "device": Doc("torch device: auto | cpu | cuda | cuda:N", "auto"),
+    "amp": Doc("mixed precision on CUDA: auto (bf16 where supported, else fp16 with loss scaling) | off | bf16 | "
+               "fp16; the CPU always trains in fp32", "auto"),
     "cost_device": Doc("device profile for latency and energy (see 'nas hardware profiles')", "rpi4"),
     "trials": Doc("target: networks evaluated within the budget (over-budget samples are rejected and do not "
                   "count)", 30),
@@ -95,6 +97,8 @@ FIDELITY: dict[str, Doc] = {
     "train_fraction": Doc("share of the training split each trial trains on", 1.0),
     "batch_size": Doc("training batch size", 64),
     "lr": Doc("peak learning rate (SGD, warm-up then cosine)", 0.1),
+    "augment": Doc("training augmentation: auto (crop-flip for cifar10: data, none otherwise) | none | crop-flip "
+                   "(random crop after zero padding, horizontal flip)", "auto"),
 }
 
 EARLY_STOP: dict[str, Doc] = {

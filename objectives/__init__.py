@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._accel import AMP_MODES, AUGMENTATIONS, DevicePlan, augment_batch, device_plan, worker_devices
 from ._analytic import analytic_layers
 from ._budget import (
     ALIASES,
@@ -88,6 +89,12 @@ from ._train import (
 )
 
 __all__ = [
+    "AMP_MODES",
+    "AUGMENTATIONS",
+    "DevicePlan",
+    "augment_batch",
+    "device_plan",
+    "worker_devices",
     "USABLE_SHARE",
     "WARN_SHARE",
     "Feasibility",

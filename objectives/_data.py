@@ -30,6 +30,7 @@ import os
 import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,13 +113,24 @@ class Dataset:
         """Device the tensors live on."""
         return self.x_train.device
 
-    def to(self, device: str | torch.device) -> Dataset:
-        """A copy with every tensor on ``device`` (``self`` when it is already there)."""
+    def to(self, device: str | torch.device, *, pin_memory: bool = False, channels_last: bool = False) -> Dataset:
+        """A copy with every tensor on ``device`` (``self`` when it is already there).
+
+        ``pin_memory``: copy from page-locked host memory (a faster, asynchronous host-to-GPU
+        copy); ``channels_last``: images in NHWC memory format."""
         device = torch.device(device)
-        if self.x_train.device == device:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        if self.x_train.device == device and self.x_train.is_contiguous(memory_format=fmt):
             return self
-        moved = {k: getattr(self, k).to(device) for k in
-                 ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            if pin_memory and t.device.type == "cpu" and device.type == "cuda":
+                t = t.pin_memory()
+            t = t.to(device, non_blocking=pin_memory)
+            return t.contiguous(memory_format=fmt) if t.dim() == 4 else t
+
+        moved: dict[str, Any] = {k: move(getattr(self, k))
+                                 for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
         return replace(self, **moved)
 
     def resized(self, short_side: int) -> Dataset:

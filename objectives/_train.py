@@ -1,9 +1,10 @@
 """The accuracy objective: the one training loop of lightnas, fast and deterministic for small CNNs.
 
 In the style of nanoGPT and airbench: the dataset is a set of tensors already on the device,
-batches are slices of a seeded permutation, there is no ``DataLoader`` and no augmentation.
-A trial trains a few epochs at low fidelity, so the loop is kept to what matters for speed
-and reproducibility:
+batches are slices of a seeded permutation, there is no ``DataLoader``; augmentation, when a
+study asks for it (natural images), is done on the batch tensor with the loop's seeded
+generator. A trial trains a few epochs at low fidelity, so the loop is kept to what matters for
+speed and reproducibility:
 
 - SGD with momentum 0.9 (Nesterov by default); weight decay on convolution and linear weights
   only (not on BatchNorm parameters or biases, which small networks do not need regularised).
@@ -14,6 +15,9 @@ and reproducibility:
   restarting the schedule.
 - Deterministic on CPU for a given ``seed``: the global RNG is forked (the caller's random
   state is left untouched), shuffling uses its own ``torch.Generator``.
+- On CUDA, the device's plan (:func:`objectives.device_plan`): mixed precision (bf16, or fp16
+  with a grad scaler), channels_last, pinned memory, cuDNN autotuning. On the CPU the loop is
+  fp32 and unchanged.
 
 Refinement needs three more things of the same loop: a teacher (``teacher``, a
 :class:`objectives.Distillation`: the loss becomes :func:`objectives.kd_loss`), frozen layers
@@ -40,6 +44,7 @@ from torch import nn
 
 from search_spaces import ArchSpec, build_model
 
+from ._accel import AMP_MODES, AUGMENTATIONS, DevicePlan, augment_batch, device_plan
 from ._data import Dataset
 from ._distill import Distillation
 from ._latency import resolve_device
@@ -80,6 +85,11 @@ class TrainConfig:
         weight_decay: L2 penalty on convolution and linear weights.
         nesterov: Nesterov momentum (plain momentum 0.9 when false).
         warmup_fraction: share of the steps spent warming up (0: plain cosine annealing).
+        augment: ``none`` or ``crop-flip`` (random crop after zero padding, horizontal flip; on
+            the batch tensor on the device, see :func:`objectives.augment_batch`).
+        amp: mixed precision on CUDA, one of ``auto`` (bf16 where supported, else fp16 with a
+            grad scaler), ``off``, ``bf16``, ``fp16``; the CPU always trains in fp32. See
+            :func:`objectives.device_plan`.
 
     Example:
         >>> TrainConfig(epochs=5, lr=0.1).batch_size
@@ -97,6 +107,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     nesterov: bool = True
     warmup_fraction: float = 0.1
+    augment: str = "none"
+    amp: str = "auto"
 
     def __post_init__(self) -> None:
         def positive_int(name: str, value: object) -> None:
@@ -115,6 +127,10 @@ class TrainConfig:
         number("warmup_fraction", self.warmup_fraction, lambda v: 0 <= v < 1, "a number in [0, 1)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.threads is not None:
             positive_int("threads", self.threads)
         if self.max_seconds is not None:
@@ -256,6 +272,28 @@ def frozen_except(model: nn.Module, trainable: Sequence[str] | None) -> Iterator
             p.requires_grad_(saved[n])
 
 
+@contextlib.contextmanager
+def _cudnn_benchmark(plan: DevicePlan) -> Iterator[None]:
+    """cuDNN autotuning for the duration of training, when the plan asks for it (restored after)."""
+    if not plan.cudnn_benchmark:
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def _placed(model: nn.Module, data: Dataset, plan: DevicePlan) -> tuple[nn.Module, Dataset]:
+    """``model`` and ``data`` on the plan's device, in its memory format (pinned copy on CUDA)."""
+    if not plan.channels_last:
+        return model.to(plan.device), data.to(plan.device)
+    model = model.to(plan.device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return model, data.to(plan.device, pin_memory=plan.pin_memory, channels_last=True)
+
+
 def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluate_test: bool = False,
                 on_epoch: Callable[[int, float], None] | None = None, keep_state: bool = True,
                 teacher: Distillation | None = None, trainable: Sequence[str] | None = None,
@@ -291,9 +329,10 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
     """
     t0 = time.perf_counter()
     dev = resolve_device(config.device)
-    with num_threads(config.threads), _seeded(config.seed, dev), frozen_except(model, trainable) as frozen:
-        model = model.to(dev)
-        data = data.to(dev)
+    plan = device_plan(dev, config.amp)
+    with num_threads(config.threads), _seeded(config.seed, dev), frozen_except(model, trainable) as frozen, \
+            _cudnn_benchmark(plan):
+        model, data = _placed(model, data, plan)
         n = len(data.y_train)
         if n == 0:
             raise ValueError("the training split is empty")
@@ -306,6 +345,7 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
         total_steps = config.epochs * steps_per_epoch
         optimizer = torch.optim.SGD(_param_groups(model, config.weight_decay), lr=config.lr, momentum=0.9,
                                     nesterov=config.nesterov)
+        scaler = torch.amp.GradScaler(dev.type) if plan.grad_scaler else None
         loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         gen = torch.Generator().manual_seed(config.seed)
 
@@ -328,16 +368,23 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
                     break
                 for group in optimizer.param_groups:
                     group["lr"] = config.lr * _lr_factor(step, total_steps, config.warmup_fraction)
-                out = model(data.x_train[idx])
+                x = augment_batch(data.x_train[idx], gen, config.augment)
                 y = data.y_train[idx]
-                loss = teacher.loss(out, idx, y) if teacher is not None else loss_fn(out, y)
+                with plan.autocast():
+                    out = model(x)
+                    loss = teacher.loss(out, idx, y) if teacher is not None else loss_fn(out, y)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise TrainingError(f"non-finite loss at epoch {epoch} step {i + 1} (loss={value}, "
                                         f"lr={optimizer.param_groups[0]['lr']:.3g})")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if scaler is not None:  # fp16: scaled loss, steps with inf/NaN gradients skipped
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
                 step += 1
                 loss_sum += value * len(idx)
                 seen += len(idx)
@@ -346,7 +393,8 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
                     break
             epochs_run = epoch
             train_loss = loss_sum / max(seen, 1)
-            val_acc = evaluate(model, data.x_val, data.y_val)
+            with plan.autocast():
+                val_acc = evaluate(model, data.x_val, data.y_val)
             curve.append(val_acc)
             if on_epoch is not None:
                 on_epoch(epoch, val_acc)
@@ -365,8 +413,10 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
         if best is not None and best[0] > curve[-1]:
             model.load_state_dict(best[1])
         model.eval()
-        test_acc = evaluate(model, data.x_test, data.y_test) if evaluate_test and len(data.y_test) else None
-        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()} if keep_state else None
+        with plan.autocast():
+            test_acc = evaluate(model, data.x_test, data.y_test) if evaluate_test and len(data.y_test) else None
+        state = {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+                 for k, v in model.state_dict().items()} if keep_state else None
     val = best[0] if best is not None and best[0] > curve[-1] else curve[-1]
     return TrainResult(val_accuracy=val, test_accuracy=test_acc, train_loss=train_loss, epochs_run=epochs_run,
                        seconds=time.perf_counter() - t0, curve=curve, steps=step, timed_out=timed_out,

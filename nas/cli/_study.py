@@ -38,6 +38,8 @@ def study_create(
                                         help=help_text(STUDY["fit_resolution"])),
     input_size: int = typer.Option(None, "--input-size", help=help_text(STUDY["input_size"])),
     device: str = typer.Option(None, "--device", help=help_text(STUDY["device"])),
+    amp: str = typer.Option(None, "--amp", help=help_text(STUDY["amp"])),
+    augment: str = typer.Option(None, "--augment", help=help_text(FIDELITY["augment"])),
     cost_device: str = typer.Option(None, "--cost-device", help=help_text(STUDY["cost_device"])),
     option: list[str] = typer.Option([], "--option", help="space option key=value (repeatable; see 'nas spaces')"),
     config: str = typer.Option(None, "--config", help="a study spec TOML file (the fields of nas.StudySpec)"),
@@ -48,7 +50,7 @@ def study_create(
 
     fields: dict[str, Any] = {"name": name, "space": space, "data": data, "budget": budget, "sampler": sampler,
                               "pruner": pruner, "seed": seed, "trials": trials, "device": device,
-                              "cost_device": cost_device}
+                              "amp": amp, "cost_device": cost_device}
     if objectives is not None:
         fields["objectives"] = [o.strip() for o in objectives.split(",") if o.strip()]
     if inherit_weights is not None:
@@ -71,7 +73,8 @@ def study_create(
         fields["early_stop"] = early
     if option:
         fields["space_options"] = parse_options(option)
-    fid = {k: v for k, v in {"epochs": epochs, "train_fraction": train_fraction}.items() if v is not None}
+    fid = {k: v for k, v in {"epochs": epochs, "train_fraction": train_fraction, "augment": augment}.items()
+           if v is not None}
     if config:
         study_spec = load_spec_file(config, **{k: v for k, v in fields.items() if v is not None})
         if fid:
@@ -118,12 +121,13 @@ def _progress_bar(quiet: bool):
 
 
 def run_with_progress(name: str, store, trials: int | None, workers: int, timeout: float | None, quiet: bool,
-                      backend: str = "local", ray_options=None):
+                      backend: str = "local", ray_options=None, workers_per_device: int = 1):
     """Run ``name`` on the local workers or (``backend="ray"``) on Ray Tune, with a progress bar."""
     from ..workers import check_run
 
     # Every argument is checked before a bar is shown or the target written: one line, exit 2.
-    check_run(name, store, trials=trials, workers=workers if backend != "ray" else 1, timeout=timeout)
+    check_run(name, store, trials=trials, workers=workers if backend != "ray" else 1, timeout=timeout,
+              workers_per_device=workers_per_device)
     if backend == "ray":
         from ..workers.ray import run_ray
 
@@ -135,7 +139,8 @@ def run_with_progress(name: str, store, trials: int | None, workers: int, timeou
         from ..workers import run_study
 
         def runner(on_progress=None):
-            return run_study(name, store, trials=trials, workers=workers, timeout=timeout, on_progress=on_progress)
+            return run_study(name, store, trials=trials, workers=workers, timeout=timeout, on_progress=on_progress,
+                             workers_per_device=workers_per_device)
     bar = _progress_bar(quiet)
     if bar is None:
         return runner()
@@ -154,6 +159,9 @@ def study_run(
     trials: int = typer.Option(None, "--trials", help="target: networks evaluated within the budget in total (raises "
                                                        "the stored one; rejected over-budget samples do not count)"),
     workers: int = typer.Option(None, "--workers", help="local worker processes (default 1; --backend local)"),
+    workers_per_device: int = typer.Option(1, "--workers-per-device",
+                                           help="on CUDA: workers sharing each GPU (worker i on cuda:i//N; tiny "
+                                                "networks leave one GPU idle); ignored on the CPU"),
     timeout: float = typer.Option(None, "--timeout", help="stop starting trials after S seconds"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
@@ -174,7 +182,7 @@ def study_run(
     store = open_store(storage)
     try:
         p = run_with_progress(name, store, trials, 1 if workers is None else workers, timeout, quiet, backend,
-                              ray_options)
+                              ray_options, workers_per_device)
     except RayInterrupted as e:
         err.print(f"{name}: {e}", highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(130) from None

@@ -26,6 +26,8 @@ def worker_cmd(
     connect_wait: float = typer.Option(120.0, "--connect-wait", help="how long (s) to wait for the database at "
                                                                      "start"),
     quiet: bool = typer.Option(False, "--quiet", help="log warnings only"),
+    device: str = typer.Option(None, "--device", help="train on this torch device instead of each study's own "
+                                                      "(cuda:N: one worker per GPU, or several on one)"),
     jobs: bool = typer.Option(True, "--jobs/--no-jobs", help="also run queued refinement jobs (requested through "
                                                              "the HTTP API or 'nas refine --queue'), before trials"),
 ) -> None:
@@ -50,6 +52,8 @@ def worker_cmd(
         raise UsageError(f"--threads: must be >= 1, got {threads}")
     if poll_max < 0.1:
         raise UsageError(f"--poll-max: must be >= 0.1 seconds, got {poll_max}")
+    if device is not None:
+        _check_device(device)
     url = normalize_url(storage)  # a malformed URL fails now, not after waiting
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -78,8 +82,25 @@ def worker_cmd(
     # Samplers are seeded with study seed + worker: the process id keeps workers from proposing
     # the same sequence (a single-process `nas study run` stays reproducible with worker 0).
     stats = run_worker(names or None, url, until_done=until_done, threads=threads, stop=stop, heartbeat=heartbeat,
-                       poll_max=poll_max, worker=os.getpid() % 100_000, jobs=jobs)
+                       poll_max=poll_max, worker=os.getpid() % 100_000, jobs=jobs, device=device)
     log.info("worker exiting after %d trials (%s)%s", stats.trials,
              ", ".join(f"{k.lower()} {v}" for k, v in sorted(stats.by_state.items())) or "none",
              f" and {sum(stats.jobs.values())} jobs ({', '.join(f'{k} {v}' for k, v in sorted(stats.jobs.items()))})"
              if stats.jobs else "")
+
+
+def _check_device(device: str) -> None:
+    """A device this host has, or one line naming what it has (exit 2)."""
+    import torch
+
+    from objectives import resolve_device
+
+    try:
+        dev = resolve_device(device)
+    except ValueError as e:
+        raise UsageError(f"--device: {e}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            raise UsageError(f"--device: {device} is not on this host ({count} CUDA device(s)); accepted: auto, cpu"
+                             + "".join(f", cuda:{i}" for i in range(count)))

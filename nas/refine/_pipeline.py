@@ -199,7 +199,8 @@ class _Run:
         cosine annealing from ``lr`` restarted with every run (no warm-up), its weight decay."""
         s = self.settings
         return TrainConfig(epochs=epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed, device=str(self.device),
-                           threads=self.threads, weight_decay=s.weight_decay, nesterov=False, warmup_fraction=0.0)
+                           threads=self.threads, weight_decay=s.weight_decay, nesterov=False, warmup_fraction=0.0,
+                           augment=self.study_spec.augmentation, amp=self.study_spec.amp)
 
     def finetune(self, model: LightNet, epochs: int, *, teacher: Distillation | None = None,
                  trainable: list[str] | None = None, patience: int | None = None) -> float:
@@ -276,7 +277,7 @@ def _baseline(run: _Run, arch: ArchSpec) -> tuple[LightNet, RefinementRow]:
             torch.manual_seed(s.seed)
             model = build_model(arch, data.input_shape, data.num_classes)
         cfg = TrainConfig(epochs=s.epochs, batch_size=f.batch_size, lr=f.lr, seed=s.seed, device=str(run.device),
-                          threads=run.threads)
+                          threads=run.threads, augment=run.study_spec.augmentation, amp=run.study_spec.amp)
         res = train_model(model, data, cfg, keep_state=False, on_epoch=run.on_epoch)
         acc = res.val_accuracy
         detail = {"epochs": res.epochs_run, "curve": res.curve}

@@ -66,14 +66,16 @@ class StudyContext:
         return self.study_spec.name
 
 
-def load_context(name: str, store: Store, *, threads: int | None = None) -> StudyContext:
+def load_context(name: str, store: Store, *, threads: int | None = None, device: str | None = None) -> StudyContext:
+    """The study's spec, data (on the training device), space and train config, loaded once per
+    worker; ``device`` overrides the study's (a worker placed on one GPU of several)."""
     from objectives import resolve_device
 
     study_spec = get_study_spec(name, store)
-    device = resolve_device(study_spec.device)
-    data = study_spec.load_data().to(device)
+    dev = resolve_device(device or study_spec.device)
+    data = study_spec.load_data().to(dev)
     return StudyContext(study_spec, store, data, study_spec.search_space(data.input_shape),
-                        study_spec.train_config(device=str(device), threads=threads))
+                        study_spec.train_config(device=str(dev), threads=threads))
 
 
 def objective_values(study_spec: StudySpec, accuracy: float, cost: dict[str, float]) -> list[float]:

@@ -49,6 +49,7 @@ class Fidelity(BaseModel):
     train_fraction: float = declare(FIDELITY["train_fraction"], gt=0.0, le=1.0)
     batch_size: int = declare(FIDELITY["batch_size"], ge=1, le=65_536)
     lr: float = declare(FIDELITY["lr"], gt=0.0)
+    augment: Literal["auto", "none", "crop-flip"] = declare(FIDELITY["augment"])
 
 
 class StudySpec(BaseModel):
@@ -77,6 +78,7 @@ class StudySpec(BaseModel):
     inherit_weights: bool = declare(STUDY["inherit_weights"])
     seed: int = declare(STUDY["seed"], ge=0, le=2**32 - 1)
     device: str = declare(STUDY["device"])
+    amp: Literal["auto", "off", "bf16", "fp16"] = declare(STUDY["amp"])
     cost_device: str = declare(STUDY["cost_device"])
     trials: int = declare(STUDY["trials"], ge=1, le=1_000_000)
     fit_space: bool = declare(STUDY["fit_space"])
@@ -208,7 +210,17 @@ class StudySpec(BaseModel):
 
         f = self.fidelity
         return TrainConfig(epochs=epochs or f.epochs, batch_size=f.batch_size, lr=f.lr, seed=self.seed,
-                           device=device or self.device, threads=threads)
+                           device=device or self.device, threads=threads, augment=self.augmentation,
+                           amp=self.amp)
+
+    @property
+    def augmentation(self) -> str:
+        """The training augmentation in effect: ``auto`` is ``crop-flip`` for ``cifar10:`` data (natural
+        images) and ``none`` for the rest (digits, MNIST-like IDX, npz: a flipped digit is another
+        digit or none)."""
+        if self.fidelity.augment != "auto":
+            return self.fidelity.augment
+        return "crop-flip" if self.data.startswith("cifar10:") else "none"
 
     def cost(self, arch: ArchSpec, input_shape: tuple[int, int, int], num_classes: int, *,
              profile: DeviceProfile | str | None = None, with_depth: bool = False) -> dict[str, float]:
@@ -228,7 +240,10 @@ class StudySpec(BaseModel):
 
     def fidelity_dict(self) -> dict[str, Any]:
         """What an evaluation's accuracy depends on besides the architecture."""
-        out = {"data": self.data, "seed": self.seed, "val_fraction": self.val_fraction, **self.fidelity.model_dump()}
+        out = {"data": self.data, "seed": self.seed, "val_fraction": self.val_fraction,
+               **self.fidelity.model_dump(exclude={"augment"})}
+        if self.augmentation != "none":  # keys of studies without augmentation are those of before it
+            out["augment"] = self.augmentation
         if self.inherit_weights:  # initialised from a parent: not the same evaluation as from scratch
             out["inherit_weights"] = True
         if self.input_size is not None:  # images resized: another dataset, as far as accuracy goes

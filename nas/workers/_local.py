@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from objectives import threads_per_worker
+from objectives import threads_per_worker, worker_devices
 from storage import Store
 
 from .._errors import NasError
@@ -86,7 +86,7 @@ def progress(name: str, store: Store, target: int | None = None) -> Progress:
 def work(name: str, url: str, *, target: int | None = None, deadline: float | None = None, worker: int = 0,
          threads: int | None = None, callback: Callable[[], None] | None = None,
          max_consecutive_failures: int = 20, heartbeat: int = 10, stop: threading.Event | None = None,
-         rejection_streak: int = REJECTION_STREAK) -> int:
+         rejection_streak: int = REJECTION_STREAK, device: str | None = None) -> int:
     """Run trials of one study in this process until it has its target of finished trials.
 
     Returns the number of trials this worker ran. See :func:`nas.workers.run_worker`.
@@ -100,24 +100,25 @@ def work(name: str, url: str, *, target: int | None = None, deadline: float | No
             store.close()
     stats = run_worker([name], url, until_done=True, deadline=deadline, worker=worker, threads=threads, stop=stop,
                        heartbeat=heartbeat, max_consecutive_failures=max_consecutive_failures,
-                       rejection_streak=rejection_streak,
+                       rejection_streak=rejection_streak, device=device,
                        on_trial=(lambda _n, _t: callback()) if callback else None)
     return stats.trials
 
 
 def _worker_main(name: str, url: str, deadline: float | None, worker: int, threads: int, heartbeat: int,
-                 errors: Any) -> None:
+                 errors: Any, device: str | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # finish or cleanly fail the trial, then exit
     with contextlib.suppress(KeyboardInterrupt):
         try:
-            work(name, url, deadline=deadline, worker=worker, threads=threads, heartbeat=heartbeat, stop=stop)
+            work(name, url, deadline=deadline, worker=worker, threads=threads, heartbeat=heartbeat, stop=stop,
+                 device=device)
         except NasError as e:  # the study cannot go on (failures or rejections in a row): tell the parent
             errors.put(str(e))
 
 
 def check_run(name: str, store: Store, *, trials: int | None = None, workers: int = 1,
-              timeout: float | None = None) -> Any:
+              timeout: float | None = None, workers_per_device: int = 1) -> Any:
     """Check a run's arguments against the stored study before anything is written or shown;
     returns the study's row.
 
@@ -126,11 +127,17 @@ def check_run(name: str, store: Store, *, trials: int | None = None, workers: in
             positive number of seconds, a target outside 1..1,000,000 or below the networks
             already evaluated within the budget.
     """
-    get_study_spec(name, store)  # unknown study: NasError listing the studies there
+    study_spec = get_study_spec(name, store)  # unknown study: NasError listing the studies there
     row = store.get_study(name)
     assert row is not None
     if workers < 1 or workers > 64:
         raise NasError(f"--workers: must be between 1 and 64, got {workers}")
+    if workers_per_device < 1 or workers_per_device > 64:
+        raise NasError(f"--workers-per-device: must be between 1 and 64, got {workers_per_device}")
+    try:
+        worker_devices(workers, device=study_spec.device, per_device=workers_per_device)
+    except ValueError as e:
+        raise NasError(str(e)) from None
     if timeout is not None and not (0 < timeout < 1e9):
         raise NasError(f"--timeout: must be positive seconds, got {timeout}")
     if trials is not None:
@@ -144,31 +151,39 @@ def check_run(name: str, store: Store, *, trials: int | None = None, workers: in
 
 
 def run_study(name: str, store: Store, *, trials: int | None = None, workers: int = 1, timeout: float | None = None,
-              on_progress: Callable[[Progress], None] | None = None, heartbeat: int = 10) -> Progress:
+              on_progress: Callable[[Progress], None] | None = None, heartbeat: int = 10,
+              workers_per_device: int = 1) -> Progress:
     """Run ``name`` until it has its target of complete trials (``trials`` raises the target).
 
     Args:
         workers: local worker processes sharing the database; threads per worker are sized
             so that workers x threads <= cores.
+        workers_per_device: on CUDA, workers share each GPU this many at a time (tiny networks
+            leave one GPU mostly idle): worker ``i`` trains on ``cuda:(i // workers_per_device)``;
+            ignored on the CPU. See :func:`objectives.worker_devices`.
         timeout: stop starting new trials after this many seconds.
         on_progress: called with a :class:`Progress` after each trial (or poll with workers).
 
     Raises:
         NasError: unknown study or bad arguments.
     """
-    row = check_run(name, store, trials=trials, workers=workers, timeout=timeout)
+    row = check_run(name, store, trials=trials, workers=workers, timeout=timeout,
+                    workers_per_device=workers_per_device)
     if trials is not None and trials != row.target_trials:
         store.set_target(name, trials)
     target = trials if trials is not None else row.target_trials
     deadline = time.time() + timeout if timeout else None
     threads = threads_per_worker(workers)
+    devices = worker_devices(workers, device=get_study_spec(name, store).device, per_device=workers_per_device)
     report = (lambda: on_progress(progress(name, store, target))) if on_progress else None
     if workers == 1:
-        work(name, store.url, deadline=deadline, threads=threads, callback=report, heartbeat=heartbeat)
+        work(name, store.url, deadline=deadline, threads=threads, callback=report, heartbeat=heartbeat,
+             device=devices[0])
     else:
         ctx = mp.get_context("spawn")
         errors = ctx.SimpleQueue()
-        procs = [ctx.Process(target=_worker_main, args=(name, store.url, deadline, i, threads, heartbeat, errors),
+        procs = [ctx.Process(target=_worker_main,
+                             args=(name, store.url, deadline, i, threads, heartbeat, errors, devices[i]),
                              name=f"nas-worker-{i}") for i in range(workers)]
         for p in procs:
             p.start()

@@ -116,10 +116,10 @@ class StudyWorker:
     """Runs trials of one study in this process (data loaded once)."""
 
     def __init__(self, name: str, store: Store, *, worker: int = 0, threads: int | None = None,
-                 stop: threading.Event | None = None, max_retry: int = 3) -> None:
+                 stop: threading.Event | None = None, max_retry: int = 3, device: str | None = None) -> None:
         self.name, self.store = name, store
         self.stop = stop or threading.Event()
-        self.ctx = load_context(name, store, threads=threads)
+        self.ctx = load_context(name, store, threads=threads, device=device)
         study_spec = self.ctx.study_spec
         self.study = optuna.load_study(study_name=name, storage=store.optuna,
                                        sampler=make_sampler(study_spec, worker, self.target),
@@ -279,7 +279,8 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
                stop: threading.Event | None = None, heartbeat: int = 10, poll_min: float = 1.0,
                poll_max: float = 30.0, max_consecutive_failures: int = 20,
                on_trial: Callable[[str, optuna.trial.FrozenTrial], None] | None = None,
-               jobs: bool = False, rejection_streak: int = REJECTION_STREAK) -> WorkerStats:
+               jobs: bool = False, rejection_streak: int = REJECTION_STREAK,
+               device: str | None = None) -> WorkerStats:
     """Run trials until stopped (``stop``), past ``deadline``, or -- with ``until_done`` --
     until every study in scope has met its target.
 
@@ -293,6 +294,8 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
         until_done: return once the studies in scope have met their targets (``nas study run``);
             otherwise wait for work with backoff from ``poll_min`` to ``poll_max`` seconds.
         heartbeat: seconds between heartbeats; a trial silent for 3x that is failed and retried.
+        device: train on this device instead of each study's own (``cuda:1``: a worker placed
+            on one GPU of several).
 
     Raises:
         NasError: a named study does not exist, or one of the named studies failed
@@ -330,7 +333,7 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
                         if finished(store, name) >= row.target_trials:
                             continue
                         try:
-                            sw = StudyWorker(name, store, worker=worker, threads=threads, stop=stop)
+                            sw = StudyWorker(name, store, worker=worker, threads=threads, stop=stop, device=device)
                         except Exception as e:
                             if names or database_down(e):
                                 raise

@@ -1,0 +1,157 @@
+"""How a device trains: mixed precision and memory layout on CUDA, augmentation on tensors, and
+which worker trains on which device.
+
+On the CPU nothing changes: fp32, contiguous tensors, no autocast (a CPU plan is the loop as it
+was before this module). On CUDA a :class:`DevicePlan` turns on what small CNNs gain from there:
+
+- automatic mixed precision (``torch.autocast``): bf16 where the GPU supports it (Ampere and
+  later; no loss scaling needed, bf16 has fp32's exponent range), else fp16 with a
+  ``torch.amp.GradScaler`` (Micikevicius et al., "Mixed Precision Training", ICLR 2018);
+- ``channels_last`` memory format (NHWC: cuDNN's tensor-core convolution kernels take it without
+  transposes, PyTorch's "(beta) Channels Last Memory Format" tutorial);
+- pinned host memory for the one host-to-device copy of the dataset;
+- ``torch.backends.cudnn.benchmark`` (every batch of a trial has the same shape, so the autotuned
+  kernel choice pays for itself).
+
+Augmentation for natural images (random crop with zero padding and horizontal flip, the CIFAR
+recipe of He et al., "Deep Residual Learning", CVPR 2016, section 4.2: 4 pixels of padding at 32x32)
+is done on the batch tensor on the training device, with the loop's seeded generator: no
+``DataLoader``, no worker processes, reproducible. Padding is ``input side / 8`` pixels (4 at
+32x32) and pads with 0, which after normalisation is the training split's mean colour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch.nn import functional as F
+
+__all__ = ["AMP_MODES", "AUGMENTATIONS", "DevicePlan", "augment_batch", "device_plan", "worker_devices"]
+
+#: ``auto``: bf16 on a GPU that supports it, else fp16 with loss scaling; fp32 on the CPU.
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+#: ``none``; ``crop-flip``: random crop after zero padding, and horizontal flip.
+AUGMENTATIONS = ("none", "crop-flip")
+
+Amp = Literal["auto", "off", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """What the training loop does on one device.
+
+    Attributes:
+        device: the training device.
+        amp_dtype: autocast dtype (``torch.bfloat16``/``torch.float16``), ``None`` for fp32.
+        grad_scaler: scale the loss (fp16 only: its gradients underflow without it).
+        channels_last: model and images in NHWC memory format.
+        pin_memory: copy the dataset to the device from pinned host memory.
+        cudnn_benchmark: let cuDNN autotune its convolution algorithms.
+    """
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    grad_scaler: bool = False
+    channels_last: bool = False
+    pin_memory: bool = False
+    cudnn_benchmark: bool = False
+
+    @property
+    def precision(self) -> str:
+        """``fp32``, ``bf16`` or ``fp16``: what the plan trains in."""
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """The autocast context of the forward pass (none in fp32)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def device_plan(device: torch.device | str, amp: str = "auto", *, bf16_supported: bool | None = None) -> DevicePlan:
+    """The plan for training on ``device``.
+
+    Args:
+        device: a resolved device (``cpu``, ``cuda``, ``cuda:N``).
+        amp: one of :data:`AMP_MODES`; it applies on CUDA only (the CPU always trains in fp32, as
+            before: CPU autocast is slower than fp32 for these networks).
+        bf16_supported: whether the GPU does bf16 (``torch.cuda.is_bf16_supported()`` when not
+            given); a parameter so that the choice is testable without a GPU.
+
+    Raises:
+        ValueError: ``amp`` is not one of :data:`AMP_MODES`; ``bf16`` asked of a GPU without it.
+    """
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp: {amp!r} is not a precision mode; accepted: {', '.join(AMP_MODES)}")
+    device = torch.device(device)
+    if device.type != "cuda":
+        return DevicePlan(device)
+    if amp == "off":
+        dtype = None
+    else:
+        if bf16_supported is None:
+            bf16_supported = bool(torch.cuda.is_bf16_supported())
+        if amp == "bf16" and not bf16_supported:
+            raise ValueError(f"amp: bf16 is not supported on {device}; accepted here: auto, off, fp16")
+        dtype = torch.bfloat16 if amp == "bf16" or (amp == "auto" and bf16_supported) else torch.float16
+    return DevicePlan(device, amp_dtype=dtype, grad_scaler=dtype == torch.float16, channels_last=True,
+                      pin_memory=True, cudnn_benchmark=True)
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, kind: str) -> torch.Tensor:
+    """``x`` (``N x C x H x W``, on any device) augmented per example; ``x`` itself for ``none``.
+
+    ``crop-flip``: each example is shifted by a random offset of up to ``pad = max(1, min(H, W) // 8)``
+    pixels in each direction (a ``H x W`` crop of the zero-padded image) and flipped left-right
+    with probability 1/2. The random numbers come from ``generator`` (a CPU generator: the same
+    seed gives the same augmentation on every device).
+    """
+    if kind == "none":
+        return x
+    if kind != "crop-flip":
+        raise ValueError(f"augment: {kind!r} is not an augmentation; accepted: {', '.join(AUGMENTATIONS)}")
+    n, _c, h, w = x.shape
+    pad = max(1, min(h, w) // 8)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # N x 1 x H x 1
+    cols = dx[:, None] + torch.arange(w, device=x.device)  # N x W
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]  # N x 1 x 1 x W
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channels = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, channels, rows, cols].contiguous(memory_format=_format_of(x))
+
+
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous() else torch.contiguous_format
+
+
+def worker_devices(workers: int, *, device: str = "auto", per_device: int = 1,
+                   cuda_count: int | None = None) -> list[str | None]:
+    """The device of each of ``workers`` local workers.
+
+    On CUDA (``device`` ``auto`` or ``cuda`` with GPUs present) workers are spread over the GPUs,
+    at most ``per_device`` on each (several small networks keep one GPU busy where one cannot):
+    worker ``i`` trains on ``cuda:(i // per_device)``. Elsewhere every worker gets ``None``: the
+    study's own device, as before (CPU workers share the cores through their thread counts).
+
+    Raises:
+        ValueError: ``per_device`` below 1, or more workers than ``GPUs x per_device``.
+    """
+    if per_device < 1:
+        raise ValueError(f"--workers-per-device: must be at least 1, got {per_device}")
+    if cuda_count is None:
+        cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device not in ("auto", "cuda") or cuda_count == 0:
+        return [None] * workers
+    if workers > cuda_count * per_device:
+        raise ValueError(f"--workers: {workers} workers need more than {cuda_count} GPU(s) x "
+                         f"{per_device} per device; accepted: at most {cuda_count * per_device}, or raise "
+                         "--workers-per-device")
+    return [f"cuda:{i // per_device}" for i in range(workers)]
