@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -339,3 +340,45 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_data(storage_url):
         assert conn.execute(text("SELECT COUNT(*) FROM lightnas_refinements")).scalar() == 1
     assert json.loads(store.get_refinement(first.id).settings_json) == {"x": 1}
     store.close()
+
+
+def test_candidates_past_the_allowed_drop_are_stored_but_not_offered(refined_db, capsys, tmp_path):
+    """A fusion step that lost more than --max-drop ends the run and is stored as evidence, but is not
+    offered beside the others (the Pareto front with refined candidates, the refine table, job
+    candidates) unless asked for."""
+    import shutil
+
+    from sqlalchemy import update
+
+    from nas.search import get_study_spec, past_drop, refined_points
+    from nas.workers import candidate_info
+
+    src = refined_db[0].removeprefix("sqlite:///")
+    for suffix in ("", "-wal", "-shm"):
+        if Path(src + suffix).exists():
+            shutil.copy(src + suffix, tmp_path / f"nas.db{suffix}")
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    store = Store(url)
+    fuse = [r for r in store.get_refinements("t") if r.method == "fuse"][-1]
+    reference = json.loads(fuse.detail_json)["reference"]
+    max_drop = json.loads(fuse.settings_json)["max_drop"]
+    assert not past_drop(fuse) and fuse.val_accuracy >= reference - max_drop  # the run kept within its drop
+    with store.session() as s:  # as a run stores the step that went past it
+        s.execute(update(RefinementRow).where(RefinementRow.id == fuse.id)
+                  .values(val_accuracy=reference - max_drop - 0.05))
+        s.commit()
+    fuse = next(r for r in store.get_refinements("t") if r.id == fuse.id)
+    assert past_drop(fuse) and candidate_info(fuse)["past_drop"] is True
+    study_spec = get_study_spec("t", store)
+    assert fuse.id not in [r.id for r, _ in refined_points("t", store, study_spec)]
+    assert fuse.id in [r.id for r, _ in refined_points("t", store, study_spec, past=True)]
+    store.close()
+    code, out, err = run_cli(capsys, "pareto", "t", "--include-refined", "--format", "json", "--storage", url)
+    assert code == 0 and fuse.id not in [r["refined"] for r in json.loads(out)]
+    code, out, err = run_cli(capsys, "refine", "t", "--trial", "0", "--epochs", "3", "--finetune-epochs", "2",
+                             "--iterations", "2", "--long-every", "2", "--threads", "1", "--quiet",
+                             "--format", "json", "--storage", url)
+    assert code == 0, err
+    marked = {r["refined"]: r["source"] for r in json.loads(out)}
+    assert marked[fuse.id].endswith("(past max-drop)") and "--past-drop" in err
+    assert sum(s.endswith("(past max-drop)") for s in marked.values()) == 1

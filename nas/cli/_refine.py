@@ -51,6 +51,7 @@ def refine_cmd(
     from objectives import threads_per_worker
 
     from ..refine import make_settings, parent_trials, refine_trial
+    from ..search import past_drop
 
     if (trial is None) == (not pareto):
         raise UsageError("give exactly one of --trial N (refine one trial) or --pareto (every Pareto-front member)")
@@ -108,13 +109,18 @@ def refine_cmd(
     table = []
     for r in rows:
         cost = json.loads(r.cost_json)
-        table.append({"source": f"refined {r.parent_trial}/{r.method}/{r.step}", "refined": r.id,
+        mark = " (past max-drop)" if past_drop(r) else ""
+        table.append({"source": f"refined {r.parent_trial}/{r.method}/{r.step}{mark}",
+                      "refined": r.id,
                       "accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy,
                       **{k: cost.get(k) for k in REFINE_COLS[4:]}, "parent_step": r.parent_step,
                       "spec_hash": r.spec_hash[:12]})
     if fmt is Format.json:
         sys.stdout.write(json.dumps(table, indent=2) + "\n")
         return
+    if any(past_drop(r) for r in rows):
+        err.print("candidates marked (past max-drop) lost more accuracy than --max-drop allows: stored as evidence, "
+                  "left out of 'nas pareto --include-refined' unless --past-drop", highlight=False, soft_wrap=True)
     emit(table, fmt, f"refined candidates of {name} (trial{'s' if len(numbers) > 1 else ''} "
                      f"{', '.join(map(str, numbers))})",
          {k: lambda v: si(float(v)) for k in ("flops", "params", "mem_traffic_bytes")})

@@ -23,11 +23,14 @@ def pareto_cmd(
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
     include_refined: Annotated[bool, typer.Option(
         "--include-refined", help="refined candidates ('nas refine') join the front, marked in 'source'")] = False,
+    past_drop: Annotated[bool, typer.Option(
+        "--past-drop", help="with --include-refined: also candidates further below the pruned model than the run's "
+                            "--max-drop allowed (stored, not offered by default)")] = False,
 ) -> None:
     """The feasible Pareto front (accuracy vs cost) with spec hash, costs and test accuracy."""
     from ..search import pareto_rows
 
-    rows = pareto_rows(name, open_store(storage), where=where, include_refined=include_refined)
+    rows = pareto_rows(name, open_store(storage), where=where, include_refined=include_refined, past_drop=past_drop)
     if fmt is Format.json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return

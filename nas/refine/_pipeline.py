@@ -404,7 +404,8 @@ def _low_rank(run: _Run, teacher: LightNet, reference: float) -> None:
               if b.rank_ratio != base.spec.blocks[i].rank_ratio}
     if arch.head.rank_ratio != base.spec.head.rank_ratio:
         ratios["head"] = arch.head.rank_ratio
-    detail = {"budget": str(budget), "budget_met": met, "base_step": base_row.step, "rank_ratios": ratios}
+    detail = {"budget": str(budget), "budget_met": met, "base_step": base_row.step, "rank_ratios": ratios,
+              "reference": reference}
     run.save(max(run.rows) + 1, "low_rank", base_row.step, model, accuracy, detail, time.perf_counter() - t0)
 
 

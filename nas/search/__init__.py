@@ -9,7 +9,7 @@ from ._demo import DEMO_BUDGET, demo_spec
 from ._early import EarlyStop, Peer, dominators, peers_of, rung_epochs
 from ._inherit import Parent, pick_parent
 from ._objective import CONSTRAINTS_KEY, StudyContext, TrialObjective, load_context, objective_values
-from ._pareto import dominates, front_trials, pareto_rows, refined_points, test_accuracy, where_filter
+from ._pareto import dominates, front_trials, pareto_rows, past_drop, refined_points, test_accuracy, where_filter
 from ._record import Status, TrialRecord, record_of, status_of
 from ._samplers import make_pruner, make_sampler
 from ._spec import (
@@ -78,6 +78,7 @@ __all__ = [
     "objective_values",
     "one_line_error",
     "pareto_rows",
+    "past_drop",
     "peers_of",
     "pick_parent",
     "parse_stored_spec",

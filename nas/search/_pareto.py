@@ -32,7 +32,7 @@ from ._record import record_of
 from ._spec import StudySpec
 from ._studies import get_study_spec
 
-__all__ = ["dominates", "front_trials", "pareto_rows", "refined_points", "where_filter"]
+__all__ = ["dominates", "front_trials", "pareto_rows", "past_drop", "refined_points", "where_filter"]
 
 
 def _vector(study_spec: StudySpec, t: FrozenTrial) -> list[float]:
@@ -98,12 +98,31 @@ def test_accuracy(name: str, store: Store, study_spec: StudySpec, spec_hash: str
     return acc
 
 
+def past_drop(r: Any) -> bool:
+    """Whether refinement candidate ``r`` (a stored row) is further below the pruned model's
+    accuracy than its run's ``max_drop`` allowed: the fusion step that stopped the run, or a
+    low-rank step that fell below the floor. Stored as evidence of where the method stops; not
+    offered as a candidate unless asked for."""
+    if r.method not in ("fuse", "low_rank"):
+        return False
+    try:
+        reference = json.loads(r.detail_json or "{}").get("reference")
+        max_drop = json.loads(r.settings_json or "{}").get("max_drop")
+    except ValueError:
+        return False
+    if not isinstance(reference, (int, float)) or not isinstance(max_drop, (int, float)):
+        return False
+    return bool(r.val_accuracy < reference - max_drop)
+
+
 def refined_points(name: str, store: Store, study_spec: StudySpec,
-                   trials: dict[int, FrozenTrial] | None = None) -> list[tuple[Any, dict[str, float]]]:
+                   trials: dict[int, FrozenTrial] | None = None, *,
+                   past: bool = False) -> list[tuple[Any, dict[str, float]]]:
     """``(refinement row, metrics)`` of every stored refinement candidate of study ``name`` that
     meets its budget; ``metrics`` holds the cost totals, ``hw_cost`` under the study's budget and
     ``accuracy``. Candidates whose parent trial no longer has the architecture they started from
-    (a study deleted and created again under the same name) are left out."""
+    (a study deleted and created again under the same name) are left out, and so are candidates
+    past their run's ``max_drop`` (:func:`past_drop`) unless ``past``."""
     if trials is None:
         study = optuna.load_study(study_name=name, storage=store.optuna)
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -111,7 +130,7 @@ def refined_points(name: str, store: Store, study_spec: StudySpec,
     out = []
     for r in store.get_refinements(name):
         t = trials.get(r.parent_trial)
-        if t is None or record_of(t).spec_hash != r.parent_spec_hash:
+        if t is None or record_of(t).spec_hash != r.parent_spec_hash or (not past and past_drop(r)):
             continue
         m = json.loads(r.cost_json)
         if budget is not None:
@@ -134,13 +153,15 @@ _ROW_COSTS = ("hw_cost", "flops", "params", "peak_activation_bytes", "mem_traffi
 
 
 def pareto_rows(name: str, store: Store, *, where: str | None = None, with_test: bool = True,
-                include_refined: bool = False, measure_test: bool = True) -> list[dict[str, Any]]:
+                include_refined: bool = False, measure_test: bool = True,
+                past_drop: bool = False) -> list[dict[str, Any]]:
     """The feasible Pareto front of study ``name`` under ``where``, sorted by the first cost.
 
     With ``include_refined``, refinement candidates compete on the same front (see the module
     docstring) and every row has ``source`` and ``refined``. ``with_test`` adds test accuracy,
     measured once and stored (``measure_test``) or only as stored (None if never measured:
-    what the read-only HTTP API does).
+    what the read-only HTTP API does). Refined candidates past their run's ``max_drop`` compete
+    only with ``past_drop``.
     """
     study_spec = get_study_spec(name, store)
     keep = where_filter(where)
@@ -150,7 +171,8 @@ def pareto_rows(name: str, store: Store, *, where: str | None = None, with_test:
     refined: list[tuple[Any, dict[str, float]]] = []
     if include_refined:
         by_number = {t.number: t for t in all_trials}
-        refined = [(r, m) for r, m in refined_points(name, store, study_spec, by_number) if keep(m)]
+        refined = [(r, m) for r, m in refined_points(name, store, study_spec, by_number, past=past_drop)
+                   if keep(m)]
         points: list[tuple[FrozenTrial | None, Any, dict[str, float]]] = (
             [(t, None, _metrics(t)) for t in trials] + [(None, r, m) for r, m in refined])
         chosen = [points[i] for i in _front_indices(study_spec, [p[2] for p in points])]

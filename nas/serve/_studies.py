@@ -104,7 +104,9 @@ def delete(nas: Nas, name: StudyName) -> Response:
 def pareto(nas: Nas, name: StudyName,
            where: Annotated[str | None, Query(max_length=1000, description="e.g. 'flops<=1M accuracy>=0.95'")]
            = None,
-           include_refined: Annotated[bool, Query(description="refined candidates join the front")] = False
+           include_refined: Annotated[bool, Query(description="refined candidates join the front")] = False,
+           past_drop: Annotated[bool, Query(description="with include_refined: also candidates past their run's "
+                                                        "max_drop (stored, not offered by default)")] = False
            ) -> ParetoAnswer:
     """The feasible Pareto front under ``where`` (the CLI's filter language). ``test_accuracy``
     is the stored one (measured once by ``nas pareto`` or ``nas export``), null until then:
@@ -114,5 +116,6 @@ def pareto(nas: Nas, name: StudyName,
         where_filter(where)
     except NasError as e:
         raise ApiError(422, str(e).removeprefix("--"), "where") from None
-    rows = pareto_rows(name, nas.store, where=where, include_refined=include_refined, measure_test=False)
+    rows = pareto_rows(name, nas.store, where=where, include_refined=include_refined, measure_test=False,
+                       past_drop=past_drop)
     return ParetoAnswer(study=name, where=where, objectives=study_spec.objectives, rows=clean(rows))

@@ -30,7 +30,7 @@ from storage import JobRow, Store, error_line
 
 from .._errors import NasError, TrialInterrupted
 from ..refine import RefineEvent, RefineSettings, check_parent, refine_trial, settings_key
-from ..search import get_study_spec
+from ..search import get_study_spec, past_drop
 from ._liveness import Heartbeat, database_down, trial_fail_reason
 
 __all__ = ["candidate_info", "iso_utc", "job_info", "queue_refinement", "run_job"]
@@ -72,7 +72,7 @@ def candidate_info(r: Any) -> dict[str, Any]:
     cost = json.loads(r.cost_json)
     return {"refined": r.id, "step": r.step, "parent_step": r.parent_step, "method": r.method,
             "spec_hash": r.spec_hash, "val_accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy,
-            **{k: cost.get(k) for k in ("flops", "params", "depth", "hw_cost")}}
+            **{k: cost.get(k) for k in ("flops", "params", "depth", "hw_cost")}, "past_drop": past_drop(r)}
 
 
 def iso_utc(t: Any) -> str | None:
