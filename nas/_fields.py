@@ -12,10 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["EARLY_STOP", "FIDELITY", "PRUNERS", "REFINE", "SAMPLERS", "SINGLE_METRIC_PRUNERS", "STUDY", "Doc",
+__all__ = ["AUTO_GP_MAX_TRIALS", "EARLY_STOP", "FIDELITY", "PROXY_NAMES", "PRUNERS", "REFINE", "SAMPLERS",
+           "SINGLE_METRIC_PRUNERS", "STUDY", "Doc",
            "declare", "help_text"]
 
-SAMPLERS = ("tpe", "nsga2", "random")
+SAMPLERS = ("auto", "tpe", "nsga2", "gp", "random")
+#: ``auto`` picks ``gp`` for targets up to this many trials and ``tpe`` above it: a GP's fit grows
+#: with the cube of the trials it has seen, TPE's cost stays flat (docs/design.md, "Samplers").
+AUTO_GP_MAX_TRIALS = 100
+#: Zero-cost proxies a study can be guided by (``objectives.PROXIES`` and the vote; kept here so
+#: that ``nas --help`` does not import torch; tests/test_proxies.py checks they agree).
+PROXY_NAMES = ("synflow", "naswot", "jacob_cov", "grad_norm", "snip", "params", "flops", "vote")
 #: Early stopping of poor trials on validation accuracy. ``median``, ``asha``, ``hyperband``:
 #: Optuna's pruners (Tune's ASHA on Ray), single-objective (accuracy) studies only. ``pareto``:
 #: lightnas's Pareto-aware rule, any study with accuracy as an objective.
@@ -70,7 +77,11 @@ STUDY: dict[str, Doc] = {
     "budget": Doc("resource budget, e.g. 'flops<=5M params<=100k peak_mem<=256KiB'", ""),
     "budget_weights": Doc("FS-DNN weight per budgeted resource (1/n each when not given)", factory=dict),
     "objectives": Doc("accuracy, hw_cost or any cost resource", factory=lambda: ["accuracy", "hw_cost"]),
-    "sampler": Doc(" | ".join(SAMPLERS), "tpe"),
+    "sampler": Doc(" | ".join(SAMPLERS) + f" (auto: gp, Optuna's constrained Gaussian-process sampler, for "
+                   f"targets up to {AUTO_GP_MAX_TRIALS} trials, tpe above)", "auto"),
+    "proxy": Doc("zero-cost proxy that picks which of several sampled candidates within the budget is trained: "
+                 + " | ".join(PROXY_NAMES) + " (none when not given)"),
+    "proxy_candidates": Doc("--proxy: candidates drawn from the sampler per trial", 8),
     "pruner": Doc("none | pareto (Pareto-aware early stopping, any objectives) | median | asha | hyperband "
                   "(objective accuracy only)", "none"),
     "early_stop": Doc("settings of the pareto pruner"),

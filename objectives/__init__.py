@@ -41,6 +41,7 @@ from ._feasibility import (
     fit_space,
     most_scaled,
     resized_shape,
+    sample_within,
     smaller_inputs,
     space_minimum,
     space_share,
@@ -76,6 +77,18 @@ from ._opmodel import (
 )
 from ._probe import FAMILIES as PROBE_FAMILIES
 from ._probe import MeasurementError, Probe, board_power, fit_measurements, probe_set, write_probes
+from ._proxies import (
+    PROXIES,
+    VOTE,
+    VOTE_MEMBERS,
+    ProxyBatch,
+    ProxyError,
+    check_proxy,
+    proxy_batch,
+    score_arch,
+    score_model,
+    vote_scores,
+)
 from ._train import (
     TrainConfig,
     TrainingError,
@@ -95,6 +108,16 @@ __all__ = [
     "augment_batch",
     "device_plan",
     "worker_devices",
+    "PROXIES",
+    "VOTE",
+    "VOTE_MEMBERS",
+    "ProxyBatch",
+    "ProxyError",
+    "check_proxy",
+    "proxy_batch",
+    "score_arch",
+    "score_model",
+    "vote_scores",
     "USABLE_SHARE",
     "WARN_SHARE",
     "Feasibility",
@@ -105,6 +128,7 @@ __all__ = [
     "fit_space",
     "most_scaled",
     "resized_shape",
+    "sample_within",
     "smaller_inputs",
     "space_minimum",
     "space_share",

@@ -43,7 +43,7 @@ from ._devices import DeviceProfile, get_device
 
 __all__ = ["FIT_SAMPLES", "SHARE_SAMPLES", "USABLE_SHARE", "WARN_SHARE", "Feasibility", "SpaceFit", "assess",
            "below_minimum", "fit_space", "most_scaled", "resized_shape", "smaller_inputs", "space_minimum",
-           "space_share"]
+           "sample_within", "space_share"]
 
 #: A space of which less than this share lies within the budget is fitted (when fitting is on),
 #: and a fitted variant must reach it (else the variant with the largest share is taken).
@@ -225,6 +225,26 @@ def space_share(space: SearchSpace, budget: Budget, num_classes: int, device: st
             within += 1
             flops += totals["flops"]
     return Share(within / samples, samples, flops / within if within else 0.0, time.perf_counter() - t0)
+
+
+def sample_within(space: SearchSpace, budget: Budget | None, num_classes: int, n: int, *, seed: int = 0,
+                  tries_per_arch: int = 200) -> list[ArchSpec]:
+    """Up to ``n`` distinct architectures of ``space`` drawn uniformly (seeded) that are within
+    ``budget`` (every one when ``None``); fewer when ``n * tries_per_arch`` draws do not find them."""
+    coster = _Coster(_profile("rpi4"))
+    rng = random.Random(seed)
+    out: list[ArchSpec] = []
+    seen: set[str] = set()
+    for _ in range(n * tries_per_arch):
+        arch = space.sample(rng)
+        if arch.hash in seen:
+            continue
+        seen.add(arch.hash)
+        if budget is None or not budget.violations(coster.totals(arch, space.input_shape, num_classes)):
+            out.append(arch)
+            if len(out) == n:
+                break
+    return out
 
 
 def below_minimum(budget: Budget, minima: Mapping[str, float]) -> dict[str, float]:

@@ -36,7 +36,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -148,7 +148,8 @@ class TrainResult:
         epochs_run: epochs that trained on at least one batch (the last may be partial when
             ``timed_out``).
         seconds: wall time of training and evaluation.
-        curve: validation accuracy after each epoch run.
+        curve: validation accuracy after each epoch run (``None`` for an epoch that was not
+            validated: see ``validate_epochs`` of :func:`train_model`).
         steps: optimiser steps taken.
         timed_out: stopped by ``max_seconds`` before the planned epochs.
         state_dict: the final weights on the CPU (``None`` when not kept).
@@ -159,7 +160,7 @@ class TrainResult:
     train_loss: float
     epochs_run: int
     seconds: float
-    curve: list[float] = field(default_factory=list)
+    curve: list[float | None] = field(default_factory=list)
     steps: int = 0
     timed_out: bool = False
     state_dict: dict[str, torch.Tensor] | None = field(default=None, repr=False)
@@ -297,7 +298,7 @@ def _placed(model: nn.Module, data: Dataset, plan: DevicePlan) -> tuple[nn.Modul
 def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluate_test: bool = False,
                 on_epoch: Callable[[int, float], None] | None = None, keep_state: bool = True,
                 teacher: Distillation | None = None, trainable: Sequence[str] | None = None,
-                patience: int | None = None) -> TrainResult:
+                patience: int | None = None, validate_epochs: Collection[int] | None = None) -> TrainResult:
     """Train ``model`` in place on ``data`` and report validation (and test) accuracy.
 
     Args:
@@ -314,6 +315,11 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
         patience: stop when validation accuracy has not improved for this many epochs and
             restore the best epoch's weights (``val_accuracy`` is then the best); ``None`` runs
             every epoch and keeps the last weights.
+        validate_epochs: validate only after these epochs and the last one run (``None``: after
+            every epoch; ignored with ``patience``, which needs every epoch). Validation leaves
+            the weights, BatchNorm statistics and random state alone, so the final accuracy is
+            the same either way; an epoch not validated is ``None`` in the curve and ``nan`` for
+            ``on_epoch``. What it saves: a full validation pass per skipped epoch.
 
     Returns:
         A :class:`TrainResult`.
@@ -349,7 +355,7 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
         loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         gen = torch.Generator().manual_seed(config.seed)
 
-        curve: list[float] = []
+        curve: list[float | None] = []
         best: tuple[float, dict[str, torch.Tensor]] | None = None
         since_best = 0
         step = 0
@@ -393,9 +399,17 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
                     break
             epochs_run = epoch
             train_loss = loss_sum / max(seen, 1)
-            with plan.autocast():
-                val_acc = evaluate(model, data.x_val, data.y_val)
-            curve.append(val_acc)
+            if config.max_seconds is not None and epoch < config.epochs and \
+                    time.perf_counter() - t0 > config.max_seconds:
+                timed_out = True
+            last = epoch == config.epochs or timed_out
+            if patience is not None or validate_epochs is None or last or epoch in validate_epochs:
+                with plan.autocast():
+                    val_acc = evaluate(model, data.x_val, data.y_val)
+                curve.append(val_acc)
+            else:
+                val_acc = math.nan
+                curve.append(None)
             if on_epoch is not None:
                 on_epoch(epoch, val_acc)
             if patience is not None:
@@ -405,19 +419,18 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
                     since_best += 1
                     if since_best >= patience:
                         break
-            if config.max_seconds is not None and epoch < config.epochs and \
-                    time.perf_counter() - t0 > config.max_seconds:
-                timed_out = True
             if timed_out:
                 break
-        if best is not None and best[0] > curve[-1]:
+        if best is not None and best[0] > (curve[-1] or 0.0):
             model.load_state_dict(best[1])
         model.eval()
         with plan.autocast():
             test_acc = evaluate(model, data.x_test, data.y_test) if evaluate_test and len(data.y_test) else None
         state = {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
                  for k, v in model.state_dict().items()} if keep_state else None
-    val = best[0] if best is not None and best[0] > curve[-1] else curve[-1]
+    final = curve[-1]
+    assert final is not None  # the last epoch run is always validated
+    val = best[0] if best is not None and best[0] > final else final
     return TrainResult(val_accuracy=val, test_accuracy=test_acc, train_loss=train_loss, epochs_run=epochs_run,
                        seconds=time.perf_counter() - t0, curve=curve, steps=step, timed_out=timed_out,
                        state_dict=state)
@@ -425,7 +438,8 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
 
 def train_spec(spec: ArchSpec, data: Dataset, config: TrainConfig, *, evaluate_test: bool = False,
                on_epoch: Callable[[int, float], None] | None = None, keep_state: bool = True,
-               init: Callable[[nn.Module], object] | None = None) -> TrainResult:
+               init: Callable[[nn.Module], object] | None = None,
+               validate_epochs: Collection[int] | None = None) -> TrainResult:
     """Build ``spec`` for ``data`` (weights initialised under ``config.seed``) and train it.
 
     ``init``, if given, is called on the built model before training (to start from inherited
@@ -444,4 +458,5 @@ def train_spec(spec: ArchSpec, data: Dataset, config: TrainConfig, *, evaluate_t
         model = build_model(spec, data.input_shape, data.num_classes)
     if init is not None:
         init(model)
-    return train_model(model, data, config, evaluate_test=evaluate_test, on_epoch=on_epoch, keep_state=keep_state)
+    return train_model(model, data, config, evaluate_test=evaluate_test, on_epoch=on_epoch, keep_state=keep_state,
+                       validate_epochs=validate_epochs)

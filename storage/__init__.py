@@ -10,6 +10,7 @@ from ._schema import (
     EvaluationRow,
     JobRow,
     Meta,
+    ProxyScoreRow,
     RefinementRow,
     StudyRow,
 )
@@ -27,5 +28,5 @@ from ._store import (
 )
 
 __all__ = ["DEFAULT_URL", "JOB_STATES", "OPEN_MODES", "SCHEMA_VERSION", "ArchitectureRow", "ArtifactRow", "Base",
-           "EvaluationRow", "JobRow", "Meta", "RefinementRow", "RetryTrial", "StorageError", "Store", "StudyRow",
-           "error_hint", "error_line", "is_transient", "normalize_url"]
+           "EvaluationRow", "JobRow", "Meta", "ProxyScoreRow", "RefinementRow", "RetryTrial", "StorageError", "Store",
+           "StudyRow", "error_hint", "error_line", "is_transient", "normalize_url"]

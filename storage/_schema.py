@@ -16,6 +16,8 @@ Schema history (``lightnas_meta.schema_version``):
 5. ``lightnas_devices``: device profiles stored in the database (``nas hardware fit``), by name,
    as their TOML text, so that every worker of a study costs with the same profile whichever
    host it runs on.
+   and ``lightnas_proxy_scores``: zero-cost proxy scores of an architecture, per input key (input
+   shape, data, batch and seed the score depends on).
 
 Upgrades are functions in ``MIGRATIONS`` applied in order; tables are never dropped.
 """
@@ -181,6 +183,23 @@ class DeviceProfileRow(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class ProxyScoreRow(Base):
+    """One zero-cost proxy score of an architecture (``value``: higher is better, ``-inf`` when
+    it could not be computed). ``input_key`` hashes what the score depends on besides the
+    architecture: input shape, classes, data source, batch size and seed (``input_json``)."""
+
+    __tablename__ = "lightnas_proxy_scores"
+    __table_args__ = (UniqueConstraint("spec_hash", "input_key", "proxy", name="uq_proxy_score"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    spec_hash: Mapped[str] = mapped_column(ForeignKey("lightnas_architectures.spec_hash"), index=True)
+    input_key: Mapped[str] = mapped_column(String(64))
+    input_json: Mapped[str] = mapped_column(Text)
+    proxy: Mapped[str] = mapped_column(String(32))
+    value: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
 def _v2_refinements(conn: Connection) -> None:
     """Version 2: the refinement lineage table (a no-op when ``create_all`` made it already)."""
     RefinementRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
@@ -223,11 +242,13 @@ def _v4_counted_targets(conn: Connection) -> None:
                      {"t": new, "i": json.dumps(info), "n": name})
 
 
-def _v5_devices(conn: Connection) -> None:
-    """Version 5: stored device profiles (a no-op when ``create_all`` made the table already)."""
+def _v5_devices_and_proxy_scores(conn: Connection) -> None:
+    """Version 5: stored device profiles and the zero-cost proxy cache (a no-op for a table
+    ``create_all`` made already)."""
     DeviceProfileRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+    ProxyScoreRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
 #: version -> upgrade function(connection) from version-1. Version 1 is created by create_all.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_refinements, 3: _v3_jobs, 4: _v4_counted_targets,
-                                                       5: _v5_devices}
+                                                       5: _v5_devices_and_proxy_scores}

@@ -47,6 +47,7 @@ from ._schema import (
     EvaluationRow,
     JobRow,
     Meta,
+    ProxyScoreRow,
     RefinementRow,
     StudyRow,
 )
@@ -464,7 +465,7 @@ class Store:
                                                          EvaluationRow.fidelity_key == fidelity_key)).first()
 
     def put_evaluation(self, spec_hash: str, fidelity_key: str, fidelity: dict[str, Any], *, val_accuracy: float,
-                       cost: dict[str, Any], seconds: float, epochs_run: int, curve: list[float],
+                       cost: dict[str, Any], seconds: float, epochs_run: int, curve: list[float | None],
                        artifact_key: str | None) -> EvaluationRow:
         """Record an evaluation; if another worker recorded the same one first, return theirs."""
         row = EvaluationRow(spec_hash=spec_hash, fidelity_key=fidelity_key, fidelity_json=json.dumps(fidelity),
@@ -484,6 +485,25 @@ class Store:
             s.execute(update(EvaluationRow).where(EvaluationRow.spec_hash == spec_hash,
                                                   EvaluationRow.fidelity_key == fidelity_key)
                       .values(test_accuracy=accuracy))
+
+    # ------------------------------------------------------------------ zero-cost proxy scores
+    def get_proxy_scores(self, spec_hash: str, input_key: str) -> dict[str, float]:
+        """The cached proxy scores of an architecture for one input key, by proxy name."""
+        with self.session() as s:
+            rows = s.scalars(select(ProxyScoreRow).where(ProxyScoreRow.spec_hash == spec_hash,
+                                                         ProxyScoreRow.input_key == input_key)).all()
+            return {r.proxy: float(r.value) for r in rows}
+
+    def put_proxy_scores(self, spec_hash: str, input_key: str, input_info: dict[str, Any],
+                         scores: dict[str, float], seconds: float = 0.0) -> None:
+        """Cache scores; one another worker stored first is kept (same inputs, same score)."""
+        for proxy, value in scores.items():
+            try:
+                with self.session() as s:
+                    s.add(ProxyScoreRow(spec_hash=spec_hash, input_key=input_key, input_json=json.dumps(input_info),
+                                        proxy=proxy, value=float(value), seconds=seconds))
+            except IntegrityError:
+                continue
 
     # ------------------------------------------------------------------ artifacts
     def put_artifact(self, key: str, data: bytes) -> None:

@@ -391,3 +391,14 @@ def record_requests(context) -> list:
     context.on("request", lambda request: seen.append(request))
     context.route(lambda url: not is_local(url), lambda route: route.abort())
     return seen
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run ``nas ARGS`` in-process: (exit code, stdout, stderr)."""
+    from nas.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*args])
+        raise SystemExit(0)
+    cap = capsys.readouterr()
+    return int(e.value.code or 0), cap.out, cap.err

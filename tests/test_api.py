@@ -156,7 +156,7 @@ def trained(storage_url):
 
 BAD_BODIES = [
     ({**STUDY, "name": "s2", "space": "nope"}, "space", "accepted: mobilenetv2, plain, resnet"),
-    ({**STUDY, "name": "s2", "sampler": "grid"}, "sampler", "accepted: tpe, nsga2, random"),
+    ({**STUDY, "name": "s2", "sampler": "grid"}, "sampler", "accepted: auto, tpe, nsga2, gp, random"),
     ({**STUDY, "name": "s2", "objectives": ["accuracy", "speed"]}, "objectives", "accepted: accuracy, hw_cost"),
     ({**STUDY, "name": "s2", "budget": "flops<=lots"}, "budget", "write e.g. 5M"),
     ({**STUDY, "name": "s2", "budget": "colour<=3"}, "budget", "flops"),

@@ -610,7 +610,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
                                                                                   max_size=3), max_leaves=6)
 FIELDS = ["name", "space", "space_options", "data", "budget", "budget_weights", "objectives", "sampler", "pruner",
           "early_stop", "inherit_weights", "seed", "device", "cost_device", "trials", "fit_space", "fit_resolution",
-          "input_size", "val_fraction", "fidelity", "no_such_field"]
+          "input_size", "val_fraction", "fidelity", "proxy", "proxy_candidates", "no_such_field"]
 
 
 @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))

@@ -69,7 +69,8 @@ def test_config_file(tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["study", "create", "x", "--space", "vgg", "--budget", "flops<=1M"], "accepted: mobilenetv2, plain, resnet"),
-    (["study", "create", "x", "--space", "plain", "--sampler", "cma", "--budget", "flops<=1M"], "tpe, nsga2, random"),
+    (["study", "create", "x", "--space", "plain", "--sampler", "cma", "--budget", "flops<=1M"],
+     "auto, tpe, nsga2, gp, random"),
     (["study", "create", "x", "--space", "plain", "--objectives", "accuracy,speed", "--budget", "flops<=1M"],
      "unknown objective 'speed'"),
     (["study", "create", "x", "--space", "plain", "--budget", "flops<=1Q"], "suffix"),

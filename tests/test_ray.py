@@ -230,3 +230,18 @@ def test_interrupted_ray_run_resumes_on_rerun(tmp_path, monkeypatch):
         t = next(x for x in after if x.number == n)
         assert t.state == TrialState.COMPLETE and t.user_attrs["ray_trial_id"] == before[n].user_attrs["ray_trial_id"]
     assert not path.exists()
+
+
+@pytest.mark.slow
+def test_ray_run_trains_the_candidates_a_proxy_picked(sqlite_url, local_ray):
+    """Issue 18: proxy-guided sampling in the Ray driver's searcher; the trainables train the pick."""
+    new_study(sqlite_url, "px", budget="params<=5k", trials=3, sampler="tpe", proxy="synflow", proxy_candidates=3)
+    store = Store(sqlite_url)
+    try:
+        p = run_ray("px", store, options=RayOptions(max_concurrent=1))
+        assert p.finished == 3
+        picked = [t for t in trials_of(sqlite_url, "px") if "proxy_pick" in t.user_attrs]
+        assert picked and all(t.user_attrs["spec_hash"] == t.user_attrs["proxy_pick"]["spec_hash"] for t in picked)
+        assert all(t.user_attrs["status"] in ("trained", "reused", "over_budget") for t in picked)
+    finally:
+        store.close()

@@ -9,10 +9,10 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from conftest import run_cli
 from sqlalchemy import create_engine, inspect, text
 
 from nas import NasError, export_refined
-from nas.cli import main
 from nas.refine import RefineSettings, make_settings, parent_trials, refine_trial, threshold_search
 from nas.search import create_study, dominates, make_spec, pareto_rows
 from nas.workers import run_study
@@ -253,14 +253,6 @@ def test_export_a_refined_candidate(refined_db, tmp_path):
     store.close()
 
 
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main([*args])
-        raise SystemExit(0)
-    cap = capsys.readouterr()
-    return int(e.value.code or 0), cap.out, cap.err
-
-
 def test_cli_refine_pareto_export(refined_db, capsys, tmp_path):
     url, ids = refined_db
     # The run is stored: the same command resumes, trains nothing and lists the candidates.
@@ -316,7 +308,7 @@ def test_parent_trials_of_the_front(refined_db):
 
 def test_a_version_1_database_is_upgraded_and_keeps_its_data(storage_url):
     engine = create_engine(storage_url)
-    later = (RefinementRow.__tablename__, "lightnas_jobs", "lightnas_devices")
+    later = (RefinementRow.__tablename__, "lightnas_jobs", "lightnas_devices", "lightnas_proxy_scores")
     v1 = [t for name, t in Base.metadata.tables.items() if name not in later]
     Base.metadata.create_all(engine, tables=v1)
     with engine.begin() as conn:

@@ -56,7 +56,7 @@ def test_existing_name_is_refused_and_nothing_changes(store):
 
 @pytest.mark.parametrize("fields, needle", [
     ({"space": "vgg"}, "accepted: mobilenetv2, plain, resnet"),
-    ({"sampler": "cmaes"}, "accepted: tpe, nsga2, random"),
+    ({"sampler": "cmaes"}, "accepted: auto, tpe, nsga2, gp, random"),
     ({"objectives": ["accuracy", "beauty"]}, "accepted: accuracy, hw_cost"),
     ({"budget": "flops<=lots"}, "not a number"),
     ({"budget": "", "objectives": ["accuracy", "hw_cost"]}, "needs a budget"),

@@ -145,3 +145,17 @@ def test_bad_config_is_one_line_value_error(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError) as info:
         TrainConfig(**bad)  # type: ignore[arg-type]
     assert next(iter(bad)) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_validating_only_where_it_decides_gives_the_same_network_and_accuracy(digits):
+    """Issue 18 item 4: skipping the validation passes of epochs nobody looks at changes nothing
+    a search compares (final accuracy, weights); only the curve shows which epochs were validated."""
+    cfg = TrainConfig(epochs=4, batch_size=64, lr=0.05, seed=2, device="cpu")
+    every = train_spec(RESNET, digits, cfg)
+    seen: list[tuple[int, float]] = []
+    some = train_spec(RESNET, digits, cfg, validate_epochs={2}, on_epoch=lambda e, a: seen.append((e, a)))
+    assert some.val_accuracy == every.val_accuracy
+    assert _same_weights(some.state_dict, every.state_dict)
+    assert some.curve == [None, every.curve[1], None, every.curve[3]]  # the rung and the last epoch
+    assert [e for e, _ in seen] == [1, 2, 3, 4] and seen[1][1] == every.curve[1]
+    assert seen[0][1] != seen[0][1]  # nan: epoch 1 was not validated

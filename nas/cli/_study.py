@@ -20,6 +20,8 @@ def study_create(
     budget: str = typer.Option(None, "--budget", help=STUDY["budget"].help),
     objectives: str = typer.Option(None, "--objectives", help=f"comma list: {help_text(STUDY['objectives'])}"),
     sampler: str = typer.Option(None, "--sampler", help=help_text(STUDY["sampler"])),
+    proxy: str = typer.Option(None, "--proxy", help=help_text(STUDY["proxy"])),
+    proxy_candidates: int = typer.Option(None, "--proxy-candidates", help=help_text(STUDY["proxy_candidates"])),
     pruner: str = typer.Option(None, "--pruner", help=help_text(STUDY["pruner"])),
     es_margin: float = typer.Option(None, "--es-margin", help=help_text(EARLY_STOP["margin"])),
     es_rungs: str = typer.Option(None, "--es-rungs", help=f"comma list: {help_text(EARLY_STOP['rungs'])}"),
@@ -50,7 +52,8 @@ def study_create(
 
     fields: dict[str, Any] = {"name": name, "space": space, "data": data, "budget": budget, "sampler": sampler,
                               "pruner": pruner, "seed": seed, "trials": trials, "device": device,
-                              "amp": amp, "cost_device": cost_device}
+                              "amp": amp, "cost_device": cost_device, "proxy": proxy,
+                              "proxy_candidates": proxy_candidates}
     if objectives is not None:
         fields["objectives"] = [o.strip() for o in objectives.split(",") if o.strip()]
     if inherit_weights is not None:

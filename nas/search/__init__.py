@@ -6,14 +6,16 @@ from __future__ import annotations
 
 from ._create import StudyPlan, create_study, describe_plan, plan_study
 from ._demo import DEMO_BUDGET, demo_spec
-from ._early import EarlyStop, Peer, dominators, peers_of, rung_epochs
+from ._early import EarlyStop, Peer, best_by, dominators, peers_of, rung_epochs
 from ._inherit import Parent, pick_parent
 from ._objective import CONSTRAINTS_KEY, StudyContext, TrialObjective, load_context, objective_values
 from ._pareto import dominates, front_trials, pareto_rows, past_drop, refined_points, test_accuracy, where_filter
+from ._proxy import ProxySampler, ProxyScorer, study_correlations
 from ._record import Status, TrialRecord, record_of, status_of
-from ._samplers import make_pruner, make_sampler
+from ._samplers import make_pruner, make_sampler, resolve_sampler
 from ._spec import (
     OBJECTIVES,
+    PROXY_NAMES,
     PRUNERS,
     SAMPLERS,
     SINGLE_METRIC_PRUNERS,
@@ -41,6 +43,7 @@ __all__ = [
     "CONSTRAINTS_KEY",
     "DEMO_BUDGET",
     "OBJECTIVES",
+    "PROXY_NAMES",
     "PRUNERS",
     "SAMPLERS",
     "SINGLE_METRIC_PRUNERS",
@@ -48,6 +51,8 @@ __all__ = [
     "EarlyStop",
     "Parent",
     "Peer",
+    "ProxySampler",
+    "ProxyScorer",
     "Fidelity",
     "Status",
     "StudyContext",
@@ -58,6 +63,7 @@ __all__ = [
     "TrialRecord",
     "WarmStart",
     "arch_from_doc",
+    "best_by",
     "cheapest_anchors",
     "check_name_free",
     "check_study_exists",
@@ -87,8 +93,10 @@ __all__ = [
     "read_spec_file",
     "record_of",
     "refined_points",
+    "resolve_sampler",
     "rung_epochs",
     "status_of",
+    "study_correlations",
     "study_data",
     "study_info",
     "test_accuracy",

@@ -79,16 +79,17 @@ class Peer:
 
     number: int
     cost: dict[str, float]
-    curve: tuple[float, ...]
+    curve: tuple[float | None, ...]
     spec_hash: str = ""
 
 
-def best_by(curve: Sequence[float], epoch: int) -> float:
-    """The best validation accuracy of ``curve`` up to ``epoch`` (1-based)."""
-    return max(curve[:epoch])
+def best_by(curve: Sequence[float | None], epoch: int) -> float:
+    """The best validation accuracy of ``curve`` up to ``epoch`` (1-based; epochs that were not
+    validated, ``None``, are skipped; -inf when none was)."""
+    return max((v for v in curve[:epoch] if v is not None), default=-math.inf)
 
 
-def dominators(epoch: int, curve: Sequence[float], cost: dict[str, float], peers: Iterable[Peer],
+def dominators(epoch: int, curve: Sequence[float | None], cost: dict[str, float], peers: Iterable[Peer],
                cost_objectives: Sequence[str], margin: float) -> list[tuple[Peer, float]]:
     """Peers of no higher cost (every objective in ``cost_objectives``) whose best validation
     accuracy by ``epoch`` was at least that of ``curve`` plus ``margin``, with that accuracy,
@@ -122,7 +123,8 @@ def peers_of(trials: Iterable[Any], exclude: int, epochs: int | None = None, spe
             continue
         if epochs is not None and len(curve) > epochs:
             continue
-        p = Peer(t.number, {k: float(v) for k, v in cost.items()}, tuple(float(x) for x in curve), h)
+        p = Peer(t.number, {k: float(v) for k, v in cost.items()},
+                 tuple(None if x is None else float(x) for x in curve), h)
         if h not in best or len(p.curve) > len(best[h].curve):
             best[h] = p
     return sorted(best.values(), key=lambda p: p.number)

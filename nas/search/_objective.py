@@ -26,6 +26,7 @@ architecture that overlaps it most (``inherited_from``). The attributes are type
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,15 +108,19 @@ class TrialObjective:
         self.rungs = set(rung_epochs(study_spec.early_stop, ctx.train_config.epochs)) if pareto else set()
         self.cost_objectives = [o for o in study_spec.objectives if o != "accuracy"]
         self.profile = get_device(study_spec.cost_device)  # resolved once: every trial costs on the same numbers
+        # Validation where a result informs a decision: every epoch for a per-epoch pruner (Optuna's, or
+        # Tune's ASHA through on_epoch), else the rungs of the pareto rule and the last epoch. The final
+        # accuracy is the same either way, so evaluations stay comparable across studies.
+        self.validate_epochs: set[int] | None = None if (prune or on_epoch is not None) else set(self.rungs)
 
     def _epoch_hook(self, trial: optuna.trial.BaseTrial, cost: dict[str, float]
                     ) -> Callable[[int, float], None] | None:
         if not (self.prune or self.should_stop or self.on_epoch or self.rungs):
             return None
-        curve: list[float] = []
+        curve: list[float | None] = []
 
         def hook(epoch: int, val_accuracy: float) -> None:
-            curve.append(val_accuracy)
+            curve.append(None if math.isnan(val_accuracy) else val_accuracy)  # nan: not validated
             if self.on_epoch is not None:
                 self.on_epoch(trial, epoch, val_accuracy)
             if epoch in self.rungs:
@@ -139,7 +144,7 @@ class TrialObjective:
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
         return study.get_trials(deepcopy=False, states=states)  # type: ignore[no-any-return]
 
-    def _pareto_check(self, trial: optuna.trial.BaseTrial, epoch: int, curve: list[float],
+    def _pareto_check(self, trial: optuna.trial.BaseTrial, epoch: int, curve: list[float | None],
                       cost: dict[str, float]) -> None:
         """At a rung: publish the curve so far (running peers read it), stop if dominated."""
         trial.set_user_attr("curve", list(curve))
@@ -158,7 +163,8 @@ class TrialObjective:
                    f"no higher cost had reached {theirs:.4f} by that epoch (margin {settings.margin:g})")
 
     @staticmethod
-    def _stop(trial: optuna.trial.BaseTrial, curve: list[float], stopped_by: dict[str, Any], message: str) -> None:
+    def _stop(trial: optuna.trial.BaseTrial, curve: list[float | None], stopped_by: dict[str, Any],
+              message: str) -> None:
         trial.set_user_attr("status", Status.PRUNED)
         trial.set_user_attr("epochs_run", len(curve))
         trial.set_user_attr("val_accuracy", curve[-1])
@@ -226,7 +232,7 @@ class TrialObjective:
         t0 = time.perf_counter()
         try:
             result = train_spec(arch, ctx.data, ctx.train_config, on_epoch=self._epoch_hook(trial, cost),
-                                init=self._init(trial, arch))
+                                init=self._init(trial, arch), validate_epochs=self.validate_epochs)
         except TrainingError as e:
             trial.set_user_attr("status", Status.FAILED)
             trial.set_user_attr("fail_reason", e.reason)

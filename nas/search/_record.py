@@ -39,7 +39,8 @@ class TrialRecord:
         spec_hash: the architecture's hash (its spec is stored under it).
         cost: cost totals, ``hw_cost`` included when the study has a budget.
         val_accuracy: validation accuracy (of the last epoch run for a pruned trial).
-        epochs_run, train_seconds, curve: training facts (``curve`` per epoch).
+        epochs_run, train_seconds, curve: training facts (``curve`` per epoch, ``None`` where an epoch
+            was not validated).
         violations: resource -> relative excess, for an over-budget trial.
         fail_reason: why the trial failed; stopped_by: the peer that stopped it early.
         inherited_from: the parent whose weights it started from; worker: who ran it.
@@ -54,7 +55,7 @@ class TrialRecord:
     val_accuracy: float | None = None
     epochs_run: int | None = None
     train_seconds: float | None = None
-    curve: list[float] = field(default_factory=list)
+    curve: list[float | None] = field(default_factory=list)
     violations: dict[str, float] = field(default_factory=dict)
     fail_reason: str | None = None
     stopped_by: dict[str, Any] = field(default_factory=dict)

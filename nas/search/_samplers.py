@@ -3,26 +3,59 @@
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import optuna
 
+from .._fields import AUTO_GP_MAX_TRIALS
 from ._spec import StudySpec
 
-__all__ = ["make_pruner", "make_sampler"]
+if TYPE_CHECKING:
+    from objectives import Dataset
+    from storage import Store
+
+__all__ = ["make_pruner", "make_sampler", "resolve_sampler"]
 
 
-def make_sampler(study_spec: StudySpec, worker: int = 0, n_target: int | None = None) -> optuna.samplers.BaseSampler:
-    """The study's sampler, seeded per worker (``seed + worker``, modulo 2**32: NumPy's range)."""
+def resolve_sampler(study_spec: StudySpec, n_target: int | None = None) -> str:
+    """The sampler a study runs: its own, or for ``auto`` ``gp`` up to ``AUTO_GP_MAX_TRIALS``
+    target trials and ``tpe`` above (a GP's fit grows with the cube of the trials it has seen)."""
+    if study_spec.sampler != "auto":
+        return study_spec.sampler
+    return "gp" if (n_target or study_spec.trials) <= AUTO_GP_MAX_TRIALS else "tpe"
+
+
+def make_sampler(study_spec: StudySpec, worker: int = 0, n_target: int | None = None, *, store: Store | None = None,
+                 data: Dataset | None = None, threads: int | None = 1) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded per worker (``seed + worker``, modulo 2**32: NumPy's range).
+
+    With a proxy (``study_spec.proxy``) it is wrapped in :class:`nas.search.ProxySampler`, which
+    caches scores in ``store`` and scores on ``data`` (loaded when not given).
+    """
     seed = (study_spec.seed + worker) % 2**32
     target = n_target or study_spec.trials
+    name = resolve_sampler(study_spec, target)
+    startup = max(4, min(10, target // 4))
+    base: optuna.samplers.BaseSampler
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if study_spec.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if study_spec.sampler == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, target // 4)))
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                          n_startup_trials=max(4, min(10, target // 4)))
+        if name == "random":
+            base = optuna.samplers.RandomSampler(seed=seed)
+        elif name == "nsga2":
+            base = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, target // 4)))
+        elif name == "gp":
+            # Constrained (log-)EHVI / LogEI: the constraints are the ones each trial sets with
+            # Trial.set_constraint (one per budgeted resource); warnings about parameters outside the
+            # intersection search space (sampled independently) are expected in conditional spaces.
+            base = optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
+        else:
+            base = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                              n_startup_trials=startup)
+    if study_spec.proxy is None:
+        return base
+    from ._proxy import ProxySampler
+
+    return ProxySampler(base, study_spec, store, data=data, threads=threads)
 
 
 def make_pruner(study_spec: StudySpec) -> optuna.pruners.BasePruner:

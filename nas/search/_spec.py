@@ -20,7 +20,7 @@ from objectives import RESOURCES, BudgetError, parse_budget, resolve_resource
 from search_spaces import list_spaces
 
 from .._errors import NasError
-from .._fields import FIDELITY, PRUNERS, SAMPLERS, SINGLE_METRIC_PRUNERS, STUDY, declare
+from .._fields import FIDELITY, PROXY_NAMES, PRUNERS, SAMPLERS, SINGLE_METRIC_PRUNERS, STUDY, declare
 from ._early import EarlyStop
 
 if TYPE_CHECKING:
@@ -32,7 +32,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["OBJECTIVES", "PRUNERS", "SAMPLERS", "SINGLE_METRIC_PRUNERS", "Fidelity", "StudySpec", "load_spec_file",
+__all__ = ["OBJECTIVES", "PROXY_NAMES", "PRUNERS", "SAMPLERS",
+           "SINGLE_METRIC_PRUNERS", "Fidelity", "StudySpec", "load_spec_file",
            "make_spec", "one_line_error"]
 
 #: Objective names: validation accuracy (maximised), the FS-DNN scalar and every cost resource (minimised).
@@ -72,7 +73,9 @@ class StudySpec(BaseModel):
     budget: str = declare(STUDY["budget"])
     budget_weights: dict[str, float] = declare(STUDY["budget_weights"])
     objectives: list[str] = declare(STUDY["objectives"])
-    sampler: Literal["tpe", "nsga2", "random"] = declare(STUDY["sampler"])
+    sampler: Literal["auto", "tpe", "nsga2", "gp", "random"] = declare(STUDY["sampler"])
+    proxy: str | None = declare(STUDY["proxy"])
+    proxy_candidates: int = declare(STUDY["proxy_candidates"], ge=2, le=256)
     pruner: Literal["none", "median", "asha", "hyperband", "pareto"] = declare(STUDY["pruner"])
     early_stop: EarlyStop = Field(default_factory=EarlyStop, description=STUDY["early_stop"].help)
     inherit_weights: bool = declare(STUDY["inherit_weights"])
@@ -92,6 +95,13 @@ class StudySpec(BaseModel):
     def _space(cls, v: str) -> str:
         if v not in list_spaces():
             raise ValueError(f"unknown search space {v!r}; accepted: {', '.join(list_spaces())}")
+        return v
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: str | None) -> str | None:
+        if v is not None and v not in PROXY_NAMES:
+            raise ValueError(f"unknown proxy {v!r}; accepted: {', '.join(PROXY_NAMES)}")
         return v
 
     @field_validator("space_options")
@@ -174,6 +184,8 @@ class StudySpec(BaseModel):
         if rungs is not None and (not rungs or max(rungs) >= self.fidelity.epochs):
             raise ValueError(f"early_stop.rungs: need epochs from 1 to {self.fidelity.epochs - 1} (before the last of "
                              f"{self.fidelity.epochs} epochs), got {rungs}")
+        if self.proxy_candidates != STUDY["proxy_candidates"].default and self.proxy is None:
+            raise ValueError("proxy_candidates applies with a proxy only; add --proxy NAME or leave it out")
         if self.pruner == "pareto" and "accuracy" not in self.objectives:
             raise ValueError(f"pruner 'pareto' compares validation accuracy; it needs accuracy among the objectives "
                              f"(got {','.join(self.objectives)})")

@@ -122,7 +122,8 @@ class StudyWorker:
         self.ctx = load_context(name, store, threads=threads, device=device)
         study_spec = self.ctx.study_spec
         self.study = optuna.load_study(study_name=name, storage=store.optuna,
-                                       sampler=make_sampler(study_spec, worker, self.target),
+                                       sampler=make_sampler(study_spec, worker, self.target, store=store,
+                                                            data=self.ctx.data),
                                        pruner=make_pruner(study_spec))
         self.objective = TrialObjective(self.ctx, prune=study_spec.pruner in SINGLE_METRIC_PRUNERS,
                                         should_stop=self.stop.is_set)

@@ -395,7 +395,7 @@ def run_ray(name: str, store: Store, *, trials: int | None = None, options: RayO
                 if shape is None:
                     shape = study_data(study_spec, store).input_shape
                 space = SpaceFn(study_spec.space, study_spec.space_options, shape)
-                sampler = make_sampler(study_spec, RAY_SEED_OFFSET, target)
+                sampler = make_sampler(study_spec, RAY_SEED_OFFSET, target, store=store, threads=1)
                 searcher = search_class()(study_spec, store.optuna, space, sampler)
                 initial = []
                 tuner = tune.Tuner(
