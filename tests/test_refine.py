@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from nas import NasError, export_refined
 from nas.refine import RefineSettings, make_settings, parent_trials, refine_trial, threshold_search
-from nas.search import create_study, dominates, make_spec, pareto_rows
+from nas.search import create_study, dominates, make_spec, pareto_rows, past_drop
 from nas.workers import run_study
 from objectives import estimate_cost, evaluate, load_dataset
 from search_spaces import ArchSpec, build_model
@@ -226,14 +226,18 @@ def test_refined_candidates_join_the_pareto_front_marked(refined_db):
             assert row["source"] == f"refined 0/{r.method}/{r.step}" and row["accuracy"] == r.val_accuracy
             assert row["params"] <= 60_000
     # Non-dominated among every trial and candidate, on the study's objectives (accuracy, hw_cost).
-    cands = [(r.val_accuracy, json.loads(r.cost_json)["hw_cost"]) for r in refs.values()]
+    offered = [r for r in refs.values() if not past_drop(r)]  # the step past --max-drop is not offered
+    cands = [(r.val_accuracy, json.loads(r.cost_json)["hw_cost"]) for r in offered]
     cands += [(t.values[0], t.values[1]) for t in optuna.load_study(study_name="t", storage=store.optuna).trials
               if t.user_attrs.get("status") == "trained"]
     for row in front:
         assert not any(dominates((-a, c), (-row["accuracy"], row["hw_cost"])) for a, c in cands)
-    # The cheapest refined candidate is cheaper than any trial: it must be on the front.
-    cheapest = min(refs.values(), key=lambda r: json.loads(r.cost_json)["hw_cost"])
+    # The cheapest refined candidate offered is cheaper than any trial: it must be on the front;
+    # with past_drop, so is the cheapest stored one.
+    cheapest = min(offered, key=lambda r: json.loads(r.cost_json)["hw_cost"])
     assert cheapest.id in {r["refined"] for r in front}
+    every = min(refs.values(), key=lambda r: json.loads(r.cost_json)["hw_cost"])
+    assert every.id in {r["refined"] for r in pareto_rows("t", store, include_refined=True, past_drop=True)}
     assert pareto_rows("t", store, include_refined=True, where="accuracy>=2") == []
     store.close()
 
@@ -342,7 +346,7 @@ def test_candidates_past_the_allowed_drop_are_stored_but_not_offered(refined_db,
 
     from sqlalchemy import update
 
-    from nas.search import get_study_spec, past_drop, refined_points
+    from nas.search import get_study_spec, refined_points
     from nas.workers import candidate_info
 
     src = refined_db[0].removeprefix("sqlite:///")
@@ -354,8 +358,8 @@ def test_candidates_past_the_allowed_drop_are_stored_but_not_offered(refined_db,
     fuse = [r for r in store.get_refinements("t") if r.method == "fuse"][-1]
     reference = json.loads(fuse.detail_json)["reference"]
     max_drop = json.loads(fuse.settings_json)["max_drop"]
-    assert not past_drop(fuse) and fuse.val_accuracy >= reference - max_drop  # the run kept within its drop
-    with store.session() as s:  # as a run stores the step that went past it
+    with store.session() as s:  # the step that went past the drop, as a run stores it
+
         s.execute(update(RefinementRow).where(RefinementRow.id == fuse.id)
                   .values(val_accuracy=reference - max_drop - 0.05))
         s.commit()

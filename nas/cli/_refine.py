@@ -115,12 +115,12 @@ def refine_cmd(
                       "accuracy": r.val_accuracy, "test_accuracy": r.test_accuracy,
                       **{k: cost.get(k) for k in REFINE_COLS[4:]}, "parent_step": r.parent_step,
                       "spec_hash": r.spec_hash[:12]})
-    if fmt is Format.json:
-        sys.stdout.write(json.dumps(table, indent=2) + "\n")
-        return
     if any(past_drop(r) for r in rows):
         err.print("candidates marked (past max-drop) lost more accuracy than --max-drop allows: stored as evidence, "
                   "left out of 'nas pareto --include-refined' unless --past-drop", highlight=False, soft_wrap=True)
+    if fmt is Format.json:
+        sys.stdout.write(json.dumps(table, indent=2) + "\n")
+        return
     emit(table, fmt, f"refined candidates of {name} (trial{'s' if len(numbers) > 1 else ''} "
                      f"{', '.join(map(str, numbers))})",
          {k: lambda v: si(float(v)) for k in ("flops", "params", "mem_traffic_bytes")})
