@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch.nn import functional as F
@@ -35,8 +34,6 @@ __all__ = ["AMP_MODES", "AUGMENTATIONS", "DevicePlan", "augment_batch", "device_
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 #: ``none``; ``crop-flip``: random crop after zero padding, and horizontal flip.
 AUGMENTATIONS = ("none", "crop-flip")
-
-Amp = Literal["auto", "off", "bf16", "fp16"]
 
 
 @dataclass(frozen=True)
