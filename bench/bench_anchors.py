@@ -4,7 +4,12 @@ on digits and on an IDX dataset; plus how often early stopping would have stoppe
 warm starts across datasets, and weight inheritance at equal epochs.
 
 ``python bench/bench_anchors.py [--trials 40] [--seeds 3] [--idx DIR] [--parallel 2] [--only digits|idx]
+[--methods random,tpe,...] [--idx-budget B] [--idx-epochs E] [--idx-train-fraction F] [--idx-val-fraction V]
 [--skip warm,inherit] [--keep DIR] [--inherit-from DIR] [--quick]``
+
+Methods: those of issue 7 (the default set) and, for issue 18 (BENCHMARKS.md section 11), ``gp``
+(Optuna's constrained GPSampler), ``gp+snip`` / ``tpe+snip`` (proxy-guided: snip picks which of 8
+candidates within the budget is trained) and ``gp+snip+es`` (with Pareto early stopping).
 
 Parts (all from one run, on one machine; every time is a ratio within the run):
 
@@ -60,14 +65,28 @@ METHODS = {  # label -> spec overrides on top of the demo spec
     "tpe": {"sampler": "tpe"},
     "tpe+es": {"sampler": "tpe", "pruner": "pareto"},
     "tpe+es+inherit": {"sampler": "tpe", "pruner": "pareto", "inherit_weights": True},
+    # issue 18: Optuna's constrained GP sampler (the default `auto` below 100 trials), and it
+    # guided by a zero-cost proxy (snip: the best on the `plain` space in section 9), with and
+    # without Pareto early stopping.
+    "gp": {"sampler": "gp"},
+    "gp+snip": {"sampler": "gp", "proxy": "snip"},
+    "gp+snip+es": {"sampler": "gp", "proxy": "snip", "pruner": "pareto"},
+    "tpe+snip": {"sampler": "tpe", "proxy": "snip"},
 }
+DEFAULT_METHODS = ["random", "nsga2", "tpe", "tpe+es", "tpe+es+inherit"]
 
 
-def method_spec(name: str, method: str, seed: int, trials: int, data: str, budget: str):
+def method_spec(name: str, method: str, seed: int, trials: int, data: str, budget: str,
+                fidelity: dict | None = None, val_fraction: float | None = None):
     from nas.search import make_spec
 
     base = demo_variant(name, seed=seed, trials=trials, budget=budget).model_dump()
-    return make_spec(**{**base, "data": data, **METHODS[method]})
+    extra: dict = {}
+    if fidelity:
+        extra["fidelity"] = {**base["fidelity"], **fidelity}
+    if val_fraction is not None:
+        extra["val_fraction"] = val_fraction
+    return make_spec(**{**base, "data": data, **extra, **METHODS[method]})
 
 
 def _run(name: str, url: str) -> float:
@@ -119,7 +138,9 @@ def run_studies(args: argparse.Namespace, tmp: Path, datasets: dict[str, tuple[s
             for seed in args.seed_list:
                 name = f"{ds}-{method.replace('+', '_')}-s{seed}"
                 url = f"sqlite:///{tmp}/{name}.db"
-                new_study(url, method_spec(name, method, seed, args.trials, data, budget))
+                fid = args.fidelity.get(ds, {})
+                new_study(url, method_spec(name, method, seed, args.trials, data, budget, fid.get("fidelity"),
+                                           fid.get("val_fraction")))
                 jobs.append((ds, method, seed, name, url))
     # Interleave so that every method meets the same machine conditions (the slow and fast
     # studies are mixed across the run), and run `parallel` at a time with 1 thread each.
@@ -173,7 +194,11 @@ def part_race(args, res, datasets) -> str:
                 "wall / random's wall", "time to random's final HV / random's wall (mean)", "per seed",
                 "networks trained (incl. stopped)", "stopped early", "training epochs run"]
         data, budget = datasets[ds]
-        out += [f"### a. {ds}: `{data}`, budget `{budget}`\n", table(head, rows), ""]
+        fid = args.fidelity.get(ds, {})
+        more = "".join(f", {k.replace('_', ' ')} {v}" for k, v in {**fid.get("fidelity", {}),
+                                                               "val_fraction": fid.get("val_fraction")}.items()
+                       if v is not None)
+        out += [f"### a. {ds}: `{data}`, budget `{budget}`{more}\n", table(head, rows), ""]
     return "\n".join(out)
 
 
@@ -339,7 +364,12 @@ def main() -> None:
     ap.add_argument("--idx", help="directory of an IDX dataset (MNIST-family files); default: generated from digits")
     ap.add_argument("--idx-size", type=int, default=16)
     ap.add_argument("--only", choices=["digits", "idx"])
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma list of: " + ", ".join(METHODS))
+    ap.add_argument("--idx-budget",
+                    help="budget of the IDX studies (default: the digits budget, FLOPs scaled by pixels)")
+    ap.add_argument("--idx-epochs", type=int, help="epochs of the IDX studies (default: the demo's 20)")
+    ap.add_argument("--idx-train-fraction", type=float, help="share of the IDX training split each trial trains on")
+    ap.add_argument("--idx-val-fraction", type=float, help="share of the IDX training data held out for validation")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: replay, warm, inherit")
     ap.add_argument("--inherit-nets", type=int, default=12)
     ap.add_argument("--keep", help="a new directory to keep the study databases in (default: a temp dir, removed)")
@@ -350,6 +380,7 @@ def main() -> None:
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     assert "random" in args.methods and set(args.methods) <= set(METHODS), args.methods
     args.inherit_epochs = [5, 20]
+    args.fidelity = {}
     if args.quick:
         args.trials, args.seeds, args.inherit_nets, args.inherit_epochs = 8, 1, 2, [2]
     args.seed_list = list(range(args.seed_base, args.seed_base + args.seeds))
@@ -374,7 +405,10 @@ def main() -> None:
                          f"rows use digits upsampled (bilinear) to {side}x{side} and written as MNIST-style IDX files: "
                          "the same images at another input size, read through the IDX loader; not MNIST.")
         flops = 1.5e6 * (side * side) / 64
-        datasets["idx"] = (f"idx:{root}", f"params<=20k flops<={flops / 1e6:g}M")
+        datasets["idx"] = (f"idx:{root}", args.idx_budget or f"params<=20k flops<={flops / 1e6:g}M")
+        fid = {k: v for k, v in (("epochs", args.idx_epochs), ("train_fraction", args.idx_train_fraction))
+               if v is not None}
+        args.fidelity["idx"] = {"fidelity": fid, "val_fraction": args.idx_val_fraction}
 
     print(machine_header("Search that beats its anchors (bench/bench_anchors.py)", sys.argv), flush=True)
     if args.inherit_from:  # part d alone, parents from the studies an earlier run kept

@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("parts", nargs="*", default=["host", "probe", "profiles"], help="host, probe, profiles, speed")
     ap.add_argument("--threads", default="1", help="comma list of torch thread counts for 'host' (e.g. 1,2)")
-    ap.add_argument("--probes", type=int, default=240, help="networks per calibration set ('host')")
+    ap.add_argument("--probes", type=int, default=360, help="networks per calibration set ('host')")
     ap.add_argument("--probe-n", type=int, default=60, help="probe networks of 'nas hardware probe' ('probe')")
     ap.add_argument("--eval", type=int, default=100, help="held-out specs per space ('host')")
     ap.add_argument("--rounds", type=int, default=30, help="timings per network")

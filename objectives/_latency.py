@@ -193,7 +193,7 @@ class CalibrationResult:
         return float(np.median([abs(math.log(p / m)) for p, m in pairs]))
 
 
-def default_calibration_set(n: int = 240, seed: int = 0) -> list[tuple[ArchSpec, tuple[int, int, int]]]:
+def default_calibration_set(n: int = 360, seed: int = 0) -> list[tuple[ArchSpec, tuple[int, int, int]]]:
     """The ``n`` probe networks of :func:`objectives._probe.probe_set` as ``(spec, input_shape)``."""
     from ._probe import probe_set
 

@@ -51,6 +51,9 @@ class SearchSpace:
         if unknown:
             raise SpaceError(f"space '{self.name}': unknown option(s) {', '.join(unknown)}; "
                              f"accepted: {', '.join(accepted)}")
+        # A list option given one value (`--option widths=16`, `block_types=basic`) is that one choice.
+        listed = {f.name for f in dataclasses.fields(self.Options) if f.default_factory is not dataclasses.MISSING}
+        options = {k: (v,) if k in listed and isinstance(v, (str, int, float)) else v for k, v in options.items()}
         try:
             self.options = self.Options(**options)
         except (TypeError, ValueError) as e:

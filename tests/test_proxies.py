@@ -171,13 +171,13 @@ def test_scores_are_cached_per_architecture_and_input_shape(tmp_path, digits):
     store.close()
 
 
-def test_auto_picks_gp_for_small_studies_and_tpe_for_large_ones():
+def test_auto_runs_tpe_and_gp_is_a_choice():
     small = make_spec(name="s", space="plain", budget="params<=50k", trials=40)
-    assert small.sampler == "auto" and resolve_sampler(small) == "gp"
-    assert isinstance(make_sampler(small), optuna.samplers.GPSampler)
+    assert small.sampler == "auto" and resolve_sampler(small) == "tpe"
+    assert isinstance(make_sampler(small), optuna.samplers.TPESampler)
     assert resolve_sampler(make_spec(name="s", space="plain", budget="params<=50k", trials=500)) == "tpe"
-    assert resolve_sampler(small, n_target=500) == "tpe"  # the target as it is now, not as created
-    assert resolve_sampler(make_spec(name="s", space="plain", budget="params<=50k", trials=500, sampler="gp")) == "gp"
+    gp = make_spec(name="s", space="plain", budget="params<=50k", trials=40, sampler="gp")
+    assert resolve_sampler(gp) == "gp" and isinstance(make_sampler(gp), optuna.samplers.GPSampler)
 
 
 def _study(store, name, **kw):

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -190,6 +195,55 @@ def test_a_rerun_after_ctrl_c_continues_from_the_last_stored_step(tmp_path):
     assert cut[0].settings_hash != rows[0].settings_hash
     assert len(store.get_refinements("t", parent_trial=0)) == len(rows) + 1
     store.close()
+
+
+NAS = shutil.which("nas", path=str(Path(sys.executable).parent)) or "nas"
+
+
+def test_cli_refine_prints_every_step_and_resumes_after_a_real_ctrl_c(refined_db, tmp_path):
+    """`nas refine` as a process: a line per step (threshold tried with its accuracy, block fused,
+    candidate stored), SIGINT (Ctrl-C) mid-run exits 130 keeping what is stored, and the same
+    command continues from the last stored step to the same candidates as an uninterrupted run."""
+    url = f"sqlite:///{tmp_path}/nas.db"
+    store = Store(url)
+    tiny_study(store)
+    store.close()
+    cmd = [NAS, "refine", "t", "--trial", "0", "--epochs", "3", "--finetune-epochs", "2", "--iterations", "2",
+           "--long-every", "2", "--threads", "1", "--format", "json", "--storage", url]
+    env = {**os.environ, "NAS_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    # As from a terminal: a runner that ignores SIGINT (a background job) would pass that on to the child.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the first threshold tried: the baseline is stored, pruning is under way
+        seen.append(line)
+        if "Pc=" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.communicate(timeout=300)[1]
+    err = "".join(seen) + rest
+    assert proc.returncode == 130, err
+    assert "trial 0: baseline: training 3 epochs" in err and "interrupted:" in err, err
+    assert any(line.startswith("trial 0: prune 1/2 Pc=") and "accuracy" in line for line in seen), err
+    store = Store(url)
+    kept = [r.step for r in store.get_refinements("t")]
+    store.close()
+    assert kept and kept[0] == 0 and len(kept) < len(refined_db[1])
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming after stored step {kept[-1]}" in again.stderr
+    assert "baseline: training" not in again.stderr
+    assert "Pc=" in again.stderr and "fuse: removed blocks." in again.stderr, again.stderr
+    done = Store(refined_db[0])
+    want = [(r.step, r.method, r.spec_hash) for r in done.get_refinements("t", parent_trial=0)
+            if r.settings_hash == done.get_refinements("t", parent_trial=0)[0].settings_hash]
+    done.close()
+    store = Store(url)
+    assert [(r.step, r.method, r.spec_hash) for r in store.get_refinements("t")] == want
+    store.close()
+    assert [r["source"].split(" (")[0] for r in json.loads(again.stdout)] == [
+        f"refined 0/{m}/{s}" for s, m, _ in want]
 
 
 def test_the_baseline_can_reuse_the_searchs_weights(tmp_path):

@@ -234,3 +234,15 @@ def test_every_registered_block_type_is_built_costed_and_validated_from_the_regi
         ArchSpec(Stem(8), (Stage((Block("basic", 8, 4, 4),)),))
     with pytest.raises(ValueError, match="registered already"):
         register_block(block_kind("conv"))
+
+
+def test_a_list_option_given_one_value_is_that_one_choice():
+    """`--option widths=16` / `block_types=basic` (one value, not a list) mean one choice, not
+    "'int' object is not iterable" or a block type per letter."""
+    space = get_space("resnet", input_shape=(1, 28, 28), widths=16, block_types="basic", rank_ratios=1.0)
+    assert (space.options.widths, space.options.block_types, space.options.rank_ratios) == ((16,), ("basic",), (1.0,))
+    arch = sample_spec(space, 0)
+    assert {b.type for st in arch.stages for b in st.blocks} == {"basic"}
+    assert arch.stages[0].blocks[0].out_channels == 16
+    with pytest.raises(SpaceError, match="block_types"):
+        get_space("resnet", block_types="basics")

@@ -117,7 +117,7 @@ def _agrees(report: Any, reference: dict[str, float]) -> bool:
 
 @hardware_app.command("calibrate")
 def calibrate_cmd(
-    specs: int = typer.Option(240, "--specs", help="number of probe networks to time (see 'nas hardware probe')"),
+    specs: int = typer.Option(360, "--specs", help="number of probe networks to time (see 'nas hardware probe')"),
     rounds: int = typer.Option(20, "--rounds", "--repeats", help="timings per network, taken in interleaved rounds"),
     threads: int = typer.Option(None, "--threads", help="CPU threads (default: all cores; give a worker's --threads "
                                                         "to calibrate what a worker sees)"),

@@ -94,7 +94,10 @@ def refine_cmd(
                 if prog is None:
                     return
                 prog.update(task, completed=e.stored, total=e.expected or None, description=e.message)
-                if e.kind in ("candidate", "note", "resumed"):
+                # Every step is a line (baseline, each threshold tried with its accuracy, each block
+                # fused, each stored candidate): on real data one step takes minutes, and the lines
+                # stay in a log when stderr is not a terminal.
+                if e.kind != "done":
                     prog.console.print(f"trial {number}: {e.message}", highlight=False, soft_wrap=True)
             rows += refine_trial(name, number, store, settings, threads=threads, on_event=show)
     except KeyboardInterrupt:

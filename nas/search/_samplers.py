@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from .._fields import AUTO_GP_MAX_TRIALS
+from .._fields import AUTO_SAMPLER
 from ._spec import StudySpec
 
 if TYPE_CHECKING:
@@ -18,11 +18,11 @@ __all__ = ["make_pruner", "make_sampler", "resolve_sampler"]
 
 
 def resolve_sampler(study_spec: StudySpec, n_target: int | None = None) -> str:
-    """The sampler a study runs: its own, or for ``auto`` ``gp`` up to ``AUTO_GP_MAX_TRIALS``
-    target trials and ``tpe`` above (a GP's fit grows with the cube of the trials it has seen)."""
+    """The sampler a study runs: its own, or for ``auto`` ``AUTO_SAMPLER`` (tpe: see ``nas._fields``
+    for the measurement behind it). ``n_target`` is kept for callers that pass the current target."""
     if study_spec.sampler != "auto":
         return study_spec.sampler
-    return "gp" if (n_target or study_spec.trials) <= AUTO_GP_MAX_TRIALS else "tpe"
+    return AUTO_SAMPLER
 
 
 def make_sampler(study_spec: StudySpec, worker: int = 0, n_target: int | None = None, *, store: Store | None = None,
