@@ -223,7 +223,7 @@ def test_cli_refine_prints_every_step_and_resumes_after_a_real_ctrl_c(refined_db
             break
     rest = proc.communicate(timeout=300)[1]
     err = "".join(seen) + rest
-    assert proc.returncode == 130, err
+    assert proc.returncode in (130, -signal.SIGINT), err  # a shell's 130 either way (see tests/test_worker.py)
     assert "trial 0: baseline: training 3 epochs" in err and "interrupted:" in err, err
     assert any(line.startswith("trial 0: prune 1/2 Pc=") and "accuracy" in line for line in seen), err
     store = Store(url)

@@ -289,7 +289,9 @@ def test_ctrl_c_on_study_run_fails_the_trial_cleanly_and_a_rerun_resumes(sqlite_
     finally:
         if run.poll() is None:
             run.kill()
-    assert run.returncode == 130, err
+    # What a shell reports as 130 either way: exit(130), or (seen in about one run in four) the
+    # process ending by the SIGINT itself after it printed the message below and failed the trial.
+    assert run.returncode in (130, -signal.SIGINT), err
     assert "rerun the same command to resume" in err
     stopped = next(x for x in trials_of(sqlite_url, "ctrlc") if x.number == t.number)  # type: ignore[union-attr]
     assert stopped.state == TrialState.FAIL and "SIGINT" in stopped.user_attrs["fail_reason"]
