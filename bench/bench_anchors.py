@@ -65,7 +65,7 @@ METHODS = {  # label -> spec overrides on top of the demo spec
     "tpe": {"sampler": "tpe"},
     "tpe+es": {"sampler": "tpe", "pruner": "pareto"},
     "tpe+es+inherit": {"sampler": "tpe", "pruner": "pareto", "inherit_weights": True},
-    # issue 18: Optuna's constrained GP sampler (the default `auto` below 100 trials), and it
+    # issue 18: Optuna's constrained GP sampler (what `auto` ran before section 11), and it
     # guided by a zero-cost proxy (snip: the best on the `plain` space in section 9), with and
     # without Pareto early stopping.
     "gp": {"sampler": "gp"},

@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import torch  # noqa: E402
 from _util import loadavg, machine_header, table  # noqa: E402
-from bench_refine import SPACE, lineage_epochs, si  # noqa: E402
+from bench_refine import SPACE, final_candidate, lineage_epochs, si, step_note, write_idx  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -94,9 +94,7 @@ def write_subset(src: Path, dst: Path, n: int, seed: int = 0) -> dict[str, int]:
     keep = sorted(keep)
     dst.mkdir(parents=True, exist_ok=True)
     for name, arr in ((IDX["x_train"], x[keep]), (IDX["y_train"], y[keep])):
-        header = struct.pack(">I", 0x0800 + arr.ndim) + b"".join(struct.pack(">I", d) for d in arr.shape)
-        with gzip.open(dst / f"{name}.gz", "wb") as f:
-            f.write(header + arr.tobytes())
+        write_idx(dst / f"{name}.gz", arr)
     for key in ("x_test", "y_test"):
         p = _find(src, IDX[key])
         shutil.copy(p, dst / p.name)
@@ -104,25 +102,11 @@ def write_subset(src: Path, dst: Path, n: int, seed: int = 0) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------- one job
-def _final(rows, settings):
-    pruned = rows[settings.iterations]
-    floor = pruned.val_accuracy - settings.max_drop
-    within = [r for r in rows if r.method == "fuse" and r.val_accuracy >= floor]
-    return within[-1] if within else pruned
-
-
 def _row_info(r, base_flops: float) -> dict:
-    c, d = json.loads(r.cost_json), json.loads(r.detail_json)
-    note = ""
-    if r.method == "prune":
-        tried = f"{len(d['visited'])} thresholds tried"
-        note = (f"Pc={d['threshold']:.4f}, -{sum(d['removed_channels'].values())} channels, {tried}"
-                if d["removed_channels"] else f"nothing removed (target {d['target']:.4f}); {tried}")
-    elif r.method == "fuse":
-        note = f"{d['removals']} blocks removed"
+    c = json.loads(r.cost_json)
     return {"step": r.step, "method": r.method, "val": r.val_accuracy, "test": r.test_accuracy,
             "flops": c["flops"], "saved": 1 - c["flops"] / base_flops, "params": c["params"],
-            "depth": int(c["depth"]), "s": r.seconds, "note": note, "id": r.id}
+            "depth": int(c["depth"]), "s": r.seconds, "note": step_note(r), "id": r.id}
 
 
 def _train(arch, data, epochs: int, fid, seed: int, threads: int) -> float:
@@ -166,7 +150,7 @@ def job(kind: str, db: str, name: str, seed: int, a: dict) -> dict:
     rows = refine_trial(name, trial, store, settings, threads=a["threads"])
     out["refine_s"] = time.perf_counter() - t1
     base_flops = json.loads(rows[0].cost_json)["flops"]
-    final = _final(rows, settings)
+    final = final_candidate(rows, settings)
     out.update(trial=trial, rows=[_row_info(r, base_flops) for r in rows], final=final.id,
                pruned=_row_info(rows[settings.iterations], base_flops), final_info=_row_info(final, base_flops),
                lineage=lineage_epochs(rows, final, settings), settings=settings.model_dump(),

@@ -72,17 +72,41 @@ def write_idx_digits(root: Path, size: int, seed: int = 0) -> Path:
         test[rng.choice(idx, size=len(idx) // 5, replace=False)] = True
     root.mkdir(parents=True, exist_ok=True)
 
-    def write(name: str, arr: np.ndarray) -> None:
-        header = struct.pack(">I", 0x0803 if arr.ndim == 3 else 0x0801) + b"".join(
-            struct.pack(">I", n) for n in arr.shape)
-        with gzip.open(root / f"{name}.gz", "wb") as f:
-            f.write(header + arr.astype(np.uint8).tobytes())
-
-    write("train-images-idx3-ubyte", x[~test])
-    write("train-labels-idx1-ubyte", y[~test])
-    write("t10k-images-idx3-ubyte", x[test])
-    write("t10k-labels-idx1-ubyte", y[test])
+    write_idx(root / "train-images-idx3-ubyte.gz", x[~test])
+    write_idx(root / "train-labels-idx1-ubyte.gz", y[~test])
+    write_idx(root / "t10k-images-idx3-ubyte.gz", x[test])
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", y[test])
     return root
+
+
+def write_idx(path: Path, arr: np.ndarray) -> None:
+    """``arr`` (uint8, 1-D labels or 3-D images) as a gzipped IDX file, as MNIST ships them."""
+    header = struct.pack(">I", 0x0800 + arr.ndim) + b"".join(struct.pack(">I", n) for n in arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def final_candidate(rows, settings):
+    """The run's final candidate: the most compressed fusion step within ``max_drop`` of the
+    pruned model, else the pruned model."""
+    pruned = rows[settings.iterations]
+    floor = pruned.val_accuracy - settings.max_drop
+    within = [r for r in rows if r.method == "fuse" and r.val_accuracy >= floor]
+    return within[-1] if within else pruned
+
+
+def step_note(r) -> str:
+    """What a stored refinement step did, in a few words (thresholds tried, channels, blocks)."""
+    d = json.loads(r.detail_json)
+    if r.method == "prune":
+        tried = f"{len(d['visited'])} thresholds tried"
+        if d["removed_channels"]:
+            return f"Pc={d['threshold']:.4f}, -{sum(d['removed_channels'].values())} channels, {tried}"
+        return f"nothing removed: every removal fell below the target {d['target']:.4f}; {tried}"
+    if r.method == "fuse":
+        return f"{d['removals']} blocks removed" + (", stop: accuracy drop" if d.get("stop", "") and
+                                                     "below" in d["stop"] else "")
+    return ""
 
 
 def lineage_epochs(rows, final, settings) -> int:
@@ -153,10 +177,7 @@ def run_dataset(label: str, source: str, budget: str, args: argparse.Namespace, 
     data = load_dataset(source, seed=0, val_fraction=spec.val_fraction)
     base = rows[0]
     base_cost = json.loads(base.cost_json)
-    pruned = rows[settings.iterations]
-    floor = pruned.val_accuracy - settings.max_drop
-    within = [r for r in rows if r.method == "fuse" and r.val_accuracy >= floor]
-    final = within[-1] if within else pruned
+    final = final_candidate(rows, settings)
     out = [f"### {label}: `{source}`" + (" (generated from digits, see note)" if args.generated and label == "idx"
                                           else ""), ""]
     out.append(f"Input {'x'.join(map(str, data.input_shape))}, splits {data.sizes}. Search: {args.trials} trials, "
@@ -167,17 +188,7 @@ def run_dataset(label: str, source: str, budget: str, args: argparse.Namespace, 
     trows = []
     for r in rows:
         c = json.loads(r.cost_json)
-        d = json.loads(r.detail_json)
-        note = ""
-        if r.method == "prune":
-            tried = f"{len(d['visited'])} thresholds tried"
-            if d["removed_channels"]:
-                note = f"Pc={d['threshold']:.4f}, -{sum(d['removed_channels'].values())} channels, {tried}"
-            else:
-                note = f"nothing removed: every removal fell below the target {d['target']:.4f}; {tried}"
-        elif r.method == "fuse":
-            note = f"{d['removals']} blocks removed" + (", stop: accuracy drop" if d.get("stop", "") and
-                                                         "below" in d["stop"] else "")
+        note = step_note(r)
         trows.append([f"{r.step} {r.method}" + (" (final)" if r.id == final.id else ""), f"{r.val_accuracy:.4f}",
                       f"{r.test_accuracy:.4f}", si(c["flops"]), f"{1 - c['flops'] / base_cost['flops']:.1%}",
                       si(c["params"]), si(c["mem_traffic_bytes"]), int(c["depth"]), f"{r.seconds:.0f}", note])

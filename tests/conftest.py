@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -24,6 +25,8 @@ from typing import NoReturn
 import pytest
 
 PG_READY_TIMEOUT = 60.0  # seconds to wait for a started server to accept connections
+#: The `nas` command of this interpreter's environment, for tests that run it as a user does.
+NAS = shutil.which("nas", path=str(Path(sys.executable).parent)) or "nas"
 
 
 # --------------------------------------------------------------------------------------------- env

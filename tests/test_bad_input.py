@@ -21,12 +21,12 @@ import shutil
 import sqlite3
 import struct
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import NAS
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -39,7 +39,6 @@ from nas.serve import ApiSettings, create_app
 from objectives import BudgetError, DataError, load_dataset, parse_budget
 from storage import StorageError, Store
 
-NAS = shutil.which("nas", path=str(Path(sys.executable).parent)) or "nas"
 TOKEN = "t-" + "x" * 30
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TINY = ["--option", "max_depth=1", "--option", "widths=(8,16)", "--option", "kernels=(3,)", "--option", "hidden=(0,)"]

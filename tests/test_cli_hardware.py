@@ -6,12 +6,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-NAS = shutil.which("nas", path=str(Path(sys.executable).parent)) or "nas"
+from conftest import NAS
 
 
 def run(*args: str, home: Path, check: bool = False) -> subprocess.CompletedProcess:
@@ -160,7 +158,6 @@ def test_probe_writes_onnx_specs_and_an_empty_manifest(probe_dir):
 
 
 def test_probe_fit_cost_round_trip(probe_dir, tmp_path):
-    import shutil
 
     from storage import Store
 
@@ -201,7 +198,6 @@ def test_probe_fit_cost_round_trip(probe_dir, tmp_path):
 
 
 def test_a_worker_on_another_host_costs_with_the_stored_profile(probe_dir, tmp_path):
-    import shutil
 
     work, here, there = tmp_path / "p", tmp_path / "here", tmp_path / "there"
     shutil.copytree(probe_dir, work)
@@ -269,7 +265,6 @@ BAD_MEASUREMENTS = [
 @pytest.mark.parametrize("case, edit, needle", BAD_MEASUREMENTS, ids=[c for c, _, _ in BAD_MEASUREMENTS])
 def test_bad_measurement_files_exit_2_with_one_line(probe_dir, tmp_path, case, edit, needle):
     import csv
-    import shutil
 
     work = tmp_path / "p"
     shutil.copytree(probe_dir, work)

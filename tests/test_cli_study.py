@@ -6,14 +6,12 @@ import csv
 import io
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import NAS
 
-NAS = shutil.which("nas", path=str(Path(sys.executable).parent)) or "nas"
 TINY = ["--option", "max_depth=1", "--option", "widths=(8,16)", "--option", "kernels=(3,)",
         "--option", "hidden=(0,)"]
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
-from conftest import add_known_result, trials_of
+from conftest import NAS, add_known_result, trials_of
 from optuna.trial import TrialState
 
 from nas import weights_key
@@ -26,7 +24,6 @@ from nas.search import create_study, make_spec
 from nas.workers.ray import RayOptions, absolute_url, experiment_dir, run_ray
 from storage import Store, normalize_url
 
-NAS = shutil.which("nas", path=str(Path(sys.executable).parent)) or "nas"
 TINY = {"max_depth": 1, "widths": (8, 16), "kernels": (3,), "hidden": (0, 32)}
 
 

@@ -8,13 +8,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
-from conftest import run_cli
+from conftest import NAS, run_cli
 from sqlalchemy import create_engine, inspect, text
 
 from nas import NasError, export_refined
@@ -197,7 +196,6 @@ def test_a_rerun_after_ctrl_c_continues_from_the_last_stored_step(tmp_path):
     store.close()
 
 
-NAS = shutil.which("nas", path=str(Path(sys.executable).parent)) or "nas"
 
 
 def test_cli_refine_prints_every_step_and_resumes_after_a_real_ctrl_c(refined_db, tmp_path):
@@ -236,9 +234,9 @@ def test_cli_refine_prints_every_step_and_resumes_after_a_real_ctrl_c(refined_db
     assert "baseline: training" not in again.stderr
     assert "Pc=" in again.stderr and "fuse: removed blocks." in again.stderr, again.stderr
     done = Store(refined_db[0])
-    want = [(r.step, r.method, r.spec_hash) for r in done.get_refinements("t", parent_trial=0)
-            if r.settings_hash == done.get_refinements("t", parent_trial=0)[0].settings_hash]
+    stored = done.get_refinements("t", parent_trial=0)
     done.close()
+    want = [(r.step, r.method, r.spec_hash) for r in stored if r.settings_hash == stored[0].settings_hash]
     store = Store(url)
     assert [(r.step, r.method, r.spec_hash) for r in store.get_refinements("t")] == want
     store.close()
@@ -396,7 +394,6 @@ def test_candidates_past_the_allowed_drop_are_stored_but_not_offered(refined_db,
     """A fusion step that lost more than --max-drop ends the run and is stored as evidence, but is not
     offered beside the others (the Pareto front with refined candidates, the refine table, job
     candidates) unless asked for."""
-    import shutil
 
     from sqlalchemy import update
 
@@ -413,7 +410,6 @@ def test_candidates_past_the_allowed_drop_are_stored_but_not_offered(refined_db,
     reference = json.loads(fuse.detail_json)["reference"]
     max_drop = json.loads(fuse.settings_json)["max_drop"]
     with store.session() as s:  # the step that went past the drop, as a run stores it
-
         s.execute(update(RefinementRow).where(RefinementRow.id == fuse.id)
                   .values(val_accuracy=reference - max_drop - 0.05))
         s.commit()

@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 __all__ = ["make_pruner", "make_sampler", "resolve_sampler"]
 
 
-def resolve_sampler(study_spec: StudySpec, n_target: int | None = None) -> str:
+def resolve_sampler(study_spec: StudySpec) -> str:
     """The sampler a study runs: its own, or for ``auto`` ``AUTO_SAMPLER`` (tpe: see ``nas._fields``
-    for the measurement behind it). ``n_target`` is kept for callers that pass the current target."""
+    for the measurement behind it)."""
     if study_spec.sampler != "auto":
         return study_spec.sampler
     return AUTO_SAMPLER
@@ -34,7 +34,7 @@ def make_sampler(study_spec: StudySpec, worker: int = 0, n_target: int | None = 
     """
     seed = (study_spec.seed + worker) % 2**32
     target = n_target or study_spec.trials
-    name = resolve_sampler(study_spec, target)
+    name = resolve_sampler(study_spec)
     startup = max(4, min(10, target // 4))
     base: optuna.samplers.BaseSampler
     with warnings.catch_warnings():
