@@ -9,7 +9,8 @@ warm starts across datasets, and weight inheritance at equal epochs.
 
 Methods: those of issue 7 (the default set) and, for issue 18 (BENCHMARKS.md section 11), ``gp``
 (Optuna's constrained GPSampler), ``gp+snip`` / ``tpe+snip`` (proxy-guided: snip picks which of 8
-candidates within the budget is trained) and ``gp+snip+es`` (with Pareto early stopping).
+candidates within the budget, no costlier than the sampler's own, is trained) and ``gp+snip+es`` /
+``tpe+snip+es`` (with Pareto early stopping).
 
 Parts (all from one run, on one machine; every time is a ratio within the run):
 
@@ -72,6 +73,7 @@ METHODS = {  # label -> spec overrides on top of the demo spec
     "gp+snip": {"sampler": "gp", "proxy": "snip"},
     "gp+snip+es": {"sampler": "gp", "proxy": "snip", "pruner": "pareto"},
     "tpe+snip": {"sampler": "tpe", "proxy": "snip"},
+    "tpe+snip+es": {"sampler": "tpe", "proxy": "snip", "pruner": "pareto"},
 }
 DEFAULT_METHODS = ["random", "nsga2", "tpe", "tpe+es", "tpe+es+inherit"]
 

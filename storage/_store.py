@@ -302,6 +302,32 @@ class Store:
         self.optuna.remove_session()
         self.optuna.engine.dispose()
 
+    @classmethod
+    def open_if_exists(cls, url: str | None = None, **kwargs: Any) -> Store | None:
+        """The lightnas database at ``url`` opened as ``existing``, or None when there is none yet
+        (no SQLite file, an empty database or another application's); creates and writes nothing,
+        so a command can check a request against the database before it creates one.
+
+        Raises:
+            StorageError: bad URL, database unreachable or damaged.
+        """
+        url = normalize_url(url)
+        if url.startswith("sqlite"):
+            tables = _sqlite_tables(url, "existing")
+        else:
+            engine = create_engine(url, **_engine_kwargs(url))
+            try:
+                with engine.connect() as conn:
+                    tables = set(inspect(conn).get_table_names())
+            except SQLAlchemyError as e:
+                raise StorageError(f"cannot connect to storage {cls.display_url(url)}: {error_line(e)}"
+                                   f"{error_hint(error_line(e))}", transient=is_transient(e)) from None
+            finally:
+                engine.dispose()
+        if tables is None or _OUR_TABLE not in tables:
+            return None
+        return cls(url, mode="existing", **kwargs)
+
     @staticmethod
     def display_url(url: str) -> str:
         """``url`` with the password masked, for logs."""

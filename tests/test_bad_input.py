@@ -742,6 +742,9 @@ def test_postgres_reads_create_nothing_and_foreign_databases_are_refused(pg_data
     for command in READ_COMMANDS[:4]:
         code, _, err = cli(*command, "--storage", pg_database)
         assert_one_line(code, err, "is empty")
+    # A refused creation is checked before the database is opened: not even lightnas's tables.
+    code, _, err = cli("study", "create", "x", "--space", "plain", "--budget", "flops<=1", "--storage", pg_database)
+    assert_one_line(code, err, "below what space 'plain'")
     assert tables() == []
     engine = create_engine(pg_database)
     with engine.begin() as conn:
@@ -751,6 +754,10 @@ def test_postgres_reads_create_nothing_and_foreign_databases_are_refused(pg_data
     assert_one_line(code, err, "no lightnas tables (it holds invoices)")
     code, _, err = cli("worker", "--until-done", "--storage", pg_database)
     assert_one_line(code, err, "belongs to another application")
+    assert tables() == ["invoices"]
+    code, _, err = cli("study", "create", "x", "--space", "plain", "--budget", "flops<=1M", "--warm-start", "theirs",
+                       "--storage", pg_database)
+    assert_one_line(code, err, "unknown study 'theirs'")
     assert tables() == ["invoices"]
     assert create(pg_database, "mine") == 0  # explicit: lightnas's tables beside theirs
     assert "invoices" in tables() and "lightnas_studies" in tables()

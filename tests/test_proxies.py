@@ -207,10 +207,16 @@ def test_proxy_guided_search_trains_the_candidate_the_proxy_picked_and_is_reprod
         assert len(picks) >= 4
         for t in picks:
             pick = t.user_attrs["proxy_pick"]
-            # the trial's own parameters are the network the proxy chose, and it is the best scored
+            # the trial's own parameters are the network the proxy chose: the best scored of the
+            # candidates no costlier than the sampler's own answer (the first), at the cost it trained at
             assert t.user_attrs["spec_hash"] == pick["spec_hash"]
-            assert pick["scores"][pick["chosen"]] == max(s for s in pick["scores"] if s is not None)
-            assert 1 <= pick["candidates"] <= 4
+            costs, chosen = pick["costs"], pick["chosen"]
+            assert 1 <= pick["candidates"] == len(costs) <= 4
+            assert pick["eligible"] == [i for i, c in enumerate(costs) if all(map(float.__le__, c, costs[0]))]
+            assert pick["scores"][chosen] == max(pick["scores"][i] for i in pick["eligible"])
+            assert all(s is None for i, s in enumerate(pick["scores"]) if i not in pick["eligible"])
+            assert t.values[1:] == pytest.approx(costs[chosen])
+        assert any(len(t.user_attrs["proxy_pick"]["eligible"]) > 1 for t in picks)  # the proxy had a choice
         # no hidden trials: every trial of the study is one that was trained (or rejected over budget)
         assert {t.user_attrs["status"] for t in trials} <= {"trained", "reused", "over_budget"}
         runs.append([t.user_attrs["spec_hash"] for t in trials])

@@ -14,9 +14,9 @@ from typing import Any
 
 # Registered in this order, which is the order of "nas --help".
 from . import _demo, _hardware, _proxies, _refine, _results, _serve, _spaces, _study, _worker  # noqa: F401, I001
-from ._common import app, err, opened, say_error, user_errors
+from ._common import INTERRUPTED, app, err, opened, say_error, user_errors
 
-__all__ = ["app", "main"]
+__all__ = ["app", "entry", "main"]
 
 
 def _click_classes(name: str) -> tuple[type[BaseException], ...]:
@@ -58,6 +58,34 @@ def _database_line(e: BaseException) -> str | None:
     hint = error_hint(text) or (" (the database is unreachable; retry when it is back)" if is_transient(cause)
                                 else "")
     return f"storage {where}: {text}{hint}"
+
+
+def entry() -> None:
+    """The ``nas`` program (the console script and ``python -m nas.cli``): :func:`main`, and a
+    command stopped by Ctrl-C (status :data:`INTERRUPTED`, its message printed, its state saved)
+    then ends the way CPython ends an interrupted program: after a normal shutdown, killed by
+    SIGINT (bpo-1054041). A shell reports 130 either way, but only a death by SIGINT tells a
+    shell script running ``nas`` that the user pressed Ctrl-C, so that it stops instead of going
+    on with its next command (https://www.cons.org/cracauer/sigint.html, "wait and cooperative
+    exit"). Ending by ``exit(130)`` was also not reliable: CPython marks a KeyboardInterrupt
+    raised inside any ``exec``/``eval`` of a string (a dataclass being defined by a lazy import,
+    say) as unhandled even after the command caught it, and then kills the process by SIGINT
+    anyway; which of the two ends a run got depended on where the Ctrl-C landed.
+    """
+    try:
+        main()
+    except SystemExit as e:
+        if e.code != INTERRUPTED:
+            raise
+    sys.excepthook = _quiet_interrupt
+    raise KeyboardInterrupt  # CPython: finalise, restore SIGINT's default action, kill(getpid(), SIGINT)
+
+
+def _quiet_interrupt(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    """``sys.excepthook`` for :func:`entry`'s own KeyboardInterrupt: the command already said
+    what happened, so no traceback."""
+    if not issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, tb)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

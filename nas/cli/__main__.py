@@ -1,5 +1,5 @@
 """``python -m nas.cli``: the ``nas`` command."""
 
-from . import main
+from . import entry
 
-main()
+entry()

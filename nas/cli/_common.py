@@ -39,6 +39,10 @@ class UsageError(ValueError):
     """Bad command-line input detected by the CLI itself."""
 
 
+#: The exit status of a command stopped by Ctrl-C after saying what was kept and how to resume
+#: (the ``nas`` program then ends by SIGINT: see :func:`nas.cli.entry`).
+INTERRUPTED = 130
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input (exit 2), not a bug."""
     from objectives import BudgetError, DataError, DeviceError
@@ -135,6 +139,16 @@ STORAGE_HELP = "database URL (default $NAS_STORAGE or sqlite:///nas.db); postgre
 #: The stores the command opened: the last is named by a database error's one line, and all are
 #: closed when the command ends (so a command run in-process leaves no connection behind).
 opened: list[Any] = []
+
+
+def open_store_if_exists(url: str | None):  # -> Store | None
+    """The command's store if its lightnas database exists, else None (nothing is created)."""
+    from storage import Store
+
+    store = Store.open_if_exists(url)
+    if store is not None:
+        opened.append(store)
+    return store
 
 
 def open_store(url: str | None, mode: str = "existing"):  # -> Store

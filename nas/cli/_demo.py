@@ -23,9 +23,12 @@ def demo_cmd(
 
     from .._report import write_report
     from ..search import create_study, demo_spec, describe_plan
+    from ..workers import check_run_args
 
-    store = open_store(storage, mode="create")
+    # Bad arguments are refused before the database is opened.
+    check_run_args(trials=trials, workers=workers)
     study_spec = demo_spec(name, trials)
+    store = open_store(storage, mode="create")
     if store.get_study(name) is None:
         # The space's cheapest architectures run first: the front's low-cost end is never left unexplored.
         made = create_study(study_spec, store, anchors=True)

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from .._fields import REFINE, help_text
-from ._common import STORAGE_HELP, Format, UsageError, app, emit, err, open_store, si
+from ._common import INTERRUPTED, STORAGE_HELP, Format, UsageError, app, emit, err, open_store, si
 
 REFINE_COLS = ("source", "refined", "accuracy", "test_accuracy", "flops", "params", "mem_traffic_bytes", "depth",
                "hw_cost")
@@ -105,7 +105,7 @@ def refine_cmd(
             prog.stop()
         err.print(f"interrupted: {stored} new candidate(s) stored; run the same command again to continue from the "
                   "last stored step", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(INTERRUPTED) from None
     finally:
         if prog is not None:
             prog.stop()

@@ -9,7 +9,20 @@ from typing import Any
 import typer
 
 from .._fields import EARLY_STOP, FIDELITY, STUDY, help_text
-from ._common import STORAGE_HELP, Format, UsageError, emit, err, open_store, out, parse_options, si, study_app
+from ._common import (
+    INTERRUPTED,
+    STORAGE_HELP,
+    Format,
+    UsageError,
+    emit,
+    err,
+    open_store,
+    open_store_if_exists,
+    out,
+    parse_options,
+    si,
+    study_app,
+)
 
 
 @study_app.command("create")
@@ -48,7 +61,7 @@ def study_create(
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
 ) -> None:
     """Create a study (once); then run it with 'nas study run NAME'."""
-    from ..search import create_study, describe_plan, load_spec_file, make_spec, read_spec_file
+    from ..search import describe_plan, load_spec_file, make_spec, prepare_study, read_spec_file, store_study
 
     fields: dict[str, Any] = {"name": name, "space": space, "data": data, "budget": budget, "sampler": sampler,
                               "pruner": pruner, "seed": seed, "trials": trials, "device": device,
@@ -92,8 +105,12 @@ def study_create(
             fields["fidelity"] = fid
         study_spec = make_spec(**{k: v for k, v in fields.items() if v is not None})
     given = [(path, read_spec_file(path)) for path in enqueue]
-    store = open_store(storage, mode="create")
-    plan = create_study(study_spec, store, enqueue=given, warm_start=warm_start)  # budget first; all or nothing
+    # Budget first, checked against the database as it is; a database is created only for a good
+    # study (a refused one leaves no new file), and the write is all or nothing.
+    store = open_store_if_exists(storage)
+    plan = prepare_study(study_spec, store, enqueue=given, warm_start=warm_start)
+    store = store or open_store(storage, mode="create")
+    plan = store_study(plan, store)
     study_spec = plan.study_spec
     out.print(f"created study [bold]{study_spec.name}[/] ({study_spec.space} on {study_spec.data}, budget "
               f"{study_spec.budget or 'none'}, target {study_spec.trials} networks within budget) in {store.url}")
@@ -188,7 +205,7 @@ def study_run(
                               ray_options, workers_per_device)
     except RayInterrupted as e:
         err.print(f"{name}: {e}", highlight=False, soft_wrap=True, markup=False)
-        raise typer.Exit(130) from None
+        raise typer.Exit(INTERRUPTED) from None
     except KeyboardInterrupt:
         from ..workers import progress
 
@@ -196,7 +213,7 @@ def study_run(
         err.print(f"{name}: interrupted at {p.finished}/{p.target} networks within budget; the running trial was "
                   "failed and queued again; rerun the same command to resume", highlight=False, soft_wrap=True,
                   markup=False)
-        raise typer.Exit(130) from None
+        raise typer.Exit(INTERRUPTED) from None
     out.print(f"{name}: {p.summary()}; Pareto front: {p.pareto} architectures")
 
 

@@ -4,7 +4,7 @@ Pareto front."""
 
 from __future__ import annotations
 
-from ._create import StudyPlan, create_study, describe_plan, plan_study
+from ._create import StudyPlan, create_study, describe_plan, plan_study, prepare_study, store_study
 from ._demo import DEMO_BUDGET, demo_spec
 from ._early import EarlyStop, Peer, best_by, dominators, peers_of, rung_epochs
 from ._inherit import Parent, pick_parent
@@ -68,6 +68,8 @@ __all__ = [
     "check_name_free",
     "check_study_exists",
     "create_study",
+    "prepare_study",
+    "store_study",
     "delete_study",
     "demo_spec",
     "describe_plan",

@@ -1,7 +1,8 @@
 """Creating a study, top to bottom, in one place: budget first, then the warm start, then one write.
 
 :func:`create_study` is the only way a study comes to exist (the CLI, a ``--config`` file, the
-API and the demo all call it):
+API and the demo all call it; the CLI calls its two halves, :func:`prepare_study` before the
+database is opened and :func:`store_study` after, so a refused study creates no database file):
 
 1. the data are read once: their input shape, class count and normalisation are stored with the
    study, so later readers (the API, export, warm starts) never load the dataset to learn them;
@@ -36,7 +37,7 @@ from ._warm import WarmStart, cheapest_anchors, enqueue_planned, plan_warm_start
 if TYPE_CHECKING:
     from objectives import Dataset
 
-__all__ = ["StudyPlan", "create_study", "describe_plan", "plan_study"]
+__all__ = ["StudyPlan", "create_study", "describe_plan", "plan_study", "prepare_study", "store_study"]
 
 
 @dataclass
@@ -191,11 +192,65 @@ def describe_plan(plan: StudyPlan) -> list[str]:
     return lines + plan.warnings
 
 
+def prepare_study(study_spec: StudySpec, store: Store | None, *,
+                  enqueue: Sequence[tuple[str, ArchSpec]] = (), warm_start: str | None = None,
+                  anchors: bool = False) -> StudyPlan:
+    """Everything :func:`create_study` checks, reading the database and writing nothing.
+
+    ``store`` None stands for a database that does not exist yet (it holds no study, no device
+    profile, no warm-start source): the caller opens, and so creates, it only once the plan is
+    good (:func:`store_study`), so a refused study leaves no new database file behind.
+
+    Raises:
+        NasError: as :func:`create_study`.
+    """
+    if store is not None:
+        check_name_free(study_spec.name, store)
+        use_store_profiles(store)
+    data = _load(study_spec)
+    plan = plan_study(study_spec, data)
+    study_spec = plan.study_spec
+    shape = tuple(plan.info["data"]["input_shape"])
+    given = list(enqueue) + (cheapest_anchors(plan.info) if anchors else [])
+    if given or warm_start is not None:
+        plan.warm = plan_warm_start(study_spec, store, shape, data.num_classes, specs=given,  # type: ignore[arg-type]
+                                    from_study=warm_start)
+    return plan
+
+
+def store_study(plan: StudyPlan, store: Store, *, target: int | None = None) -> StudyPlan:
+    """Write a prepared study (:func:`prepare_study`): the Optuna study, the lightnas record, the
+    warm start, then the target. All or nothing.
+
+    Raises:
+        NasError: the name was taken since the plan was made.
+    """
+    study_spec = plan.study_spec
+    check_name_free(study_spec.name, store)
+    first_target = study_spec.trials if target is None else target
+    study = optuna.create_study(storage=store.optuna, study_name=study_spec.name, directions=study_spec.directions)  # type: ignore[arg-type]
+    try:
+        study.set_user_attr("lightnas_spec", json.loads(study_spec.to_json()))
+        store.add_study(study_spec.name, study_spec.to_json(), 0 if plan.warm else first_target,
+                        info=json.dumps(plan.info))
+        share_cost_device(study_spec.cost_device, store)
+        if plan.warm:
+            enqueue_planned(study_spec.name, store, plan.warm)
+            store.set_target(study_spec.name, first_target)
+    except BaseException:
+        if store.get_study(study_spec.name) is not None:
+            delete_study(study_spec.name, store)
+        else:
+            optuna.delete_study(study_name=study_spec.name, storage=store.optuna)
+        raise
+    return plan
+
+
 def create_study(study_spec: StudySpec, store: Store, *, target: int | None = None,
                  enqueue: Sequence[tuple[str, ArchSpec]] = (), warm_start: str | None = None,
                  anchors: bool = False) -> StudyPlan:
     """Create a study (see the module docstring for the steps); nothing is written when anything
-    is wrong.
+    is wrong (:func:`prepare_study`, then :func:`store_study`).
 
     Args:
         study_spec: the study spec as given (its space is fitted to the budget here).
@@ -215,33 +270,8 @@ def create_study(study_spec: StudySpec, store: Store, *, target: int | None = No
             space cannot reach, an enqueued architecture that does not fit, an unknown
             ``warm_start`` study.
     """
-    check_name_free(study_spec.name, store)
-    use_store_profiles(store)
-    data = _load(study_spec)
-    plan = plan_study(study_spec, data)
-    study_spec = plan.study_spec
-    shape = tuple(plan.info["data"]["input_shape"])
-    given = list(enqueue) + (cheapest_anchors(plan.info) if anchors else [])
-    if given or warm_start is not None:
-        plan.warm = plan_warm_start(study_spec, store, shape, data.num_classes, specs=given,  # type: ignore[arg-type]
-                                    from_study=warm_start)
-    first_target = study_spec.trials if target is None else target
-    study = optuna.create_study(storage=store.optuna, study_name=study_spec.name, directions=study_spec.directions)  # type: ignore[arg-type]
-    try:
-        study.set_user_attr("lightnas_spec", json.loads(study_spec.to_json()))
-        store.add_study(study_spec.name, study_spec.to_json(), 0 if plan.warm else first_target,
-                        info=json.dumps(plan.info))
-        share_cost_device(study_spec.cost_device, store)
-        if plan.warm:
-            enqueue_planned(study_spec.name, store, plan.warm)
-            store.set_target(study_spec.name, first_target)
-    except BaseException:
-        if store.get_study(study_spec.name) is not None:
-            delete_study(study_spec.name, store)
-        else:
-            optuna.delete_study(study_name=study_spec.name, storage=store.optuna)
-        raise
-    return plan
+    plan = prepare_study(study_spec, store, enqueue=enqueue, warm_start=warm_start, anchors=anchors)
+    return store_study(plan, store, target=target)
 
 
 def share_cost_device(name: str, store: Store) -> None:

@@ -79,7 +79,7 @@ def arch_from_doc(doc: Any) -> ArchSpec:
         raise NasError(f"not an ArchSpec ({e})") from None
 
 
-def plan_warm_start(study_spec: StudySpec, store: Store, input_shape: tuple[int, int, int], num_classes: int, *,
+def plan_warm_start(study_spec: StudySpec, store: Store | None, input_shape: tuple[int, int, int], num_classes: int, *,
                     specs: Sequence[tuple[str, ArchSpec]] = (), from_study: str | None = None,
                     limit: int = 20) -> WarmStart:
     """What :func:`warm_start` would enqueue into a study of ``study_spec`` (which need not exist yet)
@@ -87,7 +87,8 @@ def plan_warm_start(study_spec: StudySpec, store: Store, input_shape: tuple[int,
 
     ``specs`` are ``(source, ArchSpec)`` pairs given by the user: each must fit the study (its
     space, its budget), else :class:`NasError`. Members of ``from_study``'s front that do not fit
-    are skipped with the reason (another dataset or budget makes that normal).
+    are skipped with the reason (another dataset or budget makes that normal). ``store`` None is a
+    database that does not exist yet (no study in it).
 
     Raises:
         NasError: a given spec that is not in the study's space or is over its budget; an
@@ -99,7 +100,7 @@ def plan_warm_start(study_spec: StudySpec, store: Store, input_shape: tuple[int,
     budget = study_spec.budget_obj()
     known: set[str] = set()
     queued: set[str] = set()
-    if study_spec.name in optuna.get_all_study_names(store.optuna):
+    if store is not None and study_spec.name in optuna.get_all_study_names(store.optuna):
         trials = optuna.load_study(study_name=study_spec.name, storage=store.optuna).get_trials(deepcopy=False)
         known = {str(t.user_attrs["spec_hash"]) for t in trials if t.user_attrs.get("spec_hash")}
         queued = {json.dumps(t.system_attrs.get("fixed_params") or t.params, sort_keys=True) for t in trials
@@ -109,6 +110,8 @@ def plan_warm_start(study_spec: StudySpec, store: Store, input_shape: tuple[int,
     candidates: list[tuple[str, dict[str, Any] | None, ArchSpec | None, bool]] = [(src, None, s, True)
                                                                                   for src, s in specs]
     if from_study is not None:
+        if store is None:
+            raise NasError(f"warm_start: unknown study {from_study!r}; the database does not exist yet")
         if store.get_study(from_study) is None:
             raise NasError(f"warm_start: unknown study {from_study!r}; studies here: "
                            f"{', '.join(r.name for r in store.list_studies()) or 'none'}")

@@ -117,6 +117,29 @@ def _worker_main(name: str, url: str, deadline: float | None, worker: int, threa
             errors.put(str(e))
 
 
+def check_run_args(*, trials: int | None = None, workers: int = 1, timeout: float | None = None,
+                   workers_per_device: int = 1, device: str = "auto") -> None:
+    """The checks of :func:`check_run` that need no study (a command that creates the study it
+    runs makes them before it writes anything).
+
+    Raises:
+        NasError: workers outside 1..64, a timeout that is not a positive number of seconds, a
+            target outside 1..1,000,000, GPUs the device cannot give.
+    """
+    if workers < 1 or workers > 64:
+        raise NasError(f"--workers: must be between 1 and 64, got {workers}")
+    if workers_per_device < 1 or workers_per_device > 64:
+        raise NasError(f"--workers-per-device: must be between 1 and 64, got {workers_per_device}")
+    try:
+        worker_devices(workers, device=device, per_device=workers_per_device)
+    except ValueError as e:
+        raise NasError(str(e)) from None
+    if timeout is not None and not (0 < timeout < 1e9):
+        raise NasError(f"--timeout: must be positive seconds, got {timeout}")
+    if trials is not None and not 1 <= trials <= MAX_TARGET:
+        raise NasError(f"--trials: must be between 1 and {MAX_TARGET:,}, got {trials}")
+
+
 def check_run(name: str, store: Store, *, trials: int | None = None, workers: int = 1,
               timeout: float | None = None, workers_per_device: int = 1) -> Any:
     """Check a run's arguments against the stored study before anything is written or shown;
@@ -130,19 +153,9 @@ def check_run(name: str, store: Store, *, trials: int | None = None, workers: in
     study_spec = get_study_spec(name, store)  # unknown study: NasError listing the studies there
     row = store.get_study(name)
     assert row is not None
-    if workers < 1 or workers > 64:
-        raise NasError(f"--workers: must be between 1 and 64, got {workers}")
-    if workers_per_device < 1 or workers_per_device > 64:
-        raise NasError(f"--workers-per-device: must be between 1 and 64, got {workers_per_device}")
-    try:
-        worker_devices(workers, device=study_spec.device, per_device=workers_per_device)
-    except ValueError as e:
-        raise NasError(str(e)) from None
-    if timeout is not None and not (0 < timeout < 1e9):
-        raise NasError(f"--timeout: must be positive seconds, got {timeout}")
+    check_run_args(trials=trials, workers=workers, timeout=timeout, workers_per_device=workers_per_device,
+                   device=study_spec.device)
     if trials is not None:
-        if not 1 <= trials <= MAX_TARGET:
-            raise NasError(f"--trials: must be between 1 and {MAX_TARGET:,}, got {trials}")
         done = finished(store, name)
         if trials < done:
             raise NasError(f"--trials: {name} has {done} networks evaluated within its budget already; "
