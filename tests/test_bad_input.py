@@ -240,6 +240,7 @@ def test_bad_data_files_through_the_cli_and_the_api_write_nothing(tmp_path: Path
 
 BAD_FIELDS: list[tuple[str, object, str]] = [
     # (field path, value, the field named in the message)
+    ("early_stop.\n", None, "early_stop.'\\n': unknown field"),  # a key with a newline: still one line
     ("fidelity.lr", math.inf, "fidelity.lr"),
     ("fidelity.lr", -math.inf, "fidelity.lr"),
     ("fidelity.lr", math.nan, "fidelity.lr"),

@@ -279,7 +279,7 @@ def one_line_error(err: Any, default_loc: str = "study") -> str:
     """One line ``field: what was wrong; accepted: ...`` for a pydantic error dict (the first of
     ``ValidationError.errors()``; FastAPI's request errors too, whose location starts with
     ``body``/``query``/``path``, which is left out)."""
-    parts = [str(p) for p in err["loc"]]
+    parts = [str(p) if str(p).isprintable() else repr(str(p)) for p in err["loc"]]  # a key "\n": one line still
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
     loc = ".".join(parts) or default_loc
@@ -294,7 +294,7 @@ def one_line_error(err: Any, default_loc: str = "study") -> str:
         msg = "use letters, digits, '_', '.', '-' (at most 100 characters, not starting with a symbol)"
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
-    return f"{loc}: {msg}"
+    return f"{loc}: {' '.join(msg.splitlines())}"
 
 
 def make_spec(**fields: Any) -> StudySpec:
