@@ -247,13 +247,10 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas if mode != "existing" else _sqlite_wait)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         try:
-            with self.engine.connect() as conn:
-                tables = set(inspect(conn).get_table_names())
-        except SQLAlchemyError as e:
+            tables = _table_names(self.engine, self.url)
+        except StorageError:
             self.engine.dispose()
-            raise StorageError(f"cannot connect to storage {self.display_url(self.url)}: {error_line(e)}"
-                               f"{error_hint(error_line(e))}",
-                               transient=is_transient(e)) from None
+            raise
         try:
             _check_tables(self.url, mode, tables)
             creating = _OUR_TABLE not in tables
@@ -317,11 +314,7 @@ class Store:
         else:
             engine = create_engine(url, **_engine_kwargs(url))
             try:
-                with engine.connect() as conn:
-                    tables = set(inspect(conn).get_table_names())
-            except SQLAlchemyError as e:
-                raise StorageError(f"cannot connect to storage {cls.display_url(url)}: {error_line(e)}"
-                                   f"{error_hint(error_line(e))}", transient=is_transient(e)) from None
+                tables = _table_names(engine, url)
             finally:
                 engine.dispose()
         if tables is None or _OUR_TABLE not in tables:
@@ -715,6 +708,20 @@ def _aware(t: Any) -> Any:
 def _some(tables: set[str], n: int = 5) -> str:
     names = sorted(tables)
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _table_names(engine: Engine, url: str) -> set[str]:
+    """The tables of the database behind ``engine``.
+
+    Raises:
+        StorageError: the database cannot be reached (``transient`` when worth waiting for).
+    """
+    try:
+        with engine.connect() as conn:
+            return set(inspect(conn).get_table_names())
+    except SQLAlchemyError as e:
+        raise StorageError(f"cannot connect to storage {Store.display_url(url)}: {error_line(e)}"
+                           f"{error_hint(error_line(e))}", transient=is_transient(e)) from None
 
 
 def _check_tables(url: str, mode: str, tables: set[str] | None) -> None:
