@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import numpy as np
 import optuna
 import torch
 
-from objectives import estimate_cost, train_model
+from objectives import estimate_cost, train_model, write_onnx
 from search_spaces import ArchSpec, build_model
 from storage import Store
 
@@ -21,7 +20,14 @@ from ._artifacts import load_arch, load_network, weights_key
 from ._errors import NasError
 from .search import DataShape, StudySpec, get_study_spec, record_of, study_data
 
-__all__ = ["export_onnx", "export_refined", "export_trial"]
+__all__ = ["FORMATS", "TFLM_IMAGES", "export_onnx", "export_refined", "export_trial"]
+
+#: What ``nas export --formats`` writes: the spec and cost report, the state_dict, fp32 ONNX, the int8 TFLite
+#: flatbuffer (full integer, for TFLM and LiteRT), the int8 ONNX QDQ model (ONNX Runtime).
+FORMATS = ("json", "state_dict", "onnx", "tflite", "onnx-int8")
+INT8_FORMATS = ("tflite", "onnx-int8")
+#: Test images run through TFLM's reference kernels at export (an interpreter call per image, in Python).
+TFLM_IMAGES = 1000
 
 
 def export_onnx(model: torch.nn.Module, input_shape: tuple[int, int, int], path: Path) -> float:
@@ -29,12 +35,7 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, int, int], path:
     onnxruntime's and PyTorch's outputs on a random batch."""
     import onnxruntime as ort
 
-    model = model.eval().cpu()
-    x = torch.randn(4, *input_shape)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
+    x = write_onnx(model, input_shape, path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
@@ -43,16 +44,20 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, int, int], path:
 
 
 def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs: int | None = None,
-                 formats: tuple[str, ...] = ("json", "state_dict", "onnx")) -> dict[str, Any]:
+                 formats: tuple[str, ...] = ("json", "state_dict", "onnx"), calibration: int | None = None,
+                 strict: bool = False) -> dict[str, Any]:
     """Write the trial's files into ``to``; returns what was written and the ONNX check.
 
     Weights are those trained at the study's fidelity, or retrained for ``epochs`` when given;
-    ``formats=("json",)`` (the spec and cost report) needs no weights.
+    ``formats=("json",)`` (the spec and cost report) needs no weights. The int8 formats (``tflite``,
+    ``onnx-int8``) are calibrated on ``calibration`` training images (default 256), run in their
+    runtimes on the test split, measured (TFLM arena, file size) and checked against the study's
+    ``ram``/``flash`` limits; ``strict``: an artifact over them is an error and nothing is written.
 
     Raises:
         NasError: unknown study/trial, trial never trained (over budget or failed), bad format.
     """
-    _check_formats(formats)
+    _check_formats(formats, calibration)
     study_spec = get_study_spec(name, store)
     study = optuna.load_study(study_name=name, storage=store.optuna)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -85,35 +90,135 @@ def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs
     else:  # the spec alone (json) needs no weights
         model = build_model(arch, shape.input_shape, shape.num_classes)
     meta = {"study": name, "trial": number}
-    info.update(_write(arch, model, shape, study_spec, Path(to), formats, meta))
+    info.update(_write(arch, model, shape, study_spec, Path(to), formats, meta,
+                       deploy=_Deploy(store, calibration, strict, f"{h}/{study_spec.fidelity_key}")))
     return info
 
 
-def _check_formats(formats: tuple[str, ...]) -> None:
-    bad = set(formats) - {"json", "state_dict", "onnx"}
+def _check_formats(formats: tuple[str, ...], calibration: int | None = None) -> None:
+    bad = set(formats) - set(FORMATS)
     if bad:
-        raise NasError(f"--formats: unknown {sorted(bad)}; accepted: json, state_dict, onnx")
+        raise NasError(f"--formats: unknown {sorted(bad)}; accepted: {', '.join(FORMATS)}")
+    if set(formats) & set(INT8_FORMATS):
+        from objectives import DeployError, require_deploy
+
+        try:
+            require_deploy(f"--formats {','.join(f for f in formats if f in INT8_FORMATS)}")
+        except DeployError as e:
+            raise NasError(str(e)) from None
+    elif calibration is not None:
+        raise NasError("--calibration applies to the int8 formats (tflite, onnx-int8) only")
+    if calibration is not None and calibration < 1:
+        raise NasError(f"--calibration: need at least 1 training image, got {calibration}")
+
+
+class _Deploy:
+    """How the int8 artifacts of one export are made: calibration images, strictness, where the measured
+    figures are stored (artifact key ``deploy/<spec hash>/<fidelity or refinement>/<format>-cal<N>.json``)."""
+
+    def __init__(self, store: Store, calibration: int | None, strict: bool, key: str) -> None:
+        self.store, self.calibration, self.strict, self.key = store, calibration or 256, strict, key
+
+
+def _int8_artifacts(arch: ArchSpec, model: torch.nn.Module, study_spec: StudySpec, formats: tuple[str, ...],
+                    deploy: _Deploy) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The int8 files (in memory) and what was measured of them: accuracies in their runtimes on the test
+    split, top-1 agreement with the PyTorch model, the TFLM arena and the file size against the
+    prediction and the study's limits."""
+    import objectives as ob
+
+    data = study_spec.load_data(whole_train=True)
+    n_train = len(data.x_train)
+    if deploy.calibration > n_train:
+        raise NasError(f"--calibration: {deploy.calibration} images asked, the training split has {n_train}; "
+                       f"accepted: 1..{n_train}")
+    model = model.cpu().eval()
+    x_cal = data.x_train[:deploy.calibration].cpu()
+    x, y = data.x_test.cpu(), data.y_test.cpu()
+    split = "test"
+    if len(y) == 0:
+        x, y, split = data.x_val.cpu(), data.y_val.cpu(), "validation"
+    with torch.no_grad():
+        ref = torch.cat([model(x[i:i + 512]) for i in range(0, len(x), 512)]).argmax(1) if len(x) else y
+
+    def scores(pred: np.ndarray | torch.Tensor, n: int | None = None) -> dict[str, Any]:
+        p = torch.as_tensor(np.asarray(pred)).reshape(-1)
+        yy, rr = (y, ref) if n is None else (y[:n], ref[:n])
+        return {"accuracy": float((p == yy).float().mean()), "agreement": float((p == rr).float().mean()),
+                "images": int(len(p))}
+
+    shape = data.input_shape
+    budget = study_spec.budget_obj()
+    limits = {c.name: c.value for c in budget.conditions} if budget is not None else {}
+    files: dict[str, bytes] = {}
+    info: dict[str, Any] = {"calibration": deploy.calibration, "split": split,
+                            "fp32": {"accuracy": float((ref == y).float().mean()) if len(y) else None}}
+    over: list[str] = []
+    if "tflite" in formats:
+        q = ob.quantize_ptq(model, x_cal)
+        tfl = ob.to_tflite(q)
+        arena = ob.tflm_arena(tfl)
+        io = ob.io_quantization(tfl)
+        sim = ob.simulated_logits(q, x).argmax(1)
+        litert = ob.run_litert(tfl, x).argmax(1)
+        tflm = ob.run_tflm(tfl, x[:TFLM_IMAGES], arena=arena.arena).argmax(1)
+        ram_pred = ob.ram_bytes(arch, shape, data.num_classes)
+        flash_pred = ob.flash_bytes(arch, shape, data.num_classes)
+        rec: dict[str, Any] = {
+            "file": "model.tflite", "flash_bytes": len(tfl), "flash_predicted": flash_pred,
+            "ram_bytes": arena.arena, "ram_predicted": ram_pred, "arena_planned": arena.head,
+            "arena_persistent": arena.tail, "arena_parts": arena.parts,
+            "simulated": scores(sim), "litert": scores(litert), "tflm": scores(tflm, TFLM_IMAGES),
+            "simulated_vs_litert": float((sim == torch.as_tensor(litert)).float().mean()),
+            "input": {**io["input"], "normalisation": ob.input_recipe(io["input"]["scale"], io["input"]["zero_point"],
+                                                                      data.mean, data.std)},
+            "output": io["output"]}
+        for res, measured in (("ram_bytes", arena.arena), ("flash_bytes", len(tfl))):
+            if res in limits:
+                rec[f"{res}_limit"] = limits[res]
+                if measured > limits[res]:
+                    over.append(f"{res.removesuffix('_bytes')} {measured:,} B > {limits[res]:,.0f} B")
+        rec["within_budget"] = not over
+        files["model.tflite"] = tfl
+        info["tflite"] = rec
+    if "onnx-int8" in formats:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model_int8.onnx"
+            ob.to_onnx_int8(model, x_cal, path)
+            files["model_int8.onnx"] = path.read_bytes()
+            pred = ob.run_onnx(path, x).argmax(1)
+        info["onnx-int8"] = {"file": "model_int8.onnx", "bytes": len(files["model_int8.onnx"]),
+                             "onnxruntime": scores(pred)}
+    if over and deploy.strict:
+        raise NasError(f"--strict: the int8 artifact is over the study's budget ({'; '.join(over)}); nothing written")
+    info["over_budget"] = over
+    for fmt in INT8_FORMATS:
+        if fmt in info:
+            deploy.store.put_artifact(f"deploy/{deploy.key}/{fmt}-cal{deploy.calibration}.json",
+                                      json.dumps(info[fmt]).encode())
+    return files, info
 
 
 def _write(arch: ArchSpec, model: torch.nn.Module, data: DataShape, study_spec: StudySpec, out: Path,
-           formats: tuple[str, ...], meta: dict[str, Any]) -> dict[str, Any]:
+           formats: tuple[str, ...], meta: dict[str, Any], deploy: _Deploy | None = None) -> dict[str, Any]:
     """Write the requested files of one network into ``out``; returns ``files`` (and the ONNX check)."""
     info: dict[str, Any] = {}
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".lightnas-write-{os.getpid()}"
-        probe.write_bytes(b"")  # a read-only place fails here, before any network is exported
-        probe.unlink()
-    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
-        what = "exists and is not a directory" if out.exists() and not out.is_dir() else \
-            f"cannot be written ({getattr(e, 'strerror', None) or e})"
-        raise NasError(f"--to: {out} {what}; accepted: a directory you may write (created if missing)") from None
+    int8_files: dict[str, bytes] = {}
+    if deploy is not None and set(formats) & set(INT8_FORMATS):
+        if out.exists() and not out.is_dir():
+            _check_out(out)  # the one-line refusal, before minutes of conversion
+        int8_files, info["deploy"] = _int8_artifacts(arch, model, study_spec, formats, deploy)
+    _check_out(out)
     written = []
     if "json" in formats:
         (out / "spec.json").write_text(arch.to_json(indent=2) + "\n")
         report = estimate_cost(arch, data.input_shape, data.num_classes, device=study_spec.cost_device)
         meta = {**meta, "input_shape": list(data.input_shape), "num_classes": data.num_classes, "data": study_spec.data,
                 "mean": list(data.mean), "std": list(data.std), "cost": report.to_dict(rows=False)}
+        if "deploy" in info:
+            meta["deploy"] = info["deploy"]
         (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
         written += ["spec.json", "model.json"]
     if "state_dict" in formats:
@@ -124,19 +229,38 @@ def _write(arch: ArchSpec, model: torch.nn.Module, data: DataShape, study_spec: 
         if info["onnx_max_abs_diff"] > 1e-3:
             raise RuntimeError(f"ONNX output differs from PyTorch by {info['onnx_max_abs_diff']:.2e}")
         written.append("model.onnx")
+    for fname, blob in int8_files.items():
+        tmp = out / f".{fname}.{os.getpid()}.tmp"
+        tmp.write_bytes(blob)  # then renamed: a full disk or a kill never leaves half a model under its name
+        os.replace(tmp, out / fname)
+        written.append(fname)
     info["files"] = [str(out / w) for w in written]
     return info
 
 
+def _check_out(out: Path) -> None:
+    """Make ``out`` (a directory this process may write) or raise the one-line ``--to`` error."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".lightnas-write-{os.getpid()}"
+        probe.write_bytes(b"")  # a read-only place fails here, before any network is exported
+        probe.unlink()
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        what = "exists and is not a directory" if out.exists() and not out.is_dir() else \
+            f"cannot be written ({getattr(e, 'strerror', None) or e})"
+        raise NasError(f"--to: {out} {what}; accepted: a directory you may write (created if missing)") from None
+
+
 def export_refined(name: str, refinement_id: int, to: str | Path, store: Store, *,
-                   formats: tuple[str, ...] = ("json", "state_dict", "onnx")) -> dict[str, Any]:
+                   formats: tuple[str, ...] = ("json", "state_dict", "onnx"), calibration: int | None = None,
+                   strict: bool = False) -> dict[str, Any]:
     """Write a refinement candidate's files (as :func:`export_trial`), with its lineage in
     ``model.json``: parent trial, step, parent step, method, settings, accuracies.
 
     Raises:
         NasError: unknown study, or no candidate ``refinement_id`` in this study; bad format.
     """
-    _check_formats(formats)
+    _check_formats(formats, calibration)
     study_spec = get_study_spec(name, store)
     row = store.get_refinement(refinement_id)
     if row is None or row.study != name:
@@ -157,5 +281,6 @@ def export_refined(name: str, refinement_id: int, to: str | Path, store: Store, 
     info: dict[str, Any] = {"refined": refinement_id, "spec_hash": row.spec_hash, "parent_trial": row.parent_trial,
                             "step": row.step, "method": row.method}
     info.update(_write(model.spec, model, shape, study_spec, Path(to), formats,
-                       {"study": name, "refined": refinement_id, "lineage": lineage}))
+                       {"study": name, "refined": refinement_id, "lineage": lineage},
+                       deploy=_Deploy(store, calibration, strict, f"{row.spec_hash}/refined-{refinement_id}")))
     return info

@@ -95,6 +95,10 @@ STUDY: dict[str, Doc] = {
     "amp": Doc("mixed precision on CUDA: auto (bf16 where supported, else fp16 with loss scaling) | off | bf16 | "
                "fp16; the CPU always trains in fp32", "auto"),
     "cost_device": Doc("device profile for latency and energy (see 'nas hardware profiles')", "rpi4"),
+    "precision": Doc("fp32 | int8: with int8 every trained network is quantized after training (post-training "
+                     "int8, calibrated on training images) and its int8 validation accuracy is the accuracy objective "
+                     "(fp32 kept beside it); needs lightnas[deploy]", "fp32"),
+    "calibration": Doc("--precision int8: training images that calibrate the int8 activation ranges", 256),
     "trials": Doc("target: networks evaluated within the budget (over-budget samples are rejected and do not "
                   "count)", 30),
     "fit_space": Doc("scale the space to the budget when too little of it fits (TinyNAS; your own --option "

@@ -14,7 +14,16 @@ from ._budget import (
     parse_conditions,
     resolve_resource,
 )
-from ._cost import RESOURCES, CostReport, LayerCost, estimate_cost, reference_count, trace_layers
+from ._cost import (
+    RESOURCES,
+    RUNTIME_RESOURCES,
+    CostReport,
+    LayerCost,
+    check_runtime_resources,
+    estimate_cost,
+    reference_count,
+    trace_layers,
+)
 from ._data import DATA_SOURCES, DataError, Dataset, check_source, describe_sources, load_dataset
 from ._devices import (
     DeviceError,
@@ -46,6 +55,25 @@ from ._feasibility import (
     space_minimum,
     space_share,
 )
+from ._int8 import (
+    ArenaReport,
+    DeployError,
+    Int8Model,
+    deploy_available,
+    input_recipe,
+    int8_accuracy,
+    io_quantization,
+    quantize_input,
+    quantize_ptq,
+    require_deploy,
+    run_litert,
+    run_onnx,
+    run_tflm,
+    simulated_logits,
+    tflm_arena,
+    to_onnx_int8,
+    to_tflite,
+)
 from ._latency import (
     LOW_PERCENTILE,
     CalibrationResult,
@@ -58,6 +86,7 @@ from ._latency import (
     roofline_ms,
     time_rounds,
 )
+from ._onnx import write_onnx
 from ._opmodel import (
     OP_CLASSES,
     Layer,
@@ -89,6 +118,7 @@ from ._proxies import (
     score_model,
     vote_scores,
 )
+from ._tflm import flash_bytes, planned_bytes, ram_bytes, tflite_graph
 from ._train import (
     TrainConfig,
     TrainingError,
@@ -134,6 +164,30 @@ __all__ = [
     "space_share",
     "ALIASES",
     "RESOURCES",
+    "RUNTIME_RESOURCES",
+    "check_runtime_resources",
+    "ArenaReport",
+    "DeployError",
+    "Int8Model",
+    "deploy_available",
+    "int8_accuracy",
+    "input_recipe",
+    "io_quantization",
+    "quantize_input",
+    "quantize_ptq",
+    "require_deploy",
+    "run_litert",
+    "run_onnx",
+    "run_tflm",
+    "simulated_logits",
+    "tflm_arena",
+    "to_onnx_int8",
+    "to_tflite",
+    "write_onnx",
+    "flash_bytes",
+    "planned_bytes",
+    "ram_bytes",
+    "tflite_graph",
     "Budget",
     "BudgetError",
     "CalibrationResult",

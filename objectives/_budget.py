@@ -34,8 +34,11 @@ ALIASES = {
     "latency": "latency_ms",
     "energy": "energy_uj",
     "size": "weight_bytes",
+    "ram": "ram_bytes",
+    "flash": "flash_bytes",
 }
-BYTE_RESOURCES = {"weight_bytes", "activation_bytes", "mem_traffic_bytes", "peak_activation_bytes"}
+BYTE_RESOURCES = {"weight_bytes", "activation_bytes", "mem_traffic_bytes", "peak_activation_bytes", "ram_bytes",
+                  "flash_bytes"}
 SUFFIXES = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
             "Ki": 1024.0, "Mi": 1024.0**2, "Gi": 1024.0**3, "Ti": 1024.0**4}
 UPPER_OPS = ("<=", "<")

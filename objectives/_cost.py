@@ -51,7 +51,8 @@ from ._analytic import Op, analytic_layers
 from ._devices import DeviceProfile, get_device
 from ._opmodel import layer_from_op, op_classes
 
-__all__ = ["RESOURCES", "CostReport", "LayerCost", "estimate_cost", "reference_count", "trace_layers"]
+__all__ = ["RESOURCES", "RUNTIME_RESOURCES", "CostReport", "LayerCost", "check_runtime_resources", "estimate_cost",
+           "reference_count", "runtime_totals", "trace_layers"]
 
 #: Resources a cost report totals, with their unit. Budgets and objectives use these names.
 RESOURCES: dict[str, str] = {
@@ -64,7 +65,12 @@ RESOURCES: dict[str, str] = {
     "peak_activation_bytes": "largest set of live activations, skip tensors included",
     "latency_ms": "latency on the device profile (its operator-level model, else a roofline), milliseconds",
     "energy_uj": "energy on the device profile (board power x latency + compute and memory), microjoules",
+    "ram_bytes": "arena the int8 artifact needs in the profile's device runtime (TFLM: activations as its memory "
+                 "planner lays them out + persistent structures), bytes; profiles with a memory_runtime only",
+    "flash_bytes": "size of the int8 artifact (.tflite file), bytes; profiles with a memory_runtime only",
 }
+#: Resources a profile defines only when it names its device runtime (``memory_runtime``).
+RUNTIME_RESOURCES = ("ram_bytes", "flash_bytes")
 
 
 @dataclass(frozen=True)
@@ -214,6 +220,40 @@ def totals_from_terms(terms: Sequence[float], input_elems: int, prof: DeviceProf
     }
 
 
+def check_runtime_resources(names: Sequence[str], prof: DeviceProfile) -> None:
+    """Raise ``BudgetError`` (one line) when ``names`` holds ``ram_bytes``/``flash_bytes`` and the profile
+    names no device runtime for them."""
+    wanted = [n for n in names if n in RUNTIME_RESOURCES]
+    if wanted and prof.memory_runtime is None:
+        from ._budget import BudgetError
+        from ._devices import list_devices
+
+        with_runtime = [d for d in list_devices() if _has_runtime(d)]
+        raise BudgetError(f"{wanted[0]}: device profile {prof.name!r} names no device runtime, so ram and flash "
+                          f"are not defined for it; accepted: a profile with memory_runtime = \"tflm\" "
+                          f"({', '.join(with_runtime) or 'none installed'}), e.g. --cost-device "
+                          f"{with_runtime[0] if with_runtime else 'cortex-m7'}")
+
+
+def _has_runtime(name: str) -> bool:
+    try:
+        return get_device(name).memory_runtime is not None
+    except Exception:  # noqa: BLE001 - a broken user profile is not a candidate
+        return False
+
+
+def runtime_totals(spec: ArchSpec, shape: tuple[int, int, int], num_classes: int,
+                   prof: DeviceProfile) -> dict[str, float]:
+    """``ram_bytes`` and ``flash_bytes`` of the int8 artifact in the profile's runtime (:mod:`objectives._tflm`);
+    nothing for a profile without one."""
+    if prof.memory_runtime != "tflm":
+        return {}
+    from ._tflm import flash_bytes, ram_bytes
+
+    return {"ram_bytes": float(ram_bytes(spec, shape, num_classes)),
+            "flash_bytes": float(flash_bytes(spec, shape, num_classes))}
+
+
 def _elems(shape: Sequence[int]) -> int:
     n = 1
     for v in shape:
@@ -339,6 +379,7 @@ def estimate_cost(spec: ArchSpec, input_shape: Sequence[int] = (3, 32, 32), num_
     else:
         raise ValueError(f"method: got {method!r}, accepted: analytic, trace")
     totals = totals_from_terms(segment_terms(ops, prof), _elems(shape), prof)
+    totals.update(runtime_totals(spec, shape, num_classes, prof))
     return CostReport(spec.hash, prof.name, shape, num_classes, totals, spec.depth, ops, prof)
 
 

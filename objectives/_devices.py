@@ -24,7 +24,7 @@ import os
 import sys
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -85,6 +85,9 @@ class DeviceProfile(BaseModel):
     description: str = ""
     runtime: str = Field(default="", description="inference runtime and precision the numbers describe")
     dtype: str = "float32"
+    memory_runtime: Literal["tflm"] | None = Field(
+        default=None, description="the device runtime whose arena and file size the resources ram and flash mean "
+                                  "(tflm: TensorFlow Lite Micro running the int8 .tflite artifact); none: no ram/flash")
     peak_macs_per_s: float = Field(gt=0)
     mem_bandwidth_bytes_per_s: float = Field(gt=0)
     energy_pj_per_mac: float = Field(ge=0)

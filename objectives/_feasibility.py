@@ -38,8 +38,9 @@ from search_spaces import ArchSpec, SearchSpace, enumerate_choices, get_space
 
 from ._analytic import block_ops, head_ops, stem_ops
 from ._budget import Budget
-from ._cost import SEGMENT_FIELDS, estimate_cost, segment_terms, totals_from_terms
+from ._cost import RUNTIME_RESOURCES, SEGMENT_FIELDS, estimate_cost, runtime_totals, segment_terms, totals_from_terms
 from ._devices import DeviceProfile, get_device
+from ._tflm import block_graph, head_graph, segment_parts, stem_graph
 
 __all__ = ["FIT_SAMPLES", "SHARE_SAMPLES", "USABLE_SHARE", "WARN_SHARE", "Feasibility", "SpaceFit", "assess",
            "below_minimum", "fit_space", "most_scaled", "resized_shape", "smaller_inputs", "space_minimum",
@@ -57,8 +58,12 @@ FIT_SAMPLES = 300
 #: Which segment field each resource is an increasing function of (``objectives._cost``).
 _FIELD_OF = {"macs": "macs", "flops": "macs", "params": "params", "weight_bytes": "params",
              "activation_bytes": "out_elems", "mem_traffic_bytes": "traffic",
-             "peak_activation_bytes": "live", "latency_ms": "latency_ms", "energy_uj": "energy_uj"}
-_MAX_FIELD = SEGMENT_FIELDS.index("live")
+             "peak_activation_bytes": "live", "latency_ms": "latency_ms", "energy_uj": "energy_uj",
+             "flash_bytes": "tfl_flash", "ram_bytes": "tfl_tail"}
+#: The segment fields of the cost model, and two of the TFLM artifact (``objectives._tflm.segment_parts``;
+#: zero for a profile without a device runtime): the file's and the persistent arena's parts.
+FIELDS = (*SEGMENT_FIELDS, "tfl_flash", "tfl_tail")
+_MAX_FIELD = FIELDS.index("live")
 
 
 def _profile(device: str | DeviceProfile) -> DeviceProfile:
@@ -71,7 +76,8 @@ def _combine(f: int, a: float, b: float) -> float:
 
 def _add(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, ...]:
     """Terms of two segments run one after the other (sums, and the max of the live sets)."""
-    return (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] + b[4], a[5] + b[5], max(a[6], b[6]))
+    return (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] + b[4], a[5] + b[5], max(a[6], b[6]),
+            a[7] + b[7], a[8] + b[8])
 
 
 class _Coster:
@@ -81,13 +87,18 @@ class _Coster:
     def __init__(self, prof: DeviceProfile) -> None:
         self.prof = prof
         self.memo: dict[Any, Any] = {}
+        self.runtime = prof.memory_runtime == "tflm"
+
+    def _terms(self, ops: Any, graph: Any) -> tuple[float, ...]:
+        """The segment's cost-model terms and its TFLM parts (``graph()``: its converted operations)."""
+        return (*segment_terms(ops, self.prof), *(segment_parts(graph()) if self.runtime else (0.0, 0.0)))
 
     def block(self, cin: int, b: Any, hw: tuple[int, int]) -> tuple[tuple[float, ...], int, tuple[int, int]]:
         key = (cin, b, hw)
         hit = self.memo.get(key)
         if hit is None:
             ops, ohw = block_ops(0, cin, b, hw)
-            hit = self.memo[key] = (segment_terms(ops, self.prof), b.out_channels, ohw)
+            hit = self.memo[key] = (self._terms(ops, lambda: block_graph(cin, b, hw)[0]), b.out_channels, ohw)
         return hit  # type: ignore[no-any-return]
 
     def stage(self, cin: int, stage: Any, hw: tuple[int, int]) -> tuple[tuple[float, ...], int, tuple[int, int]]:
@@ -102,14 +113,15 @@ class _Coster:
         hit = self.memo.get(key)
         if hit is None:
             ops, hw = stem_ops(stem, shape)
-            hit = self.memo[key] = (segment_terms(ops, self.prof), hw)
+            hit = self.memo[key] = (self._terms(ops, lambda: stem_graph(stem, shape)[0]), hw)
         return hit  # type: ignore[no-any-return]
 
     def head(self, head: Any, cin: int, hw: tuple[int, int], num_classes: int) -> tuple[float, ...]:
         key = ("head", head, cin, hw, num_classes)
         hit = self.memo.get(key)
         if hit is None:
-            hit = self.memo[key] = segment_terms(head_ops(head, cin, hw, num_classes), self.prof)
+            hit = self.memo[key] = self._terms(head_ops(head, cin, hw, num_classes),
+                                               lambda: head_graph(head, cin, hw, num_classes))
         return hit  # type: ignore[no-any-return]
 
     def totals(self, arch: ArchSpec, shape: tuple[int, int, int], num_classes: int) -> dict[str, float]:
@@ -120,7 +132,9 @@ class _Coster:
             more, cin, hw = self.stage(cin, stage, hw)
             terms = _add(terms, more)
         terms = _add(terms, self.head(arch.head, cin, hw, num_classes))
-        return totals_from_terms(terms, shape[0] * shape[1] * shape[2], self.prof)
+        totals = totals_from_terms(terms[:len(SEGMENT_FIELDS)], shape[0] * shape[1] * shape[2], self.prof)
+        totals.update(runtime_totals(arch, shape, num_classes, self.prof))
+        return totals
 
 
 def space_minimum(space: SearchSpace, num_classes: int, device: str | DeviceProfile = "rpi4",
@@ -139,7 +153,7 @@ def space_minimum(space: SearchSpace, num_classes: int, device: str | DeviceProf
     prof = _profile(device)
     coster = _Coster(prof)
     wanted = list(resources) if resources is not None else list(_FIELD_OF)
-    n = len(SEGMENT_FIELDS)
+    n = len(FIELDS)
     # best[f] = (value, params chain) over complete networks, per segment field f.
     best: list[tuple[float, Any] | None] = [None] * n
     stage_cache: dict[Any, list[tuple[dict[str, Any], tuple[float, ...], int, tuple[int, int]]]] = {}
@@ -180,13 +194,24 @@ def space_minimum(space: SearchSpace, num_classes: int, device: str | DeviceProf
                         best[f] = (v, (vals[f][1], p))
     out: dict[str, tuple[float, ArchSpec]] = {}
     archs: dict[int, ArchSpec] = {}
-    for r in wanted:
-        f = SEGMENT_FIELDS.index(_FIELD_OF[r])
+
+    def arch_of(f: int) -> ArchSpec:
         if f not in archs:
             entry = best[f]
             assert entry is not None
             archs[f] = space.check_params(_flatten(entry[1]))
-        arch = archs[f]
+        return archs[f]
+
+    for r in wanted:
+        if r in RUNTIME_RESOURCES and not coster.runtime:
+            continue  # the profile defines no ram/flash (studies refuse such budgets before this)
+        if r == "ram_bytes":
+            # Not a sum or a max over segments (the planner lays out the whole graph): the smallest ram of
+            # the architectures that minimise a segment field, the live set and the persistent part among them.
+            ram = min((estimate_cost(arch_of(f), space.input_shape, num_classes, prof)[r], f) for f in range(n))
+            out[r] = (ram[0], arch_of(ram[1]))
+            continue
+        arch = arch_of(FIELDS.index(_FIELD_OF[r]))
         out[r] = (estimate_cost(arch, space.input_shape, num_classes, prof)[r], arch)
     return out
 

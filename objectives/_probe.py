@@ -212,18 +212,12 @@ specs/ holds every network as a lightnas ArchSpec (JSON).
 
 
 def _export_onnx(probe: Probe, path: Path) -> None:
-    import warnings
-
-    import torch
-
     from search_spaces import build_model
 
-    model = build_model(probe.spec, probe.input_shape, probe.num_classes).eval()
-    x = torch.randn(1, *probe.input_shape)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
-                          opset_version=17)
+    from ._onnx import write_onnx
+
+    write_onnx(build_model(probe.spec, probe.input_shape, probe.num_classes), probe.input_shape, path,
+               dynamic_batch=False)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,16 @@ def export_cmd(
     trial: int = typer.Option(None, "--trial", help="trial number"),
     to: str = typer.Option(..., "--to", help="output directory"),
     epochs: int = typer.Option(None, "--epochs", help="retrain for N epochs instead of using stored weights"),
-    formats: str = typer.Option("json,state_dict,onnx", "--formats", help="comma list of json, state_dict, onnx"),
+    formats: str = typer.Option("json,state_dict,onnx", "--formats",
+                                help="comma list of json, state_dict, onnx (fp32), tflite (full-integer int8 for "
+                                     "TFLM and LiteRT), onnx-int8 (ONNX Runtime QDQ); the int8 formats need "
+                                     "lightnas[deploy]"),
+    calibration: int = typer.Option(None, "--calibration",
+                                    help="int8 formats: training images that calibrate the activation ranges "
+                                         "(default 256)"),
+    strict: bool = typer.Option(False, "--strict", help="int8 formats: an artifact whose measured RAM (TFLM "
+                                "arena) or flash (file size) is over the study's ram/flash limits is an error "
+                                "(exit 2, nothing written)"),
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
     refined: Annotated[int | None, typer.Option(
         "--refined", help="a refined candidate's id (column 'refined' of 'nas pareto --include-refined')")] = None,
@@ -65,17 +74,58 @@ def export_cmd(
                          "'nas pareto NAME --include-refined')")
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     if not fmts:
-        raise UsageError(f"--formats: give at least one of json, state_dict, onnx (comma list), got {formats!r}")
+        raise UsageError(f"--formats: give at least one of json, state_dict, onnx, tflite, onnx-int8 (comma list), "
+                         f"got {formats!r}")
     if refined is not None:
         if epochs is not None:
             raise UsageError("--epochs retrains a trial; a refined candidate is exported with its stored weights")
-        info = export_refined(name, refined, to, open_store(storage), formats=fmts)
+        info = export_refined(name, refined, to, open_store(storage), formats=fmts, calibration=calibration,
+                              strict=strict)
     else:
-        info = export_trial(name, trial, to, open_store(storage), epochs=epochs, formats=fmts)
+        info = export_trial(name, trial, to, open_store(storage), epochs=epochs, formats=fmts,
+                            calibration=calibration, strict=strict)
     for f in info["files"]:
         out.print(f"wrote {f}")
     if "onnx_max_abs_diff" in info:
         out.print(f"ONNX vs PyTorch: max |diff| {info['onnx_max_abs_diff']:.2e}")
+    for line in deploy_lines(info.get("deploy")):
+        out.print(line, highlight=False, markup=False)
+
+
+def deploy_lines(d: dict | None) -> list[str]:
+    """What an int8 export measured, a line per runtime, and the budget check."""
+    if not d:
+        return []
+    lines = []
+    fp32 = d["fp32"]["accuracy"]
+    head = f"int8 (calibrated on {d['calibration']} training images), {d['split']} split; PyTorch fp32 accuracy " \
+           + (f"{fp32:.4f}" if fp32 is not None else "n/a")
+    lines.append(head)
+    t = d.get("tflite")
+    if t:
+        for rt, label in (("litert", "LiteRT"), ("tflm", "TFLM"), ("simulated", "simulated (PyTorch)")):
+            r = t[rt]
+            lines.append(f"  {label:<20} accuracy {r['accuracy']:.4f}, top-1 agreement with fp32 {r['agreement']:.4f} "
+                         f"({r['images']} images)")
+        lines.append(f"  simulated vs LiteRT top-1 agreement {t['simulated_vs_litert']:.4f}")
+        for res, label in (("ram_bytes", "RAM (TFLM arena)"), ("flash_bytes", "flash (.tflite)")):
+            limit = t.get(f"{res}_limit")
+            pred = t[res.replace("_bytes", "_predicted")]
+            lines.append(f"  {label:<20} {t[res]:>10,} B measured, {pred:>10,} B predicted"
+                         + (f", limit {limit:,.0f} B {'OK' if t[res] <= limit else 'OVER BUDGET'}" if limit else ""))
+        i = t["input"]
+        a = [round(v, 4) for v in i["normalisation"]["a"]]
+        b = [round(v, 4) for v in i["normalisation"]["b"]]
+        lines.append(f"  input int8 {i['shape']} scale {i['scale']:.6g} zero_point {i['zero_point']}: a raw pixel p in "
+                     f"[0, 1] of channel c is fed as round(p * a[c] + b[c]), a {a}, b {b}")
+    o = d.get("onnx-int8")
+    if o:
+        r = o["onnxruntime"]
+        lines.append(f"  ONNX Runtime (QDQ)   accuracy {r['accuracy']:.4f}, top-1 agreement with fp32 "
+                     f"{r['agreement']:.4f} ({r['images']} images), {o['bytes']:,} B")
+    if d.get("over_budget"):
+        lines.append(f"  WARNING: over the study's budget: {'; '.join(d['over_budget'])} (--strict refuses it)")
+    return lines
 
 
 @app.command("report")

@@ -56,6 +56,8 @@ def study_create(
     amp: str = typer.Option(None, "--amp", help=help_text(STUDY["amp"])),
     augment: str = typer.Option(None, "--augment", help=help_text(FIDELITY["augment"])),
     cost_device: str = typer.Option(None, "--cost-device", help=help_text(STUDY["cost_device"])),
+    precision: str = typer.Option(None, "--precision", help=help_text(STUDY["precision"])),
+    calibration: int = typer.Option(None, "--calibration", help=help_text(STUDY["calibration"])),
     option: list[str] = typer.Option([], "--option", help="space option key=value (repeatable; see 'nas spaces')"),
     config: str = typer.Option(None, "--config", help="a study spec TOML file (the fields of nas.StudySpec)"),
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
@@ -66,7 +68,8 @@ def study_create(
     fields: dict[str, Any] = {"name": name, "space": space, "data": data, "budget": budget, "sampler": sampler,
                               "pruner": pruner, "seed": seed, "trials": trials, "device": device,
                               "amp": amp, "cost_device": cost_device, "proxy": proxy,
-                              "proxy_candidates": proxy_candidates}
+                              "proxy_candidates": proxy_candidates, "precision": precision,
+                              "calibration": calibration}
     if objectives is not None:
         fields["objectives"] = [o.strip() for o in objectives.split(",") if o.strip()]
     if inherit_weights is not None:

@@ -207,7 +207,17 @@ def prepare_study(study_spec: StudySpec, store: Store | None, *,
     if store is not None:
         check_name_free(study_spec.name, store)
         use_store_profiles(store)
+    if study_spec.precision == "int8":
+        from objectives import DeployError, require_deploy
+
+        try:
+            require_deploy("--precision int8")
+        except DeployError as e:
+            raise NasError(str(e)) from None
     data = _load(study_spec)
+    if study_spec.precision == "int8" and study_spec.calibration > len(data.x_train):
+        raise NasError(f"calibration: {study_spec.calibration} images asked, the training split has "
+                       f"{len(data.x_train)}; accepted: 1..{len(data.x_train)}")
     plan = plan_study(study_spec, data)
     study_spec = plan.study_spec
     shape = tuple(plan.info["data"]["input_shape"])

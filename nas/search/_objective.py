@@ -39,7 +39,7 @@ from objectives import Dataset, TrainConfig, TrainingError, get_device, train_sp
 from search_spaces import ArchSpec, SearchSpace
 from storage import Store
 
-from .._artifacts import save_arch, save_state, weights_key
+from .._artifacts import load_state, save_arch, save_state, weights_key
 from .._errors import TrialInterrupted
 from ._early import best_by, dominators, peers_of, rung_epochs
 from ._record import Status, record_of
@@ -222,7 +222,10 @@ class TrialObjective:
             trial.set_user_attr("epochs_run", done.epochs_run)
             if self.rungs:  # a peer for the early-stopping rule, like the trial that trained it
                 trial.set_user_attr("curve", json.loads(done.curve_json or "[]"))
-            return objective_values(ctx.study_spec, done.val_accuracy, cost)
+            state = load_state(ctx.store, done.artifact_key) if ctx.study_spec.precision == "int8" and \
+                done.artifact_key else None
+            accuracy = self._precision(trial, arch, state, done.val_accuracy)
+            return objective_values(ctx.study_spec, accuracy, cost)
         if self.rungs:  # this architecture was stopped in this study before: stopped again, untrained
             for t in self._study_trials(trial):
                 r = record_of(t)
@@ -249,4 +252,30 @@ class TrialObjective:
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("train_seconds", time.perf_counter() - t0)
         trial.set_user_attr("curve", list(result.curve))
-        return objective_values(ctx.study_spec, row.val_accuracy, cost)
+        accuracy = self._precision(trial, arch, result.state_dict, row.val_accuracy)
+        return objective_values(ctx.study_spec, accuracy, cost)
+
+    def _precision(self, trial: optuna.trial.BaseTrial, arch: ArchSpec, state: dict[str, Any] | None,
+                   fp32: float) -> float:
+        """The accuracy the study ranks: ``fp32`` itself, or with ``precision`` int8 the validation accuracy of
+        the network quantized after training (``val_accuracy`` becomes it, ``fp32_accuracy`` keeps fp32)."""
+        study_spec = self.ctx.study_spec
+        if study_spec.precision != "int8":
+            return fp32
+        if state is None:
+            raise TrainingError(f"no stored weights of {arch.hash[:12]} to quantize")
+        from objectives import int8_accuracy, num_threads
+        from search_spaces import build_model
+
+        data = self.ctx.data
+        model = build_model(arch, data.input_shape, data.num_classes)
+        model.load_state_dict({k: v.cpu() for k, v in state.items()})
+        t0 = time.perf_counter()
+        with num_threads(self.ctx.train_config.threads):
+            acc, _ = int8_accuracy(model, data.x_train[:study_spec.calibration].cpu(), data.x_val.cpu(),
+                                   data.y_val.cpu())
+        trial.set_user_attr("fp32_accuracy", fp32)
+        trial.set_user_attr("val_accuracy", acc)
+        trial.set_user_attr("int8_drop", fp32 - acc)
+        trial.set_user_attr("quantize_seconds", time.perf_counter() - t0)
+        return acc

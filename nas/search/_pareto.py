@@ -149,7 +149,8 @@ def _front_indices(study_spec: StudySpec, metrics: Sequence[dict[str, float]]) -
             if not any(dominates(vecs[j], vecs[i]) for j in range(len(vecs)) if j != i)]
 
 
-_ROW_COSTS = ("hw_cost", "flops", "params", "peak_activation_bytes", "mem_traffic_bytes", "latency_ms", "energy_uj")
+_ROW_COSTS = ("hw_cost", "flops", "params", "peak_activation_bytes", "mem_traffic_bytes", "latency_ms", "energy_uj",
+              "ram_bytes", "flash_bytes", "macs")
 
 
 def pareto_rows(name: str, store: Store, *, where: str | None = None, with_test: bool = True,
@@ -185,6 +186,9 @@ def pareto_rows(name: str, store: Store, *, where: str | None = None, with_test:
         if t is not None:
             h = str(record_of(t).spec_hash)
             row = {"trial": t.number, "spec_hash": h[:12], "accuracy": m["accuracy"]}
+            fp32 = record_of(t).fp32_accuracy
+            if fp32 is not None:  # a precision int8 study: accuracy is the int8 network's
+                row.update(fp32_accuracy=fp32, int8_drop=fp32 - m["accuracy"])
             if include_refined:
                 row = {"source": f"trial {t.number}", "refined": None, **row}
             if with_test and measure_test:

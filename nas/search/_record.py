@@ -45,6 +45,8 @@ class TrialRecord:
         fail_reason: why the trial failed; stopped_by: the peer that stopped it early.
         inherited_from: the parent whose weights it started from; worker: who ran it.
         warm_start: the source that enqueued it (a file, another study's trial).
+        fp32_accuracy: in a ``precision`` int8 study, the float network's validation accuracy
+            (``val_accuracy`` is then the int8 network's).
     """
 
     number: int
@@ -62,6 +64,7 @@ class TrialRecord:
     inherited_from: dict[str, Any] = field(default_factory=dict)
     worker: str | None = None
     warm_start: str | None = None
+    fp32_accuracy: float | None = None
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialRecord:
@@ -69,7 +72,7 @@ class TrialRecord:
         return cls(trial.number, trial.state, a.get("status"), a.get("spec_hash"), dict(a.get("cost") or {}),
                    a.get("val_accuracy"), a.get("epochs_run"), a.get("train_seconds"), list(a.get("curve") or []),
                    dict(a.get("violations") or {}), a.get("fail_reason"), dict(a.get("stopped_by") or {}),
-                   dict(a.get("inherited_from") or {}), a.get("worker"), a.get("warm_start"))
+                   dict(a.get("inherited_from") or {}), a.get("worker"), a.get("warm_start"), a.get("fp32_accuracy"))
 
     @property
     def evaluated(self) -> bool:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from objectives import RESOURCES, BudgetError, parse_budget, resolve_resource
+from objectives import RESOURCES, RUNTIME_RESOURCES, BudgetError, parse_budget, resolve_resource
 from search_spaces import list_spaces
 
 from .._errors import NasError
@@ -83,6 +83,8 @@ class StudySpec(BaseModel):
     device: str = declare(STUDY["device"])
     amp: Literal["auto", "off", "bf16", "fp16"] = declare(STUDY["amp"])
     cost_device: str = declare(STUDY["cost_device"])
+    precision: Literal["fp32", "int8"] = declare(STUDY["precision"])
+    calibration: int = declare(STUDY["calibration"], ge=1, le=100_000)
     trials: int = declare(STUDY["trials"], ge=1, le=1_000_000)
     fit_space: bool = declare(STUDY["fit_space"])
     fit_resolution: bool = declare(STUDY["fit_resolution"])
@@ -172,6 +174,13 @@ class StudySpec(BaseModel):
                              "give --budget, or choose resources as objectives")
         if self.budget:
             parse_budget(self.budget, self.budget_weights)
+        runtime = [c.name for c in parse_budget(self.budget).conditions] if self.budget else []
+        if set(runtime + self.objectives) & set(RUNTIME_RESOURCES):
+            from objectives import check_runtime_resources, get_device
+
+            check_runtime_resources(runtime + self.objectives, get_device(self.cost_device))
+        if self.calibration != STUDY["calibration"].default and self.precision != "int8":
+            raise ValueError("calibration applies with --precision int8 only; add it or leave calibration out")
         if self.pruner in SINGLE_METRIC_PRUNERS and self.objectives != ["accuracy"]:
             raise ValueError(f"pruner {self.pruner!r} needs the single objective accuracy (got "
                              f"{','.join(self.objectives)}): Optuna pruners and Tune's ASHA stop trials on one "
