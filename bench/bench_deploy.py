@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import time
@@ -25,6 +26,8 @@ import torch  # noqa: E402
 from search_spaces import build_model, get_space, list_spaces, sample_spec  # noqa: E402
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (1, 32, 32), (3, 48, 48), (1, 64, 64), (3, 64, 64), (1, 96, 96), (3, 96, 96)]
+#: The digits' 8x8 and other small inputs (a second collection, so the fit covers the smallest networks).
+SMALL_SHAPES = [(1, 8, 8), (1, 12, 12), (3, 16, 16), (1, 16, 16), (3, 24, 24), (1, 28, 28)]
 
 
 def graph_of(tflite: bytes) -> dict:
@@ -56,11 +59,13 @@ def collect(args: argparse.Namespace) -> None:
     jobs = []
     for i in range(args.n):
         space = spaces[i % len(spaces)]
-        shape = SHAPES[rng.randrange(len(SHAPES))]
+        shapes = SMALL_SHAPES if args.small else SHAPES
+        shape = shapes[rng.randrange(len(shapes))]
         opts = {}
         if shape[1] >= 64 and rng.random() < 0.6:
             opts["width_mult"] = rng.choice([0.5, 0.75])
-        jobs.append((f"{space}-{shape[0]}x{shape[1]}-{i}", space, shape, opts, rng.randrange(1 << 30)))
+        jobs.append((f"{space}-{shape[0]}x{shape[1]}-{'s' if args.small else ''}{i}", space, shape, opts,
+                     rng.randrange(1 << 30)))
     with out.open("a") as f:
         for key, space_name, shape, opts, seed in jobs:
             if key in done:
@@ -100,9 +105,12 @@ def collect(args: argparse.Namespace) -> None:
 
 
 KINDS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MEAN", "PAD")
-TAIL_FEATURES = ("one", "tensors", *(f"n_{k}" for k in KINDS if k != "MEAN"),
-                 "ch_CONV_2D", "ch_DEPTHWISE_CONV_2D", "ch_FULLY_CONNECTED")
-FLASH_FEATURES = ("one", "tensors", "weight_bytes", "bias_bytes", "quant_channels",
+#: The persistent arena: 24 B per tensor (TfLiteEvalTensor), 64 B per node (NodeAndRegistration), each
+#: kernel's OpData and builtin options per op kind, the per-channel multiplier/shift arrays, and a constant
+#: (input/output TfLiteTensors, the subgraph): what tflite-micro's recording allocator reports, in counts.
+TAIL_FEATURES = ("one", "tensors", "ops", *(f"n_{k}" for k in KINDS if k != "MEAN"), "ch_arrays")
+#: The file: constant bytes, quantization parameters per channel, tables per tensor and op.
+FLASH_FEATURES = ("one", "tensors", "ops", "weight_bytes", "bias_bytes", "quant_channels",
                   *(f"n_{k}" for k in KINDS if k != "MEAN"))
 
 
@@ -119,19 +127,19 @@ def load_records(path: str) -> list[dict]:
     return out
 
 
-def split(records: list[dict], seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """A third for fitting, two thirds held out (seeded)."""
+def split(records: list[dict], seed: int = 0, share: float = 0.25) -> tuple[list[dict], list[dict]]:
+    """``share`` of the records for fitting, the rest held out (seeded)."""
     idx = list(range(len(records)))
     random.Random(seed).shuffle(idx)
-    cut = len(idx) // 3
+    cut = int(len(idx) * share)
     return [records[i] for i in idx[:cut]], [records[i] for i in idx[cut:]]
 
 
 def fit(args: argparse.Namespace) -> None:
     from objectives._tflm import planned_bytes, tflite_graph
 
-    records = load_records(args.data)
-    train, test = split(records, args.seed)
+    records = [r for path in args.data.split(",") for r in load_records(path)]
+    train, test = split(records, args.seed, args.fit_share)
     feats = {}
     for r in records:
         g = tflite_graph(r["arch"], tuple(r["input_shape"]), r["num_classes"])
@@ -158,13 +166,94 @@ def fit(args: argparse.Namespace) -> None:
     for name, rows in (("fit", train), ("held-out", test)):
         head_exact = sum(feats[r["key"]][1] == r["head"] for r in rows)
         print(f"{name}: planned == measured head on {head_exact}/{len(rows)}")
-        for target, names in (("tail", TAIL_FEATURES), ("flash", FLASH_FEATURES)):
-            pred = np.array([sum(coeffs[target].get(n, 0.0) * feats[r["key"]][0].get(n, 0.0) for n in names)
-                             for r in rows])
-            meas = np.array([r[target] for r in rows], float)
-            err = np.log(pred / meas)
-            print(f"  {target}: median |ln| {np.median(np.abs(err)):.5f} max {np.abs(err).max():.5f} "
-                  f"min ln {err.min():.5f}")
+    report(test, coeffs)
+
+
+def report(rows: list[dict], coeffs: dict[str, dict[str, float]]) -> None:
+    """Held-out table (markdown): per space, median and max |ln(pred/meas)| of ram and flash, the share
+    under-predicted by more than 5 %, and today's peak_mem / weight_bytes (cortex-m7, int8) against them."""
+    import objectives._tflm as tm
+    from objectives import estimate_cost
+
+    tm.TAIL_COEFFS.clear()
+    tm.TAIL_COEFFS.update(coeffs["tail"])
+    tm.FLASH_COEFFS.clear()
+    tm.FLASH_COEFFS.update(coeffs["flash"])
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        shape = tuple(r["input_shape"])
+        c = estimate_cost(r["arch"], shape, r["num_classes"], device="cortex-m7")
+        g = tm.tflite_graph(r["arch"], shape, r["num_classes"])
+        pred_ram = tm.planned_bytes(g) + tm.persistent_bytes(g)
+        pred_flash = tm.flash_bytes(r["arch"], shape, r["num_classes"])
+        e = {"key": r["key"], "ram": math.log(pred_ram / r["arena"]), "flash": math.log(pred_flash / r["flash"]),
+             "peak": c["peak_activation_bytes"] / r["arena"], "weights": c["weight_bytes"] / r["flash"],
+             "arena": r["arena"], "file": r["flash"], "pred_ram": pred_ram, "pred_flash": pred_flash}
+        by.setdefault(r["space"], []).append(e)
+        by.setdefault("all", []).append(e)
+    print("| space | networks | ram median abs ln | ram max | flash median abs ln | flash max | under-predicted > 5 % "
+          "| peak_mem / arena (median, min-max) | weight_bytes / file (median, min-max) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for space in sorted(by):
+        es = by[space]
+        ram, fl = np.abs([e["ram"] for e in es]), np.abs([e["flash"] for e in es])
+        under = sum(e["ram"] < math.log(0.95) or e["flash"] < math.log(0.95) for e in es)
+        pk, wb = [e["peak"] for e in es], [e["weights"] for e in es]
+        print(f"| {space} | {len(es)} | {np.median(ram):.4f} | {ram.max():.4f} | {np.median(fl):.4f} | {fl.max():.4f} "
+              f"| {under} | {np.median(pk):.2f} ({min(pk):.2f}-{max(pk):.2f}) "
+              f"| {np.median(wb):.2f} ({min(wb):.2f}-{max(wb):.2f}) |")
+    print()
+    print("Worst 5 (largest |ln error| of ram or flash):")
+    print()
+    print("| network | arena measured | ram predicted | ln | file measured | flash predicted | ln |")
+    print("|---|---|---|---|---|---|---|")
+    worst = sorted(by["all"], key=lambda e: -max(abs(e["ram"]), abs(e["flash"])))[:5]
+    for e in worst:
+        print(f"| {e['key']} | {e['arena']:,} | {e['pred_ram']:,} | {e['ram']:+.4f} | {e['file']:,} | "
+              f"{e['pred_flash']:,} | {e['flash']:+.4f} |")
+
+
+def study(args: argparse.Namespace) -> None:
+    """An int8 study under microcontroller limits, as a user runs it (the ``nas`` command), then every front
+    member exported as ``.tflite`` and measured: int8 vs fp32 accuracy in LiteRT and TFLM, the simulated
+    network's agreement with LiteRT, the arena and the file against the limits."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    nas = shutil.which("nas", path=str(Path(sys.executable).parent)) or "nas"
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="lightnas-deploy-"))
+    work.mkdir(parents=True, exist_ok=True)
+    db = f"sqlite:///{work / 'nas.db'}"
+    t0 = time.perf_counter()
+
+    def run(*a: str) -> str:
+        r = subprocess.run([nas, *a, "--storage", db], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"nas {' '.join(a)} failed ({r.returncode}): {r.stdout}{r.stderr}")
+        return r.stdout
+
+    run("study", "create", "dep", "--space", args.space, "--data", args.data, "--cost-device", "cortex-m7",
+        "--budget", args.budget, "--precision", "int8", "--epochs", str(args.epochs), "--train-fraction",
+        str(args.train_fraction), "--trials", str(args.trials), "--seed", str(args.seed))
+    run("study", "run", "dep", "--workers", "1", "--quiet")
+    t_search = time.perf_counter() - t0
+    rows = json.loads(run("pareto", "dep", "--deploy", "--format", "json"))
+    print(f"### {args.data}: {args.trials} networks, budget {args.budget}, --precision int8 ({t_search:.0f} s search)")
+    print()
+    print("| trial | int8 val | fp32 val | fp32 test (PyTorch) | int8 test LiteRT | int8 test TFLM (1,000) | "
+          "sim vs LiteRT | RAM measured / predicted | flash measured / predicted | within limits |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        out = work / f"t{r['trial']}"
+        run("export", "dep", "--trial", str(r["trial"]), "--to", str(out), "--formats", "json,tflite")
+        d = json.loads((out / "model.json").read_text())["deploy"]
+        t = d["tflite"]
+        print(f"| {r['trial']} | {r['int8_accuracy']:.4f} | {r['fp32_accuracy']:.4f} | {d['fp32']['accuracy']:.4f} | "
+              f"{t['litert']['accuracy']:.4f} | {t['tflm']['accuracy']:.4f} | {t['simulated_vs_litert']:.4f} | "
+              f"{t['ram_bytes']:,} / {t['ram_predicted']:,} | {t['flash_bytes']:,} / {t['flash_predicted']:,} | "
+              f"{'yes' if t['within_budget'] else 'NO'} |", flush=True)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 
 def main() -> None:
@@ -176,12 +265,25 @@ def main() -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--threads", type=int, default=1)
     c.add_argument("--spaces", default="")
+    c.add_argument("--small", action="store_true", help="small inputs (8x8 to 28x28) instead of 28x28 to 96x96")
     f = sub.add_parser("fit")
     f.add_argument("--data", default="bench/data/tflm_specs.jsonl")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--fit-share", type=float, default=0.25, help="share of the networks fitted to (rest held out)")
     f.add_argument("--write", action="store_true", help="write the coefficients into objectives/tflm_model.json")
+    st = sub.add_parser("study")
+    st.add_argument("--data", default="digits")
+    st.add_argument("--space", default="plain")
+    st.add_argument("--budget", default="ram<=32KiB flash<=64KiB")
+    st.add_argument("--epochs", type=int, default=3)
+    st.add_argument("--train-fraction", type=float, default=1.0)
+    st.add_argument("--trials", type=int, default=12)
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--workdir", default="")
     args = p.parse_args()
-    if args.cmd == "collect":
+    if args.cmd == "study":
+        study(args)
+    elif args.cmd == "collect":
         collect(args)
     elif args.cmd == "fit":
         fit(args)

@@ -66,14 +66,26 @@ class DeployError(ValueError):
     """An int8 artifact cannot be made or run: the extra is missing, or the request is bad."""
 
 
+def _missing() -> list[str]:
+    out = []
+    for m in DEPLOY_MODULES:
+        try:
+            found = importlib.util.find_spec(m) is not None
+        except (ImportError, ValueError):  # a broken install, or an import hook refusing it
+            found = False
+        if not found:
+            out.append(m)
+    return out
+
+
 def deploy_available() -> bool:
     """Whether every module of the ``deploy`` extra can be imported (without importing them)."""
-    return all(importlib.util.find_spec(m) is not None for m in DEPLOY_MODULES)
+    return not _missing()
 
 
 def require_deploy(what: str) -> None:
     """Raise :class:`DeployError` (one line naming the extra) when the ``deploy`` extra is missing."""
-    missing = [m for m in DEPLOY_MODULES if importlib.util.find_spec(m) is None]
+    missing = _missing()
     if missing:
         raise DeployError(f"{what} needs the deploy extra (missing: {', '.join(missing)}); install it with "
                           f"{EXTRA_HINT}")
@@ -191,7 +203,7 @@ def int8_accuracy(model: nn.Module, x_cal: torch.Tensor, x: torch.Tensor, y: tor
     (post-training quantization, as the artifact is made), and that network."""
     q = quantize_ptq(model, x_cal)
     pred = simulated_logits(q, x).argmax(1)
-    return float((pred == y.cpu()).float().mean()) if len(y) else float("nan"), q
+    return float((pred == y.cpu()).double().mean()) if len(y) else float("nan"), q
 
 
 def simulated_logits(q: Int8Model, x: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:

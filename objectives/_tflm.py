@@ -60,6 +60,7 @@ class TflOp:
     bias: bool = False
     out_elems: int = 0
     pad: int = 0
+    zero_bias: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,22 +77,26 @@ class TflGraph:
         for op in self.ops:
             for k, v in op_counts(op).items():
                 c[k] = c.get(k, 0.0) + v
-        # PADs of the same padding share one constant tensor (the converter dedups equal constants)
+        # The converter stores equal constants once: PADs of the same padding share one tensor, and the
+        # zero biases it adds to the first convolution of LightConv2d pairs share one buffer per length.
         pads = [op.pad for op in self.ops if op.kind == "PAD"]
-        c["tensors_const"] -= len(pads) - len(set(pads))
         c["tensors"] -= len(pads) - len(set(pads))
+        zeros = [op.channels for op in self.ops if op.zero_bias]
+        c["bias_bytes"] -= 4 * (sum(zeros) - sum(set(zeros)))
         return c
 
 
 def op_counts(op: TflOp) -> dict[str, float]:
-    """What one operation adds to the counts of its graph: itself and its output tensor, its kind,
-    its quantized channels, its constant tensors (weights, bias; PAD's paddings and MEAN's axes)
-    and their bytes."""
+    """What one operation adds to the counts of its graph: itself and its output tensor, its kind, its
+    constant tensors (weights, bias; PAD's paddings and MEAN's axes) and their bytes, its quantized
+    channels (a scale and a zero point each, in the file), and the per-channel arrays its kernel keeps
+    in the arena (output multiplier and shift, int32 each, 16-byte aligned)."""
     consts = (1 if op.weights else 0) + (1 if op.bias else 0) + (1 if op.kind in ("PAD", "MEAN") else 0)
-    return {"ops": 1.0, f"n_{op.kind}": 1.0, f"ch_{op.kind}": float(op.channels), "weight_bytes": float(op.weights),
-            "bias_bytes": float(4 * op.channels if op.bias else 0), "tensors_const": float(consts),
-            "tensors": float(1 + consts),
-            "quant_channels": float(op.channels * (2 if op.bias else 1))}
+    per_channel = op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+    return {"ops": 1.0, f"n_{op.kind}": 1.0, "weight_bytes": float(op.weights),
+            "bias_bytes": float(4 * op.channels if op.bias else 0), "tensors": float(1 + consts),
+            "quant_channels": float(op.channels * (2 if op.bias else 1)),
+            "ch_arrays": float(2 * _align(4 * op.channels) if per_channel else 0)}
 
 
 def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -128,7 +133,8 @@ class _Builder:
         rank = rank_from_ratio(rank_ratio, k * k * cin, cout)
         first = cout if rank is None else rank
         kind = "DEPTHWISE_CONV_2D" if cin == 1 else "CONV_2D"
-        y = self.op(kind, (x,), (first, oh, ow), weights=first * cin * k * k, channels=first, bias=True)
+        y = self.op(kind, (x,), (first, oh, ow), weights=first * cin * k * k, channels=first, bias=True,
+                    zero_bias=rank is not None)  # the first of a LightConv2d pair has no bias: a zero one is added
         if rank is not None:
             y = self.op("DEPTHWISE_CONV_2D" if rank == 1 else "CONV_2D", (y,), (cout, oh, ow), weights=cout * rank,
                         channels=cout, bias=True)
@@ -216,7 +222,8 @@ def tflite_graph(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes:
         for op in seg:
             ins = tuple(seg_in if t == 0 else base + t for t in op.inputs)
             tensors.append(op.out_elems)
-            ops.append(TflOp(op.kind, ins, len(tensors) - 1, op.weights, op.channels, op.bias, op.out_elems, op.pad))
+            ops.append(TflOp(op.kind, ins, len(tensors) - 1, op.weights, op.channels, op.bias, op.out_elems, op.pad,
+                             op.zero_bias))
 
     seg, hw = stem_graph(spec.stem, input_shape)
     append(seg, 0)

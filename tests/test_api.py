@@ -222,6 +222,104 @@ def test_bad_requests_get_one_line_json_errors_and_change_nothing(trained):
     assert dump(trained) == before
 
 
+def test_export_formats_and_study_precision_are_checked_before_any_work(sqlite_url):
+    from nas._export import FORMATS
+
+    with client(sqlite_url) as c:
+        schema = c.get("/openapi.json").json()["paths"]
+        for path in ("/studies/{name}/trials/{number}/export", "/studies/{name}/refined/{refined}/export"):
+            params = {p["name"]: p["schema"] for p in schema[path]["get"]["parameters"]}
+            assert sorted(params["format"]["enum"]) == sorted(FORMATS)  # what `nas export --formats` knows
+        for path in ("/studies/nope/trials/0/export", "/studies/nope/refined/0/export"):
+            for params, field, hint in [({"format": "bogus"}, "format", "'tflite'"),
+                                        ({"format": "tflite", "calibration": 0}, "calibration", "greater than"),
+                                        ({"format": "tflite", "calibration": 100_001}, "calibration", "less than")]:
+                r = c.get(path, params=params)
+                assert r.status_code == 422, r.text
+                body = r.json()
+                assert body["field"] == field and hint in body["message"] and "\n" not in body["message"], body
+                if field == "format":
+                    assert all(f"'{f}'" in body["message"] for f in FORMATS), body
+
+        bad = c.post("/studies", json={**STUDY, "precision": "int4"}, headers=AUTH)
+        assert bad.status_code == 422 and bad.json()["field"] == "precision", bad.text
+        assert "'int8'" in bad.json()["message"] and "\n" not in bad.json()["message"]
+        fp32_cal = c.post("/studies", json={**STUDY, "calibration": 64}, headers=AUTH)
+        assert fp32_cal.status_code == 422 and "precision int8" in fp32_cal.json()["message"], fp32_cal.text
+        assert c.get("/studies").json()["studies"] == []
+        r = c.post("/studies", json={**STUDY, "precision": "int8", "calibration": 64, "target": 0}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        spec = c.get("/studies/s1").json()["spec"]
+        assert (spec["precision"], spec["calibration"]) == ("int8", 64)
+
+
+INT8_STUDY = {**STUDY, "name": "q1", "precision": "int8", "calibration": 64, "cost_device": "cortex-m7",
+              "budget": "params<=20k flops<=1.5M ram_bytes<=64KiB", "trials": 3, "fidelity": {"epochs": 1}}
+
+
+@pytest.mark.slow
+def test_int8_exports_come_with_what_was_measured(sqlite_url, monkeypatch):
+    with client(sqlite_url) as c:
+        r = c.post("/studies", json=INT8_STUDY, headers=AUTH)
+        assert r.status_code == 201, r.text
+    work(sqlite_url, "q1")
+    with client(sqlite_url) as c:
+        rows = c.get("/studies/q1/pareto").json()["rows"]
+        assert rows and all(r["int8_drop"] == pytest.approx(r["fp32_accuracy"] - r["accuracy"]) for r in rows)
+        assert all(r["ram_bytes"] > 0 and r["flash_bytes"] > 0 for r in rows)  # cortex-m7: a TFLM runtime
+        n = rows[0]["trial"]
+        metrics = c.get(f"/studies/q1/trials/{n}").json()["metrics"]
+        assert metrics["fp32_accuracy"] == pytest.approx(rows[0]["fp32_accuracy"])
+        url = f"/studies/q1/trials/{n}/export"
+
+        tfl = c.get(url, params={"format": "tflite", "calibration": 32})
+        assert tfl.status_code == 200, tfl.text
+        assert tfl.headers["content-type"] == "application/octet-stream"
+        assert tfl.headers["content-disposition"] == f'attachment; filename="q1-trial{n}.tflite"'
+        assert tfl.content[4:8] == b"TFL3"  # a TFLite flatbuffer
+        deploy = json.loads(tfl.headers["x-lightnas-deploy"])
+        measured = deploy["tflite"]
+        assert deploy["calibration"] == 32 and deploy["over_budget"] == []
+        assert measured["ram_bytes"] > 0 and measured["flash_bytes"] == len(tfl.content)
+        assert measured["ram_bytes_limit"] == 64 * 1024 and measured["ram_predicted"] > 0
+        assert 0 <= measured["litert"]["accuracy"] <= 1 and measured["tflm"]["images"] > 0
+        # Served from memory with its figures; another calibration is another file, not the cached one.
+        again = c.get(url, params={"format": "tflite", "calibration": 32})
+        assert again.content == tfl.content and again.headers["x-lightnas-deploy"] == tfl.headers["x-lightnas-deploy"]
+        other = c.get(url, params={"format": "tflite", "calibration": 8})
+        assert other.status_code == 200 and json.loads(other.headers["x-lightnas-deploy"])["calibration"] == 8
+
+        q = c.get(url, params={"format": "onnx-int8"})
+        assert q.status_code == 200, q.text
+        assert q.headers["content-disposition"] == f'attachment; filename="q1-trial{n}_int8.onnx"'
+        assert json.loads(q.headers["x-lightnas-deploy"])["onnx-int8"]["onnxruntime"]["images"] > 0
+        sess = ort.InferenceSession(q.content, providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
+        assert sess.run(None, {sess.get_inputs()[0].name: x})[0].shape == (1, 10)
+        assert "x-lightnas-deploy" not in c.get(url, params={"format": "json"}).headers
+
+        # Requests the export refuses: one line, on the query field, nothing cached.
+        cases = [(c.get(url, params={"format": "tflite", "calibration": 100_000}), "calibration", "accepted: 1.."),
+                 (c.get(url, params={"format": "onnx", "calibration": 8}), "calibration", "int8 formats")]
+        monkeypatch.setattr("objectives._int8.DEPLOY_MODULES", {"lightnas_no_such_module": "the extra's stand-in"})
+        cases.append((c.get(url, params={"format": "onnx-int8", "calibration": 16}), "format", "lightnas[deploy]"))
+        for r, field, hint in cases:
+            assert r.status_code == 422, r.text
+            body = r.json()
+            assert body["field"] == field and hint in body["message"] and "\n" not in body["message"], body
+        monkeypatch.undo()
+
+        # A refined candidate's int8 files, the same way.
+        job = c.post(f"/studies/q1/trials/{n}/refine", json=QUICK_REFINE, headers=AUTH).json()
+        work(sqlite_url, "q1")
+        last = c.get(f"/studies/q1/jobs/{job['id']}").json()["candidates"][-1]["refined"]
+        rq = c.get(f"/studies/q1/refined/{last}/export", params={"format": "onnx-int8"})
+        assert rq.status_code == 200, rq.text
+        assert rq.headers["content-disposition"] == f'attachment; filename="q1-refined{last}_int8.onnx"'
+        assert json.loads(rq.headers["x-lightnas-deploy"])["onnx-int8"]["bytes"] == len(rq.content)
+        assert c.get("/studies/q1/refined/999/export", params={"format": "tflite"}).status_code == 404
+
+
 def test_who_may_do_what(sqlite_url, caplog):
     caplog.set_level(logging.DEBUG)
     with client(sqlite_url) as c:

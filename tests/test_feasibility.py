@@ -6,7 +6,17 @@ import random
 
 import pytest
 
-from objectives import RESOURCES, USABLE_SHARE, estimate_cost, fit_space, parse_budget, space_minimum, space_share
+from objectives import (
+    RESOURCES,
+    RUNTIME_RESOURCES,
+    USABLE_SHARE,
+    estimate_cost,
+    fit_space,
+    get_device,
+    parse_budget,
+    space_minimum,
+    space_share,
+)
 from search_spaces import enumerate_choices, get_space, list_spaces
 
 #: Small enough to enumerate every architecture (hundreds to a few thousand), large enough that
@@ -31,9 +41,16 @@ def test_exact_minimum_equals_exhaustive_enumeration(name, shape, device):
     every = [estimate_cost(arch, shape, 10, device=device).totals for _, arch in enumerate_choices(space.suggest)]
     assert len(every) >= 200
     minima = space_minimum(space, 10, device)
-    assert set(minima) == set(RESOURCES)
+    runtime = get_device(device).memory_runtime is not None
+    assert set(minima) == set(RESOURCES) - (set() if runtime else set(RUNTIME_RESOURCES))
     for resource, (value, arch) in minima.items():
-        assert value == pytest.approx(min(t[resource] for t in every), rel=1e-12), resource
+        best = min(t[resource] for t in every)
+        if resource in RUNTIME_RESOURCES:
+            # ram: not a sum or max over segments (the whole graph is planned), the smallest ram among the
+            # networks that minimise each segment field; flash: a sum but for PADs sharing one constant.
+            assert best <= value <= best * (1.05 if resource == "ram_bytes" else 1.005), (resource, value, best)
+        else:
+            assert value == pytest.approx(best, rel=1e-12), resource
         assert estimate_cost(arch, shape, 10, device=device)[resource] == value  # attained by a real network
         assert space.params_of(arch)  # and it is an architecture of this space
 

@@ -406,3 +406,61 @@ def test_page_files_are_served_offline_with_the_servers_rules(trained):
     with TestClient(create_app(ApiSettings(storage=trained, read_only=True))) as c:
         assert 'data-writes="none"' in c.get("/ui/studies/s1").text
 
+
+
+def _binary(v: float) -> str:
+    """A byte count as the page writes it (app.js ``fmt``): B, KiB or MiB to 3 significant digits."""
+    for unit, size in (("MiB", 1024**2), ("KiB", 1024)):
+        if v >= size:
+            return f"{float(f'{v / size:.3g}'):g} {unit}"
+    return f"{v:g} B"
+
+
+@pytest.mark.slow
+def test_an_int8_study_shows_int8_accuracy_ram_and_flash_and_downloads_its_int8_files(tab, tmp_path):
+    from playwright.sync_api import expect
+
+    url = f"sqlite:///{tmp_path}/int8.db"
+    study = {**STUDY, "name": "q1", "precision": "int8", "calibration": 64, "cost_device": "cortex-m7",
+             "trials": 3, "fidelity": {"epochs": 1}}
+    with TestClient(create_app(ApiSettings(storage=url, tokens=(WRITE,)))) as c:
+        assert c.post("/studies", json=study, headers={"Authorization": f"Bearer {WRITE}"}).status_code == 201
+    run_worker(["q1"], url, until_done=True, threads=1, jobs=True, poll_min=0.05, poll_max=0.2)
+    with serve(url, tmp_path / "int8.log") as server:
+        page = tab.page
+        front = api(server, "/studies/q1/pareto")["rows"]
+        page.goto(server.base + "/ui/studies/q1")
+        expect(page.locator("#front tbody tr")).to_have_count(len(front))
+        expect(page.locator("#spec")).to_contain_text("int8 (64 calibration images)")
+        heads = page.locator("#front thead th").all_inner_texts()
+        assert heads[:5] == ["network", "int8 accuracy", "fp32 accuracy", "int8 drop", "test accuracy"], heads
+        assert "RAM" in heads and "flash" in heads, heads
+        for r in front:  # the int8 network's accuracy, fp32's, the drop; RAM and flash as the rows have them
+            row = page.locator(f"#front tbody tr[data-trial='{r['trial']}']")
+            expect(row.locator("td.int8-accuracy")).to_have_text(f"{r['accuracy']:.4f}")
+            expect(row.locator("td.fp32-accuracy")).to_have_text(f"{r['fp32_accuracy']:.4f}")
+            expect(row.locator("td.int8-drop")).to_have_text(f"{r['int8_drop']:.4f}")
+            expect(row.locator("td[data-cost=ram_bytes]")).to_have_text(_binary(r["ram_bytes"]))
+            expect(row.locator("td[data-cost=flash_bytes]")).to_have_text(_binary(r["flash_bytes"]))
+
+        n = front[0]["trial"]
+        page.click(f"#front tbody tr[data-trial='{n}']")
+        box = page.locator("#detail")
+        expect(box.locator("h2")).to_contain_text(f"Trial {n}")
+        expect(box.locator("p.muted").first).to_contain_text(f"fp32 {front[0]['fp32_accuracy']:.4f}")
+        with page.expect_download() as download:
+            box.locator("button.download[data-format=tflite]").click()
+        assert download.value.suggested_filename == f"q1-trial{n}.tflite"
+        assert Path(download.value.path()).read_bytes()[4:8] == b"TFL3"
+        measured = box.locator("p.deploy")
+        expect(measured).to_contain_text("TFLM arena")  # what the server measured, from X-Lightnas-Deploy
+        expect(measured).to_contain_text("accuracy LiteRT")
+        with page.expect_download() as download:
+            box.locator("button.download[data-format=onnx-int8]").click()
+        assert download.value.suggested_filename == f"q1-trial{n}_int8.onnx"
+        expect(measured).to_contain_text("accuracy ONNX Runtime")
+        session = ort.InferenceSession(Path(download.value.path()).read_bytes(), providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
+        assert session.run(None, {session.get_inputs()[0].name: x})[0].shape == (1, 10)
+        assert tab.js_errors() == []
+        assert_local_only(tab, server)

@@ -12,6 +12,8 @@ from ._common import STORAGE_HELP, Format, UsageError, app, emit, open_store, ou
 
 PARETO_COLS = ("trial", "spec_hash", "accuracy", "test_accuracy", "hw_cost", "flops", "params",
                "peak_activation_bytes", "latency_ms")
+#: ``nas pareto --deploy``: what a user needs to pick a network and ship it.
+DEPLOY_COLS = ("int8_accuracy", "fp32_accuracy", "int8_drop", "ram_bytes", "flash_bytes", "macs", "latency_ms")
 
 
 
@@ -26,15 +28,22 @@ def pareto_cmd(
     past_drop: Annotated[bool, typer.Option(
         "--past-drop", help="with --include-refined: also candidates further below the pruned model than the run's "
                             "--max-drop allowed (stored, not offered by default)")] = False,
+    deploy: Annotated[bool, typer.Option(
+        "--deploy", help="the deployment table: per member int8 accuracy (and the drop from fp32) where the study "
+                         "measures it (--precision int8), RAM (TFLM arena) and flash (.tflite size) of its int8 "
+                         "artifact, MACs and latency on the study's profile")] = False,
 ) -> None:
     """The feasible Pareto front (accuracy vs cost) with spec hash, costs and test accuracy."""
     from ..search import pareto_rows
 
-    rows = pareto_rows(name, open_store(storage), where=where, include_refined=include_refined, past_drop=past_drop)
+    rows = pareto_rows(name, open_store(storage), where=where, include_refined=include_refined, past_drop=past_drop,
+                       deploy=deploy)
     if fmt is Format.json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    cols = ("source", "refined", *PARETO_COLS) if include_refined else PARETO_COLS
+    cols: tuple[str, ...] = ("source", "refined", *PARETO_COLS) if include_refined else PARETO_COLS
+    if deploy:
+        cols = (*cols[:cols.index("spec_hash") + 1], *DEPLOY_COLS)
     flat = [{k: r.get(k) for k in cols} for r in rows]
     if fmt is Format.csv:
         emit(flat, fmt)
@@ -42,8 +51,9 @@ def pareto_cmd(
     if not rows:
         out.print(f"{name}: no evaluated architecture within the budget{' and --where' if where else ''} yet")
         return
-    emit(flat, fmt, f"Pareto front of {name}" + (f" where {where}" if where else ""),
-         {k: lambda v: si(float(v)) for k in ("flops", "params", "peak_activation_bytes")})
+    title = f"{'Deployment table' if deploy else 'Pareto front'} of {name}" + (f" where {where}" if where else "")
+    emit(flat, fmt, title, {k: lambda v: si(float(v)) for k in ("flops", "params", "peak_activation_bytes", "macs",
+                                                                 "ram_bytes", "flash_bytes")})
 
 
 @app.command("export")

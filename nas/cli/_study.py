@@ -316,8 +316,12 @@ def study_show(name: str = typer.Argument(...), fmt: Format = typer.Option(Forma
                   f"trials with {conv['old_finished']} finished -> {conv['new_target']} networks with "
                   f"{conv['counted']} evaluated", highlight=False, markup=False, soft_wrap=True)
     if best:
-        out.print(f"best: trial {best['trial']} ({best['spec_hash']}), accuracy {best['accuracy']:.4f}, "
-                  f"flops {si(best['cost'].get('flops', 0))}, params {si(best['cost'].get('params', 0))}")
+        int8 = f" (int8; fp32 {best['fp32_accuracy']:.4f}, drop {best['int8_drop']:+.4f})" \
+            if best.get("fp32_accuracy") is not None else ""
+        device = "".join(f", {label} {si(best['cost'][k])}B"
+                         for k, label in (("ram_bytes", "ram"), ("flash_bytes", "flash")) if k in best["cost"])
+        out.print(f"best: trial {best['trial']} ({best['spec_hash']}), accuracy {best['accuracy']:.4f}{int8}, "
+                  f"flops {si(best['cost'].get('flops', 0))}, params {si(best['cost'].get('params', 0))}{device}")
 
 
 @study_app.command("delete")

@@ -155,7 +155,7 @@ _ROW_COSTS = ("hw_cost", "flops", "params", "peak_activation_bytes", "mem_traffi
 
 def pareto_rows(name: str, store: Store, *, where: str | None = None, with_test: bool = True,
                 include_refined: bool = False, measure_test: bool = True,
-                past_drop: bool = False) -> list[dict[str, Any]]:
+                past_drop: bool = False, deploy: bool = False) -> list[dict[str, Any]]:
     """The feasible Pareto front of study ``name`` under ``where``, sorted by the first cost.
 
     With ``include_refined``, refinement candidates compete on the same front (see the module
@@ -163,6 +163,11 @@ def pareto_rows(name: str, store: Store, *, where: str | None = None, with_test:
     measured once and stored (``measure_test``) or only as stored (None if never measured:
     what the read-only HTTP API does). Refined candidates past their run's ``max_drop`` compete
     only with ``past_drop``.
+
+    ``deploy`` adds what deployment needs (``nas pareto --deploy``, the web page's front table):
+    ``int8_accuracy`` (the int8 network's validation accuracy in a ``precision`` int8 study, else None:
+    measured at export), ``fp32_accuracy``, ``int8_drop``, and ``ram_bytes`` / ``flash_bytes`` of the int8
+    artifact in TFLM (the study's costs when its profile has a device runtime, else predicted here).
     """
     study_spec = get_study_spec(name, store)
     keep = where_filter(where)
@@ -205,7 +210,28 @@ def pareto_rows(name: str, store: Store, *, where: str | None = None, with_test:
             if k in m:
                 row[k] = m[k]
         row["cost"] = {k: v for k, v in m.items() if k != "accuracy"}
+        if deploy:
+            _deploy_fields(row, store, study_spec, h if t is not None else r.spec_hash)
         rows.append(row)
     first_cost = next((o for o in study_spec.objectives if o != "accuracy"), "flops")
     rows.sort(key=lambda r: (r["cost"].get(first_cost, 0.0), -r["accuracy"]))
     return rows
+
+
+
+def _deploy_fields(row: dict[str, Any], store: Store, study_spec: StudySpec, spec_hash: str) -> None:
+    from objectives import flash_bytes, ram_bytes
+
+    from ._studies import study_data
+
+    int8 = "fp32_accuracy" in row
+    row["int8_accuracy"] = row["accuracy"] if int8 else None
+    row.setdefault("fp32_accuracy", row["accuracy"])
+    row.setdefault("int8_drop", None)
+    if "ram_bytes" not in row or "flash_bytes" not in row:
+        shape = study_data(study_spec, store)
+        arch = load_arch(store, spec_hash)
+        row["ram_bytes"] = float(ram_bytes(arch, shape.input_shape, shape.num_classes))
+        row["flash_bytes"] = float(flash_bytes(arch, shape.input_shape, shape.num_classes))
+    for k in ("macs", "latency_ms"):
+        row.setdefault(k, row["cost"].get(k))

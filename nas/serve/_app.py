@@ -6,8 +6,10 @@ The API never trains: creating a study or raising its target is a database write
 worker runs. The routes live in one module per resource (``_service``, ``_studies``,
 ``_results``, ``_refinement``, the web page's ``_web``); what they share in ``_state``. Requests are answered from the
 database; the one exception is an export, which builds the network once (and, for ONNX, checks
-it in onnxruntime, about a second) and is then served from memory. Reads never write: the
-front's ``test_accuracy`` is the stored one.
+it in onnxruntime, about a second; an int8 format is calibrated, converted and run in its
+runtimes, seconds) and is then served from memory, per format and calibration. Reads never
+write: the front's ``test_accuracy`` is the stored one. The one exception: an int8 export
+records what it measured as an artifact (``deploy/<spec hash>/...``), as ``nas export`` does.
 
 Endpoints (``/docs`` has the generated OpenAPI page, ``/openapi.json`` the schema):
 
@@ -21,10 +23,19 @@ Endpoints (``/docs`` has the generated OpenAPI page, ``/openapi.json`` the schem
 ``GET /studies/{name}/pareto``                             the front, ``where`` filter as the CLI
 ``GET /studies/{name}/trials``                             paginated (``state``, ``limit``, ``cursor``)
 ``GET /studies/{name}/trials/{number}``                    spec, cost report, metrics, lineage
-``GET /studies/{name}/trials/{number}/export``             ``format=json|onnx|state_dict``, a file
+``GET /studies/{name}/trials/{number}/export``             ``format=json|onnx|state_dict|tflite|onnx-int8``,
+                                                           a file; int8 (``tflite``: ``.tflite``,
+                                                           ``onnx-int8``: ``_int8.onnx``) with optional
+                                                           ``calibration=N`` (1..100000 training images,
+                                                           default 256) and what was measured in the
+                                                           header ``X-Lightnas-Deploy``: compact JSON
+                                                           (accuracies in LiteRT, TFLM, ONNX Runtime;
+                                                           ``tflite.ram_bytes``, ``tflite.flash_bytes``,
+                                                           ``*_predicted``, ``*_limit``, ``over_budget``);
+                                                           422 without the server's ``lightnas[deploy]``
 ``POST /studies/{name}/trials/{number}/refine``            queue a refinement (202; 200 if known)
 ``GET /studies/{name}/jobs``, ``.../jobs/{id}``            refinement jobs, status and candidates
-``GET /studies/{name}/refined/{id}/export``                a refined candidate's file
+``GET /studies/{name}/refined/{id}/export``                a refined candidate's file (the same formats)
 ``GET /studies/{name}/points``                             every trial and refined candidate as a
                                                            plot point, the budget's limits
 ``GET /``, ``GET /ui/studies/{name}``                      the web page (:mod:`nas.serve._web`); open,

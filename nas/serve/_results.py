@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,9 +22,32 @@ from ..search import record_of, refined_points
 from ..workers import candidate_info
 from ._errors import ApiError, responses
 from ._models import PlotPoints, TrialPage
-from ._state import FORMATS, MAX_INT, READ, Format, Nas, StudyName, TrialNumber, clean, trial_row
+from ._state import EXPORT_CACHE, FORMATS, MAX_INT, READ, Nas, Service, StudyName, TrialNumber, clean, trial_row
 
 router = APIRouter()
+
+#: The export formats of the API, as ``nas export --formats`` names them (``nas._export.FORMATS``).
+ExportFormat = Literal["json", "onnx", "state_dict", "tflite", "onnx-int8"]
+Format = Annotated[ExportFormat, Query(
+    description="json (spec and cost), onnx, state_dict (torch.save), tflite (full-integer int8 TFLite "
+                "flatbuffer, for TFLM and LiteRT), onnx-int8 (int8 QDQ ONNX, for ONNX Runtime); the int8 "
+                "formats need the server's deploy extra and answer the measured figures in X-Lightnas-Deploy")]
+Calibration = Annotated[int | None, Query(
+    ge=1, le=100_000, description="int8 formats: training images to calibrate on (default 256; at most the "
+                                  "training split)")]
+INT8 = ("tflite", "onnx-int8")
+#: One int8 export at a time: the converter and interpreters silence output by redirecting the process's file
+#: descriptors 1 and 2 (``objectives._int8._quiet``), which two threads interleaving could leave redirected; and
+#: each takes seconds of CPU the other requests need.
+_INT8_LOCK = threading.Lock()
+#: Format -> (media type, file name suffix, the file ``nas._export`` writes; None: json, two files in one).
+FILES: dict[str, tuple[str, str, str | None]] = {
+    "json": (FORMATS["json"][0], ".json", None), "onnx": (FORMATS["onnx"][0], ".onnx", "model.onnx"),
+    "state_dict": (FORMATS["state_dict"][0], ".pt", "weights.pt"),
+    "tflite": ("application/octet-stream", ".tflite", "model.tflite"),
+    "onnx-int8": ("application/octet-stream", "_int8.onnx", "model_int8.onnx")}
+#: The response header with what an int8 export measured (``info["deploy"]`` of the export, compact JSON).
+DEPLOY_HEADER = "X-Lightnas-Deploy"
 
 
 @router.get("/studies/{name}/trials", response_model=TrialPage, dependencies=READ,
@@ -76,6 +102,9 @@ def trial(nas: Nas, name: StudyName, number: TrialNumber) -> dict[str, Any]:
                       "epochs_run": r.epochs_run, "train_seconds": r.train_seconds,
                       "curve": r.curve or (json.loads(ev.curve_json) if ev else None),
                       "violations": t.user_attrs.get("violations"), "constraints": t.user_attrs.get("constraints")}
+    if r.fp32_accuracy is not None:  # a precision int8 study: val_accuracy is the int8 network's
+        drop = r.fp32_accuracy - r.val_accuracy if r.val_accuracy is not None else None
+        out["metrics"].update(fp32_accuracy=r.fp32_accuracy, int8_drop=drop)
     refinements = nas.store.get_refinements(name, parent_trial=number)
     out["lineage"] = {"retry_of": t.system_attrs.get("failed_trial"),
                       "retry_history": t.system_attrs.get("retry_history", []),
@@ -120,59 +149,104 @@ def points(nas: Nas, name: StudyName) -> PlotPoints:
                       costs=costs, trials=clean(rows), refined=clean(refined))
 
 
-file_responses = {**responses(401, 404, 409),
+file_responses = {**responses(401, 404, 409, 422),
                   200: {"content": {"application/json": {}, "application/octet-stream": {}},
-                        "description": "the file"}}
+                        "description": "the file",
+                        "headers": {DEPLOY_HEADER: {
+                            "description": "int8 formats only: what the export measured, compact JSON (accuracies "
+                                           "in LiteRT, TFLM or ONNX Runtime on the test split, tflite.ram_bytes "
+                                           "(TFLM arena), tflite.flash_bytes (file size), their predictions and "
+                                           "the budget's limits, over_budget)",
+                            "schema": {"type": "string"}}}}}
 
 
 @router.get("/studies/{name}/trials/{number}/export", dependencies=READ, responses=file_responses,
             response_class=Response, tags=["results"])
-def export(nas: Nas, name: StudyName, number: TrialNumber, format: Format = "onnx") -> Response:
+def export(nas: Nas, name: StudyName, number: TrialNumber, format: Format = "onnx",
+           calibration: Calibration = None) -> Response:
     """A trial's network as a file: ``json`` (spec, input, normalisation, cost), ``onnx``
-    (checked against onnxruntime) or ``state_dict``. Uses the weights the search stored; a trial
-    that was never trained has only ``json``."""
+    (checked against onnxruntime), ``state_dict``, or int8: ``tflite`` (full-integer TFLite
+    flatbuffer) and ``onnx-int8`` (QDQ ONNX), calibrated on ``calibration`` training images, run
+    in their runtimes and measured (header ``X-Lightnas-Deploy``; seconds, then served from
+    memory). Uses the weights the search stored; a trial that was never trained has only ``json``."""
     study_spec = nas.study_spec(name)
     t = nas.trial(name, number)  # 404 for an unknown trial
 
     def build() -> Response:
-        with tempfile.TemporaryDirectory(prefix="lightnas-export-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="lightnas-export-") as tmp, _one_int8(format):
             try:
-                export_trial(name, number, tmp, nas.store, formats=(format,))
+                info = export_trial(name, number, tmp, nas.store, formats=(format,), calibration=calibration)
             except NasError as e:
-                raise ApiError(409, str(e).replace("; pass --epochs N to train it for export", "")) from None
-            return export_response(Path(tmp), format, f"{name}-trial{number}")
+                raise _export_error(e, 409) from None
+            return export_response(Path(tmp), format, f"{name}-trial{number}", info.get("deploy"))
 
     if not t.state.is_finished():
         return build()
-    return nas.cached_export((name, "trial", number, record_of(t).spec_hash, study_spec.fidelity_key, format), build)
+    return cached_export(nas, (name, "trial", number, record_of(t).spec_hash, study_spec.fidelity_key, format,
+                               calibration), build)
 
 
 @router.get("/studies/{name}/refined/{refined}/export", dependencies=READ, responses=file_responses,
             response_class=Response, tags=["refinement"])
 def export_refined(nas: Nas, name: StudyName, refined: Annotated[int, PathParam(ge=0, le=MAX_INT)],
-                   format: Format = "onnx") -> Response:
+                   format: Format = "onnx", calibration: Calibration = None) -> Response:
     """A refined candidate's network (ids: a job's ``candidates``, or the Pareto front with
-    ``include_refined``)."""
+    ``include_refined``), in the formats of a trial's export."""
     nas.study_spec(name)
 
     def build() -> Response:
-        with tempfile.TemporaryDirectory(prefix="lightnas-export-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="lightnas-export-") as tmp, _one_int8(format):
             try:
-                export_candidate(name, refined, tmp, nas.store, formats=(format,))
+                info = export_candidate(name, refined, tmp, nas.store, formats=(format,), calibration=calibration)
             except NasError as e:
-                raise ApiError(404, str(e)) from None
-            return export_response(Path(tmp), format, f"{name}-refined{refined}")
+                raise _export_error(e, 404) from None
+            return export_response(Path(tmp), format, f"{name}-refined{refined}", info.get("deploy"))
 
-    return nas.cached_export((name, "refined", refined, format), build)  # ids are never reused
+    return cached_export(nas, (name, "refined", refined, format, calibration), build)  # ids are never reused
 
 
-def export_response(tmp: Path, fmt: str, stem: str) -> Response:
-    """The exported file of format ``fmt`` in ``tmp`` as a download named ``stem.<ext>``."""
-    media, ext = FORMATS[fmt]
-    headers = {"Content-Disposition": f'attachment; filename="{stem}.{ext}"'}
-    if fmt == "json":
+def _one_int8(fmt: str) -> AbstractContextManager[Any]:
+    return _INT8_LOCK if fmt in INT8 else nullcontext()
+
+
+def _export_error(e: NasError, status: int) -> ApiError:
+    """An export's refusal as the API says it: a bad request (the deploy extra missing, a calibration the
+    format or the data cannot take) is a 422 on its query field, in the API's words; anything else (no
+    such candidate, no trained weights) is ``status``."""
+    message = str(e)
+    for flag, field in (("--formats", "format"), ("--calibration", "calibration")):
+        if message.startswith(flag):
+            rest = message.removeprefix(flag).removeprefix(":").strip()
+            return ApiError(422, f"{field}: {rest}", field)
+    return ApiError(status, message.replace("; pass --epochs N to train it for export", ""))
+
+
+def cached_export(nas: Service, key: tuple[Any, ...], build: Callable[[], Response]) -> Response:
+    """:meth:`Service.cached_export`, keeping the deploy header with the file: the file of ``key`` from
+    memory (least recently used dropped past ``EXPORT_CACHE``), or built by ``build``."""
+    hit = nas.exports.get(key)
+    if hit is None:
+        r = build()
+        keep = {"Content-Disposition": r.headers["content-disposition"]}
+        if DEPLOY_HEADER.lower() in r.headers:
+            keep[DEPLOY_HEADER] = r.headers[DEPLOY_HEADER.lower()]
+        hit = (bytes(r.body), str(r.media_type), keep)
+        nas.exports[key] = hit
+        while len(nas.exports) > EXPORT_CACHE:
+            nas.exports.popitem(last=False)
+    nas.exports.move_to_end(key)
+    return Response(hit[0], media_type=hit[1], headers=hit[2])
+
+
+def export_response(tmp: Path, fmt: str, stem: str, deploy: dict[str, Any] | None = None) -> Response:
+    """The exported file of format ``fmt`` in ``tmp`` as a download named ``stem`` and the format's suffix
+    (``.tflite``, ``_int8.onnx``, ...); ``deploy`` (an int8 export's measured figures) as a header."""
+    media, suffix, file = FILES[fmt]
+    headers = {"Content-Disposition": f'attachment; filename="{stem}{suffix}"'}
+    if deploy is not None:
+        headers[DEPLOY_HEADER] = json.dumps(clean(deploy), separators=(",", ":"), ensure_ascii=True)
+    if file is None:
         doc = {"spec": json.loads((tmp / "spec.json").read_text()),
                "model": json.loads((tmp / "model.json").read_text())}
         return JSONResponse(clean(doc), headers=headers)
-    return Response((tmp / ("model.onnx" if fmt == "onnx" else "weights.pt")).read_bytes(), media_type=media,
-                    headers=headers)
+    return Response((tmp / file).read_bytes(), media_type=media, headers=headers)

@@ -94,8 +94,8 @@
   }
 
   const BYTES = new Set(["weight_bytes", "activation_bytes", "mem_traffic_bytes", "peak_activation_bytes",
-                         "traffic_bytes", "live_bytes"]);
-  const ACCURACY = new Set(["accuracy", "val_accuracy", "test_accuracy"]);
+                         "traffic_bytes", "live_bytes", "ram_bytes", "flash_bytes"]);
+  const ACCURACY = new Set(["accuracy", "val_accuracy", "test_accuracy", "fp32_accuracy", "int8_accuracy"]);
 
   function short(v) {
     return String(Number(v.toPrecision(3)));
@@ -227,18 +227,27 @@
     return { now: tick };
   }
 
-  /** Download an API file through fetch (so that the token travels in its header, not the URL). */
+  /** Download an API file through fetch (so that the token travels in its header, not the URL).
+   * Resolves to { name, deploy }: the file's name and, for an int8 export, what the server measured
+   * (the X-Lightnas-Deploy header, parsed; null otherwise). */
   async function download(path) {
     const r = await api(path, { raw: true });
     const blob = await r.blob();
     const m = /filename="([^"]+)"/.exec(r.headers.get("Content-Disposition") || "");
+    const name = m ? m[1] : "download";
+    let deploy = null;
+    try {
+      deploy = JSON.parse(r.headers.get("X-Lightnas-Deploy") || "null");
+    } catch (e) {
+      deploy = null;
+    }
     const url = URL.createObjectURL(blob);
-    const a = el("a", { href: url, download: m ? m[1] : "download" });
+    const a = el("a", { href: url, download: name });
     document.body.append(a);
     a.click();
     a.remove();
     setTimeout(() => URL.revokeObjectURL(url), 60000); // after the browser has taken the file
-    return m ? m[1] : "download";
+    return { name, deploy };
   }
 
   // ---------------------------------------------------------------- the token box

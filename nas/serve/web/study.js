@@ -2,7 +2,8 @@
  * limits, over-budget samples apart and refined candidates with their lineage; the `where` filter of
  * `nas pareto`; the front's table; a trial's architecture, cost, learning curve, downloads; jobs.
  *
- * Reads: GET /studies/{name}, .../points, .../pareto, .../jobs, .../trials/{n}, exports.
+ * Reads: GET /studies/{name}, .../points, .../pareto, .../jobs, .../trials/{n}, exports (int8 ones with what the
+ * server measured of them, its X-Lightnas-Deploy header).
  * Writes (with the user's token): PATCH /studies/{name} (target), POST .../trials/{n}/refine.
  */
 "use strict";
@@ -92,6 +93,7 @@
       " · objectives ", (spec.objectives || []).join(", "),
       " · sampler ", spec.sampler || "?",
       spec.fidelity ? " · " + spec.fidelity.epochs + " epochs" : "",
+      spec.precision === "int8" ? " · int8 (" + spec.calibration + " calibration images)" : "",
       typeof share === "number" ? " · " + (100 * share).toPrecision(3) + "% of the space within the budget" : ""));
     const target = $("target");
     if (document.activeElement !== target) target.value = s.target;
@@ -248,7 +250,8 @@
     const layout = {
       margin: { l: 64, r: 24, t: 36, b: 48 },
       xaxis: { title: { text: costLabel(x) }, type: isLog(xs, x) ? "log" : "linear", anchor: "y2", zeroline: false },
-      yaxis: { title: { text: "validation accuracy" }, domain: [0.2, 1], zeroline: false },
+      yaxis: { title: { text: isInt8() ? "validation accuracy (int8)" : "validation accuracy" }, domain: [0.2, 1],
+               zeroline: false },
       yaxis2: { domain: [0, 0.13], range: [-0.8, 0.8], showticklabels: false, showgrid: false, zeroline: false,
                 title: { text: "over<br>budget", font: { size: 11 } }, fixedrange: true },
       shapes, annotations, hovermode: "closest", uirevision: x,
@@ -296,30 +299,58 @@
     $("plot-form").requestSubmit();
   });
 
+  /** A study searched with precision int8: its accuracies are the int8 networks'. */
+  function isInt8() {
+    return !!(S.info && S.info.spec && S.info.spec.precision === "int8");
+  }
+
+  /** A row's value of a cost: in its cost totals, or beside them (the deploy figures). */
+  function costOf(r, c) {
+    const v = r.cost && r.cost[c] !== undefined ? r.cost[c] : r[c];
+    return v === undefined ? null : v;
+  }
+
+  const COLUMN_NAMES = { ram_bytes: ["RAM", "ram_bytes: int8 network's RAM in TFLM (tensor arena)"],
+                         flash_bytes: ["flash", "flash_bytes: int8 network's flash (the .tflite file)"] };
+
   function frontColumns() {
     const P = S.points;
     const costs = P ? P.objectives.filter((o) => o !== "accuracy") : [];
     for (const k of Object.keys(P ? P.limits : {})) if (!costs.includes(k)) costs.push(k);
     for (const k of ["flops", "params"]) if (!costs.includes(k)) costs.push(k);
+    for (const k of ["ram_bytes", "flash_bytes"]) {  // when the rows have them (a device with a TFLM runtime)
+      if (!costs.includes(k) && S.front.some((r) => typeof costOf(r, k) === "number")) costs.push(k);
+    }
     return costs;
   }
 
   function renderFront() {
     const table = $("front");
     const costs = frontColumns();
-    table.tHead.replaceChildren(el("tr", {}, el("th", {}, "network"), el("th", { class: "num" }, "accuracy"),
-      el("th", { class: "num" }, "test accuracy"), costs.map((c) => el("th", { class: "num" }, c)),
+    const int8 = isInt8();
+    const num = (text, title) => el("th", { class: "num", title }, text);
+    table.tHead.replaceChildren(el("tr", {}, el("th", {}, "network"),
+      int8 ? [num("int8 accuracy", "validation accuracy of the int8 network (the search's accuracy)"),
+              num("fp32 accuracy", "validation accuracy before quantization"),
+              num("int8 drop", "fp32 accuracy - int8 accuracy")]
+        : num("accuracy"),
+      num("test accuracy"),
+      costs.map((c) => (COLUMN_NAMES[c] ? num(COLUMN_NAMES[c][0], COLUMN_NAMES[c][1]) : num(c))),
       el("th", {}, "spec")));
     const rows = S.front.map((r) => {
       const refined = r.refined !== null && r.refined !== undefined;
       const what = refined ? ["refined", r.refined] : ["trial", r.trial];
+      const int8Acc = r.int8_accuracy !== undefined && r.int8_accuracy !== null ? r.int8_accuracy : r.accuracy;
       return el("tr", { class: "front-row", dataset: refined ? { refined: r.refined } : { trial: r.trial },
                         tabindex: 0, onclick: () => show(what[0], what[1]),
                         onkeydown: (e) => { if (e.key === "Enter") show(what[0], what[1]); } },
         el("td", {}, r.source || "trial " + r.trial),
-        el("td", { class: "num" }, L.fmt(r.accuracy, "accuracy")),
+        int8 ? [el("td", { class: "num int8-accuracy" }, L.fmt(int8Acc, "accuracy")),
+                el("td", { class: "num fp32-accuracy" }, L.fmt(r.fp32_accuracy, "accuracy")),
+                el("td", { class: "num int8-drop" }, L.fmt(r.int8_drop, "accuracy"))]
+          : el("td", { class: "num" }, L.fmt(r.accuracy, "accuracy")),
         el("td", { class: "num" }, L.fmt(r.test_accuracy, "accuracy")),
-        costs.map((c) => el("td", { class: "num" }, L.fmt(r.cost[c], c))),
+        costs.map((c) => el("td", { class: "num", dataset: { cost: c } }, L.fmt(costOf(r, c), c))),
         el("td", { class: "muted" }, r.spec_hash));
     });
     table.tBodies[0].replaceChildren(...rows);
@@ -345,22 +376,58 @@
     }
   }
 
+  const FORMATS = ["json", "onnx", "state_dict", "tflite", "onnx-int8"];
+  const INT8_FORMATS = ["tflite", "onnx-int8"];
+
   function downloads(prefix, formats, label) {
     const msg = el("span", { class: "msg" });
-    const names = { json: "spec JSON", onnx: "ONNX", state_dict: "weights (state_dict)" };
-    return el("div", { class: "buttons" }, "Download " + label + ":",
+    const measured = el("p", { class: "deploy muted", hidden: true });
+    const names = { json: "spec JSON", onnx: "ONNX", state_dict: "weights (state_dict)", tflite: "int8 TFLite",
+                    "onnx-int8": "int8 ONNX" };
+    const titles = { tflite: "full-integer int8 .tflite for TFLM and LiteRT: calibrated, converted and measured "
+                       + "on the server (seconds)",
+                     "onnx-int8": "int8 QDQ ONNX for ONNX Runtime: calibrated and measured on the server" };
+    return el("div", {}, el("div", { class: "buttons" }, "Download " + label + ":",
       formats.map((f) => el("button", {
-        type: "button", class: "download", dataset: { format: f },
+        type: "button", class: "download" + (INT8_FORMATS.includes(f) ? " int8" : ""), dataset: { format: f },
+        title: titles[f],
         onclick: async () => {
-          msg.textContent = "preparing " + names[f] + "…";
+          msg.textContent = "preparing " + names[f] + (INT8_FORMATS.includes(f) ? " (quantizing, measuring)…" : "…");
           msg.className = "msg";
           try {
-            L.ok(msg, "downloaded " + (await L.download(prefix + "/export?format=" + f)));
+            const got = await L.download(prefix + "/export?format=" + encodeURIComponent(f));
+            L.ok(msg, "downloaded " + got.name);
+            showDeploy(measured, got.deploy);
           } catch (err) {
             L.report(err, msg);
           }
         },
-      }, names[f])), msg);
+      }, names[f])), msg), measured);
+  }
+
+  /** What an int8 export measured (the X-Lightnas-Deploy header): RAM and flash against the prediction and the
+   * budget, accuracies in the runtimes, anything over the budget. */
+  function showDeploy(box, d) {
+    if (!d) return;
+    const acc = (o) => (o && typeof o.accuracy === "number" ? L.fmt(o.accuracy, "accuracy") : "–");
+    const of = (limit, key) => (typeof limit === "number" ? " of " + L.fmt(limit, key) : "");
+    const fp32 = d.fp32 && typeof d.fp32.accuracy === "number" ? " (fp32 " + acc(d.fp32) + ")" : "";
+    const parts = [];
+    const t = d.tflite;
+    if (t) {
+      parts.push("RAM " + L.fmt(t.ram_bytes, "ram_bytes") + of(t.ram_bytes_limit, "ram_bytes")
+        + " (TFLM arena; predicted " + L.fmt(t.ram_predicted, "ram_bytes") + ")");
+      parts.push("flash " + L.fmt(t.flash_bytes, "flash_bytes") + of(t.flash_bytes_limit, "flash_bytes")
+        + " (predicted " + L.fmt(t.flash_predicted, "flash_bytes") + ")");
+      parts.push("accuracy LiteRT " + acc(t.litert) + ", TFLM " + acc(t.tflm) + fp32);
+    }
+    const o = d["onnx-int8"];
+    if (o) parts.push("accuracy ONNX Runtime " + acc(o.onnxruntime) + fp32 + " · " + L.fmt(o.bytes, "flash_bytes"));
+    const over = d.over_budget || [];
+    box.replaceChildren(el("span", {}, "Measured on the " + (d.split || "test") + " split (" + d.calibration
+      + " calibration images): " + parts.join(" · "),
+      over.length ? el("span", { class: "over" }, " · over the budget: " + over.join("; ")) : null));
+    box.hidden = false;
   }
 
   function specTable(spec, report) {
@@ -441,7 +508,13 @@
     const trained = d.status === "trained" || d.status === "reused";
     const head = el("h2", {}, "Trial " + d.number + " ", el("span", { class: "badge" }, d.status || d.state));
     const facts = [];
-    if (d.accuracy !== null && d.status !== "over_budget") facts.push("validation accuracy " + L.fmt(d.accuracy, "accuracy"));
+    if (d.accuracy !== null && d.status !== "over_budget") {
+      facts.push("validation accuracy " + (typeof m.fp32_accuracy === "number" ? "(int8) " : "")
+        + L.fmt(d.accuracy, "accuracy"));
+    }
+    if (typeof m.fp32_accuracy === "number") {
+      facts.push("fp32 " + L.fmt(m.fp32_accuracy, "accuracy") + ", drop " + L.fmt(m.int8_drop, "accuracy"));
+    }
     if (m.test_accuracy !== null && m.test_accuracy !== undefined) facts.push("test " + L.fmt(m.test_accuracy, "accuracy"));
     if (m.epochs_run) facts.push(m.epochs_run + " epochs");
     if (typeof m.train_seconds === "number") facts.push(m.train_seconds.toFixed(1) + " s training");
@@ -453,7 +526,7 @@
         .map(([k, v]) => k + " +" + (100 * v).toPrecision(3) + "%").join(", ")));
     }
     const prefix = base + "/trials/" + d.number;
-    parts.push(downloads(prefix, trained ? ["json", "onnx", "state_dict"] : ["json"], "trial " + d.number));
+    parts.push(downloads(prefix, trained ? FORMATS : ["json"], "trial " + d.number));
     if (trained && L.writes !== "none") parts.push(refineForm(d.number));
     const cols = el("div", { class: "cols" });
     if (d.spec) cols.append(el("div", {}, el("h3", {}, "Architecture"), specTable(d.spec, d.cost_report)));
@@ -506,7 +579,7 @@
         el("a", { href: "#", onclick: (e) => { e.preventDefault(); show("trial", r.trial); } }, "trial " + r.trial),
         ", step " + r.step + (r.parent_step !== null ? " after step " + r.parent_step : "")
           + " · validation accuracy " + L.fmt(r.accuracy, "accuracy") + " · spec " + r.spec_hash),
-      downloads(base + "/refined/" + r.refined, ["json", "onnx", "state_dict"], "candidate " + r.refined),
+      downloads(base + "/refined/" + r.refined, FORMATS, "candidate " + r.refined),
       el("div", { class: "cols" }, el("div", {}, el("h3", {}, "Cost"), costTable(r.cost))));
   }
 
