@@ -9,6 +9,7 @@ written once. (They live in ``nas``, not in ``storage``: the storage package bui
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import torch
 
@@ -17,7 +18,8 @@ from storage import Store
 
 from ._errors import NasError
 
-__all__ = ["load_arch", "load_network", "load_state", "save_arch", "save_state", "serialize_state", "weights_key"]
+__all__ = ["int8_key", "load_arch", "load_network", "load_state", "save_arch", "save_state", "serialize_state",
+           "weights_key"]
 
 _ARCHS: dict[str, ArchSpec] = {}
 
@@ -25,6 +27,12 @@ _ARCHS: dict[str, ArchSpec] = {}
 def weights_key(spec_hash: str, fidelity_key: str) -> str:
     """Where the weights an architecture was trained to at a fidelity are stored."""
     return f"weights/{spec_hash}/{fidelity_key}.pt"
+
+
+def int8_key(spec_hash: str, study_spec: Any) -> str:
+    """Where the quantization-aware fine-tuned int8 network of an architecture is stored (per fidelity and
+    QAT epochs: what it depends on)."""
+    return f"int8/{spec_hash}/{study_spec.fidelity_key}/qat{study_spec.qat_epochs}.pt2"
 
 
 def save_arch(store: Store, arch: ArchSpec) -> None:

@@ -16,7 +16,7 @@ from objectives import estimate_cost, train_model, write_onnx
 from search_spaces import ArchSpec, build_model
 from storage import Store
 
-from ._artifacts import load_arch, load_network, weights_key
+from ._artifacts import int8_key, load_arch, load_network, weights_key
 from ._errors import NasError
 from .search import DataShape, StudySpec, get_study_spec, record_of, study_data
 
@@ -90,8 +90,9 @@ def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs
     else:  # the spec alone (json) needs no weights
         model = build_model(arch, shape.input_shape, shape.num_classes)
     meta = {"study": name, "trial": number}
+    qat = int8_key(h, study_spec) if t.user_attrs.get("int8_method") == "qat" and epochs is None else None
     info.update(_write(arch, model, shape, study_spec, Path(to), formats, meta,
-                       deploy=_Deploy(store, calibration, strict, f"{h}/{study_spec.fidelity_key}")))
+                       deploy=_Deploy(store, calibration, strict, f"{h}/{study_spec.fidelity_key}", qat)))
     return info
 
 
@@ -116,8 +117,9 @@ class _Deploy:
     """How the int8 artifacts of one export are made: calibration images, strictness, where the measured
     figures are stored (artifact key ``deploy/<spec hash>/<fidelity or refinement>/<format>-cal<N>.json``)."""
 
-    def __init__(self, store: Store, calibration: int | None, strict: bool, key: str) -> None:
+    def __init__(self, store: Store, calibration: int | None, strict: bool, key: str, qat: str | None = None) -> None:
         self.store, self.calibration, self.strict, self.key = store, calibration or 256, strict, key
+        self.qat = qat  # the artifact key of the trial's quantization-aware fine-tuned int8 network, if it has one
 
 
 def _int8_artifacts(arch: ArchSpec, model: torch.nn.Module, study_spec: StudySpec, formats: tuple[str, ...],
@@ -155,7 +157,9 @@ def _int8_artifacts(arch: ArchSpec, model: torch.nn.Module, study_spec: StudySpe
                             "fp32": {"accuracy": float((ref == y).float().mean()) if len(y) else None}}
     over: list[str] = []
     if "tflite" in formats:
-        q = ob.quantize_ptq(model, x_cal)
+        blob = deploy.store.get_artifact(deploy.qat) if deploy.qat else None
+        q = ob.load_int8(blob, shape) if blob is not None else ob.quantize_ptq(model, x_cal)
+        info["int8_method"] = "qat" if blob is not None else "ptq"
         tfl = ob.to_tflite(q)
         arena = ob.tflm_arena(tfl)
         io = ob.io_quantization(tfl)

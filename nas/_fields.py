@@ -99,6 +99,10 @@ STUDY: dict[str, Doc] = {
                      "int8, calibrated on training images) and its int8 validation accuracy is the accuracy objective "
                      "(fp32 kept beside it); needs lightnas[deploy]", "fp32"),
     "calibration": Doc("--precision int8: training images that calibrate the int8 activation ranges", 256),
+    "qat_epochs": Doc("--precision int8: quantization-aware fine-tuning epochs for a network whose post-training "
+                      "int8 accuracy is more than --qat-threshold below fp32 (0: never)", 0),
+    "qat_threshold": Doc("--precision int8: the drop from fp32 (validation accuracy, a fraction) above which "
+                         "--qat-epochs are spent", 0.005),
     "trials": Doc("target: networks evaluated within the budget (over-budget samples are rejected and do not "
                   "count)", 30),
     "fit_space": Doc("scale the space to the budget when too little of it fits (TinyNAS; your own --option "

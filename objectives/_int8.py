@@ -44,10 +44,10 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ArenaReport", "DeployError", "Int8Model", "deploy_available", "input_recipe", "io_quantization",
-           "int8_accuracy", "quantize_input", "quantize_ptq",
-           "require_deploy", "run_litert", "run_onnx", "run_tflm", "simulated_logits", "tflm_arena", "to_onnx_int8",
-           "to_tflite"]
+__all__ = ["ArenaReport", "DeployError", "Int8Model", "deploy_available", "fold_batchnorm", "input_recipe",
+           "int8_accuracy", "io_quantization", "load_int8", "quantize_input", "quantize_ptq", "quantize_qat",
+           "require_deploy", "run_litert", "run_onnx", "run_tflm", "save_int8", "simulated_logits", "tflm_arena",
+           "to_onnx_int8", "to_tflite"]
 
 #: The modules ``lightnas[deploy]`` brings (import name -> what it is for).
 DEPLOY_MODULES = {
@@ -204,6 +204,96 @@ def int8_accuracy(model: nn.Module, x_cal: torch.Tensor, x: torch.Tensor, y: tor
     q = quantize_ptq(model, x_cal)
     pred = simulated_logits(q, x).argmax(1)
     return float((pred == y.cpu()).double().mean()) if len(y) else float("nan"), q
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (in eval mode) with every BatchNorm folded into the convolution before it (the
+    last one of a LightConv2d pair): the same function, as the converter folds it; what QAT trains."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model = copy.deepcopy(model).cpu().eval()
+    for mod in model.modules():
+        bn = getattr(mod, "bn", None)
+        conv = getattr(mod, "conv", None)
+        if not isinstance(bn, nn.BatchNorm2d) or conv is None:
+            continue
+        last = conv if isinstance(conv, nn.Conv2d) else (conv.expand if isinstance(conv.expand, nn.Conv2d)
+                                                         else conv.reduce)
+        fused = fuse_conv_bn_eval(last, bn)
+        last.weight, last.bias = fused.weight, fused.bias
+        mod.bn = nn.Identity()
+    return model
+
+
+class _QATNet(nn.Module):
+    """A PT2E graph prepared for QAT as a module the training loop drives (``N, C, H, W`` in; ``train()``
+    and ``eval()`` switch the exported graph's fake-quantization and observers)."""
+
+    def __init__(self, graph: Any) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph(x.permute(0, 2, 3, 1))
+
+    def train(self, mode: bool = True) -> _QATNet:
+        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
+        (move_exported_model_to_train if mode else move_exported_model_to_eval)(self.graph)
+        self.training = mode
+        return self
+
+
+def quantize_qat(model: nn.Module, data: Any, config: Any) -> Int8Model:
+    """Quantization-aware fine-tuning: the BatchNorm-folded network with int8 fake quantization of weights
+    (per channel) and activations (PT2E ``prepare_qat_pt2e``, LiteRT-Torch's QAT quantizer) trained by the
+    one training loop of lightnas (``config``: a ``TrainConfig``, its epochs and learning rate), then
+    converted: the int8 network to score and to lower. BatchNorm is folded first because torchao's
+    conv-bn QAT patterns do not trace with this torch (and a folded network is what the device runs)."""
+    require_deploy("quantization-aware training")
+    from ._train import train_model
+
+    with _quiet():
+        from litert_torch.quantize import pt2e_quantizer as pq
+        from torchao.quantization.pt2e import move_exported_model_to_eval, quantize_pt2e
+
+        class Quantizer(type(_quantizer())):  # type: ignore[misc]
+            STATIC_QAT_ONLY_OPS: list[str] = []  # no conv-bn patterns: BatchNorm is folded
+
+        quantizer = Quantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+        folded = fold_batchnorm(model)
+        sample = _nhwc(data.x_train[:2].float().cpu())
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        graph = torch.export.export(_ChannelsLast(folded), (sample,), dynamic_shapes=({0: batch},)).module()
+        graph = quantize_pt2e.prepare_qat_pt2e(graph, quantizer)
+    train_model(_QATNet(graph), data.to("cpu"), config, keep_state=False)
+    with _quiet():
+        move_exported_model_to_eval(graph)
+        graph = quantize_pt2e.convert_pt2e(graph, fold_quantize=False)
+    c, h, w = (int(v) for v in data.input_shape)
+    return Int8Model(graph, _quantizer(), (c, h, w), 0, {"qat_epochs": config.epochs})
+
+
+def save_int8(q: Int8Model) -> bytes:
+    """A quantized network as bytes (``torch.export.save`` of its graph), for :func:`load_int8`."""
+    c, h, w = q.input_shape
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    buf = io.BytesIO()
+    with _quiet():
+        torch.export.save(torch.export.export(q.graph, (torch.zeros(2, h, w, c),), dynamic_shapes=({0: batch},)),
+                          buf)
+    return buf.getvalue()
+
+
+def load_int8(blob: bytes, input_shape: tuple[int, int, int]) -> Int8Model:
+    """The quantized network :func:`save_int8` stored."""
+    require_deploy("int8 networks")
+    with _quiet():
+        quantizer = _quantizer()  # imports torchao's PT2E, which registers the quantize/dequantize ops the graph calls
+        graph = torch.export.load(io.BytesIO(blob)).module()
+    return Int8Model(graph, quantizer, input_shape, 0)
 
 
 def simulated_logits(q: Int8Model, x: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:

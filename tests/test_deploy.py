@@ -102,6 +102,29 @@ def test_every_block_type_converts_to_a_full_integer_artifact_the_ram_flash_mode
 
 
 @pytest.mark.slow
+def test_quantization_aware_fine_tuning_gives_an_int8_network_that_survives_storage_and_conversion():
+    from objectives import load_dataset, load_int8, quantize_qat, save_int8
+    from objectives._train import TrainConfig
+
+    data = load_dataset("digits", seed=0, val_fraction=0.15)
+    spec = NETWORKS["basic"]
+    torch.manual_seed(0)
+    model = build_model(spec, data.input_shape, data.num_classes)
+    from objectives import train_model
+
+    train_model(model, data, TrainConfig(epochs=2, batch_size=64, lr=0.1, seed=0, device="cpu"))
+    q = quantize_qat(model, data, TrainConfig(epochs=1, batch_size=64, lr=0.01, seed=0, device="cpu",
+                                               warmup_fraction=0.0))
+    before = simulated_logits(q, data.x_val)
+    back = load_int8(save_int8(q), data.input_shape)
+    assert torch.equal(simulated_logits(back, data.x_val), before)  # the stored network is the trained one
+    acc = float((before.argmax(1) == data.y_val).double().mean())
+    assert acc > 0.5  # it learned: 10 classes, chance is 0.1
+    litert = run_litert(to_tflite(back), data.x_val).argmax(1)
+    assert (litert == before.argmax(1).numpy()).mean() >= 0.95
+
+
+@pytest.mark.slow
 def test_onnx_qdq_model_runs_in_onnx_runtime_and_agrees_with_pytorch(tmp_path):
     spec, shape = NETWORKS["basic"], (1, 12, 12)
     torch.manual_seed(1)
@@ -188,7 +211,7 @@ def int8_study(tmp_path_factory):
     db = f"sqlite:///{path / 'nas.db'}"
     for args in (["study", "create", "m", "--space", "plain", "--data", "digits", "--cost-device", "cortex-m7",
                   "--budget", "ram<=24KiB flash<=64KiB", "--precision", "int8", "--calibration", "64",
-                  "--epochs", "2", "--trials", "3", "--storage", db],
+                  "--qat-epochs", "1", "--qat-threshold", "0", "--epochs", "2", "--trials", "3", "--storage", db],
                  ["study", "run", "m", "--storage", db, "--quiet"]):
         with pytest.raises(SystemExit) as e:
             main(args)
@@ -208,6 +231,17 @@ def test_an_int8_study_ranks_the_int8_network_and_keeps_fp32_beside_it(int8_stud
         assert 0 < r["accuracy"] <= 1 and 0 < r["fp32_accuracy"] <= 1
         assert r["int8_drop"] == pytest.approx(r["fp32_accuracy"] - r["accuracy"])
         assert r["ram_bytes"] <= 24 * 1024 and r["flash_bytes"] <= 64 * 1024
+    # quantization-aware fine-tuning where post-training quantization lost anything (threshold 0), kept where
+    # it beats it on validation
+    import optuna
+
+    for t in optuna.load_study(study_name="m", storage=db).get_trials():
+        a = t.user_attrs
+        if a.get("status") != "trained":
+            continue
+        ptq = a.get("ptq_accuracy", a["val_accuracy"])
+        assert ("ptq_accuracy" in a) == (a["fp32_accuracy"] - ptq > 0)
+        assert a["int8_method"] == ("qat" if a["val_accuracy"] > ptq else "ptq")
     code, out, _ = run_cli(capsys, "pareto", "m", "--deploy", "--storage", db)
     assert code == 0
     assert "int8_accuracy" in out and "int8_drop" in out and "ram_bytes" in out and "flash_bytes" in out
@@ -232,7 +266,9 @@ def test_export_tflite_measures_the_artifact_in_its_runtimes_and_checks_the_budg
     assert t["ram_bytes"] <= 24 * 1024 and t["flash_bytes"] <= 64 * 1024 and t["within_budget"]
     assert abs(math.log(t["ram_predicted"] / t["ram_bytes"])) <= 0.10
     assert t["litert"]["images"] == deploy["onnx-int8"]["onnxruntime"]["images"] > 100
-    assert t["litert"]["agreement"] >= 0.9 and t["simulated_vs_litert"] >= 0.95
+    assert t["simulated_vs_litert"] >= 0.95
+    if deploy["int8_method"] == "ptq":  # a QAT network is trained further: it need not agree with fp32
+        assert t["litert"]["agreement"] >= 0.9
 
     # the study's limits tightened in its database below what the artifact measures: --strict refuses it
     spec = json.loads(sqlite3.connect(path / "nas.db").execute(

@@ -108,8 +108,9 @@ def deploy_lines(d: dict | None) -> list[str]:
         return []
     lines = []
     fp32 = d["fp32"]["accuracy"]
-    head = f"int8 (calibrated on {d['calibration']} training images), {d['split']} split; PyTorch fp32 accuracy " \
-           + (f"{fp32:.4f}" if fp32 is not None else "n/a")
+    how = "quantization-aware fine-tuned in the search" if d.get("int8_method") == "qat" else \
+        f"calibrated on {d['calibration']} training images"
+    head = f"int8 ({how}), {d['split']} split; PyTorch fp32 accuracy " + (f"{fp32:.4f}" if fp32 is not None else "n/a")
     lines.append(head)
     t = d.get("tflite")
     if t:

@@ -58,6 +58,8 @@ def study_create(
     cost_device: str = typer.Option(None, "--cost-device", help=help_text(STUDY["cost_device"])),
     precision: str = typer.Option(None, "--precision", help=help_text(STUDY["precision"])),
     calibration: int = typer.Option(None, "--calibration", help=help_text(STUDY["calibration"])),
+    qat_epochs: int = typer.Option(None, "--qat-epochs", help=help_text(STUDY["qat_epochs"])),
+    qat_threshold: float = typer.Option(None, "--qat-threshold", help=help_text(STUDY["qat_threshold"])),
     option: list[str] = typer.Option([], "--option", help="space option key=value (repeatable; see 'nas spaces')"),
     config: str = typer.Option(None, "--config", help="a study spec TOML file (the fields of nas.StudySpec)"),
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
@@ -69,7 +71,7 @@ def study_create(
                               "pruner": pruner, "seed": seed, "trials": trials, "device": device,
                               "amp": amp, "cost_device": cost_device, "proxy": proxy,
                               "proxy_candidates": proxy_candidates, "precision": precision,
-                              "calibration": calibration}
+                              "calibration": calibration, "qat_epochs": qat_epochs, "qat_threshold": qat_threshold}
     if objectives is not None:
         fields["objectives"] = [o.strip() for o in objectives.split(",") if o.strip()]
     if inherit_weights is not None:

@@ -39,7 +39,7 @@ from objectives import Dataset, TrainConfig, TrainingError, get_device, train_sp
 from search_spaces import ArchSpec, SearchSpace
 from storage import Store
 
-from .._artifacts import load_state, save_arch, save_state, weights_key
+from .._artifacts import int8_key, load_state, save_arch, save_state, weights_key
 from .._errors import TrialInterrupted
 from ._early import best_by, dominators, peers_of, rung_epochs
 from ._record import Status, record_of
@@ -274,8 +274,32 @@ class TrialObjective:
         with num_threads(self.ctx.train_config.threads):
             acc, _ = int8_accuracy(model, data.x_train[:study_spec.calibration].cpu(), data.x_val.cpu(),
                                    data.y_val.cpu())
+            method = "ptq"
+            if study_spec.qat_epochs and fp32 - acc > study_spec.qat_threshold:
+                trial.set_user_attr("ptq_accuracy", acc)
+                acc, method = self._qat(arch, model, acc)
+        trial.set_user_attr("int8_method", method)
         trial.set_user_attr("fp32_accuracy", fp32)
         trial.set_user_attr("val_accuracy", acc)
         trial.set_user_attr("int8_drop", fp32 - acc)
         trial.set_user_attr("quantize_seconds", time.perf_counter() - t0)
         return acc
+
+    def _qat(self, arch: ArchSpec, model: torch.nn.Module, ptq: float) -> tuple[float, str]:
+        """Quantization-aware fine-tuning (``qat_epochs`` at a tenth of the study's learning rate); its int8
+        network is stored for export (:func:`nas._artifacts.int8_key`) when it beats post-training
+        quantization on validation, else post-training quantization stays."""
+        from dataclasses import replace
+
+        from objectives import quantize_qat, save_int8, simulated_logits
+
+        study_spec, data = self.ctx.study_spec, self.ctx.data
+        config = replace(self.ctx.train_config, epochs=study_spec.qat_epochs, lr=self.ctx.train_config.lr / 10,
+                         warmup_fraction=0.0, device="cpu")
+        q = quantize_qat(model, data, config)
+        pred = simulated_logits(q, data.x_val.cpu()).argmax(1)
+        acc = float((pred == data.y_val.cpu()).double().mean())
+        if acc <= ptq:
+            return ptq, "ptq"
+        self.ctx.store.put_artifact(int8_key(arch.hash, study_spec), save_int8(q))
+        return acc, "qat"

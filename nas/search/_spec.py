@@ -85,6 +85,8 @@ class StudySpec(BaseModel):
     cost_device: str = declare(STUDY["cost_device"])
     precision: Literal["fp32", "int8"] = declare(STUDY["precision"])
     calibration: int = declare(STUDY["calibration"], ge=1, le=100_000)
+    qat_epochs: int = declare(STUDY["qat_epochs"], ge=0, le=1000)
+    qat_threshold: float = declare(STUDY["qat_threshold"], ge=0.0, le=1.0)
     trials: int = declare(STUDY["trials"], ge=1, le=1_000_000)
     fit_space: bool = declare(STUDY["fit_space"])
     fit_resolution: bool = declare(STUDY["fit_resolution"])
@@ -179,8 +181,9 @@ class StudySpec(BaseModel):
             from objectives import check_runtime_resources, get_device
 
             check_runtime_resources(runtime + self.objectives, get_device(self.cost_device))
-        if self.calibration != STUDY["calibration"].default and self.precision != "int8":
-            raise ValueError("calibration applies with --precision int8 only; add it or leave calibration out")
+        for f in ("calibration", "qat_epochs", "qat_threshold"):
+            if getattr(self, f) != STUDY[f].default and self.precision != "int8":
+                raise ValueError(f"{f} applies with --precision int8 only; add it or leave {f} out")
         if self.pruner in SINGLE_METRIC_PRUNERS and self.objectives != ["accuracy"]:
             raise ValueError(f"pruner {self.pruner!r} needs the single objective accuracy (got "
                              f"{','.join(self.objectives)}): Optuna pruners and Tune's ASHA stop trials on one "
