@@ -411,48 +411,88 @@ class ArenaReport:
 _ALLOC = re.compile(r"\[RecordingMicroAllocator\] '([^']+)' used (\d+) bytes")
 _TOTAL = re.compile(r"\[RecordingMicroAllocator\] Arena allocation (total|head|tail) (\d+) bytes")
 
-
-def _recorded(it: Any) -> tuple[dict[str, int], dict[str, int]]:
-    """Parse ``print_allocations()`` (printed by C code to fd 1 or 2: read back from a file)."""
-    import ctypes
-
-    saved = os.dup(1), os.dup(2)
-    with tempfile.TemporaryFile(mode="w+") as f:
-        try:
-            os.dup2(f.fileno(), 1)
-            os.dup2(f.fileno(), 2)
-            it.print_allocations()
-            ctypes.CDLL(None).fflush(None)  # the C library's buffers, before the descriptors are put back
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-        f.seek(0)
-        text = f.read()
-    totals = {k: int(v) for k, v in _TOTAL.findall(text)}
-    parts = {k: int(v) for k, v in _ALLOC.findall(text)}
-    return totals, parts
+#: The arena search, run in a child process: tflite-micro's interpreter can crash the process (a null
+#: dereference in ``_runtime.so``, seen at some arena sizes just too small for a model) instead of failing
+#: the allocation. The child reports every size before and after trying it, so a crash marks that size as
+#: too small and the search goes on in a new child.
+_ARENA_CHILD = r"""
+import ctypes, os, sys
+from tflite_micro.python.tflite_micro import runtime
+path, lo, hi, step = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+data = open(path, "rb").read()
+out = os.fdopen(os.dup(1), "w")
+null = os.open(os.devnull, os.O_WRONLY)
+os.dup2(null, 1)
+os.dup2(null, 2)
+def fits(n):
+    out.write(f"try {n}\n"); out.flush()
+    try:
+        runtime.Interpreter.from_bytes(data, arena_size=n)
+        ok = True
+    except Exception:
+        ok = False
+    out.write(f"{'ok' if ok else 'fail'} {n}\n"); out.flush()
+    return ok
+while hi <= (1 << 31) and not fits(hi):
+    lo, hi = hi, hi * 2
+if hi > (1 << 31):
+    out.write("none\n"); out.flush(); sys.exit(0)
+while hi - lo > step:
+    mid = (lo + hi) // 2
+    if fits(mid):
+        hi = mid
+    else:
+        lo = mid
+it = runtime.Interpreter.from_bytes(data, arena_size=hi)
+log = os.open(path + ".alloc", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+os.dup2(log, 1)
+os.dup2(log, 2)
+it.print_allocations()
+ctypes.CDLL(None).fflush(None)
+out.write(f"arena {hi}\n"); out.flush()
+"""
 
 
 def tflm_arena(tflite: bytes, *, granularity: int = 16) -> ArenaReport:
-    """The smallest arena (to ``granularity`` bytes) in which TFLM's interpreter allocates the model."""
+    """The smallest arena (to ``granularity`` bytes) in which TFLM's interpreter allocates the model, and the
+    recording allocator's breakdown of it (the search runs in a child process, see ``_ARENA_CHILD``)."""
+    import subprocess
+    import sys
+
     require_deploy("the TFLM arena measurement")
-    hi = max(4096, 4 * len(tflite))
-    while _tflm(tflite, hi) is None:
-        hi *= 2
-        if hi > 1 << 31:
-            raise DeployError("the model does not allocate in TFLM with an arena of 2 GiB")
-    lo = 0
-    while hi - lo > granularity:
-        mid = (lo + hi) // 2
-        if _tflm(tflite, mid) is None:
-            lo = mid
-        else:
-            hi = mid
-    it = _tflm(tflite, hi)
-    totals, parts = _recorded(it)
-    return ArenaReport(hi, totals.get("head", 0), totals.get("tail", 0), parts)
+    lo, hi = 0, max(4096, 4 * len(tflite))
+    with tempfile.TemporaryDirectory(prefix="lightnas-tflm-") as tmp:
+        path = os.path.join(tmp, "model.tflite")
+        with open(path, "wb") as f:
+            f.write(tflite)
+        for _ in range(64):  # each round ends in an answer or a crash at one size, which narrows the search
+            proc = subprocess.run([sys.executable, "-c", _ARENA_CHILD, path, str(lo), str(hi), str(granularity)],
+                                  capture_output=True, text=True, timeout=600)
+            tried = None
+            for line in proc.stdout.splitlines():
+                word, _, n = line.partition(" ")
+                if word == "none":
+                    raise DeployError("the model does not allocate in TFLM with an arena of 2 GiB")
+                if word == "arena":
+                    with open(path + ".alloc") as f:
+                        text = f.read()
+                    totals = {k: int(v) for k, v in _TOTAL.findall(text)}
+                    parts = {k: int(v) for k, v in _ALLOC.findall(text)}
+                    return ArenaReport(int(n), totals.get("head", 0), totals.get("tail", 0), parts)
+                if word == "try":
+                    tried = int(n)
+                elif word == "ok":
+                    hi, tried = int(n), None
+                elif word == "fail":
+                    lo, tried = int(n), None
+            if tried is None:
+                raise DeployError(f"the TFLM arena search ended without an answer (exit {proc.returncode}): "
+                                  f"{(proc.stderr or '').strip()[-300:]}")
+            if tried >= hi:  # crashed at the upper bound itself: look above it
+                lo, hi = tried, tried * 2
+            else:
+                lo = tried  # crashed: that size does not hold the model
+    raise DeployError("the TFLM arena search crashed too often")
 
 
 def run_tflm(tflite: bytes, x: torch.Tensor, *, arena: int | None = None) -> np.ndarray:
