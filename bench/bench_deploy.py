@@ -66,12 +66,29 @@ def collect(args: argparse.Namespace) -> None:
             opts["width_mult"] = rng.choice([0.5, 0.75])
         jobs.append((f"{space}-{shape[0]}x{shape[1]}-{'s' if args.small else ''}{i}", space, shape, opts,
                      rng.randrange(1 << 30)))
+    if args.tests:  # the tests' small networks (one per block type) and tinier ones, at small inputs
+        from search_spaces import ArchSpec
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        import test_deploy as td
+
+        nets = {**td.NETWORKS, **_tiny_nets()}
+        specs = {}
+        jobs = []
+        for name, spec in nets.items():
+            for shape in [(1, 4, 4), (1, 8, 8), (3, 8, 8), (1, 12, 12), (3, 16, 16)]:
+                key = f"tests-{name}-{shape[0]}x{shape[1]}"
+                specs[key] = spec
+                jobs.append((key, spec.family or "tests", shape, {}, 0))
+        assert all(isinstance(v, ArchSpec) for v in specs.values())
     with out.open("a") as f:
         for key, space_name, shape, opts, seed in jobs:
             if key in done:
                 continue
-            space = get_space(space_name, input_shape=shape, **opts)
-            spec = sample_spec(space, seed)
+            if args.tests:
+                spec = specs[key]
+            else:
+                space = get_space(space_name, input_shape=shape, **opts)
+                spec = sample_spec(space, seed)
             torch.manual_seed(seed)
             model = build_model(spec, shape, 10).eval()
             with torch.no_grad():  # BatchNorm statistics of real activations, as a trained network has
@@ -102,6 +119,14 @@ def collect(args: argparse.Namespace) -> None:
             f.write(json.dumps(rec) + "\n")
             f.flush()
             print(key, "flash", len(data), "arena", arena.arena, f"{t1 - t0:.1f}s", flush=True)
+
+
+def _tiny_nets() -> dict:
+    from search_spaces import ArchSpec, Block, Stage, Stem
+
+    return {"tiny1": ArchSpec(Stem(4, stride=2), (Stage((Block("conv", 4, stride=2),)),)),
+            "tiny2": ArchSpec(Stem(4, stride=2), (Stage((Block("conv", 4, stride=2), *[Block("conv", 4)] * 3)),)),
+            "tiny3": ArchSpec(Stem(4, stride=2), (Stage(tuple(Block("basic", 4, 4) for _ in range(6))),))}
 
 
 KINDS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "MEAN", "PAD")
@@ -140,6 +165,10 @@ def fit(args: argparse.Namespace) -> None:
 
     records = [r for path in args.data.split(",") for r in load_records(path)]
     train, test = split(records, args.seed, args.fit_share)
+    if args.fit_also:  # always fitted to (the smallest networks, at the edge of what the model must cover)
+        extra = [r for path in args.fit_also.split(",") for r in load_records(path)]
+        train = train + extra
+        records = records + extra
     feats = {}
     for r in records:
         g = tflite_graph(r["arch"], tuple(r["input_shape"]), r["num_classes"])
@@ -184,7 +213,7 @@ def report(rows: list[dict], coeffs: dict[str, dict[str, float]]) -> None:
         shape = tuple(r["input_shape"])
         c = estimate_cost(r["arch"], shape, r["num_classes"], device="cortex-m7")
         g = tm.tflite_graph(r["arch"], shape, r["num_classes"])
-        pred_ram = tm.planned_bytes(g) + tm.persistent_bytes(g)
+        pred_ram = max(tm.planned_bytes(g), tm.temporary_bytes(g)) + tm.persistent_bytes(g)
         pred_flash = tm.flash_bytes(r["arch"], shape, r["num_classes"])
         e = {"key": r["key"], "ram": math.log(pred_ram / r["arena"]), "flash": math.log(pred_flash / r["flash"]),
              "peak": c["peak_activation_bytes"] / r["arena"], "weights": c["weight_bytes"] / r["flash"],
@@ -211,6 +240,29 @@ def report(rows: list[dict], coeffs: dict[str, dict[str, float]]) -> None:
     for e in worst:
         print(f"| {e['key']} | {e['arena']:,} | {e['pred_ram']:,} | {e['ram']:+.4f} | {e['file']:,} | "
               f"{e['pred_flash']:,} | {e['flash']:+.4f} |")
+
+
+def tiny(args: argparse.Namespace) -> None:
+    """The smallest networks, where the interpreter's temporary planning records, not the activations, set
+    the arena's head: measured arena - persistent part against ``objectives._tflm.temporary_bytes``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import test_deploy as td
+
+    from objectives import quantize_ptq, tflite_graph, tflm_arena, to_tflite
+    from objectives._tflm import planned_bytes, temporary_bytes
+    nets = {**td.NETWORKS, **_tiny_nets()}
+    print("| network | input | tensors | ops | planned | arena - persistent (measured) | temporary (model) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, spec in nets.items():
+        for shape in [(1, 8, 8), (1, 4, 4)]:
+            torch.manual_seed(0)
+            model = build_model(spec, shape, 10)
+            td._bn_statistics(model, shape)
+            a = tflm_arena(to_tflite(quantize_ptq(model, torch.randn(16, *shape))))
+            g = tflite_graph(spec, shape, 10)
+            c = g.counts()
+            print(f"| {name} | {shape[1]}x{shape[2]} | {c['tensors']:.0f} | {c['ops']:.0f} | {planned_bytes(g)} | "
+                  f"{a.arena - a.tail} | {temporary_bytes(g)} |", flush=True)
 
 
 def study(args: argparse.Namespace) -> None:
@@ -266,10 +318,12 @@ def main() -> None:
     c.add_argument("--threads", type=int, default=1)
     c.add_argument("--spaces", default="")
     c.add_argument("--small", action="store_true", help="small inputs (8x8 to 28x28) instead of 28x28 to 96x96")
+    c.add_argument("--tests", action="store_true", help="the tests' networks and tinier ones at 4x4 to 16x16")
     f = sub.add_parser("fit")
     f.add_argument("--data", default="bench/data/tflm_specs.jsonl")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--fit-share", type=float, default=0.25, help="share of the networks fitted to (rest held out)")
+    f.add_argument("--fit-also", default="", help="records always in the fit set (comma list of files)")
     f.add_argument("--write", action="store_true", help="write the coefficients into objectives/tflm_model.json")
     st = sub.add_parser("study")
     st.add_argument("--data", default="digits")
@@ -280,8 +334,11 @@ def main() -> None:
     st.add_argument("--trials", type=int, default=12)
     st.add_argument("--seed", type=int, default=0)
     st.add_argument("--workdir", default="")
+    sub.add_parser("tiny")
     args = p.parse_args()
-    if args.cmd == "study":
+    if args.cmd == "tiny":
+        tiny(args)
+    elif args.cmd == "study":
         study(args)
     elif args.cmd == "collect":
         collect(args)

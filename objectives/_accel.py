@@ -13,6 +13,11 @@ was before this module). On CUDA a :class:`DevicePlan` turns on what small CNNs 
 - ``torch.backends.cudnn.benchmark`` (every batch of a trial has the same shape, so the autotuned
   kernel choice pays for itself).
 
+How many CPUs a process may use (:func:`usable_cpus`) is not ``os.cpu_count()``, the machine's
+count: a process pinned to some cores (``taskset``, ``os.sched_setaffinity``) or in a container
+with a CPU quota (cgroup v2 ``cpu.max``, ``docker run --cpus``) has fewer, and threads beyond
+them only contend.
+
 Augmentation for natural images (random crop with zero padding and horizontal flip, the CIFAR
 recipe of He et al., "Deep Residual Learning", CVPR 2016, section 4.2: 4 pixels of padding at 32x32)
 is done on the batch tensor on the training device, with the loop's seeded generator: no
@@ -23,17 +28,23 @@ is done on the batch tensor on the training device, with the loop's seeded gener
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-__all__ = ["AMP_MODES", "AUGMENTATIONS", "DevicePlan", "augment_batch", "device_plan", "worker_devices"]
+__all__ = ["AMP_MODES", "AUGMENTATIONS", "DevicePlan", "augment_batch", "device_plan", "usable_cpus",
+           "worker_devices"]
 
 #: ``auto``: bf16 on a GPU that supports it, else fp16 with loss scaling; fp32 on the CPU.
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 #: ``none``; ``crop-flip``: random crop after zero padding, and horizontal flip.
 AUGMENTATIONS = ("none", "crop-flip")
+_CGROUP_ROOT = Path("/sys/fs/cgroup")  # the cgroup v2 hierarchy
+_PROC_CGROUP = Path("/proc/self/cgroup")  # "0::/path" names this process's cgroup v2 in it
 
 
 @dataclass(frozen=True)
@@ -127,6 +138,51 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, kind: str) -> tor
 def _format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
         and not x.is_contiguous() else torch.contiguous_format
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its CPU affinity (``os.sched_getaffinity``, where the
+    platform has it; else ``os.cpu_count()``), capped by a cgroup v2 CPU quota (``cpu.max`` of its
+    cgroup or an ancestor, under ``/sys/fs/cgroup``) rounded down; at least 1.
+
+    Example:
+        >>> 1 <= usable_cpus() <= (os.cpu_count() or 1)
+        True
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, math.floor(quota))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota(root: Path = _CGROUP_ROOT, proc_cgroup: Path = _PROC_CGROUP) -> float | None:
+    """The tightest cgroup v2 CPU quota (``cpu.max``: quota / period, in CPUs) over this process's
+    cgroup and its ancestors; ``None`` when there is none (unlimited, cgroup v1, not Linux)."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    rel = next((line[3:].strip() for line in lines if line.startswith("0::")), None)
+    if rel is None:  # no cgroup v2 hierarchy
+        return None
+    parts = [p for p in rel.split("/") if p and p != ".."]
+    best: float | None = None
+    for depth in range(len(parts), -1, -1):  # the process's cgroup, then each ancestor up to the root
+        try:
+            fields = (root.joinpath(*parts[:depth]) / "cpu.max").read_text().split()
+        except OSError:
+            continue
+        if len(fields) == 2 and fields[0] != "max":
+            try:
+                quota = int(fields[0]) / int(fields[1])
+            except (ValueError, ZeroDivisionError):
+                continue
+            best = quota if best is None else min(best, quota)
+    return best
 
 
 def worker_devices(workers: int, *, device: str = "auto", per_device: int = 1,

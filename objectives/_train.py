@@ -20,13 +20,16 @@ speed and reproducibility:
   fp32 and unchanged.
 
 Refinement needs three more things of the same loop: a teacher (``teacher``, a
-:class:`objectives.Distillation`: the loss becomes :func:`objectives.kd_loss`), frozen layers
+:class:`objectives.Distillation`: the loss becomes :func:`objectives.kd_loss`; with augmentation
+the teacher's logits are those of the augmented batch the student sees), frozen layers
 (``trainable``: only units under those module prefixes train; the others get no gradient and
 stay in eval mode, so their BatchNorm statistics do not move either) and early stopping with
 the best weights restored (``patience``).
 
-A non-finite loss raises :class:`TrainingError` (the search records a failed trial and goes
-on); exceptions from ``on_epoch`` propagate, which is how pruners stop a trial early.
+A non-finite loss raises :class:`TrainingError` at the end of its epoch, before validation (the
+search records a failed trial and goes on): the step losses stay on the device and are read
+back once per epoch, not once per step, which on a GPU would wait for every step to finish.
+Exceptions from ``on_epoch`` propagate, which is how pruners stop a trial early.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +46,7 @@ from torch import nn
 
 from search_spaces import ArchSpec, build_model
 
-from ._accel import AMP_MODES, AUGMENTATIONS, DevicePlan, augment_batch, device_plan
+from ._accel import AMP_MODES, AUGMENTATIONS, DevicePlan, augment_batch, device_plan, usable_cpus
 from ._data import Dataset
 from ._distill import Distillation
 from ._latency import resolve_device
@@ -167,15 +169,17 @@ class TrainResult:
 
 
 def threads_per_worker(workers: int) -> int:
-    """CPU threads each of ``workers`` processes may use so that workers x threads <= cores.
+    """CPU threads each of ``workers`` processes may use so that workers x threads <= the CPUs this
+    process may run on (:func:`usable_cpus` in objectives/_accel.py: affinity and cgroup quota, not the
+    machine's count).
 
     Example:
-        >>> threads_per_worker(1) == (os.cpu_count() or 1)
+        >>> threads_per_worker(1) == usable_cpus()
         True
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    return max(1, (os.cpu_count() or 1) // workers)
+    return max(1, usable_cpus() // workers)
 
 
 @contextlib.contextmanager
@@ -309,8 +313,10 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
         on_epoch: called as ``on_epoch(epoch, val_accuracy)`` after each epoch (1-based);
             exceptions it raises propagate (e.g. a pruner stopping the trial).
         keep_state: return the final weights (CPU copies) in ``TrainResult.state_dict``.
-        teacher: distil from a teacher's logits of the training split (the loss is then
-            :func:`objectives.kd_loss`) instead of cross-entropy on the labels alone.
+        teacher: distil from a teacher (the loss is then :func:`objectives.kd_loss`) instead of
+            cross-entropy on the labels alone. Without augmentation its logits of the training
+            split are computed once (or taken as given); with augmentation the teacher model (eval
+            mode, no gradients, moved to the training device) runs on every augmented batch.
         trainable: module name prefixes that train (``["blocks.3"]``); ``None`` trains all.
         patience: stop when validation accuracy has not improved for this many epochs and
             restore the best epoch's weights (``val_accuracy`` is then the best); ``None`` runs
@@ -326,6 +332,8 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
 
     Raises:
         TrainingError: the loss became NaN or infinite.
+        ValueError: an empty training split; teacher logits for another number of examples; a
+            teacher without its model for augmented training.
 
     Example:
         >>> data = load_dataset("digits")  # doctest: +SKIP
@@ -343,9 +351,7 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
         if n == 0:
             raise ValueError("the training split is empty")
         if teacher is not None:
-            if len(teacher.logits) != n:
-                raise ValueError(f"teacher logits for {len(teacher.logits)} examples, the training split has {n}")
-            teacher = Distillation(teacher.logits.to(dev), teacher.temperature, teacher.alpha)
+            teacher = teacher.for_training(data.x_train, config.augment, plan.channels_last)
         batch = min(config.batch_size, n)
         steps_per_epoch = math.ceil(n / batch)
         total_steps = config.epochs * steps_per_epoch
@@ -367,7 +373,12 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
             for m in frozen:
                 m.eval()
             perm = torch.randperm(n, generator=gen).to(dev)
-            loss_sum, seen = 0.0, 0
+            # Each step's loss stays on the device; the epoch reads them back once (a read per step
+            # would make a GPU finish every step before the host could queue the next).
+            step_losses = torch.zeros(steps_per_epoch, device=dev)
+            sizes: list[int] = []
+            lrs: list[float] = []
+            seen = 0
             for i in range(steps_per_epoch):
                 idx = perm[i * batch:(i + 1) * batch]
                 if len(idx) < 2 and seen:  # a batch of one breaks BatchNorm; skip the remainder
@@ -378,11 +389,10 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
                 y = data.y_train[idx]
                 with plan.autocast():
                     out = model(x)
-                    loss = teacher.loss(out, idx, y) if teacher is not None else loss_fn(out, y)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise TrainingError(f"non-finite loss at epoch {epoch} step {i + 1} (loss={value}, "
-                                        f"lr={optimizer.param_groups[0]['lr']:.3g})")
+                    loss = teacher.loss(out, idx, y, x) if teacher is not None else loss_fn(out, y)
+                step_losses[i] = loss.detach()
+                sizes.append(len(idx))
+                lrs.append(optimizer.param_groups[0]["lr"])
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:  # fp16: scaled loss, steps with inf/NaN gradients skipped
                     scaler.scale(loss).backward()
@@ -392,13 +402,17 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
                     loss.backward()
                     optimizer.step()
                 step += 1
-                loss_sum += value * len(idx)
                 seen += len(idx)
                 if config.max_seconds is not None and time.perf_counter() - t0 > config.max_seconds:
                     timed_out = epoch < config.epochs or i < steps_per_epoch - 1
                     break
+            values = step_losses[:len(sizes)].tolist()  # the epoch's one read from the device
+            for k, value in enumerate(values):
+                if not math.isfinite(value):
+                    raise TrainingError(f"non-finite loss at epoch {epoch} step {k + 1} (loss={value}, "
+                                        f"lr={lrs[k]:.3g})")
             epochs_run = epoch
-            train_loss = loss_sum / max(seen, 1)
+            train_loss = sum(v * s for v, s in zip(values, sizes, strict=True)) / max(seen, 1)
             if config.max_seconds is not None and epoch < config.epochs and \
                     time.perf_counter() - t0 > config.max_seconds:
                 timed_out = True

@@ -42,7 +42,8 @@ NETWORKS = {
     "conv": ArchSpec(Stem(8, kernel=3, stride=1), (Stage((Block("conv", 16, kernel=5, stride=2, rank_ratio=0.25),
                                                           Block("conv", 16, kernel=3))),),
                      Head(hidden=32, rank_ratio=0.25)),
-    "basic": ArchSpec(Stem(8), (Stage((Block("basic", 8, 8), Block("basic", 16, 8, stride=2, rank_ratio=0.5))),)),
+    "basic": ArchSpec(Stem(8, stride=2), (Stage((Block("basic", 8, 8),  # a strided stem: a fitted space's
+                                                 Block("basic", 16, 8, stride=2, rank_ratio=0.5))),)),
     "bottleneck": ArchSpec(Stem(8), (Stage((Block("bottleneck", 16, 8, mid2_channels=8, stride=2,
                                                   rank_ratio=0.5),
                                             Block("bottleneck", 16, 4, mid2_channels=4))),)),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -17,6 +15,7 @@ from objectives import (
     train_model,
     train_spec,
 )
+from objectives._accel import usable_cpus
 from search_spaces import ArchSpec, Block, Stage, Stem, build_model, get_space, sample_spec
 
 PLAIN = ArchSpec(
@@ -130,7 +129,7 @@ def test_threads_apply_during_training_and_are_restored(digits: Dataset) -> None
 
 
 def test_threads_per_worker_never_oversubscribes() -> None:
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()  # affinity and cgroup quota: tests/test_reliability.py
     assert threads_per_worker(1) == cores
     assert threads_per_worker(cores * 4) == 1
     for workers in range(1, 9):

@@ -210,9 +210,12 @@ class _Run:
         return res.val_accuracy
 
     def distill(self, teacher: LightNet) -> Distillation:
-        """The teacher's soft labels of the training split, with the run's temperature and alpha."""
+        """The teacher, with the run's temperature and alpha. Without augmentation its soft labels
+        of the training split are computed once here (every fine-tune reuses them); with it the
+        teacher runs on each augmented batch the student trains on."""
         s = self.settings
-        return Distillation(teacher_logits(teacher, self.data.x_train), s.temperature, s.alpha)
+        logits = teacher_logits(teacher, self.data.x_train) if self.study_spec.augmentation == "none" else None
+        return Distillation(logits, s.temperature, s.alpha, model=teacher)
 
     def say(self, kind: str, message: str, row: RefinementRow | None = None) -> None:
         stored = len(self.rows)
