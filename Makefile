@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEPLOY_STAMP := $(VENV)/.installed-deploy
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test test-slow test-all install lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,8 +25,16 @@ install: $(DEPLOY_STAMP)
 demo: $(STAMP)
 	$(BIN)/nas demo
 
+# Tests in tiers: `make test` (the README's command) runs the fast tier (everything not marked slow);
+# `make test-slow` the rest (networks trained, conversions, PostgreSQL/Ray/browser flows marked slow);
+# `make test-all` both, as CI does (.ci/run), each with its 20 slowest tests listed.
 test: $(DEPLOY_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow" --durations=20
+
+test-slow: $(DEPLOY_STAMP)
+	$(BIN)/python -m pytest -q -m "slow" --durations=20
+
+test-all: test test-slow
 
 lint: $(DEPLOY_STAMP)
 	$(BIN)/ruff check .

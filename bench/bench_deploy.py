@@ -287,21 +287,29 @@ def study(args: argparse.Namespace) -> None:
 
     run("study", "create", "dep", "--space", args.space, "--data", args.data, "--cost-device", "cortex-m7",
         "--budget", args.budget, "--precision", "int8", "--epochs", str(args.epochs), "--train-fraction",
-        str(args.train_fraction), "--trials", str(args.trials), "--seed", str(args.seed))
+        str(args.train_fraction), "--trials", str(args.trials), "--seed", str(args.seed), "--qat-epochs",
+        str(args.qat_epochs))
     run("study", "run", "dep", "--workers", "1", "--quiet")
     t_search = time.perf_counter() - t0
     rows = json.loads(run("pareto", "dep", "--deploy", "--format", "json"))
+    import optuna
+
+    attrs = {t.number: t.user_attrs for t in optuna.load_study(study_name="dep", storage=db).get_trials()}
     print(f"### {args.data}: {args.trials} networks, budget {args.budget}, --precision int8 ({t_search:.0f} s search)")
     print()
-    print("| trial | int8 val | fp32 val | fp32 test (PyTorch) | int8 test LiteRT | int8 test TFLM (1,000) | "
-          "sim vs LiteRT | RAM measured / predicted | flash measured / predicted | within limits |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| trial | int8 val | fp32 val | int8 by | PTQ val | fp32 test (PyTorch) | int8 test LiteRT | "
+          "int8 test TFLM (1,000) | sim vs LiteRT | RAM measured / predicted | flash measured / predicted | "
+          "within limits |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         out = work / f"t{r['trial']}"
         run("export", "dep", "--trial", str(r["trial"]), "--to", str(out), "--formats", "json,tflite")
         d = json.loads((out / "model.json").read_text())["deploy"]
         t = d["tflite"]
-        print(f"| {r['trial']} | {r['int8_accuracy']:.4f} | {r['fp32_accuracy']:.4f} | {d['fp32']['accuracy']:.4f} | "
+        a = attrs[r["trial"]]
+        ptq = a.get("ptq_accuracy", a.get("val_accuracy"))
+        print(f"| {r['trial']} | {r['int8_accuracy']:.4f} | {r['fp32_accuracy']:.4f} | {a.get('int8_method')} | "
+              f"{ptq:.4f} | {d['fp32']['accuracy']:.4f} | "
               f"{t['litert']['accuracy']:.4f} | {t['tflm']['accuracy']:.4f} | {t['simulated_vs_litert']:.4f} | "
               f"{t['ram_bytes']:,} / {t['ram_predicted']:,} | {t['flash_bytes']:,} / {t['flash_predicted']:,} | "
               f"{'yes' if t['within_budget'] else 'NO'} |", flush=True)
@@ -334,6 +342,7 @@ def main() -> None:
     st.add_argument("--trials", type=int, default=12)
     st.add_argument("--seed", type=int, default=0)
     st.add_argument("--workdir", default="")
+    st.add_argument("--qat-epochs", type=int, default=2)
     sub.add_parser("tiny")
     args = p.parse_args()
     if args.cmd == "tiny":
