@@ -66,6 +66,16 @@ class Condition:
         return f"{self.name}{self.op}{self.value:g}"
 
 
+def _defined(conditions: Iterable[Condition], totals: Mapping[str, float]) -> None:
+    """Raise :class:`BudgetError` (one line) for a budgeted resource the costs do not have: ``ram_bytes`` and
+    ``flash_bytes`` exist only for device profiles that name their runtime."""
+    for c in conditions:
+        if c.name not in totals:
+            hint = " (ram and flash are defined for device profiles with a device runtime, e.g. cortex-m7)" \
+                if c.name in ("ram_bytes", "flash_bytes") else ""
+            raise BudgetError(f"{c.name}: not a cost on this device profile{hint}")
+
+
 def format_amount(name: str, value: float, *, up: bool = False) -> str:
     """``value`` of resource ``name`` in the budget language, 4 significant digits: binary
     suffixes and ``B`` for bytes, SI suffixes otherwise, so that it parses back. ``up`` rounds
@@ -183,6 +193,7 @@ class Budget:
     def constraints(self, totals: Mapping[str, float]) -> dict[str, float]:
         """Optuna constraint values: ``value / limit - 1`` (feasible when <= 0; strict limits
         need ``< 0``, reported as a tiny positive value at equality)."""
+        _defined(self.conditions, totals)
         out = {}
         for c in self.conditions:
             v = totals[c.name] / c.value - 1.0
@@ -205,6 +216,7 @@ class Budget:
     def hw_cost(self, report: Any) -> float:
         """FS-DNN scalar: ``sum_i w_i * resource_i / budget_i``."""
         totals = getattr(report, "totals", report)
+        _defined(self.conditions, totals)
         return float(sum(self.weight(c.name) * totals[c.name] / c.value for c in self.conditions))
 
     def __str__(self) -> str:

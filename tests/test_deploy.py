@@ -163,6 +163,18 @@ def test_a_ram_budget_on_a_profile_without_a_runtime_is_refused_in_one_line(tmp_
     assert not db.exists()
 
 
+def test_hardware_cost_checks_ram_and_flash_on_the_profile_that_defines_them(capsys):
+    code, out, err = run_cli(capsys, "hardware", "cost", "--space", "resnet", "--seed", "3", "--input", "1x28x28",
+                             "--device", "rpi4", "--budget", "ram<=64KiB")
+    assert code == 2
+    assert (out + err).strip().count("\n") == 0 and "ram_bytes" in out + err and "cortex-m7" in out + err
+    code, out, err = run_cli(capsys, "hardware", "cost", "--space", "resnet", "--seed", "3", "--input", "1x28x28",
+                             "--device", "cortex-m7", "--budget", "ram<=1MiB flash<=4MiB", "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["budget"]["violations"] == {} and doc["totals"]["ram_bytes"] > doc["totals"]["peak_activation_bytes"]
+
+
 def test_budget_first_with_ram_and_flash_refuses_below_the_minimum_and_fits_the_space(tmp_path, capsys):
     db = f"sqlite:///{tmp_path / 'nas.db'}"
     code, out, err = run_cli(capsys, "study", "create", "s", "--space", "resnet", "--cost-device", "cortex-m7",

@@ -71,6 +71,8 @@ def cost_cmd(
         raise UsageError("give --space NAME (see 'nas spaces') or --spec FILE")
     b = parse_budget(budget) if budget else None
     report = estimate_cost(arch, shape, classes, device=device)
+    if b is not None:
+        b.check(report)  # a budgeted resource the profile does not define: one line, before any output
     reference = None
     if check:
         from objectives import reference_count
