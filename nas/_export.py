@@ -3,8 +3,10 @@ onnxruntime."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +188,6 @@ def _int8_artifacts(arch: ArchSpec, model: torch.nn.Module, study_spec: StudySpe
         files["model.tflite"] = tfl
         info["tflite"] = rec
     if "onnx-int8" in formats:
-        import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model_int8.onnx"
@@ -215,29 +216,40 @@ def _write(arch: ArchSpec, model: torch.nn.Module, data: DataShape, study_spec: 
             _check_out(out)  # the one-line refusal, before minutes of conversion
         int8_files, info["deploy"] = _int8_artifacts(arch, model, study_spec, formats, deploy)
     _check_out(out)
-    written = []
+    written: list[str] = []
+    files: dict[str, bytes] = {}
     if "json" in formats:
-        (out / "spec.json").write_text(arch.to_json(indent=2) + "\n")
         report = estimate_cost(arch, data.input_shape, data.num_classes, device=study_spec.cost_device)
         meta = {**meta, "input_shape": list(data.input_shape), "num_classes": data.num_classes, "data": study_spec.data,
                 "mean": list(data.mean), "std": list(data.std), "cost": report.to_dict(rows=False)}
         if "deploy" in info:
             meta["deploy"] = info["deploy"]
-        (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-        written += ["spec.json", "model.json"]
+        files["spec.json"] = (arch.to_json(indent=2) + "\n").encode()
+        files["model.json"] = (json.dumps(meta, indent=2) + "\n").encode()
     if "state_dict" in formats:
-        torch.save(model.state_dict(), out / "weights.pt")
-        written.append("weights.pt")
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        files["weights.pt"] = buf.getvalue()
     if "onnx" in formats:
-        info["onnx_max_abs_diff"] = export_onnx(model, data.input_shape, out / "model.onnx")
-        if info["onnx_max_abs_diff"] > 1e-3:
-            raise RuntimeError(f"ONNX output differs from PyTorch by {info['onnx_max_abs_diff']:.2e}")
-        written.append("model.onnx")
-    for fname, blob in int8_files.items():
-        tmp = out / f".{fname}.{os.getpid()}.tmp"
-        tmp.write_bytes(blob)  # then renamed: a full disk or a kill never leaves half a model under its name
-        os.replace(tmp, out / fname)
-        written.append(fname)
+        with tempfile.TemporaryDirectory(prefix="lightnas-onnx-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            info["onnx_max_abs_diff"] = export_onnx(model, data.input_shape, path)
+            if info["onnx_max_abs_diff"] > 1e-3:
+                raise RuntimeError(f"ONNX output differs from PyTorch by {info['onnx_max_abs_diff']:.2e}")
+            files["model.onnx"] = path.read_bytes()
+    files.update(int8_files)
+    try:
+        for fname, blob in files.items():
+            tmp = out / f".{fname}.{os.getpid()}.tmp"
+            try:
+                tmp.write_bytes(blob)  # then renamed: a full disk or a kill never leaves half a file under its name
+                os.replace(tmp, out / fname)
+            finally:
+                tmp.unlink(missing_ok=True)
+            written.append(fname)
+    except OSError as e:
+        raise NasError(f"--to: {out}: writing {fname} failed ({e.strerror or e}); "
+                       f"{'written: ' + ', '.join(written) if written else 'nothing written'}") from None
     info["files"] = [str(out / w) for w in written]
     return info
 

@@ -297,3 +297,36 @@ def test_a_non_finite_loss_names_its_epoch_and_step(digits):
                     on_epoch=lambda e, a: epochs_seen.append(e), keep_state=False)
     assert info.value.reason.startswith("non-finite loss at epoch 2 step 3 (loss=nan, lr=")
     assert epochs_seen == [1]  # the epoch with the NaN is not validated nor reported as done
+
+
+@pytest.mark.slow
+def test_export_on_a_full_disk_leaves_no_truncated_file(tmp_path, capsys):
+    """A write that fails part way (here: the file-size limit, as a full disk fails it) leaves no partial file
+    under the exported name and says in one line what was written."""
+    import json
+
+    from conftest import run_cli
+
+    db = f"sqlite:///{tmp_path / 'nas.db'}"
+    assert run_cli(capsys, "study", "create", "f", "--space", "plain", "--budget", "params<=50k", "--epochs", "1",
+                   "--trials", "1", "--storage", db)[0] == 0
+    assert run_cli(capsys, "study", "run", "f", "--quiet", "--storage", db)[0] == 0
+    trial = json.loads(run_cli(capsys, "pareto", "f", "--format", "json", "--storage", db)[1])[0]["trial"]
+    code = f"""
+import resource, signal, sys
+from storage import Store
+from nas._export import export_trial
+from nas._errors import NasError
+store = Store({db!r})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))  # the weights are larger than this
+try:
+    export_trial("f", {trial}, "out", store, formats=("json", "state_dict"))
+except NasError as e:
+    print(e)
+    sys.exit(2)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "writing weights.pt failed" in r.stdout and len(r.stdout.strip().splitlines()) == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.json", "spec.json"]
