@@ -31,21 +31,13 @@ SMALL_SHAPES = [(1, 8, 8), (1, 12, 12), (3, 16, 16), (1, 16, 16), (3, 24, 24), (
 
 
 def graph_of(tflite: bytes) -> dict:
-    from objectives._int8 import _litert_interpreter
+    from objectives import describe_tflite
 
-    it = _litert_interpreter(tflite)
-    tensors = []
-    for t in it.get_tensor_details():
-        qp = t.get("quantization_parameters", {})
-        tensors.append({"i": int(t["index"]), "name": t["name"], "shape": [int(v) for v in t["shape"]],
-                        "dtype": np.dtype(t["dtype"]).name, "nq": int(len(qp.get("scales", [])))})
-    ops = [{"op": o["op_name"], "in": [int(v) for v in o["inputs"]], "out": [int(v) for v in o["outputs"]]}
-           for o in it._get_ops_details()]
-    return {"tensors": tensors, "ops": ops}
+    return describe_tflite(tflite)
 
 
 def collect(args: argparse.Namespace) -> None:
-    from objectives._int8 import quantize_ptq, tflm_arena, to_tflite
+    from objectives import quantize_ptq, tflm_arena, to_tflite
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -161,7 +153,7 @@ def split(records: list[dict], seed: int = 0, share: float = 0.25) -> tuple[list
 
 
 def fit(args: argparse.Namespace) -> None:
-    from objectives._tflm import planned_bytes, tflite_graph
+    from objectives import planned_bytes, tflite_graph
 
     records = [r for path in args.data.split(",") for r in load_records(path)]
     train, test = split(records, args.seed, args.fit_share)
@@ -184,14 +176,16 @@ def fit(args: argparse.Namespace) -> None:
     print("FLASH_COEFFS =", json.dumps({k: round(v, 4) for k, v in coeffs["flash"].items()}))
     print(f"fitted on {len(train)}, held out {len(test)}")
     if args.write:
-        from objectives._tflm import COEFFS_FILE
+        import objectives
 
-        COEFFS_FILE.write_text(json.dumps({
+        coeffs_file = Path(objectives.__file__).with_name("tflm_model.json")
+
+        coeffs_file.write_text(json.dumps({
             "source": f"bench/bench_deploy.py fit --data {args.data} --seed {args.seed}: least squares on {len(train)} "
                       f"of {len(records)} networks converted by litert-torch and measured by tflite-micro "
                       f"(the rest held out)",
             "tail": coeffs["tail"], "flash": coeffs["flash"]}, indent=1) + "\n")
-        print("wrote", COEFFS_FILE)
+        print("wrote", coeffs_file)
     for name, rows in (("fit", train), ("held-out", test)):
         head_exact = sum(feats[r["key"]][1] == r["head"] for r in rows)
         print(f"{name}: planned == measured head on {head_exact}/{len(rows)}")
@@ -201,20 +195,19 @@ def fit(args: argparse.Namespace) -> None:
 def report(rows: list[dict], coeffs: dict[str, dict[str, float]]) -> None:
     """Held-out table (markdown): per space, median and max |ln(pred/meas)| of ram and flash, the share
     under-predicted by more than 5 %, and today's peak_mem / weight_bytes (cortex-m7, int8) against them."""
-    import objectives._tflm as tm
-    from objectives import estimate_cost
+    from objectives import estimate_cost, planned_bytes, temporary_bytes, tflite_graph
 
-    tm.TAIL_COEFFS.clear()
-    tm.TAIL_COEFFS.update(coeffs["tail"])
-    tm.FLASH_COEFFS.clear()
-    tm.FLASH_COEFFS.update(coeffs["flash"])
+    def linear(which: str, counts: dict[str, float]) -> float:
+        return sum(v * counts.get(k, 0.0) for k, v in coeffs[which].items())
+
     by: dict[str, list[dict]] = {}
     for r in rows:
         shape = tuple(r["input_shape"])
         c = estimate_cost(r["arch"], shape, r["num_classes"], device="cortex-m7")
-        g = tm.tflite_graph(r["arch"], shape, r["num_classes"])
-        pred_ram = max(tm.planned_bytes(g), tm.temporary_bytes(g)) + tm.persistent_bytes(g)
-        pred_flash = tm.flash_bytes(r["arch"], shape, r["num_classes"])
+        g = tflite_graph(r["arch"], shape, r["num_classes"])
+        counts = g.counts()
+        pred_ram = max(planned_bytes(g), temporary_bytes(g)) + -(-round(linear("tail", counts)) // 16) * 16
+        pred_flash = round(linear("flash", counts))
         e = {"key": r["key"], "ram": math.log(pred_ram / r["arena"]), "flash": math.log(pred_flash / r["flash"]),
              "peak": c["peak_activation_bytes"] / r["arena"], "weights": c["weight_bytes"] / r["flash"],
              "arena": r["arena"], "file": r["flash"], "pred_ram": pred_ram, "pred_flash": pred_flash}
@@ -248,8 +241,7 @@ def tiny(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     import test_deploy as td
 
-    from objectives import quantize_ptq, tflite_graph, tflm_arena, to_tflite
-    from objectives._tflm import planned_bytes, temporary_bytes
+    from objectives import planned_bytes, quantize_ptq, temporary_bytes, tflite_graph, tflm_arena, to_tflite
     nets = {**td.NETWORKS, **_tiny_nets()}
     print("| network | input | tensors | ops | planned | arena - persistent (measured) | temporary (model) |")
     print("|---|---|---|---|---|---|---|")

@@ -36,7 +36,7 @@ _LAZY = {
     **dict.fromkeys(["Progress", "progress", "queue_refinement", "run_study", "run_worker"], "nas.workers"),
     **dict.fromkeys(["RayOptions", "run_ray"], "nas.workers.ray"),
     **dict.fromkeys(["ApiSettings", "create_app"], "nas.serve"),
-    **dict.fromkeys(["export_onnx", "export_refined", "export_trial"], "nas._export"),
+    **dict.fromkeys(["EXPORT_FORMATS", "export_onnx", "export_refined", "export_trial"], "nas._export"),
     **dict.fromkeys(["load_arch", "load_network", "weights_key"], "nas._artifacts"),
     "write_report": "nas._report",
 }

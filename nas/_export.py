@@ -22,12 +22,13 @@ from ._artifacts import int8_key, load_arch, load_network, weights_key
 from ._errors import NasError
 from .search import DataShape, StudySpec, get_study_spec, record_of, study_data
 
-__all__ = ["FORMATS", "TFLM_IMAGES", "export_onnx", "export_refined", "export_trial"]
+__all__ = ["EXPORT_FORMATS", "FORMATS", "TFLM_IMAGES", "export_onnx", "export_refined", "export_trial"]
 
 #: What ``nas export --formats`` writes: the spec and cost report, the state_dict, fp32 ONNX, the int8 TFLite
 #: flatbuffer (full integer, for TFLM and LiteRT), the int8 ONNX QDQ model (ONNX Runtime).
 FORMATS = ("json", "state_dict", "onnx", "tflite", "onnx-int8")
 INT8_FORMATS = ("tflite", "onnx-int8")
+EXPORT_FORMATS = FORMATS  # the name the ``nas`` face gives it
 #: Test images run through TFLM's reference kernels at export (an interpreter call per image, in Python).
 TFLM_IMAGES = 1000
 
@@ -57,8 +58,13 @@ def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs
     ``ram``/``flash`` limits; ``strict``: an artifact over them is an error and nothing is written.
 
     Raises:
-        NasError: unknown study/trial, trial never trained (over budget or failed), bad format.
+        NasError: unknown study/trial, trial never trained (over budget or failed), bad format, an
+            empty ``to``, ``epochs`` outside 1..10,000.
     """
+    if isinstance(to, str) and not to.strip():  # Path("") is the working directory
+        raise NasError("--to: empty; accepted: a directory you may write (created if missing), e.g. out/")
+    if epochs is not None and not 1 <= epochs <= 10_000:
+        raise NasError(f"--epochs: got {epochs}; accepted: 1 to 10,000 epochs (as many as a study's fidelity)")
     _check_formats(formats, calibration)
     study_spec = get_study_spec(name, store)
     study = optuna.load_study(study_name=name, storage=store.optuna)
@@ -240,12 +246,12 @@ def _write(arch: ArchSpec, model: torch.nn.Module, data: DataShape, study_spec: 
     files.update(int8_files)
     try:
         for fname, blob in files.items():
-            tmp = out / f".{fname}.{os.getpid()}.tmp"
+            part = out / f".{fname}.{os.getpid()}.tmp"
             try:
-                tmp.write_bytes(blob)  # then renamed: a full disk or a kill never leaves half a file under its name
-                os.replace(tmp, out / fname)
+                part.write_bytes(blob)  # then renamed: a full disk or a kill never leaves half a file under its name
+                os.replace(part, out / fname)
             finally:
-                tmp.unlink(missing_ok=True)
+                part.unlink(missing_ok=True)
             written.append(fname)
     except OSError as e:
         raise NasError(f"--to: {out}: writing {fname} failed ({e.strerror or e}); "
@@ -274,8 +280,10 @@ def export_refined(name: str, refinement_id: int, to: str | Path, store: Store, 
     ``model.json``: parent trial, step, parent step, method, settings, accuracies.
 
     Raises:
-        NasError: unknown study, or no candidate ``refinement_id`` in this study; bad format.
+        NasError: unknown study, or no candidate ``refinement_id`` in this study; bad format, an empty ``to``.
     """
+    if isinstance(to, str) and not to.strip():  # Path("") is the working directory
+        raise NasError("--to: empty; accepted: a directory you may write (created if missing), e.g. out/")
     _check_formats(formats, calibration)
     study_spec = get_study_spec(name, store)
     row = store.get_refinement(refinement_id)

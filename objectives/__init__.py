@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from ._accel import AMP_MODES, AUGMENTATIONS, DevicePlan, augment_batch, device_plan, worker_devices
+from ._accel import AMP_MODES, AUGMENTATIONS, DevicePlan, augment_batch, device_plan, usable_cpus, worker_devices
 from ._analytic import analytic_layers
 from ._budget import (
     ALIASES,
     Budget,
     BudgetError,
     Condition,
+    check_runtime_resources,
     format_amount,
     parse_budget,
     parse_conditions,
@@ -19,7 +20,6 @@ from ._cost import (
     RUNTIME_RESOURCES,
     CostReport,
     LayerCost,
-    check_runtime_resources,
     estimate_cost,
     reference_count,
     trace_layers,
@@ -55,6 +55,7 @@ from ._feasibility import (
     space_minimum,
     space_share,
 )
+from ._files import MAX_PROFILE_BYTES, check_user_file, open_profile, read_user_file, read_user_text
 from ._int8 import (
     ArenaReport,
     DeployError,
@@ -122,7 +123,7 @@ from ._proxies import (
     score_model,
     vote_scores,
 )
-from ._tflm import flash_bytes, planned_bytes, ram_bytes, tflite_graph
+from ._tflm import flash_bytes, persistent_bytes, planned_bytes, ram_bytes, temporary_bytes, tflite_graph
 from ._train import (
     TrainConfig,
     TrainingError,
@@ -142,6 +143,7 @@ __all__ = [
     "augment_batch",
     "device_plan",
     "worker_devices",
+    "usable_cpus",
     "PROXIES",
     "VOTE",
     "VOTE_MEMBERS",
@@ -181,6 +183,7 @@ __all__ = [
     "save_int8",
     "input_recipe",
     "io_quantization",
+    "describe_tflite",
     "quantize_input",
     "quantize_ptq",
     "require_deploy",
@@ -194,6 +197,8 @@ __all__ = [
     "write_onnx",
     "flash_bytes",
     "planned_bytes",
+    "persistent_bytes",
+    "temporary_bytes",
     "ram_bytes",
     "tflite_graph",
     "Budget",
@@ -258,6 +263,11 @@ __all__ = [
     "check_source",
     "describe_sources",
     "load_dataset",
+    "MAX_PROFILE_BYTES",
+    "check_user_file",
+    "open_profile",
+    "read_user_file",
+    "read_user_text",
     "TrainConfig",
     "TrainResult",
     "TrainingError",

@@ -16,14 +16,14 @@ from __future__ import annotations
 import decimal
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._cost import RESOURCES
+from ._cost import RESOURCES, RUNTIME_RESOURCES
 
-__all__ = ["ALIASES", "Budget", "BudgetError", "Condition", "format_amount", "parse_budget", "parse_conditions",
-           "resolve_resource"]
+__all__ = ["ALIASES", "Budget", "BudgetError", "Condition", "check_runtime_resources", "format_amount",
+           "parse_budget", "parse_conditions", "resolve_resource"]
 
 #: Short names accepted for resources.
 ALIASES = {
@@ -74,6 +74,29 @@ def _defined(conditions: Iterable[Condition], totals: Mapping[str, float]) -> No
             hint = " (ram and flash are defined for device profiles with a device runtime, e.g. cortex-m7)" \
                 if c.name in ("ram_bytes", "flash_bytes") else ""
             raise BudgetError(f"{c.name}: not a cost on this device profile{hint}")
+
+
+def check_runtime_resources(names: Sequence[str], prof: Any) -> None:
+    """Raise ``BudgetError`` (one line) when ``names`` holds ``ram_bytes``/``flash_bytes`` and the profile
+    names no device runtime for them."""
+    wanted = [n for n in names if n in RUNTIME_RESOURCES]
+    if wanted and prof.memory_runtime is None:
+        from ._devices import list_devices
+
+        with_runtime = [d for d in list_devices() if _has_runtime(d)]
+        raise BudgetError(f"{wanted[0]}: device profile {prof.name!r} names no device runtime, so ram and flash "
+                          f"are not defined for it; accepted: a profile with memory_runtime = \"tflm\" "
+                          f"({', '.join(with_runtime) or 'none installed'}), e.g. --cost-device "
+                          f"{with_runtime[0] if with_runtime else 'cortex-m7'}")
+
+
+def _has_runtime(name: str) -> bool:
+    from ._devices import get_device
+
+    try:
+        return get_device(name).memory_runtime is not None
+    except Exception:  # noqa: BLE001 - a broken user profile is not a candidate
+        return False
 
 
 def format_amount(name: str, value: float, *, up: bool = False) -> str:

@@ -51,8 +51,8 @@ from ._analytic import Op, analytic_layers
 from ._devices import DeviceProfile, get_device
 from ._opmodel import layer_from_op, op_classes
 
-__all__ = ["RESOURCES", "RUNTIME_RESOURCES", "CostReport", "LayerCost", "check_runtime_resources", "estimate_cost",
-           "reference_count", "runtime_totals", "trace_layers"]
+__all__ = ["RESOURCES", "RUNTIME_RESOURCES", "CostReport", "LayerCost", "estimate_cost", "reference_count",
+           "runtime_totals", "trace_layers"]
 
 #: Resources a cost report totals, with their unit. Budgets and objectives use these names.
 RESOURCES: dict[str, str] = {
@@ -218,28 +218,6 @@ def totals_from_terms(terms: Sequence[float], input_elems: int, prof: DeviceProf
         "latency_ms": float(lat),
         "energy_uj": float(energy),
     }
-
-
-def check_runtime_resources(names: Sequence[str], prof: DeviceProfile) -> None:
-    """Raise ``BudgetError`` (one line) when ``names`` holds ``ram_bytes``/``flash_bytes`` and the profile
-    names no device runtime for them."""
-    wanted = [n for n in names if n in RUNTIME_RESOURCES]
-    if wanted and prof.memory_runtime is None:
-        from ._budget import BudgetError
-        from ._devices import list_devices
-
-        with_runtime = [d for d in list_devices() if _has_runtime(d)]
-        raise BudgetError(f"{wanted[0]}: device profile {prof.name!r} names no device runtime, so ram and flash "
-                          f"are not defined for it; accepted: a profile with memory_runtime = \"tflm\" "
-                          f"({', '.join(with_runtime) or 'none installed'}), e.g. --cost-device "
-                          f"{with_runtime[0] if with_runtime else 'cortex-m7'}")
-
-
-def _has_runtime(name: str) -> bool:
-    try:
-        return get_device(name).memory_runtime is not None
-    except Exception:  # noqa: BLE001 - a broken user profile is not a candidate
-        return False
 
 
 def runtime_totals(spec: ArchSpec, shape: tuple[int, int, int], num_classes: int,

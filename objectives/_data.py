@@ -378,7 +378,8 @@ def _npz_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
 def _load_npz(arg: str) -> _Raw:
     path = Path(arg)
     if not path.is_file():
-        raise DataError(f"npz:{arg}: no such file; accepted: npz:FILE with x_train, y_train[, x_test, y_test]")
+        what = "not a regular file" if path.exists() else "no such file"
+        raise DataError(f"npz:{arg}: {what}; accepted: npz:FILE with x_train, y_train[, x_test, y_test]")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -433,6 +434,11 @@ def _parse_checked(source: str) -> tuple[str, str, list[Path]]:
         return _parse_source(source)
     except OSError as e:
         raise DataError(f"{_shown(source)}: unusable path ({e.strerror or e}); accepted: {_ACCEPTED}") from None
+    except RuntimeError as e:  # Path.resolve before Python 3.13: "Symlink loop from '...'"
+        if not str(e).startswith("Symlink loop"):
+            raise
+        raise DataError(f"{_shown(source)}: unusable path (a symbolic link loop: too many levels of symbolic links); "
+                        f"accepted: {_ACCEPTED}") from None
 
 
 def _parse_source(source: str) -> tuple[str, str, list[Path]]:

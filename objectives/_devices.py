@@ -191,7 +191,9 @@ def device_dirs() -> list[Path]:
     return [nas_home() / "devices", SHIPPED_DIR]
 
 
-#: Profiles read from a study database (name -> TOML text), see :func:`use_stored_profiles`.
+#: Profiles read from a study database (name -> TOML text), see :func:`use_stored_profiles`. Never
+#: changed in place: a refill binds a new dict, so readers (the threads of ``nas serve``) see the
+#: old table or the new one, never one half refilled.
 _STORED: dict[str, str] = {}
 
 
@@ -199,9 +201,12 @@ def use_stored_profiles(profiles: dict[str, str]) -> None:
     """Make the profiles a study database holds (name -> TOML text, ``Store.device_profiles()``)
     resolvable by name in this process. They come before the user's and the shipped ones: a
     study's database is what every worker of the study shares, whatever host it runs on.
-    Unparsable entries are kept and fail, with their name, only when asked for."""
-    _STORED.clear()
-    _STORED.update(profiles)
+    Unparsable entries are kept and fail, with their name, only when asked for.
+
+    Safe to call while other threads resolve profiles: the new table replaces the old one in
+    one step, so a profile in both is never missing in between."""
+    global _STORED
+    _STORED = dict(profiles)
 
 
 def stored_profiles() -> dict[str, str]:
@@ -275,8 +280,9 @@ def get_device(name: str) -> DeviceProfile:
     """
     if name.endswith(".toml") or os.sep in name:
         return load_device_file(Path(name))
-    if name in _STORED:
-        return _parse_stored(name, _STORED[name])
+    stored = _STORED  # one table for the lookup, whatever a refill binds meanwhile
+    if name in stored:
+        return _parse_stored(name, stored[name])
     index = _index()
     if name not in index:
         hint = " (run 'nas hardware calibrate' to create it)" if name == "host" else ""

@@ -44,10 +44,10 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ArenaReport", "DeployError", "Int8Model", "deploy_available", "fold_batchnorm", "input_recipe",
-           "int8_accuracy", "io_quantization", "load_int8", "quantize_input", "quantize_ptq", "quantize_qat",
-           "require_deploy", "run_litert", "run_onnx", "run_tflm", "save_int8", "simulated_logits", "tflm_arena",
-           "to_onnx_int8", "to_tflite"]
+__all__ = ["ArenaReport", "DeployError", "Int8Model", "deploy_available", "describe_tflite", "fold_batchnorm",
+           "input_recipe", "int8_accuracy", "io_quantization", "load_int8", "quantize_input", "quantize_ptq",
+           "quantize_qat", "require_deploy", "run_litert", "run_onnx", "run_tflm", "save_int8", "simulated_logits",
+           "tflm_arena", "to_onnx_int8", "to_tflite"]
 
 #: The modules ``lightnas[deploy]`` brings (import name -> what it is for).
 DEPLOY_MODULES = {
@@ -348,6 +348,19 @@ def io_quantization(tflite: bytes) -> dict[str, Any]:
                       "scale": float(i["quantization"][0]), "zero_point": int(i["quantization"][1])},
             "output": {"shape": [int(v) for v in o["shape"]], "dtype": np.dtype(o["dtype"]).name,
                        "scale": float(o["quantization"][0]), "zero_point": int(o["quantization"][1])}}
+
+
+def describe_tflite(tflite: bytes) -> dict[str, Any]:
+    """The graph of a ``.tflite`` model as LiteRT's interpreter loads it: ``ops`` (name, input and output tensor
+    indices, in execution order) and ``tensors`` (index, shape, dtype, quantized channels)."""
+    require_deploy("reading a .tflite model")
+    it = _litert_interpreter(tflite)
+    tensors = [{"i": int(t["index"]), "shape": [int(v) for v in t["shape"]], "dtype": np.dtype(t["dtype"]).name,
+                "nq": int(len(t.get("quantization_parameters", {}).get("scales", [])))}
+               for t in it.get_tensor_details()]
+    ops = [{"op": o["op_name"], "in": [int(v) for v in o["inputs"]], "out": [int(v) for v in o["outputs"]]}
+           for o in it._get_ops_details()]
+    return {"ops": ops, "tensors": tensors}
 
 
 def input_recipe(scale: float, zero_point: int, mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:

@@ -42,14 +42,27 @@ __all__ = ["CalibrationResult", "calibrate_host", "default_calibration_set", "fi
 LOW_PERCENTILE = 10.0
 
 
+#: Device types a network is trained and timed on (``meta`` holds no data, others have no kernels here).
+TRAINING_DEVICE_TYPES = ("cpu", "cuda")
+
+
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else CPU; otherwise any ``torch.device`` string."""
+    """``auto`` is CUDA when available, else CPU; otherwise a ``torch.device`` string of a type
+    networks train on (:data:`TRAINING_DEVICE_TYPES`): ``cpu``, ``cuda``, ``cuda:N``.
+
+    Raises:
+        ValueError: an unknown device, or one no network trains on (``meta``, say).
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
-    except RuntimeError:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
         raise ValueError(f"unknown torch device {device!r}; accepted: auto, cpu, cuda, cuda:N") from None
+    if dev.type not in TRAINING_DEVICE_TYPES:
+        raise ValueError(f"device {device!r}: no network trains on a {dev.type!r} device; accepted: auto, cpu, cuda, "
+                         "cuda:N")
+    return dev
 
 
 def _timeit(fn: Callable[[], object], repeats: int, warmup: int, dev: torch.device) -> float:

@@ -22,6 +22,7 @@ The same set calibrates this host (``calibrate_host``) and any device a user tim
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import random
@@ -32,6 +33,7 @@ from pathlib import Path
 from search_spaces import ArchSpec, Block, Head, SpecError, Stage, Stem, get_space, list_spaces, sample_spec
 
 from ._devices import DeviceError, DeviceProfile
+from ._files import read_user_text
 from ._opmodel import OP_CLASSES, Layer, add_layer, conv_layer, linear_layer, pool_layer
 
 __all__ = ["FAMILIES", "LUT_COLUMNS", "MANIFEST", "MeasurementError", "Probe", "ProbeMeasurement",
@@ -242,15 +244,20 @@ def _number(text: str, where: str, field: str, *, allow_zero: bool = False) -> f
     return v
 
 
+#: Largest measurement file (a probe manifest of 2,000 probes is about 200 KB; a lookup table of
+#: 100,000 layers about 5 MB) and largest probe set or probe spec read beside it.
+MAX_MEASUREMENT_BYTES = 64 << 20
+MAX_PROBE_FILE_BYTES = 16 << 20
+
+
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    text = read_user_text(path, "--measurements", MAX_MEASUREMENT_BYTES, error=MeasurementError,
+                          accepted="a CSV text file")
     try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-    except OSError as e:
-        raise MeasurementError(f"--measurements: cannot read {path} ({e.strerror})") from None
-    except (UnicodeDecodeError, csv.Error) as e:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = list(reader)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+    except csv.Error as e:
         raise MeasurementError(f"--measurements: {path} is not a CSV text file ({e})") from None
     rows = [{(k or "").strip(): (v or "").strip() if isinstance(v, str) else "" for k, v in r.items()} for r in rows]
     return header, rows
@@ -340,15 +347,22 @@ def _probe_set(probes_dir: Path) -> dict[str, dict[str, str]]:
     """The probes 'nas hardware probe' wrote to ``probes_dir`` (its :data:`PROBE_SET`)."""
     path = probes_dir / PROBE_SET
     try:
-        doc = json.loads(path.read_text())
+        text = read_user_text(path, "--probes", MAX_PROBE_FILE_BYTES, error=MeasurementError,
+                              accepted="the probe set 'nas hardware probe --to' wrote")
+    except MeasurementError as e:
+        if "cannot read" not in str(e):
+            raise
+        raise MeasurementError(f"{e}; accepted: the directory 'nas hardware probe --to' wrote") from None
+    try:
+        doc = json.loads(text)
         probes = doc["probes"]
         if not isinstance(probes, dict) or not all(isinstance(v, dict) for v in probes.values()):
             raise ValueError("not a mapping of probes")
         return {str(k): {f: str(v.get(f, "")) for f in ("family", "input_shape", "num_classes", "spec")}
                 for k, v in probes.items()}
-    except OSError as e:
-        raise MeasurementError(f"--probes: cannot read {path} ({e.strerror}); accepted: the directory 'nas hardware "
-                               "probe --to' wrote") from None
+    except RecursionError:
+        raise MeasurementError(f"--probes: {path} is JSON nested too deeply to be a probe set of 'nas hardware "
+                               "probe'") from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise MeasurementError(f"--probes: {path} is not a probe set of 'nas hardware probe' ({e})") from None
 
@@ -361,12 +375,12 @@ def _id_range(ids: list[str]) -> str:
 
 
 def _read_spec(path: Path, pid: str) -> ArchSpec:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise MeasurementError(f"--probes: cannot read the spec of probe {pid} ({path}: {e.strerror})") from None
+    text = read_user_text(path, f"--probes: the spec of probe {pid}", MAX_PROBE_FILE_BYTES, error=MeasurementError,
+                          accepted="an ArchSpec JSON file as 'nas hardware probe' wrote it")
     try:
         return ArchSpec.from_json(text)
+    except RecursionError:
+        raise MeasurementError(f"--probes: the spec of probe {pid} ({path}) is JSON nested too deeply") from None
     except SpecError as e:
         raise MeasurementError(f"--probes: the spec of probe {pid} ({path}) is invalid: {e}") from None
 

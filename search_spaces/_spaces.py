@@ -19,6 +19,16 @@ from ._spec import ArchSpec, Block, Head, Stage, Stem
 __all__ = ["MobileNetV2Space", "PlainSpace", "ResNetSpace"]
 
 RANK_RATIOS = (1.0, 0.5, 0.25, 0.125)
+#: Most blocks per stage (ResNet-110 has 18; ResNet-56 9).
+MAX_DEPTH = 32
+#: Most values of a list option (widths, kernels, expansions, ...).
+MAX_VALUES = 8
+#: Most channels of a width choice (MobileNetV2's widest layer has 1,280).
+MAX_CHANNELS = 4096
+#: Most choices one stage offers (depths x widths x kernels x expansions x rank ratios): the budget
+#: check (``objectives.space_minimum``) visits each of them for every width entering the stage, for
+#: every stem width, so these caps keep it to seconds.
+MAX_STAGE_CHOICES = 512
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -27,22 +37,44 @@ def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # True is not a depth
+
+
 def _check_depths(min_depth: int, max_depth: int) -> None:
-    if not (isinstance(min_depth, int) and isinstance(max_depth, int) and 1 <= min_depth <= max_depth):
-        raise ValueError(f"need 1 <= min_depth <= max_depth, got min_depth={min_depth}, max_depth={max_depth}")
+    if not (_is_int(min_depth) and _is_int(max_depth) and 1 <= min_depth <= max_depth):
+        raise ValueError(f"need integers 1 <= min_depth <= max_depth, got min_depth={min_depth!r}, "
+                         f"max_depth={max_depth!r}")
+    if max_depth > MAX_DEPTH:
+        raise ValueError(f"max_depth: got {max_depth}; accepted: at most {MAX_DEPTH} blocks per stage")
 
 
-def _check_choices(name: str, values: Any, allowed: tuple[Any, ...] | None = None) -> tuple[Any, ...]:
+def _check_choices(name: str, values: Any, allowed: tuple[Any, ...] | None = None,
+                   most: int = MAX_CHANNELS) -> tuple[Any, ...]:
     values = tuple(values)
     if not values:
         raise ValueError(f"{name} must not be empty")
+    if len(values) > MAX_VALUES:
+        raise ValueError(f"{name}: {len(values):,} values given; accepted: at most {MAX_VALUES}")
     if allowed is not None:
-        bad = [v for v in values if v not in allowed]
+        bad = [v for v in values if v not in allowed or isinstance(v, bool)]
         if bad:
             raise ValueError(f"{name}: {bad} not accepted; accepted: {list(allowed)}")
-    elif not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
-        raise ValueError(f"{name} must be positive integers, got {list(values)}")
+    elif not all(_is_int(v) and 0 < v <= most for v in values):
+        raise ValueError(f"{name} must be positive integers of at most {most:,}, got {list(values)}")
     return values
+
+
+def _check_stage_choices(**counts: int) -> None:
+    """At most :data:`MAX_STAGE_CHOICES` choices per stage (the product of ``counts``, by option)."""
+    total = 1
+    for n in counts.values():
+        total *= n
+    if total > MAX_STAGE_CHOICES:
+        parts = " x ".join(f"{n} {name}" for name, n in counts.items())
+        raise ValueError(f"these options give a stage {total:,} choices ({parts}); accepted: at most "
+                         f"{MAX_STAGE_CHOICES} (the budget check visits each for every width entering a stage): fewer "
+                         "depths, widths, kernels or rank ratios")
 
 
 def _strides(spatial: int, wanted: list[int]) -> tuple[int, list[int]]:
@@ -148,6 +180,8 @@ class ResNetSpace(_BuiltinSpace):
             _check_choices("block_types", self.block_types, ("basic", "bottleneck"))
             _check_choices("rank_ratios", self.rank_ratios, RANK_RATIOS)
             _check_scaling(self.width_mult, self.stem_stride)
+            _check_stage_choices(depths=self.max_depth - self.min_depth + 1, widths=len(set(self.widths)),
+                                 rank_ratios=len(set(self.rank_ratios)))
 
     act = "relu"
 
@@ -207,15 +241,20 @@ class MobileNetV2Space(_BuiltinSpace):
 
         def __post_init__(self) -> None:
             _check_scaling(self.width_mult, self.stem_stride)
-            if not (isinstance(self.stages, int) and 1 <= self.stages <= 5):
-                raise ValueError(f"stages must be 1-5, got {self.stages}")
+            if not (_is_int(self.stages) and 1 <= self.stages <= 5):
+                raise ValueError(f"stages must be 1-5, got {self.stages!r}")
             _check_depths(self.min_depth, self.max_depth)
-            _check_choices("expansions", self.expansions)
+            _check_choices("expansions", self.expansions, most=16)
             _check_choices("kernels", self.kernels, (3, 5, 7))
             _check_choices("stem_widths", self.stem_widths)
             _check_choices("rank_ratios", self.rank_ratios, RANK_RATIOS)
             if not self.width_mults or not all(0 < float(m) <= 4 for m in self.width_mults):
                 raise ValueError(f"width_mults must be in (0, 4], got {list(self.width_mults)}")
+            if len(self.width_mults) > MAX_VALUES:
+                raise ValueError(f"width_mults: {len(self.width_mults):,} values given; accepted: at most {MAX_VALUES}")
+            _check_stage_choices(depths=self.max_depth - self.min_depth + 1, width_mults=len(set(self.width_mults)),
+                                 expansions=len(set(self.expansions)), kernels=len(set(self.kernels)),
+                                 rank_ratios=len(set(self.rank_ratios)))
 
     act = "relu6"
 
@@ -270,14 +309,18 @@ class PlainSpace(_BuiltinSpace):
 
         def __post_init__(self) -> None:
             _check_scaling(self.width_mult, self.stem_stride)
-            if not (isinstance(self.stages, int) and 1 <= self.stages <= 4):
-                raise ValueError(f"stages must be 1-4, got {self.stages}")
+            if not (_is_int(self.stages) and 1 <= self.stages <= 4):
+                raise ValueError(f"stages must be 1-4, got {self.stages!r}")
             _check_depths(self.min_depth, self.max_depth)
             _check_choices("widths", self.widths)
             _check_choices("kernels", self.kernels, (1, 3, 5, 7))
             _check_choices("rank_ratios", self.rank_ratios, RANK_RATIOS)
-            if not self.hidden or not all(isinstance(h, int) and h >= 0 for h in self.hidden):
-                raise ValueError(f"hidden must be non-negative integers, got {list(self.hidden)}")
+            if not self.hidden or not all(_is_int(h) and 0 <= h <= MAX_CHANNELS for h in self.hidden):
+                raise ValueError(f"hidden must be integers from 0 to {MAX_CHANNELS:,}, got {list(self.hidden)}")
+            if len(self.hidden) > MAX_VALUES:
+                raise ValueError(f"hidden: {len(self.hidden):,} values given; accepted: at most {MAX_VALUES}")
+            _check_stage_choices(depths=self.max_depth - self.min_depth + 1, widths=len(set(self.widths)),
+                                 kernels=len(set(self.kernels)), rank_ratios=len(set(self.rank_ratios)))
 
     act = "relu"
 

@@ -18,6 +18,10 @@ Schema history (``lightnas_meta.schema_version``):
    host it runs on.
    and ``lightnas_proxy_scores``: zero-cost proxy scores of an architecture, per input key (input
    shape, data, batch and seed the score depends on).
+6. ``lightnas_claims``: which trial is training an architecture at a fidelity now (with a heartbeat),
+   so that a second trial of the same architecture waits for the first and reuses its result
+   instead of training it again; a claim silent for longer than its owner's heartbeat grace is
+   taken over.
 
 Upgrades are functions in ``MIGRATIONS`` applied in order; tables are never dropped.
 """
@@ -43,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _now() -> dt.datetime:
@@ -200,6 +204,24 @@ class ProxyScoreRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class ClaimRow(Base):
+    """An architecture being trained at one fidelity right now, by ``owner`` (one attempt of one trial).
+
+    The owner refreshes ``heartbeat_at`` while it trains and deletes the row when it is done (its
+    evaluation stored, or training failed or stopped). A row whose heartbeat is older than
+    ``grace_s`` (the owner's heartbeat grace) belongs to a dead owner, and the next trial of the
+    architecture takes it over. Rows are small and short-lived; nothing refers to them.
+    """
+
+    __tablename__ = "lightnas_claims"
+    spec_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fidelity_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255))
+    claimed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    grace_s: Mapped[float] = mapped_column(Float)
+
+
 def _v2_refinements(conn: Connection) -> None:
     """Version 2: the refinement lineage table (a no-op when ``create_all`` made it already)."""
     RefinementRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
@@ -249,6 +271,11 @@ def _v5_devices_and_proxy_scores(conn: Connection) -> None:
     ProxyScoreRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
+def _v6_claims(conn: Connection) -> None:
+    """Version 6: claims of architectures in training (a no-op when ``create_all`` made the table already)."""
+    ClaimRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
 #: version -> upgrade function(connection) from version-1. Version 1 is created by create_all.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_refinements, 3: _v3_jobs, 4: _v4_counted_targets,
-                                                       5: _v5_devices_and_proxy_scores}
+                                                       5: _v5_devices_and_proxy_scores, 6: _v6_claims}

@@ -43,6 +43,7 @@ from ._schema import (
     ArchitectureRow,
     ArtifactRow,
     Base,
+    ClaimRow,
     DeviceProfileRow,
     EvaluationRow,
     JobRow,
@@ -66,12 +67,6 @@ _OUR_TABLE = "lightnas_meta"
 #: States of a queued job (``lightnas_jobs``), in the order a job passes through them.
 JOB_STATES = ("queued", "running", "done", "failed")
 T = TypeVar("T")
-
-
-def _now_utc() -> Any:
-    import datetime as dt
-
-    return dt.datetime.now(dt.timezone.utc)
 
 
 class StorageError(ValueError):
@@ -415,7 +410,8 @@ class Store:
         Optuna's stale check skips trials without heartbeats)."""
         import datetime as dt
 
-        cutoff = dt.datetime.now() - dt.timedelta(seconds=older_than)  # Optuna stores local naive times
+        # Optuna (>= 5.0) stores trial times as naive UTC, whatever the writing host's time zone.
+        cutoff = _utcnow().replace(tzinfo=None) - dt.timedelta(seconds=older_than)
         sql = text("SELECT t.trial_id FROM trials t JOIN studies s ON s.study_id = t.study_id "
                    "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
                    "WHERE s.study_name = :n AND t.state = 'RUNNING' AND h.trial_id IS NULL "
@@ -432,7 +428,7 @@ class Store:
                 s.add(DeviceProfileRow(name=name, toml=toml))
             else:
                 row.toml = toml
-                row.updated_at = _now_utc()
+                row.updated_at = _utcnow()
 
     def device_profiles(self) -> dict[str, str]:
         """Every stored device profile: name -> TOML text."""
@@ -485,19 +481,78 @@ class Store:
 
     def put_evaluation(self, spec_hash: str, fidelity_key: str, fidelity: dict[str, Any], *, val_accuracy: float,
                        cost: dict[str, Any], seconds: float, epochs_run: int, curve: list[float | None],
-                       artifact_key: str | None) -> EvaluationRow:
-        """Record an evaluation; if another worker recorded the same one first, return theirs."""
-        row = EvaluationRow(spec_hash=spec_hash, fidelity_key=fidelity_key, fidelity_json=json.dumps(fidelity),
-                            val_accuracy=val_accuracy, cost_json=json.dumps(cost), seconds=seconds,
-                            epochs_run=epochs_run, curve_json=json.dumps(curve), artifact_key=artifact_key)
-        try:
-            with self.session() as s:
+                       artifact_key: str | None, artifact: bytes | None = None) -> EvaluationRow:
+        """Record an evaluation; if another worker recorded the same one first, return theirs.
+
+        With ``artifact`` (the weights' bytes), the artifact is stored under ``artifact_key`` in the
+        same transaction, and only if this evaluation is the one recorded: the stored weights are
+        always those of the stored accuracy, whichever of two concurrent trainings came first.
+        """
+        for attempt in range(3):
+            row = EvaluationRow(spec_hash=spec_hash, fidelity_key=fidelity_key, fidelity_json=json.dumps(fidelity),
+                                val_accuracy=val_accuracy, cost_json=json.dumps(cost), seconds=seconds,
+                                epochs_run=epochs_run, curve_json=json.dumps(curve), artifact_key=artifact_key)
+            try:
+                with self.session() as s:
+                    s.add(row)
+                    if artifact is not None and artifact_key is not None:
+                        s.flush()  # the evaluation first: a duplicate rolls back before any weights are written
+                        stored = s.get(ArtifactRow, artifact_key)
+                        if stored is None:
+                            s.add(ArtifactRow(key=artifact_key, data=artifact, size=len(artifact)))
+                        else:
+                            stored.data, stored.size = artifact, len(artifact)
+                return row
+            except IntegrityError:
+                existing = self.get_evaluation(spec_hash, fidelity_key)
+                if existing is not None:
+                    return existing
+                if attempt == 2:  # not the evaluation: the artifact row, inserted by another writer each time
+                    raise
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ claims of architectures in training
+    # Which trial trains an architecture at a fidelity now (``storage._schema.ClaimRow``, schema
+    # version 6), so that no two trials train it at once. Claims are taken under the lock ``claims``.
+
+    def claim_evaluation(self, spec_hash: str, fidelity_key: str, owner: str, *, grace: float) -> ClaimRow:
+        """Claim the training of ``spec_hash`` at ``fidelity_key`` for ``owner``, whose heartbeat
+        (:meth:`refresh_claim`) comes at least every ``grace`` seconds.
+
+        Returns the claim that holds now: ``owner``'s when the evaluation was free, already
+        ``owner``'s, or held by a dead owner (silent for longer than *its* grace: it is taken
+        over); else the live claim of another owner (compare ``.owner``).
+        """
+        now = _utcnow()
+        with self.lock("claims"), self.session() as s:
+            row = s.get(ClaimRow, (spec_hash, fidelity_key))
+            if row is None:
+                row = ClaimRow(spec_hash=spec_hash, fidelity_key=fidelity_key, owner=owner, claimed_at=now,
+                               heartbeat_at=now, grace_s=float(grace))
                 s.add(row)
+                return row
+            if row.owner == owner or (now - _aware(row.heartbeat_at)).total_seconds() > row.grace_s:
+                row.owner, row.claimed_at, row.heartbeat_at, row.grace_s = owner, now, now, float(grace)
             return row
-        except IntegrityError:
-            existing = self.get_evaluation(spec_hash, fidelity_key)
-            assert existing is not None
-            return existing
+
+    def refresh_claim(self, spec_hash: str, fidelity_key: str, owner: str) -> bool:
+        """The heartbeat of ``owner``'s claim; False when it is no longer ``owner``'s (taken over)."""
+        with self.session() as s:
+            res = s.execute(update(ClaimRow).where(ClaimRow.spec_hash == spec_hash,
+                                                   ClaimRow.fidelity_key == fidelity_key, ClaimRow.owner == owner)
+                            .values(heartbeat_at=_utcnow()))
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def release_claim(self, spec_hash: str, fidelity_key: str, owner: str) -> None:
+        """Drop ``owner``'s claim (a claim taken over by another owner meanwhile stays theirs)."""
+        with self.session() as s:
+            s.execute(delete(ClaimRow).where(ClaimRow.spec_hash == spec_hash, ClaimRow.fidelity_key == fidelity_key,
+                                             ClaimRow.owner == owner))
+
+    def get_claim(self, spec_hash: str, fidelity_key: str) -> ClaimRow | None:
+        """The claim on ``spec_hash`` at ``fidelity_key`` (live or stale), None when there is none."""
+        with self.session() as s:
+            return s.get(ClaimRow, (spec_hash, fidelity_key))
 
     def set_test_accuracy(self, spec_hash: str, fidelity_key: str, accuracy: float) -> None:
         with self.session() as s:
@@ -691,6 +746,8 @@ class Store:
 
 
 def _utcnow() -> Any:
+    """Now, as an aware UTC datetime: the one clock of lightnas's stored times (and, made naive, of
+    Optuna's), so that hosts in different time zones agree."""
     import datetime as dt
 
     return dt.datetime.now(dt.timezone.utc)

@@ -223,7 +223,7 @@ def test_bad_requests_get_one_line_json_errors_and_change_nothing(trained):
 
 
 def test_export_formats_and_study_precision_are_checked_before_any_work(sqlite_url):
-    from nas._export import FORMATS
+    from nas import EXPORT_FORMATS as FORMATS
 
     with client(sqlite_url) as c:
         schema = c.get("/openapi.json").json()["paths"]

@@ -136,7 +136,8 @@ def test_a_database_written_before_budget_first_counting_is_upgraded(tmp_path):
     url = f"sqlite:///{db}"
     store = Store(url)
     try:
-        assert store.schema_version == 5  # 4 converted the targets; 5 added lightnas_devices and the proxy cache
+        # 4 converted the targets; 5 added lightnas_devices and the proxy cache; 6 lightnas_claims
+        assert store.schema_version == 6
         # done1 had met its target of 8 with 8 over-budget samples: met still (0 of 0).
         # part1 had 6 of 12 finished, 1 of them within budget: 6 left, now 6 networks left.
         assert store.get_study("done1").target_trials == 0

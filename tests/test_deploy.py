@@ -18,9 +18,11 @@ import torch
 from conftest import run_cli
 
 from objectives import (
+    describe_tflite,
     estimate_cost,
     flash_bytes,
     get_device,
+    io_quantization,
     planned_bytes,
     quantize_ptq,
     ram_bytes,
@@ -33,7 +35,6 @@ from objectives import (
     to_onnx_int8,
     to_tflite,
 )
-from objectives._int8 import _litert_interpreter
 from search_spaces import ArchSpec, Block, Head, Stage, Stem, build_model
 
 #: One small network per block type, each with a LightLayer (low-rank) and a stride-2 convolution
@@ -78,13 +79,13 @@ def test_every_block_type_converts_to_a_full_integer_artifact_the_ram_flash_mode
     q = quantize_ptq(model, x[:32])
     tfl = to_tflite(q)  # raises if any float tensor were left in the graph
     assert tfl[4:8] == b"TFL3"
-    it = _litert_interpreter(tfl)
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    assert inp["dtype"].__name__ == "int8" and out["dtype"].__name__ == "int8"
-    assert list(inp["shape"]) == [1, shape[1], shape[2], shape[0]]  # the device's channels-last layout
+    io = io_quantization(tfl)
+    inp, out = io["input"], io["output"]
+    assert inp["dtype"] == "int8" and out["dtype"] == "int8"
+    assert inp["shape"] == [1, shape[1], shape[2], shape[0]]  # the device's channels-last layout
     # the converted graph is the one the RAM/flash model assumes, op for op
     graph = tflite_graph(spec, shape, 10)
-    assert [o["op_name"] for o in it._get_ops_details()] == [op.kind for op in graph.ops]
+    assert [o["op"] for o in describe_tflite(tfl)["ops"]] == [op.kind for op in graph.ops]
     arena = tflm_arena(tfl)
     assert arena.head == planned_bytes(graph)  # TFLM's planner replayed exactly
     for predicted, measured in ((ram_bytes(spec, shape, 10), arena.arena), (flash_bytes(spec, shape, 10), len(tfl))):
@@ -92,7 +93,7 @@ def test_every_block_type_converts_to_a_full_integer_artifact_the_ram_flash_mode
         assert predicted >= 0.95 * measured  # a budget is a promise
     # the three int8 executions agree: simulated in PyTorch, LiteRT, TFLM (in output quantization steps: an
     # untrained network's logits are near ties, so its top-1 flips with any rounding)
-    scale, zp = float(out["quantization"][0]), int(out["quantization"][1])
+    scale, zp = out["scale"], out["zero_point"]
     sim = torch.round(simulated_logits(q, x) / scale).numpy() + zp
     litert = run_litert(tfl, x).astype(int)
     tflm = run_tflm(tfl, x[:16], arena=arena.arena).astype(int)
@@ -104,8 +105,7 @@ def test_every_block_type_converts_to_a_full_integer_artifact_the_ram_flash_mode
 
 @pytest.mark.slow
 def test_quantization_aware_fine_tuning_gives_an_int8_network_that_survives_storage_and_conversion():
-    from objectives import load_dataset, load_int8, quantize_qat, save_int8
-    from objectives._train import TrainConfig
+    from objectives import TrainConfig, load_dataset, load_int8, quantize_qat, save_int8
 
     data = load_dataset("digits", seed=0, val_fraction=0.15)
     spec = NETWORKS["basic"]

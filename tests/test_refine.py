@@ -118,7 +118,7 @@ def test_every_candidate_is_stored_with_its_lineage(storage_url):
     store.close()
 
     store = Store(storage_url)  # read back through a new connection
-    assert store.schema_version == SCHEMA_VERSION == 5
+    assert store.schema_version == SCHEMA_VERSION == 6
     stored = store.get_refinements("t", parent_trial=0)
     assert [r.id for r in stored] == [r.id for r in rows]
     methods = [r.method for r in stored]
@@ -364,7 +364,8 @@ def test_parent_trials_of_the_front(refined_db):
 
 def test_a_version_1_database_is_upgraded_and_keeps_its_data(storage_url):
     engine = create_engine(storage_url)
-    later = (RefinementRow.__tablename__, "lightnas_jobs", "lightnas_devices", "lightnas_proxy_scores")
+    later = (RefinementRow.__tablename__, "lightnas_jobs", "lightnas_devices", "lightnas_proxy_scores",
+             "lightnas_claims")
     v1 = [t for name, t in Base.metadata.tables.items() if name not in later]
     Base.metadata.create_all(engine, tables=v1)
     with engine.begin() as conn:
@@ -375,7 +376,7 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_data(storage_url):
     engine.dispose()
 
     store = Store(storage_url)
-    assert store.schema_version == SCHEMA_VERSION == 5
+    assert store.schema_version == SCHEMA_VERSION == 6
     assert store.get_study("old").target_trials == 3  # no trials: nothing counted, 3 left
     assert set(later) <= set(inspect(store.engine).get_table_names())
     kw = dict(study="old", parent_trial=0, parent_spec_hash="a" * 64, settings_hash="k", parent_step=None,

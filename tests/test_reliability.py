@@ -64,11 +64,11 @@ def test_the_optuna_requirement_has_trial_set_constraint():
 # ------------------------------------------------------------------ 2. distillation under augmentation
 def _refine_run(data, augmentation: str):
     """A refinement run as ``refine_trial`` makes it, for a study with ``augmentation``."""
-    from nas.refine._pipeline import _Run
+    import nas.refine._pipeline as pipeline  # the run object of refinement's private pipeline
 
-    return _Run(name="t", study_spec=SimpleNamespace(augmentation=augmentation, amp="auto"), store=None, trial=0,
-                parent_hash="", settings=RefineSettings(batch_size=64, seed=0), key="", data=data,
-                device=torch.device("cpu"), threads=1, budget=None, emit=lambda e: None, rows={})
+    return pipeline._Run(name="t", study_spec=SimpleNamespace(augmentation=augmentation, amp="auto"), store=None,
+                         trial=0, parent_hash="", settings=RefineSettings(batch_size=64, seed=0), key="", data=data,
+                         device=torch.device("cpu"), threads=1, budget=None, emit=lambda e: None, rows={})
 
 
 def _spy_kd_loss(monkeypatch) -> list[torch.Tensor]:
@@ -184,7 +184,10 @@ def test_threads_per_worker_follows_the_cpu_affinity():
 
 
 def test_a_cgroup_v2_cpu_quota_caps_the_cpus(tmp_path):
-    from objectives._accel import _cgroup_cpu_quota, usable_cpus
+    import objectives._accel
+    from objectives import usable_cpus
+
+    _cgroup_cpu_quota = objectives._accel._cgroup_cpu_quota  # a private reader, tested on a fake cgroup tree
 
     root = tmp_path / "cgroup"
     (root / "job" / "worker").mkdir(parents=True)

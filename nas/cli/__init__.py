@@ -119,6 +119,12 @@ def _run(argv: Sequence[str] | None) -> int:
     except user_errors() as e:
         say_error(e)
         return 2
+    except RuntimeError as e:  # pathlib's resolve() before Python 3.13 on a path that loops: bad input
+        if not str(e).startswith("Symlink loop from "):
+            raise
+        say_error(f"{str(e).removeprefix('Symlink loop from ')}: a symbolic link loop (too many levels of symbolic "
+                  "links); accepted: a path that leads to a file or directory")
+        return 2
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
         line = _database_line(e)
         if line is None:

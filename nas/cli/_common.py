@@ -6,6 +6,7 @@ import ast
 import csv
 import io
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from enum import Enum
@@ -15,8 +16,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["STORAGE_HELP", "Format", "UsageError", "app", "emit", "err", "hardware_app", "open_store", "out",
-           "parse_options", "parse_shape", "say_error", "si", "study_app", "user_errors", "fmt_value", "opened"]
+__all__ = ["MAX_SEED", "MAX_SPEC_BYTES", "STORAGE_HELP", "Format", "UsageError", "app", "check_finite", "check_out_dir",
+           "check_seed", "emit", "err", "hardware_app", "open_store", "out", "parse_options", "parse_shape",
+           "read_arch_file", "say_error", "si", "storage_url", "study_app", "user_errors", "fmt_value", "opened"]
+
+#: Largest seed: what NumPy's and Optuna's generators take (a study's seed has the same range).
+MAX_SEED = 2**32 - 1
+#: Largest ArchSpec JSON file (``--enqueue``, ``--spec``): a spec is a few kilobytes.
+MAX_SPEC_BYTES = 1 << 20
 
 app = typer.Typer(help="lightnas: neural architecture search for lightweight CNNs under hardware budgets.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -61,6 +68,51 @@ def say_error(message: object) -> None:
     text = " ".join(str(message).splitlines())  # one line, whatever the message
     err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
+
+
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    """A seed NumPy and Optuna take, or one line (exit 2)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"{flag}: got {seed}; accepted: an integer from 0 to {MAX_SEED:,} (2**32 - 1)")
+    return seed
+
+
+def check_finite(value: float, flag: str, least: float, accepted: str) -> float:
+    """A finite number of at least ``least``, or one line naming ``flag`` and what is ``accepted``."""
+    if not (math.isfinite(value) and value >= least):
+        raise UsageError(f"{flag}: got {value}; accepted: {accepted}")
+    return value
+
+
+def check_out_dir(to: str, flag: str = "--to") -> str:
+    """An output directory that is not the empty string (``Path("")`` is the working directory)."""
+    if not to.strip():
+        raise UsageError(f"{flag}: empty; accepted: a directory to write to (created if missing), e.g. out/")
+    return to
+
+
+def read_arch_file(path: str, flag: str):  # -> ArchSpec
+    """An ``ArchSpec`` from a JSON file a user named (``spec.json`` of ``nas export``, or the API's json
+    export): a regular file of at most :data:`MAX_SPEC_BYTES` of UTF-8 JSON, else one line naming ``flag``."""
+    from objectives import read_user_text
+
+    from .._errors import NasError
+    from ..search import arch_from_doc
+
+    accepted = "an ArchSpec JSON file (spec.json of 'nas export')"
+    text = read_user_text(path, flag, MAX_SPEC_BYTES, error=NasError, accepted=accepted)
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise NasError(f"{flag}: {path} is JSON nested too deeply to be an ArchSpec; accepted: {accepted}") from None
+    except ValueError:
+        raise NasError(f"{flag}: {path} is not JSON (expected an ArchSpec, e.g. spec.json of 'nas export')") from None
+    try:
+        return arch_from_doc(doc)
+    except NasError as e:
+        raise NasError(f"{flag}: {path} is {e}") from None
+    except RecursionError:
+        raise NasError(f"{flag}: {path} is JSON nested too deeply to be an ArchSpec; accepted: {accepted}") from None
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -141,10 +193,26 @@ STORAGE_HELP = "database URL (default $NAS_STORAGE or sqlite:///nas.db); postgre
 opened: list[Any] = []
 
 
+def storage_url(url: str | None) -> str:
+    """``storage.normalize_url``, with a SQLite path that is a symbolic link loop as one line (pathlib
+    raises RuntimeError for it before Python 3.13)."""
+    from storage import normalize_url
+
+    try:
+        return normalize_url(url)
+    except RuntimeError as e:
+        if not str(e).startswith("Symlink loop"):
+            raise
+        raise UsageError(f"--storage: {url or 'the database path'}: a symbolic link loop (too many levels of "
+                         "symbolic links); accepted: sqlite:///PATH to a database file, or a new one in an "
+                         "existing directory") from None
+
+
 def open_store_if_exists(url: str | None):  # -> Store | None
     """The command's store if its lightnas database exists, else None (nothing is created)."""
     from storage import Store
 
+    storage_url(url)  # a symbolic link loop: one line
     store = Store.open_if_exists(url)
     if store is not None:
         opened.append(store)
@@ -156,6 +224,7 @@ def open_store(url: str | None, mode: str = "existing"):  # -> Store
     (``mode="existing"``): a mistyped path is refused, never created."""
     from storage import Store
 
+    storage_url(url)  # a symbolic link loop: one line
     store = Store(url, mode=mode)
     opened.append(store)
     return store

@@ -12,18 +12,44 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ._common import Format, UsageError, emit, err, hardware_app, open_store, out, parse_options, parse_shape, si
+from ._common import (
+    Format,
+    UsageError,
+    check_out_dir,
+    check_seed,
+    emit,
+    err,
+    hardware_app,
+    open_store,
+    out,
+    parse_options,
+    parse_shape,
+    read_arch_file,
+    si,
+)
+
+#: Most classes of a probe network's classifier, and of a network costed by 'nas hardware cost'.
+MAX_PROBE_CLASSES = 1000
+MAX_CLASSES = 10_000
+#: Most probe networks 'nas hardware calibrate' times (as 'nas hardware probe --n'), rounds per network, threads.
+MAX_SPECS = 2000
+MAX_ROUNDS = 1000
+MAX_THREADS = 1024
 
 
 @hardware_app.command("profiles")
 def profiles_cmd(fmt: Format = typer.Option(Format.table, "--format", help="table, json or csv")) -> None:
     """List device profiles (shipped, user-supplied in $NAS_HOME/devices, a calibrated host), with the
     runtime each describes and how well it predicted measurements it was not fitted to."""
-    from objectives import get_device, list_devices
+    from objectives import DeviceError, list_devices, open_profile
 
     rows = []
     for name in list_devices():
-        p = get_device(name)
+        try:
+            p = open_profile(name)  # a profile file that is a FIFO, a device or enormous: skipped, not a hang
+        except DeviceError as e:
+            err.print(f"warning: skipped: {' '.join(str(e).split())}", highlight=False, markup=False, soft_wrap=True)
+            continue
         row: dict[str, Any] = {"name": name, "runtime": p.runtime or p.dtype, "dtype": p.dtype,
                                "latency_model": "operator-level" if p.opmodel else "roofline",
                                "validation": p.validation_summary(), "peak_macs_per_s": p.peak_macs_per_s,
@@ -54,23 +80,25 @@ def cost_cmd(
                                                       "(the reference the analytic model is tested against)"),
 ) -> None:
     """Sample one architecture (or read --spec) and print its per-layer cost table."""
-    from objectives import estimate_cost, parse_budget
-    from search_spaces import ArchSpec, get_space, sample_spec
+    from objectives import DeviceError, estimate_cost, open_profile, parse_budget
+    from search_spaces import get_space, sample_spec
 
     shape = parse_shape(input_)
+    check_seed(seed)
+    if not 1 <= classes <= MAX_CLASSES:
+        raise UsageError(f"--classes: got {classes}; accepted: 1 to {MAX_CLASSES:,}")
+    try:
+        profile = open_profile(device)  # a path that is a FIFO or /dev/zero: one line, at once
+    except DeviceError as e:
+        raise UsageError(f"--device: {' '.join(str(e).split())}") from None
     if spec_file:
-        try:
-            with open(spec_file) as f:
-                text = f.read()
-        except OSError as e:
-            raise UsageError(f"--spec: cannot read {spec_file} ({e.strerror})") from None
-        arch = ArchSpec.from_json(text)
+        arch = read_arch_file(spec_file, "--spec")
     elif space:
         arch = sample_spec(get_space(space, input_shape=shape, **parse_options(option)), seed)
     else:
         raise UsageError("give --space NAME (see 'nas spaces') or --spec FILE")
     b = parse_budget(budget) if budget else None
-    report = estimate_cost(arch, shape, classes, device=device)
+    report = estimate_cost(arch, shape, classes, device=profile)
     if b is not None:
         b.check(report)  # a budgeted resource the profile does not define: one line, before any output
     reference = None
@@ -131,10 +159,14 @@ def calibrate_cmd(
 
     from objectives import calibrate_host, default_calibration_set, save_device
 
-    if specs < 16:
-        raise UsageError(f"--specs: need at least 16 probe networks to fit the operator-level model, got {specs}")
-    if rounds < 1:
-        raise UsageError(f"--rounds: must be >= 1, got {rounds}")
+    if not 16 <= specs <= MAX_SPECS:
+        raise UsageError(f"--specs: got {specs}; accepted: 16 (the fewest the operator-level model is fitted to) to "
+                         f"{MAX_SPECS:,} probe networks")
+    if not 1 <= rounds <= MAX_ROUNDS:
+        raise UsageError(f"--rounds: got {rounds}; accepted: 1 to {MAX_ROUNDS:,}")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise UsageError(f"--threads: got {threads}; accepted: 1 to {MAX_THREADS:,} CPU threads")
+    _check_torch_device(device)
     check_profile_name(name)
     pairs = default_calibration_set(specs)
     with Progress(console=err, transient=True) as prog:
@@ -147,6 +179,15 @@ def calibrate_cmd(
               f"{res.median_abs_log_error:.3f} on them; cross-validated tau {v.tau:.3f}, median |ln error| "
               f"{v.median_abs_ln_error:.3f}")
     out.print(f"wrote {path}")
+
+
+def _check_torch_device(device: str) -> None:
+    from objectives import resolve_device
+
+    try:
+        resolve_device(device)
+    except ValueError as e:
+        raise UsageError(f"--device: {e}") from None
 
 
 def check_profile_name(name: str) -> None:
@@ -167,10 +208,13 @@ def probe_cmd(
 
     from objectives import probe_set, write_probes
 
+    check_out_dir(to)
     if not 8 <= n <= 2000:
         raise UsageError(f"--n: expected 8 to 2000 probe networks, got {n}")
-    if classes < 2:
-        raise UsageError(f"--classes: expected an integer >= 2, got {classes}")
+    if not 2 <= classes <= MAX_PROBE_CLASSES:
+        raise UsageError(f"--classes: got {classes}; accepted: 2 to {MAX_PROBE_CLASSES:,} (the probes' classifier "
+                         "width)")
+    check_seed(seed)
     probes = probe_set(n, seed, num_classes=classes)
     with Progress(console=err, transient=True) as prog:
         task = prog.add_task(f"exporting {n} probes", total=n)

@@ -57,6 +57,9 @@ def refine_cmd(
         raise UsageError("give exactly one of --trial N (refine one trial) or --pareto (every Pareto-front member)")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads: must be >= 1, got {threads}")
+    if low_rank is not None and not low_rank.strip():
+        raise UsageError("--low-rank: empty; accepted: a budget the LightLayers step makes hold, e.g. "
+                         "'params<=20k flops<=1M' (leave --low-rank out to skip that step)")
     settings = make_settings(epochs=epochs, reuse_weights=reuse_weights or None, finetune_epochs=finetune_epochs,
                              margin=margin, iterations=iterations, max_drop=max_drop, long_every=long_every,
                              temperature=temperature, alpha=alpha, low_rank=low_rank, seed=seed)

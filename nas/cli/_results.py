@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import STORAGE_HELP, Format, UsageError, app, emit, open_store, out, si
+from ._common import STORAGE_HELP, Format, UsageError, app, check_out_dir, emit, open_store, out, si
 
 PARETO_COLS = ("trial", "spec_hash", "accuracy", "test_accuracy", "hw_cost", "flops", "params",
                "peak_activation_bytes", "latency_ms")
@@ -145,6 +145,7 @@ def report_cmd(name: str = typer.Argument(...), to: str = typer.Option(..., "--t
     """Pareto plot (PNG and HTML) with the budget marked, and the search history."""
     from .._report import write_report
 
+    check_out_dir(to)
     info = write_report(name, open_store(storage), to)
     for f in info["files"]:
         out.print(f"wrote {f}")

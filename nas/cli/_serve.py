@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from ._common import STORAGE_HELP, UsageError, app, err
+from ._common import STORAGE_HELP, UsageError, app, check_finite, err, storage_url
 
 
 @app.command("serve")
@@ -35,7 +35,7 @@ def serve_cmd(
     """
     import logging
 
-    from storage import Store, normalize_url
+    from storage import Store
 
     from ..serve import ApiSettings, create_app
     from ..workers import wait_for_database
@@ -45,7 +45,8 @@ def serve_cmd(
     levels = ("critical", "error", "warning", "info", "debug")
     if log_level.lower() not in levels:
         raise UsageError(f"--log-level: must be one of {', '.join(levels)}, got {log_level!r}")
-    url = normalize_url(storage)
+    check_finite(connect_wait, "--connect-wait", 0.0, "a finite number of seconds >= 0")
+    url = storage_url(storage)
     settings = ApiSettings.from_env(storage=url, insecure=insecure or None, read_only=read_only or None,
                                     protect_reads=protect_reads or None, max_body_bytes=max_body,
                                     data_roots=tuple(data_root) or None).check()

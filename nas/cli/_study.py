@@ -20,6 +20,7 @@ from ._common import (
     open_store_if_exists,
     out,
     parse_options,
+    read_arch_file,
     si,
     study_app,
 )
@@ -65,7 +66,7 @@ def study_create(
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
 ) -> None:
     """Create a study (once); then run it with 'nas study run NAME'."""
-    from ..search import describe_plan, load_spec_file, make_spec, prepare_study, read_spec_file, store_study
+    from ..search import describe_plan, load_spec_file, make_spec, prepare_study, store_study
 
     fields: dict[str, Any] = {"name": name, "space": space, "data": data, "budget": budget, "sampler": sampler,
                               "pruner": pruner, "seed": seed, "trials": trials, "device": device,
@@ -109,7 +110,7 @@ def study_create(
         if fid:
             fields["fidelity"] = fid
         study_spec = make_spec(**{k: v for k, v in fields.items() if v is not None})
-    given = [(path, read_spec_file(path)) for path in enqueue]
+    given = [(path, read_arch_file(path, "--enqueue")) for path in enqueue]
     # Budget first, checked against the database as it is; a database is created only for a good
     # study (a refused one leaves no new file), and the write is all or nothing.
     store = open_store_if_exists(storage)
@@ -231,13 +232,13 @@ def study_enqueue(
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
 ) -> None:
     """Queue known architectures to be evaluated next (warm start of an existing study)."""
-    from ..search import read_spec_file, warm_start
+    from ..search import warm_start
 
     if not spec_files and not from_study:
         raise UsageError("give --spec FILE (repeatable) and/or --from STUDY")
     from ..workers import finished
 
-    archs = [(path, read_spec_file(path, flag="--spec")) for path in spec_files]
+    archs = [(path, read_arch_file(path, "--spec")) for path in spec_files]
     store = open_store(storage)
     plan = warm_start(name, store, specs=archs, from_study=from_study)
     out.print(f"{name}: {len(plan.enqueued)} architecture(s) queued to run next"

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from ._common import STORAGE_HELP, UsageError, app
+from ._common import STORAGE_HELP, UsageError, app, check_finite, storage_url
 
 
 @app.command("worker")
@@ -42,7 +42,7 @@ def worker_cmd(
     import signal
     import threading
 
-    from storage import Store, normalize_url
+    from storage import Store
 
     from ..workers import run_worker, wait_for_database
 
@@ -50,11 +50,11 @@ def worker_cmd(
         raise UsageError(f"--heartbeat: must be >= 1 second, got {heartbeat}")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads: must be >= 1, got {threads}")
-    if poll_max < 0.1:
-        raise UsageError(f"--poll-max: must be >= 0.1 seconds, got {poll_max}")
+    check_finite(poll_max, "--poll-max", 0.1, "a finite number of seconds >= 0.1")
+    check_finite(connect_wait, "--connect-wait", 0.0, "a finite number of seconds >= 0")
     if device is not None:
         _check_device(device)
-    url = normalize_url(storage)  # a malformed URL fails now, not after waiting
+    url = storage_url(storage)  # a malformed URL fails now, not after waiting
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from ..search import get_study_spec

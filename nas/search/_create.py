@@ -288,11 +288,15 @@ def share_cost_device(name: str, store: Store) -> None:
     """Store the study's cost profile in its database when it is one of this user's own (from
     ``$NAS_HOME/devices``: calibrated or fitted here) and the database does not hold it yet, so
     that workers on other hosts find it."""
-    from objectives import stored_profiles, user_profile_path
+    from objectives import MAX_PROFILE_BYTES, DeviceError, read_user_text, stored_profiles, user_profile_path
 
     if name in stored_profiles() or name.endswith(".toml") or "/" in name:
         return
     path = user_profile_path(name)
     if path is not None:
-        store.save_device_profile(name, path.read_text())
+        try:
+            text = read_user_text(path, f"cost_device: profile {name!r}", MAX_PROFILE_BYTES, error=DeviceError)
+        except DeviceError as e:
+            raise NasError(str(e)) from None
+        store.save_device_profile(name, text)
         use_store_profiles(store)

@@ -5,7 +5,8 @@ backend call the same object. What it records on the Optuna trial (user attribut
 
 * ``spec_hash``, ``cost`` (totals + ``hw_cost``), ``status`` (``over_budget``, ``trained``,
   ``reused``), ``violations`` when over budget, ``val_accuracy``, ``epochs_run``,
-  ``train_seconds``, ``curve``, ``fail_reason`` when training failed;
+  ``train_seconds``, ``curve``, ``fail_reason`` when training failed, ``waiting_for`` when it
+  waited for another trial training the same architecture;
 * one Optuna constraint per budgeted resource, ``value / limit - 1`` (feasible <= 0), via
   ``Trial.set_constraint`` (Optuna 5), so constrained samplers learn the feasible region; and the
   same values, in the budget's order, as the list system attribute ``constraints`` (Optuna's
@@ -13,6 +14,16 @@ backend call the same object. What it records on the Optuna trial (user attribut
   optuna-dashboard reads (without it the dashboard counts over-budget trials as feasible).
   Optuna 5 reads both forms into ``FrozenTrial.constraints`` (the list as keys ``"0"``,
   ``"1"``, ...): feasibility is unchanged, and samplers that sum violations rank alike.
+
+Identical architectures are never trained twice at one fidelity. Before training, a trial claims
+(architecture hash, fidelity key) in the store (``Store.claim_evaluation``) and keeps the claim alive
+with a heartbeat while it trains. A trial of the same architecture meanwhile (another worker, or
+another study with the same data and fidelity) records whose claim it met (``waiting_for``), polls
+for the evaluation and reuses it (``reused``) once stored; if the owner gives the claim up without
+a result (its training failed or was stopped) or dies (no heartbeat for its grace), the waiting
+trial takes the claim over and trains. It waits at most ``claim_wait`` seconds for a live owner,
+then gives the trial back (:class:`TrialInterrupted`: failed and queued again). The evaluation and
+its weights are stored in one transaction, so the stored weights are those of the stored accuracy.
 
 With the ``pareto`` pruner (:mod:`nas.search._early`) a training trial records its partial ``curve``
 at every rung epoch and is stopped (``optuna.TrialPruned``; ``status`` ``pruned``,
@@ -26,9 +37,15 @@ architecture that overlaps it most (``inherited_from``). The attributes are type
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import socket
+import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +54,9 @@ import torch
 
 from objectives import Dataset, TrainConfig, TrainingError, get_device, train_spec
 from search_spaces import ArchSpec, SearchSpace
-from storage import Store
+from storage import EvaluationRow, Store
 
-from .._artifacts import int8_key, load_state, save_arch, save_state, weights_key
+from .._artifacts import int8_key, load_state, save_arch, serialize_state, weights_key
 from .._errors import TrialInterrupted
 from ._early import best_by, dominators, peers_of, rung_epochs
 from ._record import Status, record_of
@@ -50,6 +67,10 @@ __all__ = ["CONSTRAINTS_KEY", "StudyContext", "TrialObjective", "load_context", 
 
 #: Optuna's ``_CONSTRAINTS_KEY``: the system attribute holding a trial's constraint values as a list.
 CONSTRAINTS_KEY = "constraints"
+#: Longest wait (seconds) for another trial's live claim on the same architecture before giving the trial back.
+CLAIM_WAIT = 3600.0
+
+log = logging.getLogger("nas.worker")
 
 
 @dataclass
@@ -94,11 +115,15 @@ class TrialObjective:
             :class:`TrialInterrupted` (a worker draining on SIGTERM).
         on_epoch: called as ``on_epoch(trial, epoch, val_accuracy)`` after every epoch (the
             Ray adapter reports intermediate results to Tune from here).
+        claim_wait: the longest wait (seconds) for another trial that trains the same
+            architecture and is alive; then the trial raises :class:`TrialInterrupted`.
     """
 
     def __init__(self, ctx: StudyContext, *, prune: bool = False, should_stop: Callable[[], bool] | None = None,
-                 on_epoch: Callable[[optuna.trial.BaseTrial, int, float], None] | None = None) -> None:
+                 on_epoch: Callable[[optuna.trial.BaseTrial, int, float], None] | None = None,
+                 claim_wait: float = CLAIM_WAIT) -> None:
         self.ctx = ctx
+        self.claim_wait = claim_wait
         self.budget = ctx.study_spec.budget_obj()
         self.prune = prune
         self.should_stop = should_stop
@@ -217,21 +242,111 @@ class TrialObjective:
         fkey = ctx.study_spec.fidelity_key
         done = ctx.store.get_evaluation(h, fkey)
         if done is not None:
-            trial.set_user_attr("status", Status.REUSED)
-            trial.set_user_attr("val_accuracy", done.val_accuracy)
-            trial.set_user_attr("epochs_run", done.epochs_run)
-            if self.rungs:  # a peer for the early-stopping rule, like the trial that trained it
-                trial.set_user_attr("curve", json.loads(done.curve_json or "[]"))
-            state = load_state(ctx.store, done.artifact_key) if ctx.study_spec.precision == "int8" and \
-                done.artifact_key else None
-            accuracy = self._precision(trial, arch, state, done.val_accuracy)
-            return objective_values(ctx.study_spec, accuracy, cost)
-        if self.rungs:  # this architecture was stopped in this study before: stopped again, untrained
-            for t in self._study_trials(trial):
-                r = record_of(t)
-                if r.state == optuna.trial.TrialState.PRUNED and r.spec_hash == h and r.curve:
-                    self._stop(trial, r.curve, {**r.stopped_by, "same_as": t.number},
-                               f"the same architecture was stopped in trial {t.number}")
+            return self._reuse(trial, arch, done, cost)
+        self._stopped_before(trial, h)
+        with self._claim(trial, h, fkey) as done:
+            if done is not None:  # trained by the trial whose claim this one waited for
+                return self._reuse(trial, arch, done, cost)
+            return self._train(trial, arch, cost)
+
+    def _reuse(self, trial: optuna.trial.BaseTrial, arch: ArchSpec, done: EvaluationRow,
+               cost: dict[str, float]) -> list[float]:
+        """The stored evaluation of ``arch`` at the study's fidelity as this trial's result (``reused``)."""
+        ctx = self.ctx
+        trial.set_user_attr("status", Status.REUSED)
+        trial.set_user_attr("val_accuracy", done.val_accuracy)
+        trial.set_user_attr("epochs_run", done.epochs_run)
+        if self.rungs:  # a peer for the early-stopping rule, like the trial that trained it
+            trial.set_user_attr("curve", json.loads(done.curve_json or "[]"))
+        state = load_state(ctx.store, done.artifact_key) if ctx.study_spec.precision == "int8" and \
+            done.artifact_key else None
+        accuracy = self._precision(trial, arch, state, done.val_accuracy)
+        return objective_values(ctx.study_spec, accuracy, cost)
+
+    def _stopped_before(self, trial: optuna.trial.BaseTrial, h: str) -> None:
+        """With the pareto rule: an architecture stopped in this study before is stopped again, untrained."""
+        if not self.rungs:
+            return
+        for t in self._study_trials(trial):
+            r = record_of(t)
+            if r.state == optuna.trial.TrialState.PRUNED and r.spec_hash == h and r.curve:
+                self._stop(trial, r.curve, {**r.stopped_by, "same_as": t.number},
+                           f"the same architecture was stopped in trial {t.number}")
+
+    @contextmanager
+    def _claim(self, trial: optuna.trial.BaseTrial, h: str, fkey: str) -> Iterator[EvaluationRow | None]:
+        """Hold the claim on (``h``, ``fkey``) for the ``with`` block, its heartbeat refreshed meanwhile;
+        yields None to train, or the evaluation that the owner of a claim met on the way stored.
+
+        Another trial's live claim is waited for: the evaluation is polled (with backoff up to the
+        heartbeat interval, at most 5 s) and the claim tried again, which takes it over once its
+        owner released it without a result or stopped beating for its grace.
+
+        Raises:
+            TrialInterrupted: the worker is stopping, or a live owner kept the claim for ``claim_wait`` seconds.
+        """
+        store = self.ctx.store
+        interval = float(store.optuna.heartbeat_interval or 10)
+        grace = float(store.optuna.grace_period or 2 * interval)  # the trials' own grace (Optuna's default)
+        number = getattr(trial, "number", None)
+        owner = (f"{self.ctx.name[:100]}#{number}@{socket.gethostname()[:60]}:{os.getpid()}/"
+                 f"{uuid.uuid4().hex[:12]}")
+        t0, delay, waited_for = time.monotonic(), 0.05, None
+        while True:
+            claim = store.claim_evaluation(h, fkey, owner, grace=grace)
+            if claim.owner == owner:
+                break
+            if claim.owner != waited_for:
+                waited_for = claim.owner
+                trial.set_user_attr("waiting_for", {"owner": claim.owner, "since": round(time.time(), 3)})
+                log.info("%s trial %s: architecture %s is in training by %s; waiting for its result", self.ctx.name,
+                         number, h[:12], claim.owner)
+            done = store.get_evaluation(h, fkey)
+            if done is not None:
+                yield done
+                return
+            if self.should_stop is not None and self.should_stop():
+                raise TrialInterrupted(f"worker stopping: interrupted while waiting for {claim.owner}, which trains "
+                                       "the same architecture")
+            waited = time.monotonic() - t0
+            if waited >= self.claim_wait:
+                raise TrialInterrupted(f"waited {waited:.0f} s for {claim.owner}, which trains the same architecture "
+                                       "and is alive; given back to be retried")
+            time.sleep(min(delay, max(self.claim_wait - waited, 0.0)))
+            delay = min(delay * 2, interval, 5.0)
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                try:
+                    if not store.refresh_claim(h, fkey, owner):
+                        log.warning("%s trial %s: the claim on %s was taken over (its heartbeat was late)",
+                                    self.ctx.name, number, h[:12])
+                        return
+                except Exception as e:  # noqa: BLE001 -- the database away: the next beat retries
+                    log.debug("claim heartbeat of %s failed: %s", h[:12], e)
+
+        beating = threading.Thread(target=beat, name=f"claim-{h[:12]}", daemon=True)
+        try:
+            # Stored between the evaluation check and this claim by the owner that just released it.
+            done = store.get_evaluation(h, fkey)
+            if done is None and waited_for is not None:
+                self._stopped_before(trial, h)  # the owner it waited for was stopped early in this study
+            beating.start()
+            yield done
+        finally:
+            stop.set()
+            if beating.is_alive():
+                beating.join(timeout=interval + 5)
+            try:
+                store.release_claim(h, fkey, owner)
+            except Exception as e:  # noqa: BLE001 -- unreleased, it goes stale after its grace and is taken over
+                log.warning("%s trial %s: could not release the claim on %s (%s)", self.ctx.name, number, h[:12], e)
+
+    def _train(self, trial: optuna.trial.BaseTrial, arch: ArchSpec, cost: dict[str, float]) -> list[float]:
+        """Train ``arch`` (this trial holds its claim) and store the evaluation with its weights."""
+        ctx = self.ctx
+        h, fkey = arch.hash, ctx.study_spec.fidelity_key
         t0 = time.perf_counter()
         try:
             result = train_spec(arch, ctx.data, ctx.train_config, on_epoch=self._epoch_hook(trial, cost),
@@ -240,13 +355,11 @@ class TrialObjective:
             trial.set_user_attr("status", Status.FAILED)
             trial.set_user_attr("fail_reason", e.reason)
             raise
-        key = None
-        if result.state_dict is not None:
-            key = weights_key(h, fkey)
-            save_state(ctx.store, key, result.state_dict)
+        key = weights_key(h, fkey) if result.state_dict is not None else None
+        blob = serialize_state(result.state_dict) if result.state_dict is not None else None
         row = ctx.store.put_evaluation(h, fkey, ctx.study_spec.fidelity_dict(), val_accuracy=result.val_accuracy,
                                        cost=cost, seconds=result.seconds, epochs_run=result.epochs_run,
-                                       curve=list(result.curve), artifact_key=key)
+                                       curve=list(result.curve), artifact_key=key, artifact=blob)
         trial.set_user_attr("status", Status.TRAINED)
         trial.set_user_attr("val_accuracy", row.val_accuracy)
         trial.set_user_attr("epochs_run", result.epochs_run)

@@ -12,9 +12,9 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from objectives import RESOURCES, RUNTIME_RESOURCES, BudgetError, parse_budget, resolve_resource
 from search_spaces import list_spaces
@@ -40,6 +40,10 @@ __all__ = ["OBJECTIVES", "PROXY_NAMES", "PRUNERS", "SAMPLERS",
 OBJECTIVES = ("accuracy", "hw_cost", *RESOURCES)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
 MAX_SPEC_FILE = 1 << 20  # bytes of a --config file: a study spec is a few hundred
+#: Largest ``input_size`` (px): the resized images are held in memory, 1 MiB per channel at 512 px.
+MAX_INPUT_SIZE = 512
+#: Largest memory the resized images of a dataset (every split, float32) may take.
+MAX_RESIZED_BYTES = 8 << 30
 
 
 class Fidelity(BaseModel):
@@ -90,9 +94,15 @@ class StudySpec(BaseModel):
     trials: int = declare(STUDY["trials"], ge=1, le=1_000_000)
     fit_space: bool = declare(STUDY["fit_space"])
     fit_resolution: bool = declare(STUDY["fit_resolution"])
-    input_size: int | None = declare(STUDY["input_size"], ge=4, le=4096)
+    input_size: int | None = declare(STUDY["input_size"], ge=4)
     val_fraction: float = declare(STUDY["val_fraction"], gt=0.0, lt=1.0)
     fidelity: Fidelity = Field(default_factory=Fidelity, description=STUDY["fidelity"].help)
+
+    #: ``cost_device`` by name only, resolved later (the API's request body, ``StudyCreate``): a
+    #: request is parsed on the server's event loop, where no file may be read, and a client may
+    #: never make the server read a path; the route checks the name against the server's profiles
+    #: and its database's, off the loop.
+    cost_device_by_name: ClassVar[bool] = False
 
     @field_validator("space")
     @classmethod
@@ -152,35 +162,43 @@ class StudySpec(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        import torch
+        from objectives import resolve_device
 
         if v != "auto":
-            try:
-                torch.device(v)
-            except RuntimeError:
-                raise ValueError(f"unknown torch device {v!r}; accepted: auto, cpu, cuda, cuda:N") from None
+            resolve_device(v)  # an unknown device, or one no worker trains on (meta): ValueError, one line
+        return v
+
+    @field_validator("input_size")
+    @classmethod
+    def _input_size(cls, v: int | None) -> int | None:
+        if v is not None and v > MAX_INPUT_SIZE:
+            raise ValueError(f"got {v}; accepted: 4 to {MAX_INPUT_SIZE} px (resized images are held in memory: "
+                             f"{v * v * 4 / 2**20:,.0f} MiB per image channel at {v} px)")
         return v
 
     @field_validator("cost_device")
     @classmethod
-    def _cost_device(cls, v: str) -> str:
-        from objectives import get_device
-
-        get_device(v)  # DeviceError lists the valid profiles
+    def _cost_device(cls, v: str, info: ValidationInfo) -> str:
+        if cls.cost_device_by_name:
+            if v.endswith(".toml") or "/" in v or "\\" in v or not v.isprintable() or not 0 < len(v) <= 100:
+                raise ValueError(f"{v[:100]!r} is not a device profile name; accepted: the name of a profile of this "
+                                 "server (GET /devices lists them), never a path")
+            return v
+        _profile(v, info.context)  # DeviceError lists the valid profiles; a file that is no profile: one line
         return v
 
     @model_validator(mode="after")
-    def _cross(self) -> StudySpec:
+    def _cross(self, info: ValidationInfo) -> StudySpec:
         if "hw_cost" in self.objectives and not self.budget:
             raise ValueError("objective hw_cost needs a budget (hw_cost = sum w_i * resource_i / limit_i); "
                              "give --budget, or choose resources as objectives")
         if self.budget:
             parse_budget(self.budget, self.budget_weights)
         runtime = [c.name for c in parse_budget(self.budget).conditions] if self.budget else []
-        if set(runtime + self.objectives) & set(RUNTIME_RESOURCES):
-            from objectives import check_runtime_resources, get_device
+        if set(runtime + self.objectives) & set(RUNTIME_RESOURCES) and not self.cost_device_by_name:
+            from objectives import check_runtime_resources
 
-            check_runtime_resources(runtime + self.objectives, get_device(self.cost_device))
+            check_runtime_resources(runtime + self.objectives, _profile(self.cost_device, info.context))
         for f in ("calibration", "qat_epochs", "qat_threshold"):
             if getattr(self, f) != STUDY[f].default and self.precision != "int8":
                 raise ValueError(f"{f} applies with --precision int8 only; add it or leave {f} out")
@@ -218,7 +236,10 @@ class StudySpec(BaseModel):
 
         data = load_dataset(self.data, seed=self.seed, val_fraction=self.val_fraction,
                             train_fraction=1.0 if whole_train else self.fidelity.train_fraction)
-        return data if self.input_size is None else data.resized(self.input_size)
+        if self.input_size is None:
+            return data
+        _check_resized_memory(data, self.input_size)
+        return data.resized(self.input_size)
 
     def search_space(self, input_shape: tuple[int, int, int]) -> SearchSpace:
         """The study's search space (its stored, fitted options) for inputs of ``input_shape``."""
@@ -283,6 +304,31 @@ class StudySpec(BaseModel):
         return self.model_dump_json()
 
 
+def _profile(name: str, context: Any) -> DeviceProfile:
+    """The profile ``name`` (or path) resolves to, never hanging on a file
+    (``objectives.open_profile``); a validation ``context`` of ``{"profiles": {name: TOML}}``
+    holds a study database's profiles, which come first."""
+    from objectives import open_profile
+
+    stored = context.get("profiles") if isinstance(context, dict) else None
+    return open_profile(name, stored)
+
+
+def _check_resized_memory(data: Dataset, size: int) -> None:
+    """Refuse an ``input_size`` whose resized images (every split, float32) would take more than
+    :data:`MAX_RESIZED_BYTES`, before they are allocated."""
+    channels, h, w = data.input_shape
+    n = sum(data.sizes.values())
+    short = min(h, w)
+    need = n * channels * max(1, round(h * size / short)) * max(1, round(w * size / short)) * 4
+    if need > MAX_RESIZED_BYTES:
+        per_px2 = n * channels * (h / short) * (w / short) * 4
+        fits = int((MAX_RESIZED_BYTES / per_px2) ** 0.5)
+        raise NasError(f"input_size: {n:,} images resized to a short side of {size} px would take "
+                       f"{need / 2**30:,.1f} GiB; accepted: at most {MAX_RESIZED_BYTES >> 30} GiB of images (here "
+                       f"input_size <= {fits})")
+
+
 def _one_line(e: ValidationError) -> str:
     return one_line_error(e.errors()[0])
 
@@ -324,25 +370,17 @@ def load_spec_file(path: str | Path, **overrides: Any) -> StudySpec:
         NasError: one line for a file that is missing, not a regular file, too large, not UTF-8,
             not TOML, or whose fields do not validate.
     """
-    file = Path(path)
-    try:
-        if not file.is_file():  # a directory, a device, a pipe that never ends
-            raise FileNotFoundError(0, "not a regular file" if file.exists() else "no such file")
-        size = file.stat().st_size
-        if size > MAX_SPEC_FILE:
-            raise NasError(f"--config: {path} is {size:,} bytes; a study spec file is at most {MAX_SPEC_FILE:,}")
-        text = file.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise NasError(f"--config: {path} is not UTF-8 text; accepted: a TOML file (TOML is UTF-8)") from None
-    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
-        if isinstance(e, NasError):
-            raise
-        raise NasError(f"--config: cannot read {path} ({getattr(e, 'strerror', None) or e}); accepted: a TOML "
-                       "file") from None
+    from objectives import read_user_text
+
+    # A directory, a device (/dev/zero), a FIFO that never ends, a file over the cap: one line.
+    text = read_user_text(path, "--config", MAX_SPEC_FILE, error=NasError, accepted="a TOML file (TOML is UTF-8)")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise NasError(f"--config: {path} is not valid TOML ({e})") from None
+    except RecursionError:
+        raise NasError(f"--config: {path} nests tables or arrays too deeply to read; accepted: a study spec TOML "
+                       "file (fields of nas.StudySpec, a [fidelity] table)") from None
     data.update({k: v for k, v in overrides.items() if v is not None})
     return make_spec(**data)
 

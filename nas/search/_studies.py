@@ -8,6 +8,7 @@ with the reason and can be deleted, so one bad row never takes a listing (or the
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,13 +24,20 @@ __all__ = ["DataShape", "StudyEntry", "check_name_free", "check_study_exists", "
            "list_studies", "parse_stored_spec", "study_data", "study_info", "use_store_profiles"]
 
 
+#: Serialises read-and-replace of the stored profiles: a thread that read the table earlier never
+#: replaces a newer table another thread read after it (``nas serve`` reads studies from many threads).
+_PROFILES_LOCK = threading.Lock()
+
+
 def use_store_profiles(store: Store) -> None:
     """Make the device profiles stored in the study database resolvable by name in this process
     (``objectives.use_stored_profiles``): a worker on another host costs with the profile the
-    study was created with, whether or not that host has the profile's file."""
+    study was created with, whether or not that host has the profile's file. Thread-safe: the
+    table is replaced in one step (a profile is never missing while it is refilled)."""
     from objectives import use_stored_profiles
 
-    use_stored_profiles(store.device_profiles())
+    with _PROFILES_LOCK:
+        use_stored_profiles(store.device_profiles())
 
 
 def check_name_free(name: str, store: Store) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +20,9 @@ class StudyCreate(StudySpec):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+    #: A profile name only, never a path: the body is parsed on the event loop, where no file is read; the
+    #: route checks the name against this server's profiles and its database's (off the loop).
+    cost_device_by_name: ClassVar[bool] = True
     target: int | None = Field(default=None, ge=0, le=1_000_000)
     enqueue: list[dict[str, Any]] = Field(default_factory=list, max_length=100,
                                           description="architectures (ArchSpec JSON, as the json export gives) to "

@@ -6,8 +6,9 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,9 +28,9 @@ from ._errors import ApiError
 from ._models import StudyInfo
 from ._settings import ApiSettings
 
-__all__ = ["EXPORT_CACHE", "FORMATS", "MAX_INT", "READ", "STATES", "WRITE", "Credentials", "Format", "Nas", "Service",
-           "StudyName", "TrialNumber", "clean", "iso_local", "require_read", "require_write", "service_of",
-           "trial_row"]
+__all__ = ["EXPORT_CACHE", "FORMATS", "MAX_INT", "READ", "STATES", "WRITE", "Credentials", "ExportCache", "Format",
+           "Nas", "Service", "StudyName", "TrialNumber", "clean", "iso_local", "require_read", "require_write",
+           "service_of", "trial_row"]
 
 EXPORT_CACHE = 64  # exported files kept in memory (kilobytes to a few megabytes each)
 MAX_INT = 2**31 - 1  # path and query integers: beyond this no trial, job or page exists (and SQL ints overflow)
@@ -68,25 +69,96 @@ def trial_row(study_spec: StudySpec, t: FrozenTrial) -> dict[str, Any]:
     })
 
 
+#: An exported file as cached: body, media type, headers.
+Export = tuple[bytes, str, dict[str, str]]
+
+
+class ExportCache(OrderedDict[tuple[Any, ...], Export]):
+    """Exported files by key, least recently used first, shared by the request threads of ``nas serve``.
+
+    Every operation holds one lock, and iteration walks a copy, so concurrent requests never see
+    the order half updated. An entry that another request evicted meanwhile is simply gone:
+    touching it (``move_to_end``) or deleting it does nothing, where a plain ``OrderedDict``
+    raises ``KeyError`` (a 500). :meth:`put` stores, touches and evicts in one step.
+    """
+
+    def __init__(self, items: Any = (), *, limit: int = EXPORT_CACHE) -> None:
+        self._lock = threading.RLock()
+        self.limit = limit
+        super().__init__(items)
+
+    def get(self, key: tuple[Any, ...], default: Any = None) -> Any:
+        with self._lock:
+            hit = super().get(key, default)
+            if hit is not default:
+                super().move_to_end(key)
+            return hit
+
+    def put(self, key: tuple[Any, ...], value: Export) -> None:
+        """Store ``value`` as the most recently used entry, evicting the least recently used past ``limit``."""
+        with self._lock:
+            super().__setitem__(key, value)
+            super().move_to_end(key)
+            while len(self) > self.limit:
+                super().popitem(last=False)
+
+    def __setitem__(self, key: tuple[Any, ...], value: Export) -> None:
+        with self._lock:
+            super().__setitem__(key, value)
+
+    def __delitem__(self, key: tuple[Any, ...]) -> None:
+        with self._lock:
+            if super().__contains__(key):
+                super().__delitem__(key)
+
+    def pop(self, key: tuple[Any, ...], *default: Any) -> Any:
+        with self._lock:
+            return super().pop(key, *default)
+
+    def popitem(self, last: bool = True) -> tuple[tuple[Any, ...], Export]:
+        with self._lock:
+            return super().popitem(last=last)
+
+    def move_to_end(self, key: tuple[Any, ...], last: bool = True) -> None:
+        with self._lock:
+            if super().__contains__(key):
+                super().move_to_end(key, last=last)
+
+    def clear(self) -> None:
+        with self._lock:
+            super().clear()
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        with self._lock:
+            return iter(list(super().__iter__()))
+
+
 @dataclass
 class Service:
     settings: ApiSettings
     store: Store
-    shapes: dict[str, DataShape] = field(default_factory=dict)
+    #: Data shapes by study identity (name, creation time; :meth:`identity`): a study deleted and created
+    #: again under its name (by this server, the CLI or another server) is a new entry.
+    shapes: dict[Any, DataShape] = field(default_factory=dict)
     #: Exported files by (study, what, id, spec hash, fidelity, format), least recently used first:
     #: a trial's stored weights never change, so its files are built (and checked) once.
-    exports: OrderedDict[tuple[Any, ...], tuple[bytes, str, dict[str, str]]] = field(default_factory=OrderedDict)
+    exports: ExportCache = field(default_factory=ExportCache)
 
     def cached_export(self, key: tuple[Any, ...], build: Callable[[], Response]) -> Response:
+        """The file of ``key`` from memory, or built by ``build`` (outside the lock: two requests for
+        one new file may both build it; the cache keeps one)."""
         hit = self.exports.get(key)
         if hit is None:
             r = build()
             hit = (bytes(r.body), str(r.media_type), {"Content-Disposition": r.headers["content-disposition"]})
-            self.exports[key] = hit
-            while len(self.exports) > EXPORT_CACHE:
-                self.exports.popitem(last=False)
-        self.exports.move_to_end(key)
+            self.exports.put(key, hit)
         return Response(hit[0], media_type=hit[1], headers=hit[2])
+
+    def identity(self, name: str) -> tuple[str, Any]:
+        """What a study cannot share with another of the same name: its name and creation time
+        (None for a study that is gone)."""
+        row = self.store.get_study(name)
+        return (name, row.created_at if row is not None else None)
 
     def study_spec(self, name: str) -> StudySpec:
         """The study's spec: 404 for an unknown study, 409 for one whose stored spec no longer reads."""
@@ -116,12 +188,14 @@ class Service:
         """The study's data shape (stored at creation; read once for an older study)."""
         from objectives import DataError
 
-        if study_spec.name not in self.shapes:
+        key = self.identity(study_spec.name)
+        shape = self.shapes.get(key)
+        if shape is None:
             try:
-                self.shapes[study_spec.name] = study_data(study_spec, self.store)
+                shape = self.shapes[key] = study_data(study_spec, self.store)
             except DataError as e:
                 raise ApiError(409, f"data: {e}") from None
-        return self.shapes[study_spec.name]
+        return shape
 
     def info(self, name: str, *, with_front: bool = True) -> StudyInfo:
         """A study's view; one whose stored spec no longer reads is shown with ``unreadable`` (why)

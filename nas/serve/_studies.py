@@ -6,10 +6,20 @@ from typing import Annotated
 
 import optuna
 from fastapi import APIRouter, Query, Response
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from .._errors import NasError
-from ..search import StudySpec, arch_from_doc, check_study_exists, create_study, delete_study, pareto_rows, where_filter
+from ..search import (
+    StudySpec,
+    arch_from_doc,
+    check_study_exists,
+    create_study,
+    delete_study,
+    one_line_error,
+    pareto_rows,
+    where_filter,
+)
 from ._errors import ApiError, field_of, responses
 from ._models import ParetoAnswer, StudyCreate, StudyInfo, StudyList, TargetUpdate
 from ._state import READ, WRITE, Nas, StudyName, clean
@@ -27,10 +37,19 @@ def create(nas: Nas, body: StudyCreate) -> StudyInfo:
     if nas.store.get_study(body.name) is not None:
         raise taken
     data = nas.check_data(body.data)
-    if body.cost_device not in list_devices():
+    # The body held a profile name (never a path, see StudyCreate); here, off the event loop, it must name a
+    # profile of this server or of its study database, and the spec is validated in full against them.
+    stored = nas.store.device_profiles()
+    known = sorted(set(list_devices()) | set(stored))
+    if body.cost_device not in known:
         raise ApiError(422, f"cost_device: {body.cost_device!r} is not a device profile of this server; accepted: "
-                            f"{', '.join(list_devices())}", "cost_device")
-    study_spec = StudySpec(**{**body.model_dump(exclude={"target", "enqueue", "warm_start"}), "data": data})
+                            f"{', '.join(known)}", "cost_device")
+    try:
+        study_spec = StudySpec.model_validate({**body.model_dump(exclude={"target", "enqueue", "warm_start"}),
+                                               "data": data}, context={"profiles": stored})
+    except ValidationError as e:
+        message = one_line_error(e.errors()[0])
+        raise ApiError(422, message, field_of(message)) from None
     enqueue = []
     for i, doc in enumerate(body.enqueue):
         try:

@@ -41,6 +41,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -71,6 +72,26 @@ log = logging.getLogger("nas.worker")
 #: a fitted space keeps within its budget, 200 rejections in a row have probability 0.8**200
 #: (about 4e-20); at a 1 % share (the warning threshold) about 0.13.
 REJECTION_STREAK = 200
+
+
+def study_identity(store: Store, name: str) -> tuple[str, Any] | None:
+    """What tells study ``name`` from a study deleted and created again under that name: its name and
+    creation time (``lightnas_studies``); None when there is no such study."""
+    row = store.get_study(name)
+    return None if row is None else (name, row.created_at)
+
+
+def _deleted_meanwhile(store: Store, name: str, identity: tuple[str, Any] | None,
+                       study_id: int | None = None) -> bool:
+    """Whether study ``name`` of ``identity`` is gone (deleted, or replaced by a new study of its name),
+    its Optuna study included (and, given ``study_id``, that Optuna study is another one now)."""
+    if study_identity(store, name) != identity:
+        return True
+    try:
+        found = store.optuna.get_study_id_from_name(name)
+    except KeyError:
+        return True
+    return study_id is not None and found != study_id
 
 
 def slots_left(store: Store, name: str, target: int) -> int:
@@ -119,6 +140,7 @@ class StudyWorker:
                  stop: threading.Event | None = None, max_retry: int = 3, device: str | None = None) -> None:
         self.name, self.store = name, store
         self.stop = stop or threading.Event()
+        self.identity = study_identity(store, name)  # read first: a study re-created meanwhile is seen as new
         self.ctx = load_context(name, store, threads=threads, device=device)
         study_spec = self.ctx.study_spec
         self.study = optuna.load_study(study_name=name, storage=store.optuna,
@@ -144,6 +166,11 @@ class StudyWorker:
 
     def done(self) -> bool:
         return finished(self.store, self.name) >= self.target
+
+    def replaced(self) -> bool:
+        """Whether the study this worker was loaded for is gone: its record or its Optuna study deleted
+        (``delete_study`` removes the Optuna study first), or a new study created under its name."""
+        return _deleted_meanwhile(self.store, self.name, self.identity, self.study._study_id)
 
     def claim(self) -> optuna.Trial | None:
         """A new (or retried) trial if the target leaves a slot, else None."""
@@ -308,8 +335,11 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
                                             mode="serve"), "connecting", stop)
     assert isinstance(store, Store)
     stats = WorkerStats()
+    # By name, each with the identity (name, creation time) of the study it was loaded for: a study
+    # deleted and created again under its name gets a new StudyWorker, and is not broken for being
+    # the old one's namesake.
     workers: dict[str, StudyWorker] = {}
-    broken: set[str] = set()
+    broken: set[tuple[str, Any]] = set()
     ident = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     try:
         for n in names or ():
@@ -323,35 +353,59 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
                 scope = list(names) if names else [r.name for r in store.list_studies()]
                 ran, pending = False, False
                 for name in scope:
-                    if name in broken or stop.is_set():
+                    if stop.is_set():
                         continue
                     row = store.get_study(name)
                     if row is None:  # deleted meanwhile
                         workers.pop(name, None)
                         continue
+                    identity = (name, row.created_at)
+                    if identity in broken:
+                        continue
                     sw = workers.get(name)
+                    if sw is not None and sw.identity != identity:  # deleted and created again: a new study
+                        log.info("%s was deleted and created again; loading the new study", name)
+                        workers.pop(name)
+                        sw = None
                     if sw is None:
                         if finished(store, name) >= row.target_trials:
                             continue
                         try:
                             sw = StudyWorker(name, store, worker=worker, threads=threads, stop=stop, device=device)
                         except Exception as e:
-                            if names or database_down(e):
+                            if database_down(e):
+                                raise
+                            if _deleted_meanwhile(store, name, identity):  # half deleted: gone next pass
+                                continue
+                            if names:
                                 raise
                             # One broken study (its data unreadable, say) must not stop a worker
                             # that serves the whole database.
                             log.error("%s: cannot load the study (%s); this worker skips it", name, e)
-                            broken.add(name)
+                            broken.add(identity)
                             continue
                         workers[name] = sw
-                    trial = sw.claim()
-                    if trial is None:
-                        if sw.done():
-                            workers.pop(name, None)  # release its data; reloaded if the target rises
-                        else:
-                            pending = True
-                        continue
-                    frozen = sw.run(trial)
+                    trial = None
+                    try:
+                        trial = sw.claim()
+                        if trial is None:
+                            if sw.done():
+                                workers.pop(name, None)  # release its data; reloaded if the target rises
+                            else:
+                                pending = True
+                            continue
+                        frozen = sw.run(trial)
+                    except Exception:
+                        if not sw.replaced():
+                            raise
+                        # Deleted (and maybe created again) under the worker: its trial rows are gone,
+                        # so a result has nowhere to go; an evaluation, if stored, stays for reuse.
+                        log.warning("%s was deleted while this worker %s", name,
+                                    f"ran its trial {trial.number}; the trial is dropped" if trial is not None
+                                    else "claimed a trial")
+                        workers.pop(name, None)
+                        ran = True
+                        break
                     stats.add(frozen.state.name)
                     log.info("%s trial %d %s%s", name, frozen.number, frozen.state.name.lower(),
                              _describe(frozen))
@@ -367,7 +421,7 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
                         if names:
                             raise NasError(msg)
                         log.error("%s; this worker skips it from now on", msg)
-                        broken.add(name)
+                        broken.add(sw.identity or identity)
                     ran = True
                     break  # back to the oldest study first
                 unexplained = 0

@@ -1,0 +1,177 @@
+"""Reading a user's file without hanging: regular files only, of a stated size, one line otherwise.
+
+Every file a command reads because a user named it (a ``--config`` TOML, an ``--enqueue`` spec,
+a ``--measurements`` CSV, a device profile given by path or kept in ``$NAS_HOME/devices``) goes
+through :func:`read_user_file`. A FIFO would block the read (or the ``open`` itself) forever,
+``/dev/zero`` would be read until memory runs out, a directory or a socket cannot be read at
+all: each is refused at once, as is a file over the caller's size cap, with one line naming the
+file, what it is and what is accepted.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ._devices import DeviceError, get_device, nas_home, parse_profile, shipped_profile_path, stored_profiles
+
+if TYPE_CHECKING:
+    from ._devices import DeviceProfile
+
+__all__ = ["MAX_PROFILE_BYTES", "check_user_file", "describe_size", "open_profile", "read_user_file",
+           "read_user_text"]
+
+#: Largest device profile file: a profile with a per-layer lookup table of thousands of layers is
+#: a few hundred kilobytes.
+MAX_PROFILE_BYTES = 4 << 20
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def describe_size(n: int) -> str:
+    """``4 << 20`` -> ``"4 MiB"``; ``1000`` -> ``"1,000 bytes"``."""
+    for shift, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n:,} bytes"
+
+
+def _kind(mode: int) -> str:
+    return next((what for test, what in _KINDS if test(mode)), "not a regular file")
+
+
+def _why(e: OSError) -> str:
+    if e.errno == errno.ELOOP:
+        return "a symbolic link loop (too many levels of symbolic links)"
+    return e.strerror or str(e)
+
+
+def _check_stat(st: os.stat_result, shown: str, what: str, max_bytes: int, error: type[Exception]) -> None:
+    accepted = f"accepted: a regular file of at most {describe_size(max_bytes)}"
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{what}: {shown} is not a regular file (it is {_kind(st.st_mode)}); {accepted}")
+    if st.st_size > max_bytes:
+        raise error(f"{what}: {shown} is {st.st_size:,} bytes; {accepted}")
+
+
+def check_user_file(path: str | os.PathLike[str], what: str, max_bytes: int, *,
+                    error: type[Exception] = ValueError) -> None:
+    """Refuse, without opening it, a file that is not a regular file of at most ``max_bytes``
+    (for a file another function is about to read).
+
+    Raises:
+        error: one line ``<what>: <path> is not a regular file (it is a FIFO); accepted: ...``,
+            or that it is too large, or that it cannot be read (missing, a symbolic link loop).
+    """
+    shown = str(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise error(f"{what}: cannot read {shown} ({_why(e)})") from None
+    except ValueError:  # a NUL byte in the path
+        raise error(f"{what}: the path {shown!r} contains a NUL byte") from None
+    _check_stat(st, shown, what, max_bytes, error)
+
+
+def read_user_file(path: str | os.PathLike[str], what: str, max_bytes: int, *,
+                   error: type[Exception] = ValueError) -> bytes:
+    """The bytes of a file a user named, never more than ``max_bytes``, and never a hang.
+
+    The path is checked before it is opened (a device is never opened), then opened with
+    ``O_NONBLOCK`` (a FIFO put there meanwhile does not block the open) and checked again on the
+    descriptor: a regular file of at most ``max_bytes``. At most ``max_bytes + 1`` bytes are read,
+    so a file that grows while it is read is refused too.
+
+    Args:
+        path: the file.
+        what: how the message names it, e.g. ``"--config"`` or ``"device profile"``.
+        max_bytes: the size cap, stated in the message.
+        error: the exception type to raise (the caller's layer's one-line error).
+
+    Raises:
+        error: one line naming the file, what was wrong and what is accepted.
+
+    Example:
+        >>> read_user_file("/dev/zero", "--config", 1 << 20)
+        Traceback (most recent call last):
+        ...
+        ValueError: --config: /dev/zero is not a regular file (it is a character device); accepted: ...
+    """
+    shown = str(path)
+    check_user_file(path, what, max_bytes, error=error)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise error(f"{what}: cannot read {shown} ({_why(e)})") from None
+    try:
+        _check_stat(os.fstat(fd), shown, what, max_bytes, error)
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise error(f"{what}: cannot read {shown} ({_why(e)})") from None
+    finally:
+        os.close(fd)
+    if size > max_bytes:
+        raise error(f"{what}: {shown} is larger than {describe_size(max_bytes)}; accepted: a regular file of at most "
+                    f"{describe_size(max_bytes)}")
+    return b"".join(chunks)
+
+
+def read_user_text(path: str | os.PathLike[str], what: str, max_bytes: int, *, error: type[Exception] = ValueError,
+                   accepted: str = "a UTF-8 text file") -> str:
+    """:func:`read_user_file` decoded as UTF-8; binary bytes are one line too (``accepted`` says what
+    the file should be, e.g. ``"a TOML file (TOML is UTF-8)"``)."""
+    data = read_user_file(path, what, max_bytes, error=error)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{what}: {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); accepted: "
+                    f"{accepted}") from None
+
+
+def _profile_file(name: str, stored: Mapping[str, str]) -> Path | None:
+    """The file :func:`get_device` reads for profile ``name`` (the user's before the shipped one),
+    None when it reads none (a profile of the study database, or an unknown name)."""
+    if name in stored:
+        return None
+    user = nas_home() / "devices" / f"{name}.toml"
+    if os.path.lexists(user):
+        return user
+    return shipped_profile_path(name)
+
+
+def open_profile(name: str, stored: Mapping[str, str] | None = None) -> DeviceProfile:
+    """:func:`get_device` that cannot hang: a profile given by path is read with
+    :func:`read_user_file`; a profile's file in ``$NAS_HOME/devices`` is checked the same way
+    before it is read; TOML nested too deeply is one line too. ``stored``: the profiles of a study
+    database (name -> TOML text), which come first, as they do for :func:`get_device` once
+    ``use_stored_profiles`` made them known.
+
+    Raises:
+        DeviceError: unknown name (listing the valid ones), a file that is not a regular file of at
+            most :data:`MAX_PROFILE_BYTES`, not UTF-8, not TOML or not a valid profile.
+    """
+    try:
+        if name.endswith(".toml") or os.sep in name:
+            text = read_user_text(name, "device profile", MAX_PROFILE_BYTES, error=DeviceError,
+                                  accepted="a profile TOML file (TOML is UTF-8)")
+            return parse_profile(text, name)
+        if stored and name in stored:
+            return parse_profile(stored[name], f"{name!r} (stored in the study database)")
+        path = _profile_file(name, stored_profiles())
+        if path is not None:
+            check_user_file(path, f"device profile {name!r}", MAX_PROFILE_BYTES, error=DeviceError)
+        return get_device(name)
+    except RecursionError:
+        raise DeviceError(f"device profile {name!r}: TOML nested too deeply to read; accepted: a profile as 'nas "
+                          "hardware fit' writes it") from None
