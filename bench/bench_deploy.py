@@ -5,7 +5,12 @@ calibration images: sizes and arenas do not depend on the values), convert to ``
 record the file size, the smallest TFLM arena with its breakdown, and the graph (ops, tensors)
 as JSON lines. ``fit`` / ``report``: the RAM/flash model of ``objectives`` against those records.
 
-    python bench/bench_deploy.py collect --out bench/data/tflm_specs.jsonl --n 400 --threads 1
+    python bench/bench_deploy.py collect --out bench/data/tflm_specs_28-96.jsonl --n 420 --seed 1
+    python bench/bench_deploy.py collect --out bench/data/tflm_specs_8-28.jsonl --n 150 --seed 2 --small
+    python bench/bench_deploy.py collect --out bench/data/tflm_specs_tests.jsonl --tests
+    python bench/bench_deploy.py fit [--write]        # the RAM/flash model: fitted on 8 %, the rest held out
+    python bench/bench_deploy.py tiny                 # the planner's temporary records of the smallest networks
+    python bench/bench_deploy.py study --data idx:DIR --space resnet ...   # an int8 study, its front exported
 """
 
 from __future__ import annotations
@@ -312,7 +317,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("collect")
-    c.add_argument("--out", default="bench/data/tflm_specs.jsonl")
+    c.add_argument("--out", default="bench/data/tflm_specs_28-96.jsonl")
     c.add_argument("--n", type=int, default=400)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--threads", type=int, default=1)
@@ -320,10 +325,10 @@ def main() -> None:
     c.add_argument("--small", action="store_true", help="small inputs (8x8 to 28x28) instead of 28x28 to 96x96")
     c.add_argument("--tests", action="store_true", help="the tests' networks and tinier ones at 4x4 to 16x16")
     f = sub.add_parser("fit")
-    f.add_argument("--data", default="bench/data/tflm_specs.jsonl")
+    f.add_argument("--data", default="bench/data/tflm_specs_28-96.jsonl,bench/data/tflm_specs_8-28.jsonl")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--fit-share", type=float, default=0.25, help="share of the networks fitted to (rest held out)")
-    f.add_argument("--fit-also", default="", help="records always in the fit set (comma list of files)")
+    f.add_argument("--fit-share", type=float, default=0.08, help="share of the networks fitted to (rest held out)")
+    f.add_argument("--fit-also", default="bench/data/tflm_specs_tests.jsonl", help="records always in the fit set (comma list of files)")
     f.add_argument("--write", action="store_true", help="write the coefficients into objectives/tflm_model.json")
     st = sub.add_parser("study")
     st.add_argument("--data", default="digits")
