@@ -328,7 +328,8 @@ def main() -> None:
     f.add_argument("--data", default="bench/data/tflm_specs_28-96.jsonl,bench/data/tflm_specs_8-28.jsonl")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--fit-share", type=float, default=0.08, help="share of the networks fitted to (rest held out)")
-    f.add_argument("--fit-also", default="bench/data/tflm_specs_tests.jsonl", help="records always in the fit set (comma list of files)")
+    f.add_argument("--fit-also", default="bench/data/tflm_specs_tests.jsonl",
+                   help="records always in the fit set (comma list of files)")
     f.add_argument("--write", action="store_true", help="write the coefficients into objectives/tflm_model.json")
     st = sub.add_parser("study")
     st.add_argument("--data", default="digits")
