@@ -8,6 +8,7 @@ accepted; tracebacks are reserved for bugs. Heavy imports happen inside the comm
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -77,15 +78,18 @@ def entry() -> None:
     except SystemExit as e:
         if e.code != INTERRUPTED:
             raise
-    sys.excepthook = _quiet_interrupt
-    raise KeyboardInterrupt  # CPython: finalise, restore SIGINT's default action, kill(getpid(), SIGINT)
+    # Not ``raise KeyboardInterrupt`` for CPython to finalise and kill: CPython does that only when the
+    # interrupt leaves code it ran as a file or a string, so ``python -m nas.cli`` (runpy's exec) ended
+    # with status 1 instead. The command has closed its stores and said what it saved; end it here.
+    import logging
+    import signal
 
-
-def _quiet_interrupt(kind: type[BaseException], value: BaseException, tb: Any) -> None:
-    """``sys.excepthook`` for :func:`entry`'s own KeyboardInterrupt: the command already said
-    what happened, so no traceback."""
-    if not issubclass(kind, KeyboardInterrupt):
-        sys.__excepthook__(kind, value, tb)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
