@@ -216,6 +216,7 @@ class Budget:
     def constraints(self, totals: Mapping[str, float]) -> dict[str, float]:
         """Optuna constraint values: ``value / limit - 1`` (feasible when <= 0; strict limits
         need ``< 0``, reported as a tiny positive value at equality)."""
+        totals = getattr(totals, "totals", totals)  # a CostReport or its totals
         _defined(self.conditions, totals)
         out = {}
         for c in self.conditions:
