@@ -64,6 +64,7 @@ from ._int8 import (
     fold_batchnorm,
     input_recipe,
     int8_accuracy,
+    describe_tflite,
     io_quantization,
     load_int8,
     quantize_input,
