@@ -145,9 +145,12 @@ def _profile_file(name: str, stored: Mapping[str, str]) -> Path | None:
     if name in stored:
         return None
     user = nas_home() / "devices" / f"{name}.toml"
-    if os.path.lexists(user):
+    if os.path.lexists(user):  # False for a name no file system takes (too long, a NUL byte)
         return user
-    return shipped_profile_path(name)
+    try:
+        return shipped_profile_path(name)
+    except (OSError, ValueError):  # such a name: get_device says it is unknown
+        return None
 
 
 def open_profile(name: str, stored: Mapping[str, str] | None = None) -> DeviceProfile:

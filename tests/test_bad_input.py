@@ -37,6 +37,7 @@ from nas.cli import main
 from nas.search import make_spec
 from nas.serve import ApiSettings, create_app
 from objectives import BudgetError, DataError, load_dataset, parse_budget
+from search_spaces import SpaceError, enumerate_choices, get_space, list_spaces, space_class
 from storage import StorageError, Store
 
 TOKEN = "t-" + "x" * 30
@@ -261,6 +262,8 @@ BAD_FIELDS: list[tuple[str, object, str]] = [
     ("trials", 2_000_000, "trials"),
     ("trials", True, "trials"),
     ("input_size", 10**6, "input_size"),
+    ("input_size", 4096, "input_size: got 4096; accepted: 4 to 512 px"),  # resizing digits to it: ~82 GB
+    ("device", "meta", "device"),  # no worker trains on it
     ("val_fraction", math.inf, "val_fraction"),
     ("budget_weights", {"params": math.nan}, "budget_weights.params"),
     ("budget_weights", {"params": True}, "budget_weights.params"),
@@ -410,6 +413,128 @@ def test_bad_config_files(tmp_path: Path) -> None:
         code, _, err = cli("study", "create", "--config", path, "--storage", url)
         assert_one_line(code, err, needle)
         assert not db.exists(), name  # refused before the database is opened
+
+
+# --------------------------------------------------------------------------------------------- numbers without a bound
+
+
+#: Numbers with no upper bound (hours of work, or memory the machine does not have), a bool taken
+#: for an int, NaN and infinity, empty places (``Path("")`` is the working directory): ``P`` stands
+#: for a new directory under the test's own.
+UNBOUNDED_ARGS: list[tuple[list[str], str]] = [
+    (["study", "create", "x", "--space", "plain", "--budget", "params<=12k", "--input-size", "4096"],
+     "accepted: 4 to 512 px"),
+    (["study", "create", "x", "--space", "plain", "--budget", "params<=12k", "--device", "meta"],
+     "no network trains on a 'meta' device"),
+    (["study", "create", "x", "--space", "plain", "--budget", "params<=12k", "--option", "max_depth=True"],
+     "max_depth=True"),
+    (["study", "create", "x", "--space", "plain", "--budget", "params<=12k", "--option", "max_depth=1000000"],
+     "at most 32 blocks per stage"),
+    (["study", "create", "x", "--space", "plain", "--budget", "params<=12k", "--option",
+      f"widths={tuple(range(8, 5008))}"], "widths: 5,000 values given; accepted: at most 8"),
+    (["study", "create", "x", "--space", "mobilenetv2", "--budget", "params<=50k", "--option", "max_depth=32"],
+     "accepted: at most 512"),
+    (["export", "b1", "--trial", "0", "--to", "P", "--formats", "json", "--epochs", "1000000000"],
+     "accepted: 1 to 10,000 epochs"),
+    (["export", "b1", "--trial", "0", "--to", "", "--formats", "json"], "--to: empty"),
+    (["report", "b1", "--to", " "], "--to: empty"),
+    (["refine", "b1", "--trial", "0", "--queue", "--low-rank", "  "], "--low-rank: empty"),
+    (["worker", "b1", "--until-done", "--poll-max", "nan"], "--poll-max: got nan"),
+    (["worker", "b1", "--until-done", "--poll-max", "inf"], "--poll-max: got inf"),
+    (["worker", "b1", "--until-done", "--connect-wait", "nan"], "--connect-wait: got nan"),
+    (["hardware", "probe", "--to", "", "--n", "8"], "--to: empty"),
+    (["hardware", "probe", "--to", "P", "--n", "8", "--classes", "1000000000"], "accepted: 2 to 1,000"),
+    (["hardware", "probe", "--to", "P", "--n", "8", "--seed", "-1"], "--seed: got -1"),
+    (["hardware", "probe", "--to", "P", "--n", "8", "--seed", str(2**40)], "--seed: got 1099511627776"),
+    (["hardware", "cost", "--space", "plain", "--seed", "-1"], "--seed: got -1"),
+    (["hardware", "cost", "--space", "plain", "--seed", str(2**40)], "accepted: an integer from 0 to 4,294,967,295"),
+    (["hardware", "cost", "--space", "plain", "--classes", "1000000000"], "accepted: 1 to 10,000"),
+    (["hardware", "calibrate", "--specs", "1000000000"], "to 2,000 probe networks"),
+    (["hardware", "calibrate", "--specs", "16", "--rounds", "1", "--threads", "-1"], "--threads: got -1"),
+    (["hardware", "calibrate", "--specs", "16", "--rounds", "1", "--device", "meta"], "--device"),
+]
+
+
+@pytest.mark.parametrize("args, needle", UNBOUNDED_ARGS, ids=[" ".join(a)[:60] for a, _ in UNBOUNDED_ARGS])
+def test_numbers_without_a_bound_and_empty_places_are_one_line(db: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch, args: list[str],
+                                                               needle: str) -> None:
+    monkeypatch.chdir(tmp_path)  # where an empty --to would write
+    monkeypatch.setenv("NAS_HOME", str(tmp_path / "home"))  # where calibrate would write a profile
+    before = fingerprint(db)
+    args = [str(tmp_path / "P") if a == "P" else a for a in args]
+    storage = [] if args[0] == "hardware" else ["--storage", f"sqlite:///{db}"]
+    code, _, err = cli(*args, *storage)
+    assert_one_line(code, err, needle)
+    assert fingerprint(db) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("nas.db")) == [], "something written"
+
+
+#: Space options a budget check would work on for minutes or hours, or a bool taken for a depth.
+SPACE_OPTIONS: list[tuple[str, dict[str, object], str]] = [
+    ("plain", {"max_depth": 1_000_000}, "at most 32 blocks per stage"),
+    ("resnet", {"widths": list(range(8, 5008))}, "widths: 5,000 values given; accepted: at most 8"),
+    ("plain", {"max_depth": True}, "max_depth=True"),
+    ("mobilenetv2", {"max_depth": 32}, "accepted: at most 512"),
+    ("plain", {"widths": [8, 16, 24, 32, 40, 48, 56, 64], "max_depth": 16}, "accepted: at most 512"),
+    ("plain", {"widths": [8, 10**9]}, "positive integers of at most 4,096"),
+]
+
+
+@pytest.mark.parametrize("via", ["toml", "api"])
+@pytest.mark.parametrize("space, options, needle", SPACE_OPTIONS, ids=[f"{s} {o}"[:50] for s, o, _ in SPACE_OPTIONS])
+def test_space_options_are_capped_in_toml_and_the_api(tmp_path: Path, via: str, space: str,
+                                                      options: dict[str, object], needle: str) -> None:
+    db = tmp_path / "nas.db"
+    url = f"sqlite:///{db}"
+    if via == "toml":
+        config = tmp_path / "s.toml"
+        values = ", ".join(f"{k} = {json.dumps(v)}" for k, v in options.items())
+        config.write_text(f'name = "x"\nspace = "{space}"\nbudget = "params<=50k"\nspace_options = {{ {values} }}\n')
+        code, _, err = cli("study", "create", "--config", str(config), "--storage", url)
+        assert_one_line(code, err, needle)
+        assert err.startswith("error: space_options: "), err
+        assert not db.exists()
+        return
+    with TestClient(create_app(ApiSettings(storage=url, tokens=(TOKEN,)))) as c:
+        assert c.post("/studies", json={**BASE, "name": "keep", "target": 0}, headers=AUTH).status_code == 201
+        settle(db)
+        before = fingerprint(db)
+        r = c.post("/studies", json={**BASE, "space": space, "space_options": options, "budget": "params<=50k"},
+                   headers=AUTH)
+        assert r.status_code == 422 and r.json()["field"] == "space_options", r.text
+        assert needle in r.json()["message"] and "\n" not in r.json()["message"], r.text
+        assert fingerprint(db) == before
+
+
+OPTION_NAMES = sorted({name for space in list_spaces() for name, _, _ in space_class(space).option_help()})
+OPTION_VALUES = st.one_of(st.integers(-2, 10**7), st.booleans(), st.none(), st.floats(), st.text(max_size=4),
+                          st.lists(st.integers(-1, 10**5) | st.booleans(), max_size=40),
+                          st.lists(st.sampled_from([1, 3, 5, 7, 1.0, 0.5, 0.25, 0.125, "basic", "bottleneck"]),
+                                   max_size=20))
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(space=st.sampled_from(list_spaces()),
+       options=st.dictionaries(st.sampled_from(OPTION_NAMES), OPTION_VALUES, max_size=4))
+def test_any_space_options_give_a_bounded_space_or_one_line(space: str, options: dict[str, object]) -> None:
+    """Whatever the options, a space is refused in one line or offers each stage at most 512
+    choices from at most 16 starts (stem widths x block types): the budget check's dynamic
+    programme visits each choice once per width entering a stage, so it stays within seconds."""
+    try:
+        s = get_space(space, input_shape=(1, 28, 28), **options)
+    except SpaceError as e:
+        assert "\n" not in str(e) and str(e).strip()
+        return
+    starts = [g for _, g in enumerate_choices(s.suggest_globals)]
+    assert len(starts) <= 16, (options, len(starts))
+    g = starts[0]
+    cin = s.stem(g).out_channels
+    for i in range(len(s.stage_strides)):
+        choices = [stage for _, stage in enumerate_choices(lambda t, i=i, cin=cin: s.suggest_stage(t, i, g, cin))]
+        assert len(choices) <= 512, (options, i, len(choices))
+        assert all(len(stage.blocks) <= 32 for stage in choices)
+        cin = choices[0].blocks[-1].out_channels
 
 
 # --------------------------------------------------------------------------------------------- bad databases
