@@ -470,6 +470,19 @@ def test_numbers_without_a_bound_and_empty_places_are_one_line(db: Path, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("nas.db")) == [], "something written"
 
 
+def test_an_input_size_whose_images_would_not_fit_in_memory_is_refused_before_resizing(tmp_path: Path) -> None:
+    """9,000 small images at 512 px (the largest input_size) would take 8.8 GiB as float32: refused
+    with the size that fits, before one is resized, and before the database is opened."""
+    data = tmp_path / "many.npz"
+    np.savez(data, x_train=np.zeros((9000, 8, 8), np.uint8), y_train=np.arange(9000) % 10)
+    db = tmp_path / "nas.db"
+    code, _, err = cli("study", "create", "x", "--space", "plain", "--budget", "params<=12k", *TINY, "--data",
+                       f"npz:{data}", "--input-size", "512", "--storage", f"sqlite:///{db}")
+    assert_one_line(code, err, "input_size: 9,000 images resized to a short side of 512 px would take 8.8 GiB")
+    assert "accepted: at most 8 GiB of images (here input_size <= 488)" in err, err
+    assert not db.exists()
+
+
 #: Space options a budget check would work on for minutes or hours, or a bool taken for a depth.
 SPACE_OPTIONS: list[tuple[str, dict[str, object], str]] = [
     ("plain", {"max_depth": 1_000_000}, "at most 32 blocks per stage"),

@@ -230,7 +230,8 @@ class StudySpec(BaseModel):
         return parse_budget(self.budget, self.budget_weights) if self.budget else None
 
     def load_data(self, *, whole_train: bool = False) -> Dataset:
-        """The study's dataset with its fixed splits (raises ``DataError``); ``whole_train``: the
+        """The study's dataset with its fixed splits (raises ``DataError``; ``NasError`` when its images
+        resized to ``input_size`` would take over :data:`MAX_RESIZED_BYTES`); ``whole_train``: the
         whole training split, whatever the fidelity's ``train_fraction`` (refinement)."""
         from objectives import load_dataset
 
