@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._errors import NasError, TrialInterrupted, UnknownStudy, UnreadableStudy
+from ._errors import NasError, Terminated, TrialInterrupted, UnknownStudy, UnreadableStudy
 from ._version import __version__
 
 #: Public name -> the module it lives in.
@@ -41,7 +41,8 @@ _LAZY = {
     "write_report": "nas._report",
 }
 
-__all__ = ["NasError", "TrialInterrupted", "UnknownStudy", "UnreadableStudy", "__version__", *sorted(_LAZY)]
+__all__ = ["NasError", "Terminated", "TrialInterrupted", "UnknownStudy", "UnreadableStudy", "__version__",
+           *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:

@@ -3,7 +3,7 @@ signal that a worker was asked to stop."""
 
 from __future__ import annotations
 
-__all__ = ["NasError", "TrialInterrupted", "UnknownStudy", "UnreadableStudy"]
+__all__ = ["NasError", "Terminated", "TrialInterrupted", "UnknownStudy", "UnreadableStudy"]
 
 
 class NasError(ValueError):
@@ -22,3 +22,9 @@ class UnreadableStudy(NasError):
 class TrialInterrupted(Exception):
     """Raised at an epoch boundary when the worker was asked to stop (SIGTERM/SIGINT): the trial
     or refinement step in progress is given back, not failed for good."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while a study runs (``kill``, a service manager, a worker whose parent died): handled
+    as Ctrl-C is (a ``KeyboardInterrupt``), the running trial failed and queued again at once; the
+    command then says so in one line and ends by SIGTERM (status 143)."""

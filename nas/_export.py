@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,13 +13,13 @@ import numpy as np
 import optuna
 import torch
 
-from objectives import estimate_cost, train_model, write_onnx
+from objectives import check_out_dir, estimate_cost, train_model, write_files, write_onnx
 from search_spaces import ArchSpec, build_model
 from storage import Store
 
 from ._artifacts import int8_key, load_arch, load_network, weights_key
 from ._errors import NasError
-from .search import DataShape, StudySpec, get_study_spec, record_of, study_data
+from .search import DataShape, Status, StudySpec, get_study_spec, record_of, study_data
 
 __all__ = ["EXPORT_FORMATS", "FORMATS", "TFLM_IMAGES", "export_onnx", "export_refined", "export_trial"]
 
@@ -66,6 +65,7 @@ def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs
     if epochs is not None and not 1 <= epochs <= 10_000:
         raise NasError(f"--epochs: got {epochs}; accepted: 1 to 10,000 epochs (as many as a study's fidelity)")
     _check_formats(formats, calibration)
+    _check_out(Path(to))  # a place that cannot be written: refused before minutes of training or conversion
     study_spec = get_study_spec(name, store)
     study = optuna.load_study(study_name=name, storage=store.optuna)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -95,6 +95,8 @@ def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs
             raise NasError(f"trial {number} has no trained weights (status {r.status or t.state.name.lower()}); "
                            "pass --epochs N to train it for export")
         model = stored
+        if r.status != Status.TRAINED:  # its evaluation reused: whose training made these weights
+            info["note"] = _weights_from(store, name, h, study_spec.fidelity_key)
     else:  # the spec alone (json) needs no weights
         model = build_model(arch, shape.input_shape, shape.num_classes)
     meta = {"study": name, "trial": number}
@@ -102,6 +104,22 @@ def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs
     info.update(_write(arch, model, shape, study_spec, Path(to), formats, meta,
                        deploy=_Deploy(store, calibration, strict, f"{h}/{study_spec.fidelity_key}", qat)))
     return info
+
+
+def _weights_from(store: Store, name: str, spec_hash: str, fidelity_key: str) -> str | None:
+    """For a trial that reused a stored evaluation: where its weights were trained, when not in study
+    ``name`` itself (another study of the same data and fidelity trained the same architecture)."""
+    for study, number in store.trained_by(spec_hash):
+        if study == name:
+            return None
+        try:
+            other = get_study_spec(study, store)
+        except NasError:  # a study whose spec no longer reads: not the trainer we can name
+            continue
+        if other.fidelity_key == fidelity_key:
+            return f"note: weights trained by study {study!r} trial {number} (same architecture and fidelity)"
+    return ("note: weights trained by a study no longer in this database (same architecture and fidelity); "
+            "this trial reused them")
 
 
 def _check_formats(formats: tuple[str, ...], calibration: int | None = None) -> None:
@@ -218,11 +236,8 @@ def _write(arch: ArchSpec, model: torch.nn.Module, data: DataShape, study_spec: 
     info: dict[str, Any] = {}
     int8_files: dict[str, bytes] = {}
     if deploy is not None and set(formats) & set(INT8_FORMATS):
-        if out.exists() and not out.is_dir():
-            _check_out(out)  # the one-line refusal, before minutes of conversion
         int8_files, info["deploy"] = _int8_artifacts(arch, model, study_spec, formats, deploy)
     _check_out(out)
-    written: list[str] = []
     files: dict[str, bytes] = {}
     if "json" in formats:
         report = estimate_cost(arch, data.input_shape, data.num_classes, device=study_spec.cost_device)
@@ -244,33 +259,16 @@ def _write(arch: ArchSpec, model: torch.nn.Module, data: DataShape, study_spec: 
                 raise RuntimeError(f"ONNX output differs from PyTorch by {info['onnx_max_abs_diff']:.2e}")
             files["model.onnx"] = path.read_bytes()
     files.update(int8_files)
-    try:
-        for fname, blob in files.items():
-            part = out / f".{fname}.{os.getpid()}.tmp"
-            try:
-                part.write_bytes(blob)  # then renamed: a full disk or a kill never leaves half a file under its name
-                os.replace(part, out / fname)
-            finally:
-                part.unlink(missing_ok=True)
-            written.append(fname)
-    except OSError as e:
-        raise NasError(f"--to: {out}: writing {fname} failed ({e.strerror or e}); "
-                       f"{'written: ' + ', '.join(written) if written else 'nothing written'}") from None
-    info["files"] = [str(out / w) for w in written]
+    # All or nothing: each file under a temporary name, renamed once all are written (a full disk or a
+    # kill never leaves half a file under its name, nor a directory this export created).
+    written = write_files(out, files, "--to", error=NasError)
+    info["files"] = written
     return info
 
 
 def _check_out(out: Path) -> None:
-    """Make ``out`` (a directory this process may write) or raise the one-line ``--to`` error."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".lightnas-write-{os.getpid()}"
-        probe.write_bytes(b"")  # a read-only place fails here, before any network is exported
-        probe.unlink()
-    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
-        what = "exists and is not a directory" if out.exists() and not out.is_dir() else \
-            f"cannot be written ({getattr(e, 'strerror', None) or e})"
-        raise NasError(f"--to: {out} {what}; accepted: a directory you may write (created if missing)") from None
+    """Refuse a ``--to`` this process cannot write, in one line, before any work (nothing is created)."""
+    check_out_dir(out, "--to", error=NasError)
 
 
 def export_refined(name: str, refinement_id: int, to: str | Path, store: Store, *,
@@ -285,6 +283,7 @@ def export_refined(name: str, refinement_id: int, to: str | Path, store: Store, 
     if isinstance(to, str) and not to.strip():  # Path("") is the working directory
         raise NasError("--to: empty; accepted: a directory you may write (created if missing), e.g. out/")
     _check_formats(formats, calibration)
+    _check_out(Path(to))
     study_spec = get_study_spec(name, store)
     row = store.get_refinement(refinement_id)
     if row is None or row.study != name:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from ._accel import AMP_MODES, AUGMENTATIONS, DevicePlan, augment_batch, device_plan, usable_cpus, worker_devices
+from ._accel import (
+    AMP_MODES,
+    AUGMENTATIONS,
+    DevicePlan,
+    ThreadGovernor,
+    augment_batch,
+    device_plan,
+    usable_cpus,
+    worker_devices,
+)
 from ._analytic import analytic_layers
 from ._budget import (
     ALIASES,
@@ -110,6 +119,7 @@ from ._opmodel import (
     pool_layer,
     predict_many,
 )
+from ._out import OUT_DIR_ACCEPTED, check_out_dir, write_files
 from ._probe import FAMILIES as PROBE_FAMILIES
 from ._probe import MeasurementError, Probe, board_power, fit_measurements, probe_set, write_probes
 from ._proxies import (
@@ -124,6 +134,7 @@ from ._proxies import (
     score_model,
     vote_scores,
 )
+from ._supernet import SupernetEpoch, SupernetResult, evaluate_subnet, recalibrate_bn, train_supernet
 from ._tflm import flash_bytes, persistent_bytes, planned_bytes, ram_bytes, temporary_bytes, tflite_graph
 from ._train import (
     TrainConfig,
@@ -141,10 +152,11 @@ __all__ = [
     "AMP_MODES",
     "AUGMENTATIONS",
     "DevicePlan",
+    "ThreadGovernor",
     "augment_batch",
     "device_plan",
-    "worker_devices",
     "usable_cpus",
+    "worker_devices",
     "PROXIES",
     "VOTE",
     "VOTE_MEMBERS",
@@ -269,6 +281,9 @@ __all__ = [
     "open_profile",
     "read_user_file",
     "read_user_text",
+    "OUT_DIR_ACCEPTED",
+    "check_out_dir",
+    "write_files",
     "TrainConfig",
     "TrainResult",
     "TrainingError",
@@ -281,4 +296,9 @@ __all__ = [
     "threads_per_worker",
     "train_model",
     "train_spec",
+    "SupernetEpoch",
+    "SupernetResult",
+    "evaluate_subnet",
+    "recalibrate_bn",
+    "train_supernet",
 ]

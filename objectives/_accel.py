@@ -30,14 +30,17 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-__all__ = ["AMP_MODES", "AUGMENTATIONS", "DevicePlan", "augment_batch", "device_plan", "usable_cpus",
-           "worker_devices"]
+__all__ = ["AMP_MODES", "AUGMENTATIONS", "DevicePlan", "ThreadGovernor", "augment_batch", "device_plan",
+           "usable_cpus", "worker_devices"]
 
 #: ``auto``: bf16 on a GPU that supports it, else fp16 with loss scaling; fp32 on the CPU.
 AMP_MODES = ("auto", "off", "bf16", "fp16")
@@ -157,6 +160,99 @@ def usable_cpus() -> int:
     if quota is not None:
         cpus = min(cpus, math.floor(quota))
     return max(1, cpus)
+
+
+class ThreadGovernor:
+    """Chooses, from measured step times, whether training runs at ``most`` torch threads or at 1,
+    and checks again as the machine's load changes.
+
+    Why: torch's CPU build parallelises inside each operator with OpenMP, and a parallel region
+    ends only when its slowest thread does. When another process holds one of the cores, the
+    thread the kernel descheduled makes every small convolution wait for a time slice: a small
+    network of the demo's space trained 6 trials in 455 s at 2 threads with one busy process on 2
+    cores, 35 s at 1 thread (BENCHMARKS.md, section 14). Networks too small to gain from a second
+    thread lose nothing at 1; large ones keep their speed-up while the machine is quiet.
+
+    How: training steps are the measurement (no extra work): after ``warmup`` steps, ``probe``
+    steps at 1 thread interleaved with ``probe`` at ``most`` (so a load that changes during the
+    probe hits both alike); the medians decide, ``most`` only when it is at least ``gain`` times
+    faster. The choice holds for ``recheck_seconds`` (and at least ``recheck_steps`` steps), then
+    the probe runs again. A probe costs at most ``probe`` steps at the slower setting.
+
+    Use as ``with governor.step(): ...`` around each training step; ``most`` <= 1 does nothing.
+
+    Attributes:
+        steps_at: how many steps ran at each thread count (``{1: 120, 2: 480}``).
+        choices: the thread count chosen by each probe, in order.
+    """
+
+    def __init__(self, most: int, *, warmup: int = 2, probe: int = 3, gain: float = 1.15,
+                 recheck_seconds: float = 10.0, recheck_steps: int = 50,
+                 clock: Callable[[], float] = time.perf_counter,
+                 set_threads: Callable[[int], None] = torch.set_num_threads) -> None:
+        self.most = max(1, int(most))
+        self.gain = gain
+        self.recheck_seconds = recheck_seconds
+        self.recheck_steps = recheck_steps
+        self._probe = probe
+        self._clock = clock
+        self._set = set_threads
+        self.steps_at: dict[int, int] = {}
+        self.choices: list[int] = []
+        self._current = self.most
+        self._plan: list[tuple[int, bool]] = [(self.most, False)] * warmup  # (threads, measured)
+        self._times: dict[int, list[float]] = {}
+        self._next_probe_at = 0.0
+        self._steps_since = 0
+        if self.most > 1:
+            self._plan += self._probe_plan()
+
+    def _probe_plan(self) -> list[tuple[int, bool]]:
+        return [(t, True) for _ in range(self._probe) for t in (1, self.most)]
+
+    @property
+    def threads(self) -> int:
+        """The thread count in use."""
+        return self._current
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        """Time one training step at the thread count the plan gives it."""
+        if self.most <= 1:
+            self.steps_at[1] = self.steps_at.get(1, 0) + 1
+            yield
+            return
+        measured = False
+        if not self._plan and self._steps_since >= self.recheck_steps and self._clock() >= self._next_probe_at:
+            self._plan = self._probe_plan()
+        if self._plan:
+            threads, measured = self._plan.pop(0)
+        else:
+            threads = self.choices[-1] if self.choices else self.most
+        if threads != self._current:
+            self._set(threads)
+            self._current = threads
+        t0 = self._clock()
+        yield
+        elapsed = self._clock() - t0
+        self.steps_at[threads] = self.steps_at.get(threads, 0) + 1
+        self._steps_since += 1
+        if measured:
+            self._times.setdefault(threads, []).append(elapsed)
+            if not self._plan:
+                self._decide()
+
+    def _decide(self) -> None:
+        one = statistics.median(self._times.get(1, [math.inf]))
+        many = statistics.median(self._times.get(self.most, [math.inf]))
+        choice = self.most if many * self.gain <= one else 1
+        self.choices.append(choice)
+        self._times.clear()
+        self._steps_since = 0
+        self._next_probe_at = self._clock() + self.recheck_seconds
+        if choice != self._current:
+            self._set(choice)
+            self._current = choice
 
 
 def _cgroup_cpu_quota(root: Path = _CGROUP_ROOT, proc_cgroup: Path = _PROC_CGROUP) -> float | None:

@@ -318,6 +318,10 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: {len(data)} images but {labels.size} labels; counts must match")
     if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: labels are {labels.dtype}, expected integer class indices 0..9")
+    outside = labels[(labels < 0) | (labels > 9)]
+    if outside.size:  # CIFAR-10 has ten classes: a label 99 is damage, not a hundredth class
+        raise DataError(f"{path}: label {int(outside[0])} is outside CIFAR-10's classes ({outside.size:,} such "
+                        "label(s)); accepted: class indices 0..9")
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
@@ -515,6 +519,40 @@ def _check_fraction(name: str, value: float, *, high_closed: bool = False) -> fl
     return float(value)
 
 
+def _class_count(source: str, y_train: np.ndarray, y_test: np.ndarray | None) -> int:
+    """K, the number of classes: the training labels must be 0..K-1 with every class present (a
+    class id no training image has is a damaged or mislabelled file, and would silently add an
+    output the network can never learn), at least two classes, and test labels among them.
+
+    Raises:
+        DataError: one line naming the missing or unexpected class ids and what is accepted.
+    """
+    accepted = "accepted: class indices 0..K-1 (K >= 2), each with training images"
+    shown = _shown(source, 100)
+    present = np.unique(y_train)
+    if len(present) < 2:
+        raise DataError(f"{shown}: the training split holds one class only (label {int(present[0])}); {accepted}")
+    k = int(present[-1]) + 1
+    if len(present) < k:
+        first: list[int] = []
+        expected = 0
+        for c in present.tolist():
+            while expected < c and len(first) < 5:
+                first.append(expected)
+                expected += 1
+            expected = c + 1
+            if len(first) >= 5:
+                break
+        n_missing = k - len(present)
+        ids = ", ".join(map(str, first)) + (", ..." if n_missing > len(first) else "")
+        raise DataError(f"{shown}: labels run to {k - 1} but {n_missing:,} class id(s) below it have no training "
+                        f"image ({ids}); {accepted}")
+    if y_test is not None and len(y_test) and int(y_test.max()) >= k:
+        raise DataError(f"{shown}: the test split has label {int(y_test.max())}, a class with no training image "
+                        f"(training labels are 0..{k - 1}); {accepted}")
+    return k
+
+
 def load_dataset(source: str, *, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.2,
                  train_fraction: float = 1.0) -> Dataset:
     """Load a dataset as normalised tensors with seeded, stratified train/val/test splits.
@@ -559,7 +597,7 @@ def load_dataset(source: str, *, seed: int = 0, val_fraction: float = 0.15, test
     labels = [y for y in (raw.y_train, raw.y_test) if y is not None]
     if min(int(y.min()) for y in labels) < 0:
         raise DataError(f"{source}: negative class labels; accepted: class indices 0..K-1")
-    num_classes = max(int(y.max()) for y in labels) + 1
+    num_classes = _class_count(source, raw.y_train, raw.y_test)
     # Separate streams per split, so train_fraction cannot move the val/test sets.
     rng_test, rng_val, rng_sub = (np.random.default_rng([int(seed), k]) for k in range(3))
 

@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -304,10 +305,22 @@ def user_profile_path(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def save_device(profile: DeviceProfile, directory: Path | None = None) -> Path:
-    """Write ``profile`` as TOML into the user's device directory; returns the path."""
+def save_device(profile: DeviceProfile, directory: Path | None = None, *,
+                before_commit: Callable[[], None] | None = None) -> Path:
+    """Write ``profile`` as TOML into the user's device directory (``$NAS_HOME/devices``, created if
+    missing); returns the path. Written under a temporary name and renamed: a full disk never
+    leaves half a profile, and ``before_commit`` (e.g. storing it in a database) runs once the file
+    is written and before it takes its name, so that when it fails no file is left either.
+
+    Raises:
+        DeviceError: the directory cannot be written (one line naming it).
+    """
+    from ._out import write_files
+
     d = directory or nas_home() / "devices"
-    d.mkdir(parents=True, exist_ok=True)
+    what = "device profile directory" if directory is not None else "$NAS_HOME/devices"
     path = d / f"{profile.name}.toml"
-    path.write_text(profile.to_toml())
+    write_files(d, {path.name: profile.to_toml().encode()}, what, error=DeviceError,
+                accepted="accepted: a directory you may write (set $NAS_HOME to one)" if directory is None
+                else "accepted: a directory you may write", before_commit=before_commit)
     return path

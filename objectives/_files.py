@@ -6,6 +6,8 @@ through :func:`read_user_file`. A FIFO would block the read (or the ``open`` its
 ``/dev/zero`` would be read until memory runs out, a directory or a socket cannot be read at
 all: each is refused at once, as is a file over the caller's size cap, with one line naming the
 file, what it is and what is accepted.
+
+Writing is the other side, in ``objectives/_out.py`` (:func:`write_files`, :func:`check_out_dir`).
 """
 
 from __future__ import annotations

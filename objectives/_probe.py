@@ -22,6 +22,7 @@ The same set calibrates this host (``calibrate_host``) and any device a user tim
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -35,6 +36,7 @@ from search_spaces import ArchSpec, Block, Head, SpecError, Stage, Stem, get_spa
 from ._devices import DeviceError, DeviceProfile
 from ._files import read_user_text
 from ._opmodel import OP_CLASSES, Layer, add_layer, conv_layer, linear_layer, pool_layer
+from ._out import FileContent, check_out_dir, write_files
 
 __all__ = ["FAMILIES", "LUT_COLUMNS", "MANIFEST", "MeasurementError", "Probe", "ProbeMeasurement",
            "fit_device_profile", "fit_measurements", "measurement_kind", "probe_set", "read_lut",
@@ -165,39 +167,47 @@ def write_probes(directory: Path, probes: list[Probe], *, progress: Callable[[in
     ``energy_uj`` columns to fill, and :data:`PROBE_SET` (the set as written, which the filled
     manifest is checked against). Returns the manifest's path.
 
+    All files or none: a directory that cannot be written is refused before any probe is exported,
+    and a failure while writing (a full disk) leaves nothing behind.
+
     Raises:
         MeasurementError: the directory already holds a probe set, or cannot be written.
     """
     directory = Path(directory)
+    check_out_dir(directory, "--to", error=MeasurementError)
     if (directory / MANIFEST).exists() or (directory / PROBE_SET).exists():
         raise MeasurementError(f"--to: {directory} already holds a probe set ({MANIFEST}); choose an empty directory")
-    try:
-        (directory / "onnx").mkdir(parents=True, exist_ok=True)
-        (directory / "specs").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MeasurementError(f"--to: cannot create {directory} ({e.strerror})") from None
     from ._analytic import analytic_layers
 
     rows = []
-    for i, p in enumerate(probes):
+    files: dict[str, FileContent] = {}
+    exported: list[str] = []
+
+    def export(probe: Probe, path: str) -> None:
+        _export_onnx(probe, Path(path))
+        exported.append(probe.id)
+        if progress:
+            progress(len(exported), len(probes))
+
+    for p in probes:
         onnx_rel, spec_rel = f"onnx/{p.id}.onnx", f"specs/{p.id}.json"
-        _export_onnx(p, directory / onnx_rel)
-        (directory / spec_rel).write_text(p.spec.to_json(indent=2) + "\n")
+        files[onnx_rel] = functools.partial(export, p)
+        files[spec_rel] = (p.spec.to_json(indent=2) + "\n").encode()
         ops = analytic_layers(p.spec, p.input_shape, p.num_classes)
         rows.append({"probe_id": p.id, "family": p.family, "input_shape": "x".join(map(str, p.input_shape)),
                      "num_classes": p.num_classes, "macs": sum(op.macs for op in ops), "layers": len(ops),
                      "onnx": onnx_rel, "spec": spec_rel, "latency_ms": "", "energy_uj": ""})
-        if progress:
-            progress(i + 1, len(probes))
-    path = directory / MANIFEST
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    manifest = io.StringIO(newline="")
+    w = csv.DictWriter(manifest, fieldnames=MANIFEST_COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
     reference = {r["probe_id"]: {k: r[k] for k in ("family", "input_shape", "num_classes", "spec")} for r in rows}
-    (directory / PROBE_SET).write_text(json.dumps({"probes": reference}, indent=1) + "\n")
-    (directory / "README.txt").write_text(_README)
-    return path
+    files[MANIFEST] = manifest.getvalue().encode()
+    files[PROBE_SET] = (json.dumps({"probes": reference}, indent=1) + "\n").encode()
+    files["README.txt"] = _README.encode()
+    # All or nothing: a full disk or a vanished directory leaves no half probe set behind.
+    write_files(directory, files, "--to", error=MeasurementError)
+    return directory / MANIFEST
 
 
 _README = """Probe networks for fitting a lightnas device profile.
@@ -234,13 +244,26 @@ class ProbeMeasurement:
     energy_uj: float | None
 
 
+#: What a measurement may be: milliseconds per inference (1 ns to about 17 minutes) and microjoules
+#: per inference (1 pJ to 1 kJ). Outside, a number is a typo or a unit mistake, and the fit's
+#: logarithms and products overflow (1e308, 1e-320).
+MEASURED_RANGE = {"latency_ms": (1e-6, 1e6), "energy_uj": (1e-6, 1e9)}
+#: Largest channel count, spatial size, kernel, stride or group count of a lookup table's layer.
+MAX_LUT_DIM = 65_536
+
+
 def _number(text: str, where: str, field: str, *, allow_zero: bool = False) -> float:
+    shown = repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text):,} characters)"
+    low, high = MEASURED_RANGE.get(field, (0.0, math.inf))
+    accepted = f"accepted: a number from {low:g} to {high:g}"
     try:
         v = float(text)
     except ValueError:
-        raise MeasurementError(f"{where}: {field} {text!r} is not a number") from None
+        raise MeasurementError(f"{where}: {field} {shown} is not a number; {accepted}") from None
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise MeasurementError(f"{where}: {field} must be a positive finite number, got {text!r}")
+        raise MeasurementError(f"{where}: {field} must be a positive finite number, got {shown}; {accepted}")
+    if not low <= v <= high and not (v == 0 and allow_zero):
+        raise MeasurementError(f"{where}: {field} {shown} is out of range; {accepted}")
     return v
 
 
@@ -412,12 +435,14 @@ def read_lut(path: Path) -> list[tuple[Layer, float]]:
             raise MeasurementError(f"{where}: unknown operator {op!r}; accepted: {', '.join(ops)}")
         dims = {}
         for c in ("cin", "h", "w", "cout", "kernel", "stride", "groups"):
+            text = r[c] if len(r[c]) <= 40 else f"{r[c][:20]}... ({len(r[c]):,} characters)"
             try:
-                dims[c] = int(r[c])
+                dims[c] = int(r[c]) if len(r[c]) <= 40 else MAX_LUT_DIM + 1
             except ValueError:
-                raise MeasurementError(f"{where}: {c} {r[c]!r} is not an integer") from None
-            if dims[c] < 1:
-                raise MeasurementError(f"{where}: {c} must be >= 1, got {dims[c]}")
+                raise MeasurementError(f"{where}: {c} {text!r} is not an integer") from None
+            if not 1 <= dims[c] <= MAX_LUT_DIM:
+                raise MeasurementError(f"{where}: {c} {text} is out of range; accepted: an integer from 1 to "
+                                       f"{MAX_LUT_DIM:,}")
         lat = _number(r["latency_ms"], where, "latency_ms")
         layer = _lut_layer(op, dims, where)
         sig = layer.signature()
@@ -507,8 +532,16 @@ def fit_device_profile(name: str, nets: list[list[Layer]], latency_ms: list[floa
     from ._opmodel import cross_validate, fit_opmodel
 
     bpe = DTYPE_BYTES[dtype]
-    fit = fit_opmodel(nets, latency_ms, bytes_per_element=bpe)
-    cv = cross_validate(nets, latency_ms, folds=folds, bytes_per_element=bpe)
+    try:
+        fit = fit_opmodel(nets, latency_ms, bytes_per_element=bpe)
+        cv = cross_validate(nets, latency_ms, folds=folds, bytes_per_element=bpe)
+    except MeasurementError:
+        raise
+    except (OverflowError, FloatingPointError, ArithmeticError, ValueError) as e:  # numbers no model fits
+        raise MeasurementError(f"--measurements: {source}: the measurements cannot be fitted ({type(e).__name__}: "
+                               f"{' '.join(str(e).split())[:120]}); accepted: latencies from "
+                               f"{MEASURED_RANGE['latency_ms'][0]:g} to {MEASURED_RANGE['latency_ms'][1]:g} ms of "
+                               "the networks as timed") from None
     when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     what = "probe networks" if kind == "probes" else "layers of a per-layer lookup table"
     how = (f"Fitted by 'nas hardware fit' on {when} to {len(nets)} {what} measured by the user ({source}): "

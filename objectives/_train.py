@@ -46,7 +46,7 @@ from torch import nn
 
 from search_spaces import ArchSpec, build_model
 
-from ._accel import AMP_MODES, AUGMENTATIONS, DevicePlan, augment_batch, device_plan, usable_cpus
+from ._accel import AMP_MODES, AUGMENTATIONS, DevicePlan, ThreadGovernor, augment_batch, device_plan, usable_cpus
 from ._data import Dataset
 from ._distill import Distillation
 from ._latency import resolve_device
@@ -81,7 +81,11 @@ class TrainConfig:
         seed: fixes weight initialisation (in :func:`train_spec`) and batch order.
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N``.
         threads: CPU threads for the duration of training (restored afterwards); ``None``
-            leaves torch's setting alone. See :func:`threads_per_worker`.
+            leaves torch's setting alone. See :func:`threads_per_worker`. With
+            ``adapt_threads`` this is the most the loop uses.
+        adapt_threads: on the CPU, let a :class:`objectives.ThreadGovernor` run the steps at 1
+            thread whenever that measures faster than ``threads`` (small networks, or another
+            process holding a core), checking again every ~10 s; false keeps ``threads`` fixed.
         max_seconds: stop after this much wall time (checked after every step); the result
             records ``timed_out``.
         weight_decay: L2 penalty on convolution and linear weights.
@@ -111,6 +115,7 @@ class TrainConfig:
     warmup_fraction: float = 0.1
     augment: str = "none"
     amp: str = "auto"
+    adapt_threads: bool = True
 
     def __post_init__(self) -> None:
         def positive_int(name: str, value: object) -> None:
@@ -155,6 +160,7 @@ class TrainResult:
         steps: optimiser steps taken.
         timed_out: stopped by ``max_seconds`` before the planned epochs.
         state_dict: the final weights on the CPU (``None`` when not kept).
+        thread_steps: steps run at each CPU thread count (``{1: 300, 2: 20}``; empty on CUDA).
     """
 
     val_accuracy: float
@@ -166,6 +172,7 @@ class TrainResult:
     steps: int = 0
     timed_out: bool = False
     state_dict: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    thread_steps: dict[int, int] = field(default_factory=dict)
 
 
 def threads_per_worker(workers: int) -> int:
@@ -360,6 +367,7 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
         scaler = torch.amp.GradScaler(dev.type) if plan.grad_scaler else None
         loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         gen = torch.Generator().manual_seed(config.seed)
+        governor = ThreadGovernor(torch.get_num_threads()) if dev.type == "cpu" and config.adapt_threads else None
 
         curve: list[float | None] = []
         best: tuple[float, dict[str, torch.Tensor]] | None = None
@@ -385,22 +393,23 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
                     break
                 for group in optimizer.param_groups:
                     group["lr"] = config.lr * _lr_factor(step, total_steps, config.warmup_fraction)
-                x = augment_batch(data.x_train[idx], gen, config.augment)
-                y = data.y_train[idx]
-                with plan.autocast():
-                    out = model(x)
-                    loss = teacher.loss(out, idx, y, x) if teacher is not None else loss_fn(out, y)
-                step_losses[i] = loss.detach()
+                with governor.step() if governor is not None else contextlib.nullcontext():
+                    x = augment_batch(data.x_train[idx], gen, config.augment)
+                    y = data.y_train[idx]
+                    with plan.autocast():
+                        out = model(x)
+                        loss = teacher.loss(out, idx, y, x) if teacher is not None else loss_fn(out, y)
+                    step_losses[i] = loss.detach()
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None:  # fp16: scaled loss, steps with inf/NaN gradients skipped
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        optimizer.step()
                 sizes.append(len(idx))
                 lrs.append(optimizer.param_groups[0]["lr"])
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:  # fp16: scaled loss, steps with inf/NaN gradients skipped
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
                 step += 1
                 seen += len(idx)
                 if config.max_seconds is not None and time.perf_counter() - t0 > config.max_seconds:
@@ -442,12 +451,14 @@ def train_model(model: nn.Module, data: Dataset, config: TrainConfig, *, evaluat
             test_acc = evaluate(model, data.x_test, data.y_test) if evaluate_test and len(data.y_test) else None
         state = {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
                  for k, v in model.state_dict().items()} if keep_state else None
+        thread_steps = dict(governor.steps_at) if governor is not None else \
+            {torch.get_num_threads(): step} if dev.type == "cpu" else {}
     final = curve[-1]
     assert final is not None  # the last epoch run is always validated
     val = best[0] if best is not None and best[0] > final else final
     return TrainResult(val_accuracy=val, test_accuracy=test_acc, train_loss=train_loss, epochs_run=epochs_run,
                        seconds=time.perf_counter() - t0, curve=curve, steps=step, timed_out=timed_out,
-                       state_dict=state)
+                       state_dict=state, thread_steps=thread_steps)
 
 
 def train_spec(spec: ArchSpec, data: Dataset, config: TrainConfig, *, evaluate_test: bool = False,

@@ -8,8 +8,18 @@ from ._blocks import BlockKind, Unit, block_kind, list_blocks, register_block
 from ._build import LightNet, build_model, check_input_shape
 from ._layers import LightConv2d, LightLinear, rank_from_ratio
 from ._morph import inherit_weights, overlap, spec_state_shapes
-from ._registry import SearchSpace, SpaceError, enumerate_choices, get_space, list_spaces, register_space, space_class
+from ._registry import (
+    ChoiceTrial,
+    SearchSpace,
+    SpaceError,
+    enumerate_choices,
+    get_space,
+    list_spaces,
+    register_space,
+    space_class,
+)
 from ._spec import ArchSpec, Block, Head, SpecError, Stage, Stem
+from ._supernet import SuperNet
 from ._surgery import (
     LOW_RANK_LADDER,
     FusionChoice,
@@ -32,6 +42,7 @@ __all__ = [
     "ArchSpec",
     "Block",
     "BlockKind",
+    "ChoiceTrial",
     "FusionChoice",
     "Head",
     "LightConv2d",
@@ -42,6 +53,7 @@ __all__ = [
     "SpecError",
     "Stage",
     "Stem",
+    "SuperNet",
     "Unit",
     "Width",
     "apply_low_rank",

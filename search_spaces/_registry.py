@@ -5,21 +5,33 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar
-
-import optuna
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ._build import check_input_shape
 from ._spec import ArchSpec, Head, Stage, Stem
 
-__all__ = ["EnumeratingTrial", "RandomTrial", "SearchSpace", "SpaceError", "enumerate_choices", "get_space",
-           "list_spaces", "register_space"]
+__all__ = ["ChoiceTrial", "EnumeratingTrial", "RandomTrial", "SearchSpace", "SpaceError", "enumerate_choices",
+           "get_space", "list_spaces", "register_space"]
 
 _SPACES: dict[str, type[SearchSpace]] = {}
 
 
 class SpaceError(ValueError):
     """Unknown search space or option, or an option value out of range."""
+
+
+@runtime_checkable
+class ChoiceTrial(Protocol):
+    """What a space needs to draw its choices: Optuna's define-by-run calls, nothing else.
+
+    ``optuna.trial.Trial`` and ``FixedTrial`` satisfy it, as do the random, enumerating and
+    checking trials of this module and the sampler-answered trial of ``nas.search`` (the proxy
+    pre-screen), so a space never depends on Optuna's trial type.
+    """
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any: ...
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int: ...
 
 
 class SearchSpace:
@@ -59,22 +71,22 @@ class SearchSpace:
         except (TypeError, ValueError) as e:
             raise SpaceError(f"space '{self.name}': {e}") from None
 
-    def suggest_globals(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+    def suggest_globals(self, trial: ChoiceTrial) -> dict[str, Any]:
         """Choices made once per network, before the stages (the stem width, a block type)."""
         raise NotImplementedError
 
     def stem(self, g: dict[str, Any]) -> Stem:
         raise NotImplementedError
 
-    def suggest_stage(self, trial: optuna.trial.BaseTrial, i: int, g: dict[str, Any], cin: int) -> Stage:
+    def suggest_stage(self, trial: ChoiceTrial, i: int, g: dict[str, Any], cin: int) -> Stage:
         """Stage ``i`` given the global choices and the width ``cin`` entering it."""
         raise NotImplementedError
 
-    def suggest_head(self, trial: optuna.trial.BaseTrial, g: dict[str, Any], cin: int) -> Head:
+    def suggest_head(self, trial: ChoiceTrial, g: dict[str, Any], cin: int) -> Head:
         """The classifier head given the width of the last stage (default: pool + linear)."""
         return Head()
 
-    def suggest(self, trial: optuna.trial.BaseTrial) -> ArchSpec:
+    def suggest(self, trial: ChoiceTrial) -> ArchSpec:
         """The architecture for ``trial``'s choices (an Optuna trial, or any define-by-run trial)."""
         g = self.suggest_globals(trial)
         stem = self.stem(g)
@@ -89,7 +101,7 @@ class SearchSpace:
     def sample(self, rng: random.Random) -> ArchSpec:
         """One architecture drawn uniformly at every choice (as Optuna's RandomSampler draws),
         without an Optuna study: microseconds, for estimating shares of a space."""
-        return self.suggest(RandomTrial(rng))  # type: ignore[arg-type]
+        return self.suggest(RandomTrial(rng))
 
     def _params_of(self, spec: ArchSpec) -> dict[str, Any]:
         """The parameters :meth:`suggest` would need to produce ``spec`` (unchecked)."""
@@ -103,7 +115,7 @@ class SearchSpace:
             SpaceError: naming the parameters outside this space.
         """
         trial = _CheckingTrial(params)
-        spec = self.suggest(trial)  # type: ignore[arg-type]
+        spec = self.suggest(trial)
         if trial.bad:
             raise SpaceError(f"parameters outside space '{self.name}' with these options: "
                              f"{', '.join(sorted(trial.bad))}")
@@ -157,7 +169,7 @@ class _CheckingTrial:
     def __init__(self, params: dict[str, Any]) -> None:
         self.params, self.bad = params, []  # type: ignore[var-annotated]
 
-    def suggest_categorical(self, name: str, choices: Any) -> Any:
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
         if name not in self.params:
             self.bad.append(f"{name} (missing)")
             return choices[0]
@@ -167,7 +179,7 @@ class _CheckingTrial:
             return choices[0]
         return value
 
-    def suggest_int(self, name: str, low: int, high: int, **_kw: Any) -> int:
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
         value = self.params.get(name)
         if name not in self.params:
             self.bad.append(f"{name} (missing)")
@@ -191,10 +203,10 @@ class RandomTrial:
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
 
-    def suggest_categorical(self, name: str, choices: Any) -> Any:
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
         return choices[self.rng.randrange(len(choices))]
 
-    def suggest_int(self, name: str, low: int, high: int, step: int = 1, **_kw: Any) -> int:
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
         return low + step * self.rng.randrange((high - low) // step + 1)
 
 
@@ -212,10 +224,10 @@ class EnumeratingTrial:
         self.params[name] = value
         return value
 
-    def suggest_categorical(self, name: str, choices: Any) -> Any:
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
         return self._pick(name, list(choices))
 
-    def suggest_int(self, name: str, low: int, high: int, step: int = 1, **_kw: Any) -> int:
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
         return int(self._pick(name, range(low, high + 1, step)))
 
 

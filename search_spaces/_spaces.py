@@ -11,9 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import optuna
-
-from ._registry import SearchSpace, register_space
+from ._registry import ChoiceTrial, SearchSpace, register_space
 from ._spec import ArchSpec, Block, Head, Stage, Stem
 
 __all__ = ["MobileNetV2Space", "PlainSpace", "ResNetSpace"]
@@ -144,11 +142,11 @@ class _BuiltinSpace(SearchSpace):
     def stem_widths(self) -> tuple[int, ...]:
         return tuple(self.options.stem_widths)  # type: ignore[attr-defined]
 
-    def suggest_stem_width(self, trial: optuna.trial.BaseTrial) -> int:
+    def suggest_stem_width(self, trial: ChoiceTrial) -> int:
         return int(trial.suggest_categorical("stem_width", _stem_choices(self.stem_widths(),
                                                                          self.options.width_mult)))  # type: ignore[attr-defined]
 
-    def suggest_globals(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+    def suggest_globals(self, trial: ChoiceTrial) -> dict[str, Any]:
         return {"stem_width": self.suggest_stem_width(trial)}
 
     def stem(self, g: dict[str, Any]) -> Stem:
@@ -188,11 +186,11 @@ class ResNetSpace(_BuiltinSpace):
     def wanted_strides(self) -> list[int]:
         return [1, 2, 2]
 
-    def suggest_globals(self, trial: optuna.trial.BaseTrial) -> dict[str, Any]:
+    def suggest_globals(self, trial: ChoiceTrial) -> dict[str, Any]:
         return {"stem_width": self.suggest_stem_width(trial),
                 "block": trial.suggest_categorical("block", list(self.options.block_types))}
 
-    def suggest_stage(self, trial: optuna.trial.BaseTrial, i: int, g: dict[str, Any], cin: int) -> Stage:
+    def suggest_stage(self, trial: ChoiceTrial, i: int, g: dict[str, Any], cin: int) -> Stage:
         o = self.options
         depth = trial.suggest_int(f"s{i}_depth", o.min_depth, o.max_depth)
         width = trial.suggest_categorical(f"s{i}_width", _scaled(o.widths, 2**i, o.width_mult))
@@ -261,7 +259,7 @@ class MobileNetV2Space(_BuiltinSpace):
     def wanted_strides(self) -> list[int]:
         return list(self.WANTED_STRIDES[: self.options.stages])
 
-    def suggest_stage(self, trial: optuna.trial.BaseTrial, i: int, g: dict[str, Any], cin: int) -> Stage:
+    def suggest_stage(self, trial: ChoiceTrial, i: int, g: dict[str, Any], cin: int) -> Stage:
         o = self.options
         depth = trial.suggest_int(f"s{i}_depth", o.min_depth, o.max_depth)
         widths = sorted({max(4, int(round(self.BASE_WIDTHS[i] * m * o.width_mult / 4)) * 4) for m in o.width_mults})
@@ -330,7 +328,7 @@ class PlainSpace(_BuiltinSpace):
     def stem_widths(self) -> tuple[int, ...]:
         return tuple(self.options.widths)  # the stem takes a first-stage width
 
-    def suggest_stage(self, trial: optuna.trial.BaseTrial, i: int, g: dict[str, Any], cin: int) -> Stage:
+    def suggest_stage(self, trial: ChoiceTrial, i: int, g: dict[str, Any], cin: int) -> Stage:
         o = self.options
         depth = trial.suggest_int(f"s{i}_depth", o.min_depth, o.max_depth)
         width = trial.suggest_categorical(f"s{i}_width", _scaled(o.widths, 2**i, o.width_mult))
@@ -339,7 +337,7 @@ class PlainSpace(_BuiltinSpace):
         return Stage(tuple(Block("conv", width, None, None, kernel, self.stage_strides[i] if j == 0 else 1, rank)
                            for j in range(depth)))
 
-    def suggest_head(self, trial: optuna.trial.BaseTrial, g: dict[str, Any], cin: int) -> Head:
+    def suggest_head(self, trial: ChoiceTrial, g: dict[str, Any], cin: int) -> Head:
         o = self.options
         hidden = trial.suggest_categorical("head_hidden", list(o.hidden))
         head_rank = trial.suggest_categorical("head_rank", list(o.rank_ratios)) if hidden else 1.0

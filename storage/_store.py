@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import random
+import threading
 import time
 import warnings
 import zlib
@@ -128,11 +129,18 @@ def normalize_url(url: str | None = None) -> str:
     raw = url or os.environ.get("NAS_STORAGE") or DEFAULT_URL
     if raw.startswith("postgres://"):
         raw = "postgresql://" + raw[len("postgres://"):]
+    accepted = "accepted: sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB"
     try:
         u = make_url(raw)
     except ArgumentError:
-        raise StorageError(f"cannot parse storage URL {raw!r}; accepted: sqlite:///PATH or "
-                           "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB") from None
+        raise StorageError(f"cannot parse storage URL {_masked(raw)!r}; {accepted}") from None
+    except ValueError as e:  # SQLAlchemy reads the port with int(): 'host:notaport', 'host:', '[::1'
+        port = str(e).partition(": ")[2].strip("'") if "int()" in str(e) else str(e)
+        raise StorageError(f"storage URL {_masked(raw)!r}: the port {port[:40]!r} is not a number; accepted: a "
+                           "port from 1 to 65535, e.g. postgresql+psycopg://USER:PASSWORD@HOST:5432/DB") from None
+    if u.port is not None and not 1 <= u.port <= 65535:
+        raise StorageError(f"storage URL {_masked(raw)!r}: port {u.port} is out of range; accepted: a port from 1 "
+                           "to 65535, e.g. postgresql+psycopg://USER:PASSWORD@HOST:5432/DB")
     backend = u.get_backend_name()
     if backend == "postgresql":
         if u.drivername in ("postgresql", "postgresql+psycopg2"):
@@ -146,6 +154,14 @@ def normalize_url(url: str | None = None) -> str:
         raise StorageError(f"unsupported database {backend!r} in storage URL; accepted: sqlite:///PATH or "
                            "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB")
     return u.render_as_string(hide_password=False)
+
+
+def _masked(raw: str) -> str:
+    """A storage URL as typed, its password (``user:PASSWORD@``) masked, for a message about a URL that
+    does not parse (so :meth:`Store.display_url` cannot mask it)."""
+    import re
+
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", raw)
 
 
 def _creation_race(e: BaseException) -> bool:
@@ -231,11 +247,24 @@ class Store:
             raise ValueError(f"mode must be one of {', '.join(OPEN_MODES)}, got {mode!r}")
         self.url = normalize_url(url)
         self.mode = mode
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.RLock] = {}  # per lock name: the threads of this process queue here
+        self._file = _sqlite_file(self.url)  # the SQLite file (None for PostgreSQL or in memory)
+        self._wal_existed = self._file is not None and _has_wal_files(self._file)
         if self.url.startswith("sqlite"):
             # Looked at read-only before SQLAlchemy connects: connecting creates a missing file, and
             # the WAL pragma rewrites the header of a database that is not ours.
             _check_tables(self.url, mode, _sqlite_tables(self.url, mode))
-        self.engine: Engine = create_engine(self.url, **_engine_kwargs(self.url))
+        if self._file is not None:
+            _OPEN_FILES[self._file] = _OPEN_FILES.get(self._file, 0) + 1
+        # A database file this process may not write, read by an ``existing`` open while no connection
+        # has it open (no -wal, no -shm): read as immutable, so that the read leaves no -wal and -shm
+        # files beside it (a read-only connection cannot remove them); a write is refused as read-only.
+        engine_url = self.url
+        if mode == "existing" and self._file is not None and not self._wal_existed \
+                and os.path.isfile(self._file) and not os.access(self._file, os.W_OK):
+            engine_url = f"sqlite:///{Path(self._file).as_uri()}?mode=ro&immutable=1&uri=true"
+        self.engine: Engine = create_engine(engine_url, **_engine_kwargs(self.url))
         if self.url.startswith("sqlite"):
             # WAL lets many workers share the file; switching a database to it rewrites its header,
             # so an ``existing`` open (a read) leaves the journal mode as it finds it.
@@ -245,6 +274,7 @@ class Store:
             tables = _table_names(self.engine, self.url)
         except StorageError:
             self.engine.dispose()
+            self._release_file()
             raise
         try:
             _check_tables(self.url, mode, tables)
@@ -254,23 +284,41 @@ class Store:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 callback = RetryTrial(max_retry=max_retry)
                 self.optuna = _retry(lambda: optuna.storages.RDBStorage(
-                    self.url, engine_kwargs=_engine_kwargs(self.url), heartbeat_interval=heartbeat_interval,
+                    engine_url, engine_kwargs=_engine_kwargs(self.url), heartbeat_interval=heartbeat_interval,
                     grace_period=grace_period, heartbeat_stale_trial_callback=callback,
                     skip_table_creation=not creating and "studies" in tables),
                     "creating Optuna tables" if creating else "opening Optuna tables")
         except BaseException:
             self.engine.dispose()
+            self._release_file()
             raise
 
     # ------------------------------------------------------------------ schema
     def _init_schema(self) -> None:
-        Base.metadata.create_all(self.engine, checkfirst=True)
+        existing = self.mode == "existing"
+        if not existing:  # an ``existing`` open (every command but creation) never creates what is missing
+            Base.metadata.create_all(self.engine, checkfirst=True)
         with self.session() as s:
             row = s.get(Meta, "schema_version")
+            where = self.display_url(self.url)
+            damaged = "a damaged lightnas database; accepted: one 'nas study create' wrote (restore it from a copy)"
             if row is None:
+                if existing:
+                    raise StorageError(f"storage {where}: lightnas_meta has no schema_version row ({damaged})")
                 s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
                 return
-            version = int(row.value)
+            try:
+                version = int(str(row.value).strip())
+            except ValueError:
+                version = -1
+            if version < 1:
+                raise StorageError(f"storage {where}: schema version {str(row.value)[:40]!r} is not one lightnas "
+                                   f"writes (1 to {SCHEMA_VERSION}); {damaged}")
+            if existing and version == SCHEMA_VERSION:
+                missing = sorted(set(Base.metadata.tables) - set(inspect(s.connection()).get_table_names()))
+                if missing:
+                    raise StorageError(f"storage {where}: schema version {version} without its table(s) "
+                                       f"{', '.join(missing)} ({damaged})")
             if version > SCHEMA_VERSION:
                 raise StorageError(f"database schema version {version} is newer than this lightnas "
                                    f"({SCHEMA_VERSION}); upgrade lightnas")
@@ -293,6 +341,18 @@ class Store:
         self.engine.dispose()
         self.optuna.remove_session()
         self.optuna.engine.dispose()
+        self._release_file()
+
+    def _release_file(self) -> None:
+        """After the last connection of this store closed: remove the ``-wal`` and ``-shm`` files a
+        SQLite connection that could not finish (a damaged or read-only file) left beside a database
+        that had none (:func:`_drop_leftover_wal`), so that a refused read leaves nothing behind."""
+        if self._file is None or self._file not in _OPEN_FILES:
+            return
+        _OPEN_FILES[self._file] -= 1
+        if _OPEN_FILES[self._file] <= 0:
+            del _OPEN_FILES[self._file]
+        _drop_leftover_wal(self._file, self._wal_existed)
 
     @classmethod
     def open_if_exists(cls, url: str | None = None, **kwargs: Any) -> Store | None:
@@ -332,8 +392,16 @@ class Store:
 
         PostgreSQL: a session advisory lock (released by the server if the holder dies), so
         workers on several hosts serialise. SQLite: ``flock`` on ``<db file>.lock`` (SQLite
-        databases are shared by processes of one host only).
+        databases are shared by processes of one host only). The threads of one process (the
+        API's request threads) queue on a lock of this process first, so that threads waiting
+        for the database's lock never hold every connection of the pool while its holder needs one.
         """
+        with self._guard:
+            local = self._locks.setdefault(name, threading.RLock())
+        with local:
+            yield from self._database_lock(name)
+
+    def _database_lock(self, name: str) -> Iterator[None]:
         if self.is_postgres:
             key = zlib.crc32(f"lightnas:{name}".encode()) - 2**31
             with self.engine.connect() as conn:
@@ -404,6 +472,18 @@ class Store:
         by_id = {t._trial_id: t for t in batch(study_id, None, set(ids), 2**31 - 1)}
         return [by_id[i] for i in ids if i in by_id]
 
+    def trained_by(self, spec_hash: str) -> list[tuple[str, int]]:
+        """``(study name, trial number)`` of the complete trials, in any study of this database, that
+        trained the architecture ``spec_hash`` themselves (user attribute ``status`` "trained"), first
+        first: who made the weights a trial that reused them exports."""
+        sql = text("SELECT s.study_name, t.number FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                   "JOIN trial_user_attributes h ON h.trial_id = t.trial_id AND h.key = 'spec_hash' "
+                   "JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'status' "
+                   "WHERE h.value_json = :h AND a.value_json = :trained AND t.state = 'COMPLETE' ORDER BY t.trial_id")
+        with self.engine.connect() as conn:
+            return [(str(n), int(k)) for n, k in conn.execute(sql, {"h": json.dumps(spec_hash),
+                                                                     "trained": json.dumps("trained")})]
+
     def running_without_heartbeat(self, name: str, older_than: float) -> list[int]:
         """Ids of RUNNING trials of ``name`` that never recorded a heartbeat and started more
         than ``older_than`` seconds ago (their process died between ask and its first beat;
@@ -452,12 +532,14 @@ class Store:
         with self.session() as s:
             s.execute(update(StudyRow).where(StudyRow.name == name).values(target_trials=target))
 
-    def delete_study(self, name: str) -> None:
+    def delete_study(self, name: str) -> bool:
         """Remove the study's row and all its jobs (a running one's worker then finds it gone and
-        stops recording; a study created later under the name starts with none)."""
+        stops recording; a study created later under the name starts with none). False when
+        there was no row to remove (another client deleted it first)."""
         with self.session() as s:
-            s.execute(delete(StudyRow).where(StudyRow.name == name))
+            removed = s.execute(delete(StudyRow).where(StudyRow.name == name)).rowcount  # type: ignore[attr-defined]
             s.execute(delete(JobRow).where(JobRow.study == name))
+        return bool(removed)
 
     # ------------------------------------------------------------------ architectures and evaluations
     def put_architecture(self, spec_hash: str, family: str, spec_json: str) -> None:
@@ -798,6 +880,54 @@ def _check_tables(url: str, mode: str, tables: set[str] | None) -> None:
                            "may add lightnas's tables to it explicitly")
 
 
+#: SQLite files this process has a :class:`Store` open on (resolved path -> how many).
+_OPEN_FILES: dict[str, int] = {}
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The resolved path of a SQLite URL's database file; None for PostgreSQL or an in-memory one."""
+    if not url.startswith("sqlite"):
+        return None
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return None
+    try:
+        return str(Path(database).expanduser().resolve())
+    except (OSError, RuntimeError):
+        return None
+
+
+def _has_wal_files(path: str) -> bool:
+    return os.path.lexists(f"{path}-wal") or os.path.lexists(f"{path}-shm")
+
+
+def _drop_leftover_wal(path: str, existed: bool) -> None:
+    """Remove the ``-wal`` and ``-shm`` files that a SQLite connection of this process made beside
+    ``path`` and could not remove itself: a read-only connection, or one that met a damaged
+    database (SQLite's last connection removes them only when it may write and its checkpoint
+    succeeds). Only when they were not there before (``existed``) and the file may be written: a
+    connection that may write opens and closes the database, which is how SQLite itself removes
+    them when no other connection uses them (it leaves them while one does). A file this process
+    may not write is read as immutable instead, which makes none (see :class:`Store`).
+    """
+    import sqlite3
+
+    if existed or not _has_wal_files(path) or _OPEN_FILES.get(path):
+        return
+    if not (os.access(path, os.W_OK) and os.access(os.path.dirname(path) or ".", os.W_OK)):
+        return
+    try:
+        conn = sqlite3.connect(f"{Path(path).as_uri()}?mode=rw", uri=True)
+    except sqlite3.Error:
+        return
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.Error:  # a damaged file: opening the WAL was enough
+        pass
+    finally:
+        conn.close()
+
+
 def _sqlite_tables(url: str, mode: str) -> set[str] | None:
     """The tables of a SQLite database file, read without writing anything; None when there is no
     file yet, and an empty set for an empty file (which SQLite would make a database of).
@@ -824,15 +954,21 @@ def _sqlite_tables(url: str, mode: str) -> set[str] | None:
     except OSError as e:
         raise StorageError(f"storage {path}: cannot read ({e.strerror})") from None
     uri = path.resolve().as_uri()
+    existed = _has_wal_files(str(path.resolve()))
     # Read-only; a WAL database in a read-only directory cannot make its -shm file, and is then
-    # read as immutable (enough to list its tables).
-    for options in ("mode=ro", "mode=ro&immutable=1"):
+    # read as immutable (enough to list its tables). A file this process may not write, which no
+    # connection has open, is read as immutable at once: a read-only connection would leave -wal
+    # and -shm files beside it.
+    immutable_only = not existed and not os.access(path, os.W_OK)
+    for options in ("mode=ro&immutable=1",) if immutable_only else ("mode=ro", "mode=ro&immutable=1"):
         try:
             conn = sqlite3.connect(f"{uri}?{options}", uri=True)
             try:
                 return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             finally:
                 conn.close()
+                # a read-only connection leaves the -wal and -shm of a WAL database it opened behind
+                _drop_leftover_wal(str(path.resolve()), existed)
         except sqlite3.OperationalError as e:
             if "immutable" in options or not any(t in str(e) for t in ("readonly", "unable to open")):
                 raise StorageError(f"storage {path}: {e}{error_hint(str(e))}") from None

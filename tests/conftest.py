@@ -9,22 +9,19 @@ skipped -- except under CI (``$CI`` set), where that is a failure, so CI never s
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from lightnas_pg import PrivateServer, pg_bindir
 
-PG_READY_TIMEOUT = 60.0  # seconds to wait for a started server to accept connections
 #: The `nas` command of this interpreter's environment, for tests that run it as a user does.
 NAS = shutil.which("nas", path=str(Path(sys.executable).parent)) or "nas"
 
@@ -52,36 +49,42 @@ def _unavailable(reason: str) -> NoReturn:
     pytest.skip(message)
 
 
+# ----------------------------------------------------------------------------------------- tiers
+
+#: Fixtures that put a test in the slow tier (``make test-slow``; ``make test`` runs the rest): real
+#: servers, browsers and clusters. Markers come from what a test uses, not from a hand-kept list.
+SLOW_FIXTURES = {"postgres_url": "PostgreSQL", "private_postgres": "PostgreSQL", "chromium": "Chromium",
+                 "local_ray": "Ray"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & {"postgres_url", "private_postgres"}:
+            item.add_marker(pytest.mark.postgres)
+        if used & SLOW_FIXTURES.keys() or item.get_closest_marker("postgres"):  # also storage_url's postgres
+            item.add_marker(pytest.mark.slow)
+
+
+# ------------------------------------------------------------------------------------ waiting
+
+#: Bound on every wait for a condition (the machine is shared and slow under load).
+WAIT = 240.0
+
+
+def wait_until(cond: Callable[[], object], what: str, timeout: float = WAIT, every: float = 0.05) -> object:
+    """Poll ``cond`` until it gives something true (returned) or ``timeout`` passes (AssertionError
+    naming ``what``): waiting on an observable state, never a sleep standing in for one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(every)  # polling a database, a log or /proc, not synchronising threads
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
 # ------------------------------------------------------------------------------- postgres server
-
-
-def _pg_bindir() -> Path | None:
-    """Directory holding initdb/pg_ctl/pg_isready, or None."""
-    candidates: list[Path] = []
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True)
-            candidates.append(Path(out.stdout.strip()))
-
-    def version_key(path: str) -> tuple[int, ...]:
-        part = Path(path).parent.name
-        return tuple(int(x) for x in part.split(".") if x.isdigit()) or (0,)
-
-    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version_key, reverse=True)]
-    initdb = shutil.which("initdb")
-    if initdb:
-        candidates.append(Path(initdb).parent)
-    for d in candidates:
-        if all(os.access(d / tool, os.X_OK) for tool in ("initdb", "pg_ctl", "postgres")):
-            return d
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _admin_conninfo(url: str, dbname: str | None = None) -> dict[str, object]:
@@ -119,96 +122,6 @@ def _wait_ready(url: str, timeout: float, log: Path | None = None) -> None:
     raise RuntimeError(f"PostgreSQL at {url} not ready after {timeout:.0f}s: {last}\n{tail}")
 
 
-class _PrivateServer:
-    """A throwaway PostgreSQL cluster in a temp dir, listening on 127.0.0.1 only."""
-
-    def __init__(self, bindir: Path) -> None:
-        self.bindir = bindir
-        self.as_root = hasattr(os, "geteuid") and os.geteuid() == 0
-        # mkdtemp under /tmp (not pytest's deep tmp dirs): the unix-socket path must stay short.
-        self.tmp = Path(tempfile.mkdtemp(prefix="lightnas-pg-"))
-        self.data = self.tmp / "data"
-        self.log = self.tmp / "postgres.log"
-        self.started = False
-        self.port = 0
-        self.url = ""
-        if self.as_root:
-            import pwd
-
-            pw = pwd.getpwnam("postgres")  # KeyError if there is no such user
-            os.chown(self.tmp, pw.pw_uid, pw.pw_gid)
-
-    def _cmd(self, *args: str) -> list[str]:
-        prefix = [shutil.which("runuser") or "runuser", "-u", "postgres", "--"] if self.as_root else []
-        return prefix + list(args)
-
-    def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self._cmd(*args), capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, cwd=self.tmp)
-
-    def start(self) -> str:
-        initdb = [str(self.bindir / "initdb"), "-D", str(self.data), "--auth=trust", "-U", "postgres",
-                  "--encoding=UTF8", "--no-sync"]
-        res = self._run(*initdb, "--locale=C.UTF-8")
-        if res.returncode != 0:  # C.UTF-8 missing on some systems
-            res = self._run(*initdb)
-        if res.returncode != 0:
-            raise RuntimeError(f"initdb failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
-
-        errors = []
-        for _ in range(3):  # the probed port may be taken before postgres binds it
-            port = _free_port()
-            opts = (f"-c listen_addresses=127.0.0.1 -p {port} -k {self.tmp} "
-                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-            self.started = True
-            res = self._run(str(self.bindir / "pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log),
-                            "-w", "-t", str(int(PG_READY_TIMEOUT)), "-o", opts)
-            if res.returncode == 0:
-                self.port = port
-                break
-            errors.append(f"port {port}: {res.stdout}{res.stderr}")
-        else:
-            tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-            raise RuntimeError("pg_ctl start failed:\n" + "\n".join(errors) + "\n" + tail)
-
-        url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-        _wait_ready(url, PG_READY_TIMEOUT, self.log)
-        return url
-
-    def _pg_ctl_start(self) -> None:
-        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.tmp} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-        res = self._run(str(self.bindir / "pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log),
-                        "-w", "-t", str(int(PG_READY_TIMEOUT)), "-o", opts)
-        if res.returncode != 0:
-            raise RuntimeError(f"pg_ctl start failed: {res.stdout}{res.stderr}")
-
-    def shutdown(self) -> None:
-        """Stop the server (fast: connections are cut), keeping its data for :meth:`start_again`."""
-        res = self._run(str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "30")
-        if res.returncode != 0:
-            raise RuntimeError(f"pg_ctl stop failed: {res.stdout}{res.stderr}")
-
-    def start_again(self) -> None:
-        """Start the stopped server on the same port."""
-        self._pg_ctl_start()
-        _wait_ready(f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres", PG_READY_TIMEOUT, self.log)
-
-    def stop(self) -> None:
-        try:
-            if self.started and (self.data / "postmaster.pid").exists():
-                pg_ctl = str(self.bindir / "pg_ctl")
-                try:
-                    res = self._run(pg_ctl, "stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "30", timeout=60)
-                    ok = res.returncode == 0
-                except subprocess.TimeoutExpired:
-                    ok = False
-                if not ok:
-                    self._run(pg_ctl, "stop", "-D", str(self.data), "-m", "immediate", "-w", "-t", "10", timeout=30)
-        finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """SQLAlchemy URL (``postgresql+psycopg://``) of a real PostgreSQL server for the session."""
@@ -224,7 +137,7 @@ def postgres_url() -> Iterator[str]:
         yield env_url
         return
 
-    bindir = _pg_bindir()
+    bindir = pg_bindir()
     if bindir is None:
         _unavailable("NAS_TEST_POSTGRES_URL is unset and no server binaries were found "
                      "(pg_config --bindir, /usr/lib/postgresql/*/bin); install the `postgresql` package")
@@ -236,7 +149,7 @@ def postgres_url() -> Iterator[str]:
         except KeyError:
             _unavailable("running as root and there is no `postgres` OS user to run initdb as")
 
-    server = _PrivateServer(bindir)
+    server = PrivateServer(bindir)
     try:
         try:
             url = server.start()
@@ -248,15 +161,15 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def private_postgres() -> Iterator[_PrivateServer]:
+def private_postgres() -> Iterator[PrivateServer]:
     """A PostgreSQL server of this test's own (``.url``), which the test may stop and start again.
 
     Needs the server binaries (the session server may be an external one that tests must not restart).
     """
-    bindir = _pg_bindir()
+    bindir = pg_bindir()
     if bindir is None:
         _unavailable("no server binaries found (pg_config --bindir, /usr/lib/postgresql/*/bin)")
-    server = _PrivateServer(bindir)
+    server = PrivateServer(bindir)
     try:
         try:
             server.url = server.start()
@@ -276,9 +189,9 @@ def _drop_database(admin: dict[str, object], name: str) -> None:
         conn.execute(f'drop database if exists "{name}"')
 
 
-@pytest.fixture
-def pg_database(postgres_url: str) -> Iterator[str]:
-    """URL of a fresh, empty, uniquely named database on the session server; dropped afterwards."""
+@contextlib.contextmanager
+def fresh_database(postgres_url: str) -> Iterator[str]:
+    """URL of a new, empty, uniquely named database on the server of ``postgres_url``; dropped on exit."""
     import psycopg
     from sqlalchemy.engine import make_url
 
@@ -290,6 +203,13 @@ def pg_database(postgres_url: str) -> Iterator[str]:
         yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
     finally:
         _drop_database(admin, name)
+
+
+@pytest.fixture
+def pg_database(postgres_url: str) -> Iterator[str]:
+    """URL of a fresh, empty, uniquely named database on the session server; dropped afterwards."""
+    with fresh_database(postgres_url) as url:
+        yield url
 
 
 @pytest.fixture
@@ -318,6 +238,16 @@ def trials_of(url: str, name: str) -> list:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/nas.db"
+
+
+@pytest.fixture
+def store(storage_url: str) -> Iterator[object]:
+    """A :class:`storage.Store` on ``storage_url`` (SQLite, and PostgreSQL in the slow tier), closed after."""
+    from storage import Store
+
+    s = Store(storage_url)
+    yield s
+    s.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], ids=["sqlite", "postgres"])
@@ -396,12 +326,67 @@ def record_requests(context) -> list:
     return seen
 
 
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``nas ARGS`` in-process: (exit code, stdout, stderr)."""
+def nas(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """``nas ARGS`` as a user runs it: a process in ``cwd`` with its own ``$NAS_HOME``; raises
+    with its output when it fails and ``check``."""
+    env = {**os.environ, "NAS_HOME": str(cwd / "home")}
+    env.pop("NAS_STORAGE", None)
+    r = subprocess.run([NAS, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"nas {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def nas_cli(*args: str) -> tuple[int, str, str]:
+    """``nas ARGS`` in this process (the installed entry point's ``main``): exit code, stdout,
+    stderr. The one in-process runner; tests that need a real process (signals, a user's
+    environment) run :data:`NAS` as a subprocess."""
+    import io
+
     from nas.cli import main
 
-    with pytest.raises(SystemExit) as e:
-        main([*args])
-        raise SystemExit(0)
-    cap = capsys.readouterr()
-    return int(e.value.code or 0), cap.out, cap.err
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as e:
+            code = int(e.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
+# ------------------------------------------------------------------------------ a trained study
+
+
+def _settle(db: Path) -> None:
+    """Fold the WAL into the file so that a read cannot change its bytes by checkpointing."""
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+#: The tiny plain space of the trained study below, as CLI options.
+TINY_OPTIONS = ["--option", "max_depth=1", "--option", "widths=(8,16)", "--option", "kernels=(3,)", "--option",
+                "hidden=(0,)"]
+
+
+@pytest.fixture(scope="module")
+def trained_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file with a study 'b1' of two trained networks (weights stored), settled."""
+    root = tmp_path_factory.mktemp("trained")
+    db = root / "nas.db"
+    url = f"sqlite:///{db}"
+    assert nas_cli("study", "create", "b1", "--space", "plain", "--data", "digits", "--budget", "params<=12k",
+               "--epochs", "1", "--trials", "2", "--device", "cpu", *TINY_OPTIONS, "--storage", url)[0] == 0
+    assert nas_cli("study", "run", "b1", "--quiet", "--storage", url)[0] == 0
+    _settle(db)
+    return db
+
+
+@pytest.fixture
+def db(trained_db: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "nas.db"
+    shutil.copy(trained_db, copy)
+    return copy

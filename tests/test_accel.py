@@ -3,14 +3,11 @@ the study to the loop, augmentation on tensors, workers placed on GPUs. CUDA run
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import pytest
 import torch
+from conftest import nas_cli
 from torch.nn import functional as F
 
-from nas.cli import main
 from nas.search import create_study, load_context, make_spec
 from objectives import TrainConfig, augment_batch, device_plan, load_dataset, train_spec, worker_devices
 from search_spaces import get_space, sample_spec
@@ -18,17 +15,6 @@ from storage import Store
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 TINY = {"max_depth": 1, "widths": (8,), "kernels": (3,), "hidden": (0,), "rank_ratios": (1.0,)}
-
-
-def cli(*args: str) -> tuple[int, str]:
-    err = io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as e:
-            code = int(e.code or 0)
-    return code, err.getvalue()
 
 
 # ------------------------------------------------------------------------------------ device plan
@@ -147,15 +133,15 @@ def test_workers_are_spread_over_gpus_at_most_n_per_device():
 
 def test_device_options_are_checked_before_anything_runs(tmp_path):
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    code, err = cli("study", "create", "c", "--space", "plain", "--budget", "params<=6k", "--amp", "fp8",
+    code, _, err = nas_cli("study", "create", "c", "--space", "plain", "--budget", "params<=6k", "--amp", "fp8",
                     "--storage", url)
     assert code == 2 and "amp" in err and "fp16" in err and len(err.strip().splitlines()) == 1
-    assert cli("study", "create", "c", "--space", "plain", "--budget", "params<=12k", "--augment", "crop-flip",
+    assert nas_cli("study", "create", "c", "--space", "plain", "--budget", "params<=12k", "--augment", "crop-flip",
                "--option", "widths=(8,)", "--option", "max_depth=1", "--epochs", "1", "--storage", url)[0] == 0
-    code, err = cli("study", "run", "c", "--workers-per-device", "0", "--storage", url)
+    code, _, err = nas_cli("study", "run", "c", "--workers-per-device", "0", "--storage", url)
     assert code == 2 and "--workers-per-device" in err and len(err.strip().splitlines()) == 1
     if not torch.cuda.is_available():
-        code, err = cli("worker", "c", "--device", "cuda:3", "--until-done", "--storage", url)
+        code, _, err = nas_cli("worker", "c", "--device", "cuda:3", "--until-done", "--storage", url)
         assert code == 2 and "not on this host" in err and "accepted: auto, cpu" in err
     store = Store(url, mode="existing")
     try:

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
+from lightnas_pg import free_port
 from sqlalchemy import create_engine, inspect, text
 
 from nas.cli import main
@@ -528,16 +528,11 @@ def test_nas_refine_queue_and_nas_worker_run_the_job(sqlite_url, capsys):
 # --------------------------------------------------------------------------------- a real server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def test_nas_serve_runs_a_real_server(tmp_path):
     import httpx
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "NAS_API_TOKEN": f"{WRITE},{'c' * 20}"}
     proc = subprocess.Popen([sys.executable, "-m", "nas.cli", "serve", "--port", str(port), "--storage",
                              f"sqlite:///{tmp_path}/nas.db"], env=env, stdout=subprocess.PIPE,

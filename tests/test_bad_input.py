@@ -12,11 +12,9 @@ expressions and the data loaders' headers and contents.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import math
 import os
-import pickle
 import shutil
 import sqlite3
 import struct
@@ -26,6 +24,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from badinput_kit import (
+    AUTH,
+    BASE,
+    TINY,
+    TOKEN,
+    assert_one_line,
+    cifar_batch,
+    cifar_dir,
+    cli,
+    create,
+    fingerprint,
+    idx_bytes,
+    idx_dir,
+    settle,
+    unprivileged,
+)
 from conftest import NAS
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -33,138 +47,11 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, inspect, text
 
 from nas import NasError
-from nas.cli import main
 from nas.search import make_spec
 from nas.serve import ApiSettings, create_app
 from objectives import BudgetError, DataError, load_dataset, parse_budget
 from search_spaces import SpaceError, enumerate_choices, get_space, list_spaces, space_class
 from storage import StorageError, Store
-
-TOKEN = "t-" + "x" * 30
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-TINY = ["--option", "max_depth=1", "--option", "widths=(8,16)", "--option", "kernels=(3,)", "--option", "hidden=(0,)"]
-BASE = {"name": "b1", "space": "plain", "budget": "params<=12k", "trials": 2, "device": "cpu",
-        "space_options": {"max_depth": 1, "widths": [8, 16], "kernels": [3], "hidden": [0]},
-        "fidelity": {"epochs": 1}}
-
-
-# --------------------------------------------------------------------------------------------- helpers
-
-
-def fingerprint(db: Path) -> tuple[str | None, dict[str, list[str]] | None]:
-    """(md5 of the file, every row of every table), or (None, None) when there is no file."""
-    if not db.exists():
-        return None, None
-    digest = hashlib.md5(db.read_bytes()).hexdigest()
-    if db.stat().st_size == 0:
-        return digest, {}
-    try:
-        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-            rows = {t: sorted(map(repr, conn.execute(f'SELECT * FROM "{t}"'))) for t in sorted(tables)}
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError:
-        rows = None  # a damaged file: its bytes say it all
-    return digest, rows
-
-
-def settle(db: Path) -> None:
-    """Fold the WAL into the file so that a read cannot change its bytes by checkpointing."""
-    conn = sqlite3.connect(db)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    """``nas`` in this process (the installed entry point's ``main``): exit code, stdout, stderr."""
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as e:
-            code = int(e.code or 0)
-    return code, out.getvalue(), err.getvalue()
-
-
-def create(url: str, name: str) -> int:
-    """``nas study create NAME`` of a tiny plain space on digits; the exit code."""
-    return cli("study", "create", name, "--space", "plain", "--budget", "params<=12k", *TINY, "--storage", url)[0]
-
-
-def assert_one_line(code: int, err: str, needle: str = "") -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    assert needle.lower() in err.lower(), (needle, err)
-
-
-def unprivileged() -> list[str]:
-    """A prefix that runs a command without root's power to ignore file permissions (root in CI:
-    setpriv drops CAP_DAC_OVERRIDE), so that read-only files and directories are read-only."""
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root without setpriv: read-only files cannot be made read-only for root")
-    caps = "-dac_override,-dac_read_search"
-    return [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}"]
-
-
-@pytest.fixture(scope="module")
-def trained_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SQLite file with a study 'b1' of two trained networks (weights stored), settled."""
-    root = tmp_path_factory.mktemp("trained")
-    db = root / "nas.db"
-    url = f"sqlite:///{db}"
-    assert cli("study", "create", "b1", "--space", "plain", "--data", "digits", "--budget", "params<=12k",
-               "--epochs", "1", "--trials", "2", "--device", "cpu", *TINY, "--storage", url)[0] == 0
-    assert cli("study", "run", "b1", "--quiet", "--storage", url)[0] == 0
-    settle(db)
-    return db
-
-
-@pytest.fixture
-def db(trained_db: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "nas.db"
-    shutil.copy(trained_db, copy)
-    return copy
-
-
-# --------------------------------------------------------------------------------------------- bad files
-
-
-def _idx(array_shape: tuple[int, ...], magic: int, body: bytes) -> bytes:
-    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array_shape) + body
-
-
-def _idx_dir(root: Path, images: bytes, labels: bytes | None = None) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    ok_x = _idx((4, 6, 6), 0x803, bytes(144))
-    ok_y = _idx((4,), 0x801, bytes([0, 1, 0, 1]))
-    for name, payload in (("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", labels or ok_y),
-                          ("t10k-images-idx3-ubyte", ok_x), ("t10k-labels-idx1-ubyte", ok_y)):
-        with gzip.open(root / f"{name}.gz", "wb") as f:
-            f.write(payload)
-    return root
-
-
-def _cifar_dir(root: Path, batch: object) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(root / name, "wb") as f:
-            pickle.dump(batch, f)
-    return root
-
-
-def _batch(data: object, labels: object) -> dict[bytes, object]:
-    return {b"data": data, b"labels": labels}
 
 
 def bad_data_sources(root: Path) -> dict[str, tuple[str, str]]:
@@ -177,19 +64,19 @@ def bad_data_sources(root: Path) -> dict[str, tuple[str, str]]:
     npz_labels = root / "strlabels.npz"
     np.savez(npz_labels, x_train=np.zeros((4, 6, 6), np.uint8), y_train=np.array(["a", "b", "c", "d"]))
     return {
-        "idx with 0 images": (f"idx:{_idx_dir(root / 'idx0', _idx((0, 28, 28), 0x803, b''))}", "0 images"),
-        "idx header overflowing": (f"idx:{_idx_dir(root / 'idxbig', _idx((2**31, 2**31, 2**31), 0x803, b''))}",
+        "idx with 0 images": (f"idx:{idx_dir(root / 'idx0', idx_bytes((0, 28, 28), 0x803, b''))}", "0 images"),
+        "idx header overflowing": (f"idx:{idx_dir(root / 'idxbig', idx_bytes((2**31, 2**31, 2**31), 0x803, b''))}",
                                    "truncated"),
-        "idx truncated": (f"idx:{_idx_dir(root / 'idxcut', _idx((4, 6, 6), 0x803, bytes(100)))}", "truncated"),
-        "idx empty file": (f"idx:{_idx_dir(root / 'idxempty', b'')}", "too short"),
-        "idx wrong magic": (f"idx:{_idx_dir(root / 'idxmagic', _idx((4, 6, 6), 0x802, bytes(144)))}", "magic"),
-        "cifar with 0 images": (f"cifar10:{_cifar_dir(root / 'c0', _batch(np.zeros((0, 3072), np.uint8), []))}",
+        "idx truncated": (f"idx:{idx_dir(root / 'idxcut', idx_bytes((4, 6, 6), 0x803, bytes(100)))}", "truncated"),
+        "idx empty file": (f"idx:{idx_dir(root / 'idxempty', b'')}", "too short"),
+        "idx wrong magic": (f"idx:{idx_dir(root / 'idxmagic', idx_bytes((4, 6, 6), 0x802, bytes(144)))}", "magic"),
+        "cifar with 0 images": (f"cifar10:{cifar_dir(root / 'c0', cifar_batch(np.zeros((0, 3072), np.uint8), []))}",
                                 "0 images"),
-        "cifar string labels": (f"cifar10:{_cifar_dir(root / 'cs', _batch(np.zeros((2, 3072), np.uint8), ['a', 'b']))}",
-                                "labels"),
-        "cifar ragged data": (f"cifar10:{_cifar_dir(root / 'cr', {b'data': [[1, 2], [3]], b'labels': [0, 1]})}",
+        "cifar string labels": (
+            f"cifar10:{cifar_dir(root / 'cs', cifar_batch(np.zeros((2, 3072), np.uint8), ['a', 'b']))}", "labels"),
+        "cifar ragged data": (f"cifar10:{cifar_dir(root / 'cr', {b'data': [[1, 2], [3]], b'labels': [0, 1]})}",
                               "regular array"),
-        "cifar not a dict": (f"cifar10:{_cifar_dir(root / 'cl', [1, 2, 3])}", "dict"),
+        "cifar not a dict": (f"cifar10:{cifar_dir(root / 'cl', [1, 2, 3])}", "dict"),
         "npz not a zip": (f"npz:{npz_bad}", "cannot read"),
         "npz with NaN": (f"npz:{npz_nan}", "NaN"),
         "npz string labels": (f"npz:{npz_labels}", "labels"),
@@ -795,7 +682,7 @@ def test_any_idx_header_and_body_gives_a_dataset_or_one_line(dims: list[int], ma
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         images = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims) + body
-        label_file = _idx((len(labels),), 0x801, labels)
+        label_file = idx_bytes((len(labels),), 0x801, labels)
         for name, payload in (("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", label_file),
                               ("t10k-images-idx3-ubyte", images), ("t10k-labels-idx1-ubyte", label_file)):
             if gz:
@@ -821,7 +708,7 @@ ARRAYS = st.one_of(
 def test_any_cifar_batch_gives_a_dataset_or_one_line(data: object, labels: object, keys: tuple) -> None:
     batch = {keys[0]: data, **({keys[1]: labels} if len(keys) > 1 else {})} if keys else [data, labels]
     with tempfile.TemporaryDirectory() as tmp:
-        _load_in(Path(tmp), f"cifar10:{_cifar_dir(Path(tmp), batch)}")
+        _load_in(Path(tmp), f"cifar10:{cifar_dir(Path(tmp), batch)}")
 
 
 @settings(max_examples=80, deadline=None, database=None, suppress_health_check=list(HealthCheck))

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from badinput_kit import AUTH, BASE, TINY, TOKEN, assert_one_line, cli, create, fingerprint, settle
 from fastapi.testclient import TestClient
-from test_bad_input import AUTH, BASE, TINY, TOKEN, assert_one_line, cli, create, fingerprint, settle
 
 from nas.serve import ApiSettings, create_app
 from objectives import get_device, use_stored_profiles

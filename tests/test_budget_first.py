@@ -10,9 +10,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import nas
 from fastapi.testclient import TestClient
 from optuna.trial import TrialState
-from test_cli_study import nas
 
 from nas import NasError
 from nas.search import create_study, get_study_spec, list_studies, make_spec, plan_study, study_info
@@ -30,13 +30,6 @@ def spec(name: str, **kw):
                   fidelity={"epochs": 1, "batch_size": 64})
     fields.update(kw)
     return make_spec(**fields)
-
-
-@pytest.fixture
-def store(storage_url):
-    s = Store(storage_url)
-    yield s
-    s.close()
 
 
 def test_a_budget_no_architecture_reaches_is_refused_before_anything_is_written(store):

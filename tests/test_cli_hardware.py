@@ -134,7 +134,7 @@ def probe_dir(tmp_path_factory):
 
 def known_latency(spec, shape):
     """What the 'device' of these tests measures: a known operator-level model (tests/test_opmodel.py)."""
-    from test_opmodel import TRUE
+    from kit_data import TRUE
 
     from objectives import analytic_layers, layers_from_ops
 
@@ -217,7 +217,7 @@ def test_a_worker_on_another_host_costs_with_the_stored_profile(probe_dir, tmp_p
 def test_fit_from_a_per_layer_lookup_table(tmp_path):
     import csv
 
-    from test_opmodel import TRUE
+    from kit_data import TRUE
 
     from objectives import conv_layer, linear_layer, pool_layer
 

@@ -5,24 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import subprocess
-from pathlib import Path
 
 import pytest
-from conftest import NAS
+from conftest import nas
 
 TINY = ["--option", "max_depth=1", "--option", "widths=(8,16)", "--option", "kernels=(3,)",
         "--option", "hidden=(0,)"]
-
-
-def nas(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NAS_HOME": str(cwd / "home")}
-    env.pop("NAS_STORAGE", None)
-    r = subprocess.run([NAS, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
-    if check and r.returncode != 0:
-        raise AssertionError(f"nas {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
-    return r
 
 
 def test_full_flow_on_sqlite(tmp_path):

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from typing import Any
 import optuna
 import pytest
 from conftest import record_requests
+from lightnas_pg import free_port
 from sqlalchemy import column, inspect, select, table
 
 from nas.search import CONSTRAINTS_KEY, create_study, dominates, make_spec, pareto_rows
@@ -52,11 +52,6 @@ def _dashboard_executable() -> str:
         pytest.fail("optuna-dashboard is not installed; `pip install -e '.[dev]'` (extra `dashboard`)", pytrace=False)
     return found
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(base: str, path: str, timeout: float = 10.0) -> tuple[int, Any]:
@@ -102,7 +97,7 @@ def running_dashboard(url: str, workdir: Path) -> Iterator[Dashboard]:
     env.pop("OPTUNA_DASHBOARD_DEBUG", None)
     errors = []
     for _attempt in range(3):  # the probed port may be taken before the dashboard binds it
-        port = _free_port()
+        port = free_port()
         log = workdir / f"dashboard-{port}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen([exe, url, "--host", "127.0.0.1", "--port", str(port)],

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import nas_cli
 
 from objectives import (
     describe_tflite,
@@ -155,7 +155,7 @@ def test_ram_and_flash_are_costs_of_profiles_with_a_device_runtime():
 
 def test_a_ram_budget_on_a_profile_without_a_runtime_is_refused_in_one_line(tmp_path, capsys):
     db = tmp_path / "nas.db"
-    code, out, err = run_cli(capsys, "study", "create", "s", "--space", "plain", "--budget", "ram<=64KiB",
+    code, out, err = nas_cli("study", "create", "s", "--space", "plain", "--budget", "ram<=64KiB",
                              "--storage", f"sqlite:///{db}")
     assert code == 2
     line = (out + err).strip()
@@ -164,11 +164,11 @@ def test_a_ram_budget_on_a_profile_without_a_runtime_is_refused_in_one_line(tmp_
 
 
 def test_hardware_cost_checks_ram_and_flash_on_the_profile_that_defines_them(capsys):
-    code, out, err = run_cli(capsys, "hardware", "cost", "--space", "resnet", "--seed", "3", "--input", "1x28x28",
+    code, out, err = nas_cli("hardware", "cost", "--space", "resnet", "--seed", "3", "--input", "1x28x28",
                              "--device", "rpi4", "--budget", "ram<=64KiB")
     assert code == 2
     assert (out + err).strip().count("\n") == 0 and "ram_bytes" in out + err and "cortex-m7" in out + err
-    code, out, err = run_cli(capsys, "hardware", "cost", "--space", "resnet", "--seed", "3", "--input", "1x28x28",
+    code, out, err = nas_cli("hardware", "cost", "--space", "resnet", "--seed", "3", "--input", "1x28x28",
                              "--device", "cortex-m7", "--budget", "ram<=1MiB flash<=4MiB", "--format", "json")
     assert code == 0
     doc = json.loads(out)
@@ -177,12 +177,12 @@ def test_hardware_cost_checks_ram_and_flash_on_the_profile_that_defines_them(cap
 
 def test_budget_first_with_ram_and_flash_refuses_below_the_minimum_and_fits_the_space(tmp_path, capsys):
     db = f"sqlite:///{tmp_path / 'nas.db'}"
-    code, out, err = run_cli(capsys, "study", "create", "s", "--space", "resnet", "--cost-device", "cortex-m7",
+    code, out, err = nas_cli("study", "create", "s", "--space", "resnet", "--cost-device", "cortex-m7",
                              "--budget", "ram<=2KiB", "--storage", db)
     assert code == 2
     assert "ram_bytes<=2KiB is below what" in out + err and "needs" in out + err
     # a microcontroller budget the full space mostly misses: the space is fitted to it
-    code, out, err = run_cli(capsys, "study", "create", "s", "--space", "resnet", "--cost-device", "cortex-m7",
+    code, out, err = nas_cli("study", "create", "s", "--space", "resnet", "--cost-device", "cortex-m7",
                              "--budget", "ram<=48KiB flash<=96KiB", "--data", "digits", "--storage", db)
     assert code == 0, out + err
     assert "fitted" in out or "scaled" in out
@@ -236,7 +236,7 @@ def int8_study(tmp_path_factory):
 @pytest.mark.slow
 def test_an_int8_study_ranks_the_int8_network_and_keeps_fp32_beside_it(int8_study, capsys):
     path, db = int8_study
-    code, out, _ = run_cli(capsys, "pareto", "m", "--format", "json", "--storage", db)
+    code, out, _ = nas_cli("pareto", "m", "--format", "json", "--storage", db)
     assert code == 0
     rows = json.loads(out)
     assert rows
@@ -255,7 +255,7 @@ def test_an_int8_study_ranks_the_int8_network_and_keeps_fp32_beside_it(int8_stud
         ptq = a.get("ptq_accuracy", a["val_accuracy"])
         assert ("ptq_accuracy" in a) == (a["fp32_accuracy"] - ptq > 0)
         assert a["int8_method"] == ("qat" if a["val_accuracy"] > ptq else "ptq")
-    code, out, _ = run_cli(capsys, "pareto", "m", "--deploy", "--storage", db)
+    code, out, _ = nas_cli("pareto", "m", "--deploy", "--storage", db)
     assert code == 0
     assert "int8_accuracy" in out and "int8_drop" in out and "ram_bytes" in out and "flash_bytes" in out
 
@@ -263,10 +263,10 @@ def test_an_int8_study_ranks_the_int8_network_and_keeps_fp32_beside_it(int8_stud
 @pytest.mark.slow
 def test_export_tflite_measures_the_artifact_in_its_runtimes_and_checks_the_budget(int8_study, capsys):
     path, db = int8_study
-    rows = json.loads(run_cli(capsys, "pareto", "m", "--format", "json", "--storage", db)[1])
+    rows = json.loads(nas_cli("pareto", "m", "--format", "json", "--storage", db)[1])
     trial = str(rows[0]["trial"])
     to = path / "out"
-    code, out, err = run_cli(capsys, "export", "m", "--trial", trial, "--to", str(to), "--formats",
+    code, out, err = nas_cli("export", "m", "--trial", trial, "--to", str(to), "--formats",
                              "json,tflite,onnx-int8", "--calibration", "32", "--storage", db)
     assert code == 0, out + err
     assert (to / "model.tflite").read_bytes()[4:8] == b"TFL3"
@@ -290,12 +290,12 @@ def test_export_tflite_measures_the_artifact_in_its_runtimes_and_checks_the_budg
     with sqlite3.connect(path / "nas.db") as conn:
         conn.execute("update lightnas_studies set spec_json=? where name='m'", (json.dumps(spec),))
     strict = path / "strict"
-    code, out, err = run_cli(capsys, "export", "m", "--trial", trial, "--to", str(strict), "--formats", "tflite",
+    code, out, err = nas_cli("export", "m", "--trial", trial, "--to", str(strict), "--formats", "tflite",
                              "--calibration", "32", "--strict", "--storage", db)
     assert code == 2
     assert "over the study's budget" in out + err and "flash" in out + err
     assert not strict.exists() or not any(strict.iterdir())
-    code, out, err = run_cli(capsys, "export", "m", "--trial", trial, "--to", str(strict), "--formats", "tflite",
+    code, out, err = nas_cli("export", "m", "--trial", trial, "--to", str(strict), "--formats", "tflite",
                              "--calibration", "32", "--storage", db)
     assert code == 0 and "OVER BUDGET" in out  # without --strict: written, and flagged
 
@@ -309,9 +309,9 @@ def test_export_tflite_measures_the_artifact_in_its_runtimes_and_checks_the_budg
 ])
 def test_bad_export_requests_are_one_line_exit_2(int8_study, capsys, args, needle):
     path, db = int8_study
-    trial = str(json.loads(run_cli(capsys, "pareto", "m", "--format", "json", "--storage", db)[1])[0]["trial"])
+    trial = str(json.loads(nas_cli("pareto", "m", "--format", "json", "--storage", db)[1])[0]["trial"])
     to = path / "bad"
-    code, out, err = run_cli(capsys, "export", "m", "--trial", trial, "--to", str(to), *args, "--storage", db)
+    code, out, err = nas_cli("export", "m", "--trial", trial, "--to", str(to), *args, "--storage", db)
     assert code == 2
     text = (out + err).strip()
     assert len(text.splitlines()) == 1 and needle in text

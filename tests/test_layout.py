@@ -170,3 +170,15 @@ def test_tests_bench_and_readme_use_public_faces():
     readme = (ROOT / "README.md").read_text()
     assert "nas._" not in readme
     assert not private, private
+
+
+def test_test_modules_never_import_each_other():
+    """Shared helpers live in conftest.py (fixtures, runners) or a helper module (``*_kit.py``,
+    ``kit_*.py``, ``lightnas_pg.py``), so a test module can move, split or go without breaking another."""
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            offenders += [f"{path.name} imports {n}" for n in names if n.split(".")[0].startswith("test_")]
+    assert not offenders, offenders

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-
-_seen_databases: list[str] = []
+from conftest import fresh_database
 
 
 def _table_names(url: str) -> list[str]:
@@ -33,44 +32,41 @@ def test_server_is_real_postgresql(postgres_url: str) -> None:
 
 
 @pytest.mark.postgres
-def test_fresh_database_is_usable(pg_database: str) -> None:
-    engine = sa.create_engine(pg_database)
-    try:
-        assert sa.inspect(engine).get_table_names() == []
-        with engine.begin() as conn:
-            conn.execute(sa.text("create table trial (id serial primary key, score double precision, name text)"))
-            conn.execute(sa.text("insert into trial (score, name) values (:s, :n)"),
-                         [{"s": 0.5, "n": "a"}, {"s": 0.75, "n": "b"}])
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text("select name, score from trial order by id")).all()
-            current = conn.execute(sa.text("select current_database()")).scalar_one()
-        assert [tuple(r) for r in rows] == [("a", 0.5), ("b", 0.75)]
-        assert current == sa.engine.make_url(pg_database).database
-    finally:
-        engine.dispose()
-    _seen_databases.append(pg_database)
-
-
-@pytest.mark.postgres
-def test_each_test_gets_a_distinct_empty_database(pg_database: str) -> None:
-    # Runs after test_fresh_database_is_usable (file order): its table must not be visible here.
-    assert _table_names(pg_database) == []
-    assert pg_database not in _seen_databases
-    _seen_databases.append(pg_database)
-
-
-@pytest.mark.postgres
-def test_used_databases_are_dropped(postgres_url: str) -> None:
-    if not _seen_databases:
-        pytest.skip("no earlier pg_database test ran in this session")
+def test_each_database_is_fresh_usable_distinct_and_dropped(postgres_url: str) -> None:
+    """The ``pg_database`` fixture's life (:func:`conftest.fresh_database`), in one test: no test
+    depends on another having run before it."""
     import psycopg
 
+    with fresh_database(postgres_url) as first:
+        engine = sa.create_engine(first)
+        try:
+            assert sa.inspect(engine).get_table_names() == []
+            with engine.begin() as conn:
+                conn.execute(sa.text("create table trial (id serial primary key, score double precision, name text)"))
+                conn.execute(sa.text("insert into trial (score, name) values (:s, :n)"),
+                             [{"s": 0.5, "n": "a"}, {"s": 0.75, "n": "b"}])
+            with engine.connect() as conn:
+                rows = conn.execute(sa.text("select name, score from trial order by id")).all()
+                current = conn.execute(sa.text("select current_database()")).scalar_one()
+            assert [tuple(r) for r in rows] == [("a", 0.5), ("b", 0.75)]
+            assert current == sa.engine.make_url(first).database
+        finally:
+            engine.dispose()
+        with fresh_database(postgres_url) as second:
+            assert second != first
+            assert _table_names(second) == [], "the first database's table must not be visible"
     u = sa.engine.make_url(postgres_url)
-    names = [sa.engine.make_url(url).database for url in _seen_databases]
+    names = {sa.engine.make_url(url).database for url in (first, second)}
     with psycopg.connect(host=u.host, port=u.port, user=u.username, password=u.password,
                          dbname=u.database, connect_timeout=5) as conn:
         existing = {row[0] for row in conn.execute("select datname from pg_database")}
-    assert not existing.intersection(names)
+    assert not existing & names, "used databases are dropped"
+
+
+@pytest.mark.postgres
+def test_the_fixture_gives_an_empty_database(pg_database: str) -> None:
+    assert _table_names(pg_database) == []
+    assert sa.engine.make_url(pg_database).database.startswith("nas_test_")
 
 
 @pytest.mark.parametrize("other", ["x"])  # exercise storage_url alongside another parameter

@@ -7,7 +7,7 @@ import math
 import optuna
 import pytest
 import torch
-from conftest import run_cli
+from conftest import nas_cli
 from torch import nn
 
 from nas import NasError
@@ -228,7 +228,7 @@ def test_nas_proxies_scores_a_space_and_ranks_a_trained_study(tmp_path, capsys):
     import json
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"
-    code, out, err = run_cli(capsys, "proxies", "--space", "resnet", "--n", "3", "--proxies", "synflow,vote",
+    code, out, err = nas_cli("proxies", "--space", "resnet", "--n", "3", "--proxies", "synflow,vote",
                              "--format", "json")
     assert code == 0, err
     rows = json.loads(out)
@@ -240,7 +240,7 @@ def test_nas_proxies_scores_a_space_and_ranks_a_trained_study(tmp_path, capsys):
                            sampler="random", fidelity={"epochs": 1}, device="cpu"), store)
     run_study("t", store)
     store.close()
-    code, out, err = run_cli(capsys, "proxies", "--study", "t", "--proxies", "synflow,params,vote", "--format", "json",
+    code, out, err = nas_cli("proxies", "--study", "t", "--proxies", "synflow,params,vote", "--format", "json",
                              "--storage", url)
     assert code == 0, err
     rows = json.loads(out)
@@ -264,7 +264,7 @@ def test_nas_proxies_scores_a_space_and_ranks_a_trained_study(tmp_path, capsys):
      "proxy: unknown proxy 'zen'; accepted:"),
 ])
 def test_bad_proxy_input_is_one_line_and_exit_2(args, needle, capsys, tmp_path):
-    code, _, err = run_cli(capsys, *args, *(["--storage", f"sqlite:///{tmp_path / 'n.db'}"]
+    code, _, err = nas_cli(*args, *(["--storage", f"sqlite:///{tmp_path / 'n.db'}"]
                                             if args[0] == "study" else []))
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "n.db").exists()  # nothing written

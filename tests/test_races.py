@@ -15,13 +15,13 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import optuna
 import pytest
-from conftest import trials_of
+from conftest import WAIT, trials_of, wait_until
 from optuna.trial import TrialState
 
 from nas import TrialInterrupted, load_network
@@ -32,7 +32,6 @@ from search_spaces import sample_spec
 from storage import SCHEMA_VERSION, Meta, Store
 
 SPACE = {"max_depth": 1, "widths": (8, 16), "kernels": (3,), "hidden": (0,), "rank_ratios": (1.0,)}
-WAIT = 240.0  # bound on every wait for a condition (the machine is shared and slow under load)
 
 
 def spec(name: str, trials: int, *, epochs: int = 3, **kw):
@@ -42,15 +41,6 @@ def spec(name: str, trials: int, *, epochs: int = 3, **kw):
     fields.update(kw)
     return make_spec(**fields)
 
-
-def wait_until(cond: Callable[[], object], what: str, timeout: float = WAIT) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.02)  # polling a database, not synchronising threads
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import NAS, run_cli
+from conftest import NAS, nas_cli
 from sqlalchemy import create_engine, inspect, text
 
 from nas import NasError, export_refined
@@ -312,18 +312,18 @@ def test_export_a_refined_candidate(refined_db, tmp_path):
 def test_cli_refine_pareto_export(refined_db, capsys, tmp_path):
     url, ids = refined_db
     # The run is stored: the same command resumes, trains nothing and lists the candidates.
-    code, out, err = run_cli(capsys, "refine", "t", "--trial", "0", "--epochs", "3", "--finetune-epochs", "2",
+    code, out, err = nas_cli("refine", "t", "--trial", "0", "--epochs", "3", "--finetune-epochs", "2",
                              "--iterations", "2", "--long-every", "2", "--threads", "1", "--quiet",
                              "--format", "json", "--storage", url)
     assert code == 0, err
     listed = json.loads(out)
     assert [r["refined"] for r in listed] == ids
     assert listed[0]["source"] == "refined 0/baseline/0" and listed[-1]["source"].startswith("refined 0/fuse/")
-    code, out, err = run_cli(capsys, "pareto", "t", "--include-refined", "--format", "json", "--storage", url)
+    code, out, err = nas_cli("pareto", "t", "--include-refined", "--format", "json", "--storage", url)
     assert code == 0 and any(r["refined"] in ids for r in json.loads(out))
-    code, out, err = run_cli(capsys, "pareto", "t", "--include-refined", "--format", "csv", "--storage", url)
+    code, out, err = nas_cli("pareto", "t", "--include-refined", "--format", "csv", "--storage", url)
     assert out.splitlines()[0].startswith("source,refined,trial,")
-    code, out, err = run_cli(capsys, "export", "t", "--refined", str(ids[-1]), "--to", str(tmp_path / "e"),
+    code, out, err = nas_cli("export", "t", "--refined", str(ids[-1]), "--to", str(tmp_path / "e"),
                              "--formats", "json", "--storage", url)
     assert code == 0 and (tmp_path / "e" / "spec.json").exists()
 
@@ -338,7 +338,7 @@ def test_cli_refine_pareto_export(refined_db, capsys, tmp_path):
 ])
 def test_cli_refine_bad_input_is_one_line_exit_2(refined_db, capsys, args, needle):
     url, _ = refined_db
-    code, out, err = run_cli(capsys, "refine", "t", *args, "--storage", url)
+    code, out, err = nas_cli("refine", "t", *args, "--storage", url)
     assert code == 2
     assert needle in err and len(err.strip().splitlines()) == 1, err
 
@@ -346,7 +346,7 @@ def test_cli_refine_bad_input_is_one_line_exit_2(refined_db, capsys, args, needl
 def test_cli_export_needs_trial_or_refined(refined_db, capsys, tmp_path):
     url, _ = refined_db
     for args in ([], ["--trial", "0", "--refined", "1"]):
-        code, _, err = run_cli(capsys, "export", "t", *args, "--to", str(tmp_path), "--storage", url)
+        code, _, err = nas_cli("export", "t", *args, "--to", str(tmp_path), "--storage", url)
         assert code == 2 and "give exactly one of --trial N (a trial) or --refined ID" in err
 
 
@@ -420,9 +420,9 @@ def test_candidates_past_the_allowed_drop_are_stored_but_not_offered(refined_db,
     assert fuse.id not in [r.id for r, _ in refined_points("t", store, study_spec)]
     assert fuse.id in [r.id for r, _ in refined_points("t", store, study_spec, past=True)]
     store.close()
-    code, out, err = run_cli(capsys, "pareto", "t", "--include-refined", "--format", "json", "--storage", url)
+    code, out, err = nas_cli("pareto", "t", "--include-refined", "--format", "json", "--storage", url)
     assert code == 0 and fuse.id not in [r["refined"] for r in json.loads(out)]
-    code, out, err = run_cli(capsys, "refine", "t", "--trial", "0", "--epochs", "3", "--finetune-epochs", "2",
+    code, out, err = nas_cli("refine", "t", "--trial", "0", "--epochs", "3", "--finetune-epochs", "2",
                              "--iterations", "2", "--long-every", "2", "--threads", "1", "--quiet",
                              "--format", "json", "--storage", url)
     assert code == 0, err

@@ -246,3 +246,27 @@ def test_a_list_option_given_one_value_is_that_one_choice():
     assert arch.stages[0].blocks[0].out_channels == 16
     with pytest.raises(SpaceError, match="block_types"):
         get_space("resnet", block_types="basics")
+
+
+def test_every_trial_a_space_draws_from_is_a_choice_trial() -> None:
+    """Optuna's trials and the stand-ins (random draws, enumeration, parameter checking, the
+    proxy's sampler-answered draw) all take the calls a space makes, with the same keywords."""
+    import inspect
+    import random
+
+    import nas.search._proxy as proxy_mod
+    import search_spaces._registry as registry_mod
+    from search_spaces import ChoiceTrial, enumerate_choices
+
+    study = optuna.create_study()
+    trials = [study.ask(), optuna.trial.FixedTrial({"a": 1}), registry_mod.RandomTrial(random.Random(0)),
+              registry_mod.EnumeratingTrial([]), registry_mod._CheckingTrial({})]
+    classes = [type(t) for t in trials] + [proxy_mod._DrawTrial]
+    for cls in classes:
+        assert issubclass(cls, ChoiceTrial), cls
+        inspect.signature(cls.suggest_int).bind(None, "a", 0, 4, step=2, log=False)
+        inspect.signature(cls.suggest_categorical).bind(None, "b", (1, 2))
+    # And the spaces draw from each without knowing which: the same spec for the same answers.
+    space = get_space("plain", input_shape=(1, 8, 8), max_depth=1, widths=(8, 16))
+    params, spec = next(iter(enumerate_choices(space.suggest)))
+    assert space.suggest(optuna.trial.FixedTrial(params)).hash == spec.hash == space.check_params(params).hash

@@ -6,11 +6,22 @@ import json
 
 import optuna
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from optuna.trial import TrialState
 from sqlalchemy import func, select
 
 from nas import NasError, export_trial
-from nas.search import create_study, delete_study, dominates, get_study_spec, list_studies, make_spec, pareto_rows
+from nas.search import (
+    create_study,
+    delete_study,
+    dominates,
+    get_study_spec,
+    list_studies,
+    make_spec,
+    pareto_mask,
+    pareto_rows,
+)
 from nas.workers import run_study
 from storage import ArtifactRow, EvaluationRow, Store
 
@@ -28,13 +39,6 @@ def tiny_spec(name: str = "s", **kw) -> object:
 def count(store: Store, row: type) -> int:
     with store.session() as s:
         return s.scalar(select(func.count()).select_from(row))
-
-
-@pytest.fixture
-def store(storage_url):
-    s = Store(storage_url)
-    yield s
-    s.close()
 
 
 def test_spec_round_trips_through_the_database(store):
@@ -218,3 +222,11 @@ def test_delete_removes_the_study_only(store):
     assert count(store, EvaluationRow) == n_eval  # kept for reuse by other studies
     with pytest.raises(NasError, match="unknown study 'gone'"):
         get_study_spec("gone", store)
+
+
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4), st.integers(0, 2)), max_size=40))
+@settings(max_examples=60, deadline=None)
+def test_the_one_pareto_filter_keeps_exactly_the_undominated(points: list[tuple[int, int, int]]) -> None:
+    """Small integer grids make ties and duplicates common: equal rows both stay, dominated ones go."""
+    keep = pareto_mask(points).tolist()
+    assert keep == [not any(dominates(q, p) for q in points) for p in points]

@@ -7,6 +7,7 @@ import torch
 
 from objectives import (
     Dataset,
+    ThreadGovernor,
     TrainConfig,
     TrainingError,
     evaluate,
@@ -125,6 +126,89 @@ def test_threads_apply_during_training_and_are_restored(digits: Dataset) -> None
     train_model(model, digits, TrainConfig(epochs=1, threads=1, device="cpu"),
                 on_epoch=lambda epoch, acc: during.append(torch.get_num_threads()))
     assert during == [1]
+    assert torch.get_num_threads() == before
+
+
+class _Machine:
+    """A fake clock whose steps cost ``cost[threads]`` seconds at the thread count in use."""
+
+    def __init__(self, cost: dict[int, float], start: int) -> None:
+        self.cost, self.now, self.threads, self.switches = dict(cost), 0.0, start, 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def set_threads(self, n: int) -> None:
+        self.threads, self.switches = n, self.switches + 1
+
+    def run(self, governor: ThreadGovernor, steps: int) -> list[int]:
+        used = []
+        for _ in range(steps):
+            with governor.step():
+                used.append(self.threads)
+                self.now += self.cost[self.threads]
+        return used
+
+
+def _governor(machine: _Machine, most: int = 2) -> ThreadGovernor:
+    return ThreadGovernor(most, clock=machine.clock, set_threads=machine.set_threads, recheck_seconds=10.0,
+                          recheck_steps=5)
+
+
+def test_a_contended_or_small_network_trains_at_one_thread_after_the_probe() -> None:
+    machine = _Machine({1: 0.01, 2: 0.3}, start=2)  # a second thread waits for a core another process holds
+    governor = _governor(machine)
+    used = machine.run(governor, 40)
+    assert governor.choices[0] == 1
+    probe = 2 + 6  # warm-up at 2 threads, then 3 steps at each count, interleaved
+    assert used[:probe] == [2, 2, 1, 2, 1, 2, 1, 2]
+    assert set(used[probe:]) == {1}, "after the probe every step runs at 1 thread"
+    assert governor.steps_at == {1: used.count(1), 2: used.count(2)} and sum(governor.steps_at.values()) == 40
+
+
+def test_a_network_that_gains_from_threads_keeps_them() -> None:
+    machine = _Machine({1: 0.2, 2: 0.11}, start=2)
+    governor = _governor(machine)
+    used = machine.run(governor, 30)
+    assert governor.choices[0] == 2 and set(used[8:]) == {2}
+    # A gain below the threshold (1.15x) is not worth a second thread.
+    machine = _Machine({1: 0.2, 2: 0.19}, start=2)
+    governor = _governor(machine)
+    assert set(machine.run(governor, 30)[8:]) == {1}
+
+
+def test_the_choice_follows_the_load_as_it_changes() -> None:
+    machine = _Machine({1: 0.2, 2: 0.1}, start=2)  # quiet: 2 threads pay
+    governor = _governor(machine)
+    machine.run(governor, 20)
+    assert governor.choices == [2]
+    machine.cost = {1: 0.2, 2: 3.0}  # another process starts
+    used = machine.run(governor, 200)
+    assert governor.choices[:2] == [2, 1], "the next probe (after 10 s) sees the competitor"
+    assert used[-20:] == [1] * 20 or used[-20:].count(2) <= 3  # only probes run at 2 threads
+    machine.cost = {1: 0.2, 2: 0.1}  # the competitor ends
+    machine.run(governor, 300)
+    assert governor.choices[-1] == 2
+    # Probes are rare: each costs 3 steps at the slower count and comes after >= 10 s of steps.
+    assert len(governor.choices) <= 1 + machine.now / 10
+
+
+def test_one_thread_is_never_switched() -> None:
+    machine = _Machine({1: 0.01}, start=1)
+    governor = _governor(machine, most=1)
+    assert machine.run(governor, 20) == [1] * 20
+    assert machine.switches == 0 and governor.choices == [] and governor.steps_at == {1: 20}
+
+
+def test_training_reports_its_steps_per_thread_count_and_restores_threads(digits: Dataset) -> None:
+    before = torch.get_num_threads()
+    model = build_model(PLAIN, digits.input_shape, digits.num_classes)
+    adaptive = train_model(model, digits, TrainConfig(epochs=1, threads=2, device="cpu"))
+    assert sum(adaptive.thread_steps.values()) == adaptive.steps and set(adaptive.thread_steps) <= {1, 2}
+    assert adaptive.thread_steps.get(1, 0) >= 3  # the probe ran
+    fixed = train_model(build_model(PLAIN, digits.input_shape, digits.num_classes), digits,
+                        TrainConfig(epochs=1, threads=2, device="cpu", adapt_threads=False))
+    assert fixed.thread_steps == {2: fixed.steps}
     assert torch.get_num_threads() == before
 
 

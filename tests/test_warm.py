@@ -9,11 +9,10 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from conftest import trials_of
+from conftest import nas_cli, trials_of
 from fastapi.testclient import TestClient
 from optuna.trial import TrialState
 
-from nas.cli import main
 from nas.search import create_study, make_spec
 from nas.serve import ApiSettings, create_app
 from nas.workers import run_study
@@ -24,14 +23,6 @@ from storage import Store
 TINY = {"max_depth": 1, "widths": (8, 16), "kernels": (3,), "hidden": (0, 32)}
 BASE = {"space": "plain", "data": "digits", "budget": "params<=20k", "space_options": TINY, "device": "cpu",
         "seed": 0, "fidelity": {"epochs": 2, "train_fraction": 0.3}}
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-        raise SystemExit(0)
-    cap = capsys.readouterr()
-    return int(e.value.code or 0), cap.out, cap.err
 
 
 def searched(url: str, name: str = "src", trials: int = 6, **fields) -> None:
@@ -66,7 +57,7 @@ def test_an_exported_spec_is_evaluated_first_in_a_new_study(sqlite_url, tmp_path
     arch_json = front_specs(sqlite_url, "src")[0]
     path = tmp_path / "spec.json"
     path.write_text(arch_json)
-    code, out, err = cli(capsys, "study", "create", "dst", "--space", "plain", "--budget", "params<=20k",
+    code, out, err = nas_cli("study", "create", "dst", "--space", "plain", "--budget", "params<=20k",
                          "--option", f"widths={list(TINY['widths'])}", "--option", "max_depth=1", "--option",
                          "kernels=[3]", "--option", "hidden=[0, 32]", "--epochs", "2", "--trials", "2",
                          "--enqueue", str(path), "--storage", sqlite_url)
@@ -85,7 +76,7 @@ def test_an_exported_spec_is_evaluated_first_in_a_new_study(sqlite_url, tmp_path
 
 def test_front_members_outside_this_studys_options_are_skipped_not_fatal(sqlite_url, capsys):
     searched(sqlite_url, trials=6, space_options={**TINY, "widths": (16,), "max_depth": 2, "min_depth": 2})
-    code, out, err = cli(capsys, "study", "create", "dst", "--space", "plain", "--budget", "params<=20k",
+    code, out, err = nas_cli("study", "create", "dst", "--space", "plain", "--budget", "params<=20k",
                          "--option", "widths=[8]", "--option", "max_depth=1", "--option", "kernels=[3]",
                          "--option", "hidden=[0, 32]", "--warm-start", "src", "--storage", sqlite_url)
     assert code == 0, err
@@ -116,7 +107,7 @@ def test_an_enqueued_spec_that_does_not_fit_fails_in_one_line_and_writes_nothing
         # ... or a budget no network of the space reaches: refused before the spec is looked at.
         doc, budget = arch.to_json(), (f"params<={params - 1}" if doc == "over" else "params<=100")
     path.write_text(doc)
-    code, _out, err = cli(capsys, "study", "create", "dst", "--space", "plain", "--budget", budget, "--no-fit-space",
+    code, _out, err = nas_cli("study", "create", "dst", "--space", "plain", "--budget", budget, "--no-fit-space",
                           "--option", "widths=[8, 16]", "--option", "max_depth=1", "--option", "kernels=[3]",
                           "--option", "hidden=[0, 32]", "--enqueue", str(path), "--storage", sqlite_url)
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
@@ -135,7 +126,7 @@ def test_the_front_of_another_study_seeds_a_study_on_other_data(sqlite_url, tmp_
     y = (x[:, :8].mean(axis=(1, 2)) > x[:, 8:].mean(axis=(1, 2))).astype(np.int64) + 2 * (x[:, :, :8].mean(
         axis=(1, 2)) > x[:, :, 8:].mean(axis=(1, 2)))
     np.savez(tmp_path / "d.npz", x_train=x, y_train=y)
-    code, out, err = cli(capsys, "study", "create", "dst", "--space", "plain", "--data", f"npz:{tmp_path}/d.npz",
+    code, out, err = nas_cli("study", "create", "dst", "--space", "plain", "--data", f"npz:{tmp_path}/d.npz",
                          "--budget", "params<=20k", "--option", "widths=[8, 16]", "--option", "max_depth=1",
                          "--option", "kernels=[3]", "--option", "hidden=[0, 32]", "--warm-start", "src",
                          "--epochs", "2", "--trials", "3", "--storage", sqlite_url)
@@ -152,7 +143,7 @@ def test_the_front_of_another_study_seeds_a_study_on_other_data(sqlite_url, tmp_
     assert all(t.user_attrs["warm_start"].startswith("src trial ") for t in waiting)
     assert len(src_front) == len(waiting)
     # The same command for an existing study enqueues nothing twice.
-    code, out, err = cli(capsys, "study", "enqueue", "dst", "--from", "src", "--storage", sqlite_url)
+    code, out, err = nas_cli("study", "enqueue", "dst", "--from", "src", "--storage", sqlite_url)
     assert code == 0 and "0 architecture(s) queued" in out and "already in the study" in out, out + err
 
 

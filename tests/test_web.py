@@ -19,7 +19,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ import pytest
 import torch
 from conftest import is_local, record_requests
 from fastapi.testclient import TestClient
+from lightnas_pg import free_port
 
 from nas.serve import ApiSettings, create_app
 from nas.workers import run_worker
@@ -53,11 +53,6 @@ def work(url: str) -> None:
     """A real worker (the loop of ``nas worker``) until the study's target and job queue are done."""
     run_worker(["s1"], url, until_done=True, threads=1, jobs=True, poll_min=0.05, poll_max=0.2)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -85,7 +80,7 @@ def serve(url: str, log: Path, *flags: str) -> Iterator[Server]:
     """``nas serve`` on a free port of 127.0.0.1 with a write and a read token; stopped afterwards."""
     env = {**os.environ, "NAS_API_TOKEN": WRITE, "NAS_API_READ_TOKEN": READ, "PYTHONUNBUFFERED": "1"}
     env.pop("NAS_API_PROTECT_READS", None)
-    port = _free_port()
+    port = free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "nas.cli", "serve", "--port", str(port), "--storage", url,
                                  *flags], env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

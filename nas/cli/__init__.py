@@ -15,7 +15,7 @@ from typing import Any
 
 # Registered in this order, which is the order of "nas --help".
 from . import _demo, _hardware, _proxies, _refine, _results, _serve, _spaces, _study, _worker  # noqa: F401, I001
-from ._common import INTERRUPTED, app, err, opened, say_error, user_errors
+from ._common import INTERRUPTED, TERMINATED, app, err, opened, say_error, user_errors
 
 __all__ = ["app", "entry", "main"]
 
@@ -73,23 +73,26 @@ def entry() -> None:
     say) as unhandled even after the command caught it, and then kills the process by SIGINT
     anyway; which of the two ends a run got depended on where the Ctrl-C landed.
     """
+    import signal
+
     try:
         main()
     except SystemExit as e:
-        if e.code != INTERRUPTED:
+        if e.code not in (INTERRUPTED, TERMINATED):
             raise
+        # SIGTERM handled as Ctrl-C (``nas study run``) ends by SIGTERM, its status 143, the same way.
+        signum = signal.SIGTERM if e.code == TERMINATED else signal.SIGINT
     # Not ``raise KeyboardInterrupt`` for CPython to finalise and kill: CPython does that only when the
     # interrupt leaves code it ran as a file or a string, so ``python -m nas.cli`` (runpy's exec) ended
     # with status 1 instead. The command has closed its stores and said what it saved; end it here.
     import logging
-    import signal
 
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGINT)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

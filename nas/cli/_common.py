@@ -49,6 +49,8 @@ class UsageError(ValueError):
 #: The exit status of a command stopped by Ctrl-C after saying what was kept and how to resume
 #: (the ``nas`` program then ends by SIGINT: see :func:`nas.cli.entry`).
 INTERRUPTED = 130
+#: The exit status of a command stopped by SIGTERM after saying what was kept (then ended by SIGTERM).
+TERMINATED = 143
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input (exit 2), not a bug."""

@@ -168,8 +168,9 @@ def calibrate_cmd(
         raise UsageError(f"--threads: got {threads}; accepted: 1 to {MAX_THREADS:,} CPU threads")
     _check_torch_device(device)
     check_profile_name(name)
+    check_devices_dir()  # before minutes of timing
     pairs = default_calibration_set(specs)
-    with Progress(console=err, transient=True) as prog:
+    with Progress(console=err, transient=True, disable=not err.is_terminal) as prog:
         task = prog.add_task(f"timing {len(pairs)} networks", total=rounds)
         res = calibrate_host(pairs, rounds=rounds, threads=threads, device=device, name=name,
                              progress=lambda done, total: prog.update(task, completed=done))
@@ -190,6 +191,15 @@ def _check_torch_device(device: str) -> None:
         raise UsageError(f"--device: {e}") from None
 
 
+def check_devices_dir() -> None:
+    """Refuse, in one line and before any work, a ``$NAS_HOME/devices`` this process cannot write
+    (read-only, a file in the way, under /proc, a name too long); nothing is created."""
+    from objectives import check_out_dir, nas_home
+
+    check_out_dir(nas_home() / "devices", "$NAS_HOME/devices", error=UsageError,
+                  accepted="accepted: a directory you may write (set $NAS_HOME to one)")
+
+
 def check_profile_name(name: str) -> None:
     """A profile name is a file name: letters, digits, '.', '_', '-'."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name or "") or name.endswith(".toml"):
@@ -206,6 +216,7 @@ def probe_cmd(
     """Write probe networks (ONNX, fixed shapes) and a CSV manifest to time on your device; then 'nas hardware fit'."""
     from rich.progress import Progress
 
+    from objectives import check_out_dir as check_writable
     from objectives import probe_set, write_probes
 
     check_out_dir(to)
@@ -215,8 +226,9 @@ def probe_cmd(
         raise UsageError(f"--classes: got {classes}; accepted: 2 to {MAX_PROBE_CLASSES:,} (the probes' classifier "
                          "width)")
     check_seed(seed)
+    check_writable(to, "--to", error=UsageError)  # before the probes are made
     probes = probe_set(n, seed, num_classes=classes)
-    with Progress(console=err, transient=True) as prog:
+    with Progress(console=err, transient=True, disable=not err.is_terminal) as prog:
         task = prog.add_task(f"exporting {n} probes", total=n)
         path = write_probes(Path(to), probes, progress=lambda done, total: prog.update(task, completed=done))
     out.print(f"wrote {n} probe networks to {Path(to) / 'onnx'} and the manifest {path}")
@@ -250,11 +262,16 @@ def fit_cmd(
     url = None if no_store else storage or os.environ.get("NAS_STORAGE")
     if not no_store and url is None and os.path.exists("nas.db"):
         url = "sqlite:///nas.db"
+    check_devices_dir()
     # The database is opened before anything is written: a mistyped --storage writes nothing.
     store = open_store(url, mode="existing") if url is not None else None
     res = fit_measurements(name, Path(measurements), probes_dir=Path(probes) if probes else None,
                            allow_missing=allow_missing, dtype=dtype, runtime=runtime, folds=folds)
-    path = save_device(res.profile)
+    toml = res.profile.to_toml()
+    # Everything checked first; the profile goes into the database before its file takes its name, so a
+    # database that refuses it (read-only, damaged) leaves no $NAS_HOME/devices/NAME.toml behind either.
+    path = save_device(res.profile, before_commit=None if store is None else
+                       (lambda: store.save_device_profile(name, toml)))
     what = "probe networks" if res.kind == "probes" else "layers of the lookup table"
     out.print(f"fitted to {res.n} {what}: median |ln error| {res.fit_median_abs_ln_error:.3f}; {folds}-fold "
               f"cross-validated tau {res.cv_tau:.3f}, median |ln error| {res.cv_median_abs_ln_error:.3f}")
@@ -265,5 +282,4 @@ def fit_cmd(
             out.print("not stored in a study database (no ./nas.db; give --storage URL so that workers on other "
                       "hosts cost with it)")
         return
-    store.save_device_profile(name, res.profile.to_toml())
     out.print(f"stored profile {name!r} in {store.display_url(store.url)}")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import STORAGE_HELP, Format, UsageError, app, check_out_dir, emit, open_store, out, si
+from ._common import STORAGE_HELP, Format, UsageError, app, check_out_dir, emit, err, open_store, out, si
 
 PARETO_COLS = ("trial", "spec_hash", "accuracy", "test_accuracy", "hw_cost", "flops", "params",
                "peak_activation_bytes", "latency_ms")
@@ -36,8 +36,10 @@ def pareto_cmd(
     """The feasible Pareto front (accuracy vs cost) with spec hash, costs and test accuracy."""
     from ..search import pareto_rows
 
-    rows = pareto_rows(name, open_store(storage), where=where, include_refined=include_refined, past_drop=past_drop,
+    store = open_store(storage)
+    rows = pareto_rows(name, store, where=where, include_refined=include_refined, past_drop=past_drop,
                        deploy=deploy)
+    warn_damaged(name, store)
     if fmt is Format.json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
@@ -52,8 +54,26 @@ def pareto_cmd(
         out.print(f"{name}: no evaluated architecture within the budget{' and --where' if where else ''} yet")
         return
     title = f"{'Deployment table' if deploy else 'Pareto front'} of {name}" + (f" where {where}" if where else "")
-    emit(flat, fmt, title, {k: lambda v: si(float(v)) for k in ("flops", "params", "peak_activation_bytes", "macs",
-                                                                 "ram_bytes", "flash_bytes")})
+    emit(flat, fmt, title, {k: lambda v: "" if v is None else si(float(v))
+                            for k in ("flops", "params", "peak_activation_bytes", "macs", "ram_bytes", "flash_bytes")})
+
+
+def warn_damaged(name: str, store: object, shown: int = 5) -> list[dict[str, object]]:
+    """A warning on stderr per trial of study ``name`` whose stored attributes cannot be read (a
+    damaged row): the command shows the others, and these are left out of the front. Returns them."""
+    import optuna
+
+    from ..search import damaged_trials
+
+    trials = optuna.load_study(study_name=name, storage=store.optuna).get_trials(deepcopy=False)  # type: ignore[attr-defined]
+    bad = damaged_trials(trials)
+    for number, why in bad[:shown]:
+        err.print(f"warning: study {name!r} trial {number} is left out of the front: {why}", highlight=False,
+                  markup=False, soft_wrap=True)
+    if len(bad) > shown:
+        err.print(f"warning: study {name!r}: {len(bad) - shown} more trials with damaged attributes are left out",
+                  highlight=False, markup=False, soft_wrap=True)
+    return [{"trial": n, "damaged": why} for n, why in bad]
 
 
 @app.command("export")
@@ -94,6 +114,8 @@ def export_cmd(
     else:
         info = export_trial(name, trial, to, open_store(storage), epochs=epochs, formats=fmts,
                             calibration=calibration, strict=strict)
+        if info.get("note"):  # weights another study trained: said, not silent
+            err.print(info["note"], highlight=False, markup=False, soft_wrap=True)
     for f in info["files"]:
         out.print(f"wrote {f}")
     if "onnx_max_abs_diff" in info:

@@ -12,6 +12,7 @@ from .._fields import EARLY_STOP, FIDELITY, STUDY, help_text
 from ._common import (
     INTERRUPTED,
     STORAGE_HELP,
+    TERMINATED,
     Format,
     UsageError,
     emit,
@@ -212,14 +213,16 @@ def study_run(
     except RayInterrupted as e:
         err.print(f"{name}: {e}", highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(INTERRUPTED) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (nas.Terminated) handled alike
+        from .._errors import Terminated
         from ..workers import progress
 
         p = progress(name, store)
-        err.print(f"{name}: interrupted at {p.finished}/{p.target} networks within budget; the running trial was "
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        err.print(f"{name}: {how} at {p.finished}/{p.target} networks within budget; the running trial was "
                   "failed and queued again; rerun the same command to resume", highlight=False, soft_wrap=True,
                   markup=False)
-        raise typer.Exit(INTERRUPTED) from None
+        raise typer.Exit(TERMINATED if isinstance(e, Terminated) else INTERRUPTED) from None
     out.print(f"{name}: {p.summary()}; Pareto front: {p.pareto} architectures")
 
 
@@ -300,10 +303,13 @@ def study_show(name: str = typer.Argument(...), fmt: Format = typer.Option(Forma
         states[key] = states.get(key, 0) + 1
     front = pareto_rows(name, store, with_test=False)
     best = max(front, key=lambda r: r["accuracy"], default=None)
+    from ._results import warn_damaged
+
+    damaged = warn_damaged(name, store)  # a trial whose stored attributes are damaged: marked, the rest shown
     doc = {"spec": study_spec.model_dump(), "target": p.target, "within_budget": p.finished, "rejected": p.rejected,
            "complete": p.complete, "counts": states, "pareto_size": p.pareto, "best": best,
            "feasibility": info.get("feasibility"), "fit": info.get("fit"),
-           "target_converted": info.get("target_converted")}
+           "target_converted": info.get("target_converted"), "damaged": damaged}
     if fmt is Format.json:
         sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
         return

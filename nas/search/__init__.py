@@ -9,9 +9,18 @@ from ._demo import DEMO_BUDGET, demo_spec
 from ._early import EarlyStop, Peer, best_by, dominators, peers_of, rung_epochs
 from ._inherit import Parent, pick_parent
 from ._objective import CONSTRAINTS_KEY, StudyContext, TrialObjective, load_context, objective_values
-from ._pareto import dominates, front_trials, pareto_rows, past_drop, refined_points, test_accuracy, where_filter
+from ._pareto import (
+    dominates,
+    front_trials,
+    pareto_mask,
+    pareto_rows,
+    past_drop,
+    refined_points,
+    test_accuracy,
+    where_filter,
+)
 from ._proxy import ProxySampler, ProxyScorer, study_correlations
-from ._record import Status, TrialRecord, record_of, status_of
+from ._record import Status, TrialRecord, damaged_trials, record_of, status_of
 from ._samplers import make_pruner, make_sampler, resolve_sampler
 from ._spec import (
     OBJECTIVES,
@@ -61,6 +70,7 @@ __all__ = [
     "StudySpec",
     "TrialObjective",
     "TrialRecord",
+    "damaged_trials",
     "WarmStart",
     "arch_from_doc",
     "best_by",
@@ -76,6 +86,7 @@ __all__ = [
     "dominates",
     "dominators",
     "front_trials",
+    "pareto_mask",
     "get_study_spec",
     "list_studies",
     "load_context",

@@ -117,12 +117,20 @@ class TrialObjective:
             Ray adapter reports intermediate results to Tune from here).
         claim_wait: the longest wait (seconds) for another trial that trains the same
             architecture and is alive; then the trial raises :class:`TrialInterrupted`.
+        wait: runs a storage step that must not be lost to a database outage, as
+            ``wait(step, what)``: the writes of a trained network's result (evaluation, weights,
+            attributes), which retry while the database is unreachable (workers pass
+            :func:`nas.workers.wait_for_database` with a bounded window); None: run it once.
+            Meanwhile checks at rung epochs that find the database unreachable are skipped, so
+            training goes on through an outage.
     """
 
     def __init__(self, ctx: StudyContext, *, prune: bool = False, should_stop: Callable[[], bool] | None = None,
                  on_epoch: Callable[[optuna.trial.BaseTrial, int, float], None] | None = None,
-                 claim_wait: float = CLAIM_WAIT) -> None:
+                 claim_wait: float = CLAIM_WAIT,
+                 wait: Callable[[Callable[[], Any], str], Any] | None = None) -> None:
         self.ctx = ctx
+        self.wait = wait
         self.claim_wait = claim_wait
         self.budget = ctx.study_spec.budget_obj()
         self.prune = prune
@@ -149,18 +157,42 @@ class TrialObjective:
             if self.on_epoch is not None:
                 self.on_epoch(trial, epoch, val_accuracy)
             if epoch in self.rungs:
-                self._pareto_check(trial, epoch, curve, cost)
-            if self.prune:
-                trial.report(val_accuracy, epoch)
-                if trial.should_prune():
-                    trial.set_user_attr("status", Status.PRUNED)
-                    trial.set_user_attr("epochs_run", epoch)
-                    trial.set_user_attr("val_accuracy", val_accuracy)
-                    raise optuna.TrialPruned(f"pruned after epoch {epoch} at validation accuracy {val_accuracy:.4f}")
+                with self._unless_database_down(trial, f"the early-stopping check at epoch {epoch}"):
+                    self._pareto_check(trial, epoch, curve, cost)
+            if self.prune and self._should_prune(trial, val_accuracy, epoch):
+                trial.set_user_attr("status", Status.PRUNED)
+                trial.set_user_attr("epochs_run", epoch)
+                trial.set_user_attr("val_accuracy", val_accuracy)
+                raise optuna.TrialPruned(f"pruned after epoch {epoch} at validation accuracy {val_accuracy:.4f}")
             if self.should_stop is not None and self.should_stop():
                 raise TrialInterrupted(f"worker stopping: interrupted after epoch {epoch}")
 
         return hook
+
+    def _store(self, step: Callable[[], Any], what: str) -> Any:
+        """Run a storage step that must outlive a database outage (see ``wait``)."""
+        return step() if self.wait is None else self.wait(step, what)
+
+    @contextmanager
+    def _unless_database_down(self, trial: optuna.trial.BaseTrial, what: str) -> Iterator[None]:
+        """Skip ``what`` (a check during training) if the database is unreachable: training goes on."""
+        from storage import error_line, is_transient
+
+        try:
+            yield
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            log.warning("%s trial %s: database unavailable (%s); %s skipped, training goes on", self.ctx.name,
+                        getattr(trial, "number", None), error_line(e), what)
+
+    def _should_prune(self, trial: optuna.trial.BaseTrial, value: float, epoch: int) -> bool:
+        """Report the epoch's accuracy to the pruner and ask it; False when the database is unreachable
+        (this epoch is not judged)."""
+        with self._unless_database_down(trial, f"the pruner's check at epoch {epoch}"):
+            trial.report(value, epoch)
+            return bool(trial.should_prune())
+        return False
 
     def _study_trials(self, trial: optuna.trial.BaseTrial) -> list[optuna.trial.FrozenTrial]:
         study = getattr(trial, "study", None)
@@ -357,14 +389,23 @@ class TrialObjective:
             raise
         key = weights_key(h, fkey) if result.state_dict is not None else None
         blob = serialize_state(result.state_dict) if result.state_dict is not None else None
-        row = ctx.store.put_evaluation(h, fkey, ctx.study_spec.fidelity_dict(), val_accuracy=result.val_accuracy,
-                                       cost=cost, seconds=result.seconds, epochs_run=result.epochs_run,
-                                       curve=list(result.curve), artifact_key=key, artifact=blob)
-        trial.set_user_attr("status", Status.TRAINED)
-        trial.set_user_attr("val_accuracy", row.val_accuracy)
-        trial.set_user_attr("epochs_run", result.epochs_run)
-        trial.set_user_attr("train_seconds", time.perf_counter() - t0)
-        trial.set_user_attr("curve", list(result.curve))
+        seconds = time.perf_counter() - t0
+
+        def record() -> EvaluationRow:
+            # Each step repeatable: a retry after the connection dropped (the evaluation kept once).
+            row = ctx.store.put_evaluation(h, fkey, ctx.study_spec.fidelity_dict(),
+                                           val_accuracy=result.val_accuracy, cost=cost, seconds=result.seconds,
+                                           epochs_run=result.epochs_run, curve=list(result.curve),
+                                           artifact_key=key, artifact=blob)
+            trial.set_user_attr("status", Status.TRAINED)
+            trial.set_user_attr("val_accuracy", row.val_accuracy)
+            trial.set_user_attr("epochs_run", result.epochs_run)
+            trial.set_user_attr("train_seconds", seconds)
+            trial.set_user_attr("curve", list(result.curve))
+            return row
+
+        # The network is trained: its result waits out a database outage rather than be trained again.
+        row = self._store(record, f"storing the evaluation of {h[:12]}")
         accuracy = self._precision(trial, arch, result.state_dict, row.val_accuracy)
         return objective_values(ctx.study_spec, accuracy, cost)
 
@@ -414,5 +455,7 @@ class TrialObjective:
         acc = float((pred == data.y_val.cpu()).double().mean())
         if acc <= ptq:
             return ptq, "ptq"
-        self.ctx.store.put_artifact(int8_key(arch.hash, study_spec), save_int8(q))
+        blob = save_int8(q)
+        self._store(lambda: self.ctx.store.put_artifact(int8_key(arch.hash, study_spec), blob),
+                    f"storing the int8 network of {arch.hash[:12]}")
         return acc, "qat"

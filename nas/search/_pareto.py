@@ -20,11 +20,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
+from sqlalchemy.exc import SQLAlchemyError
 
 from objectives import BudgetError, evaluate, parse_conditions
-from storage import Store
+from storage import Store, error_line
 
 from .._artifacts import load_arch, load_network, weights_key
 from .._errors import NasError
@@ -32,7 +34,10 @@ from ._record import record_of
 from ._spec import StudySpec
 from ._studies import get_study_spec
 
-__all__ = ["dominates", "front_trials", "pareto_rows", "past_drop", "refined_points", "where_filter"]
+__all__ = ["dominates", "front_trials", "pareto_mask", "pareto_rows", "past_drop", "refined_points", "where_filter"]
+
+#: Rows compared at once by :func:`pareto_mask` (bounds its memory at ~CHUNK x n x objectives bytes).
+_CHUNK = 256
 
 
 def _vector(study_spec: StudySpec, t: FrozenTrial) -> list[float]:
@@ -44,6 +49,30 @@ def _vector(study_spec: StudySpec, t: FrozenTrial) -> list[float]:
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
     """``a`` is no worse than ``b`` everywhere and better somewhere (minimisation)."""
     return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
+
+
+def pareto_mask(vectors: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """Which rows of ``vectors`` (n x objectives, every objective minimised) no other row
+    dominates: the one Pareto filter of the project, vectorised (numpy, in chunks of rows so a
+    study of 10,000 trials needs megabytes, not gigabytes). Equal rows do not dominate each
+    other, so both stay.
+
+    Example:
+        >>> pareto_mask([[1, 2], [2, 1], [2, 2], [1, 2]]).tolist()
+        [True, True, False, True]
+    """
+    v = np.asarray(vectors, dtype=float)
+    if v.size == 0:
+        return np.zeros(len(v), dtype=bool)
+    v = v.reshape(len(v), -1)
+    keep = np.ones(len(v), dtype=bool)
+    for lo in range(0, len(v), _CHUNK):
+        block = v[lo:lo + _CHUNK]  # candidates
+        # others[j] dominates block[i]: no worse everywhere and better somewhere.
+        no_worse = np.all(v[None, :, :] <= block[:, None, :], axis=2)
+        better = np.any(v[None, :, :] < block[:, None, :], axis=2)
+        keep[lo:lo + _CHUNK] = ~np.any(no_worse & better, axis=1)
+    return keep
 
 
 def _evaluated(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
@@ -60,9 +89,8 @@ def _evaluated(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
 def front_trials(study_spec: StudySpec, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """Non-dominated evaluated, feasible trials (one per architecture)."""
     cands = _evaluated(trials)
-    vecs = [_vector(study_spec, t) for t in cands]
-    return [t for i, t in enumerate(cands)
-            if not any(dominates(vecs[j], vecs[i]) for j in range(len(cands)) if j != i)]
+    keep = pareto_mask([_vector(study_spec, t) for t in cands])
+    return [t for t, k in zip(cands, keep, strict=True) if k]
 
 
 def _metrics(t: FrozenTrial) -> dict[str, float]:
@@ -94,7 +122,11 @@ def test_accuracy(name: str, store: Store, study_spec: StudySpec, spec_hash: str
     if model is None:
         return None
     acc = evaluate(model, data.x_test, data.y_test)
-    store.set_test_accuracy(spec_hash, study_spec.fidelity_key, acc)
+    try:
+        store.set_test_accuracy(spec_hash, study_spec.fidelity_key, acc)
+    except SQLAlchemyError as e:  # a read-only database: the measurement is shown, not kept
+        if "readonly" not in error_line(e).replace(" ", "").replace("-", "").lower():
+            raise
     return acc
 
 
@@ -144,9 +176,8 @@ def refined_points(name: str, store: Store, study_spec: StudySpec,
 
 def _front_indices(study_spec: StudySpec, metrics: Sequence[dict[str, float]]) -> list[int]:
     pairs = list(zip(study_spec.objectives, study_spec.directions, strict=True))
-    vecs = [[-m[o] if d == "maximize" else m[o] for o, d in pairs] for m in metrics]
-    return [i for i in range(len(vecs))
-            if not any(dominates(vecs[j], vecs[i]) for j in range(len(vecs)) if j != i)]
+    keep = pareto_mask([[-m[o] if d == "maximize" else m[o] for o, d in pairs] for m in metrics])
+    return [i for i, k in enumerate(keep) if k]
 
 
 _ROW_COSTS = ("hw_cost", "flops", "params", "peak_activation_bytes", "mem_traffic_bytes", "latency_ms", "energy_uj",

@@ -173,7 +173,7 @@ class _DrawTrial:
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
         return self._ask(name, CategoricalDistribution(list(choices)))
 
-    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
         return int(self._ask(name, IntDistribution(low, high, step=step, log=log)))
 
     def suggest_float(self, name: str, low: float, high: float, step: float | None = None,
@@ -247,7 +247,7 @@ class ProxySampler(BaseSampler):
             warnings.simplefilter("ignore")  # "independent sampling" notes of TPE/GP: expected here
             for i in range(self.k * _DRAWS_PER_CANDIDATE):
                 draw = _DrawTrial(self.base, snapshot, trial, relative=i == 0)
-                arch = space.suggest(draw)  # type: ignore[arg-type]
+                arch = space.suggest(draw)
                 if arch.hash in seen:
                     continue
                 seen.add(arch.hash)

@@ -8,12 +8,13 @@ values of ``status``, so no module reads raw attribute keys.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["Status", "TrialRecord", "record_of", "status_of"]
+__all__ = ["Status", "TrialRecord", "damaged_trials", "record_of", "status_of"]
 
 
 class Status:
@@ -66,18 +67,27 @@ class TrialRecord:
     warm_start: str | None = None
     fp32_accuracy: float | None = None
 
+    #: What is wrong with the stored attributes (a damaged row, an attribute another program wrote):
+    #: one phrase per attribute that could not be read as its type; empty for a sound record.
+    damaged: tuple[str, ...] = ()
+
     @classmethod
     def of(cls, trial: FrozenTrial) -> TrialRecord:
         a = trial.user_attrs
-        return cls(trial.number, trial.state, a.get("status"), a.get("spec_hash"), dict(a.get("cost") or {}),
-                   a.get("val_accuracy"), a.get("epochs_run"), a.get("train_seconds"), list(a.get("curve") or []),
-                   dict(a.get("violations") or {}), a.get("fail_reason"), dict(a.get("stopped_by") or {}),
-                   dict(a.get("inherited_from") or {}), a.get("worker"), a.get("warm_start"), a.get("fp32_accuracy"))
+        bad: list[str] = []
+        status = _text(a, "status", bad)
+        return cls(trial.number, trial.state, status, _text(a, "spec_hash", bad), _costs(a, "cost", bad),
+                   _real(a, "val_accuracy", bad), _integer(a, "epochs_run", bad), _real(a, "train_seconds", bad),
+                   _curve(a, bad), _costs(a, "violations", bad), _text(a, "fail_reason", bad),
+                   _mapping(a, "stopped_by", bad), _mapping(a, "inherited_from", bad), _text(a, "worker", bad),
+                   _text(a, "warm_start", bad), _real(a, "fp32_accuracy", bad), tuple(bad))
 
     @property
     def evaluated(self) -> bool:
-        """Complete, within the budget, with a final accuracy (a Pareto-front candidate)."""
-        return self.state == TrialState.COMPLETE and self.status in Status.EVALUATED and self.spec_hash is not None
+        """Complete, within the budget, with a final accuracy (a Pareto-front candidate); a trial whose
+        stored attributes are damaged is none (see :func:`damaged_trials`)."""
+        return self.state == TrialState.COMPLETE and self.status in Status.EVALUATED and self.spec_hash is not None \
+            and not self.damaged
 
     @property
     def over_budget(self) -> bool:
@@ -91,4 +101,84 @@ def record_of(trial: FrozenTrial) -> TrialRecord:
 
 def status_of(trial: FrozenTrial) -> str | None:
     """A trial's :class:`Status` value (None while it runs); cheaper than a whole record."""
-    return trial.user_attrs.get("status")  # type: ignore[no-any-return]
+    status = trial.user_attrs.get("status")
+    return status if isinstance(status, str) else None
+
+
+def damaged_trials(trials: list[FrozenTrial]) -> list[tuple[int, str]]:
+    """``(trial number, what is wrong)`` of the trials whose stored attributes cannot be read as
+    lightnas wrote them (a damaged database row, or another program's writing): listed by the
+    commands that read them, which show the other trials and leave these out of the front."""
+    out = []
+    for t in trials:
+        r = record_of(t)
+        if r.damaged:
+            out.append((t.number, "; ".join(r.damaged)))
+    return out
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _text(a: dict[str, Any], key: str, bad: list[str]) -> str | None:
+    v = a.get(key)
+    if v is None or isinstance(v, str):
+        return v
+    bad.append(f"its {key} attribute is {_shown(v)} (accepted: text)")
+    return None
+
+
+def _real(a: dict[str, Any], key: str, bad: list[str]) -> float | None:
+    v = a.get(key)
+    if v is None or _finite(v):
+        return v
+    bad.append(f"its {key} attribute is {_shown(v)} (accepted: a finite number)")
+    return None
+
+
+def _integer(a: dict[str, Any], key: str, bad: list[str]) -> int | None:
+    v = a.get(key)
+    if v is None or (isinstance(v, int) and not isinstance(v, bool)):
+        return v
+    bad.append(f"its {key} attribute is {_shown(v)} (accepted: an integer)")
+    return None
+
+
+def _mapping(a: dict[str, Any], key: str, bad: list[str]) -> dict[str, Any]:
+    v = a.get(key)
+    if v is None or isinstance(v, dict):
+        return dict(v or {})
+    bad.append(f"its {key} attribute is {_shown(v)} (accepted: a mapping)")
+    return {}
+
+
+def _costs(a: dict[str, Any], key: str, bad: list[str]) -> dict[str, float]:
+    """A mapping of resource name to finite number (``cost``, ``violations``)."""
+    v = a.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        bad.append(f"its {key} attribute is {_shown(v)} (accepted: a mapping of resource to number)")
+        return {}
+    wrong = {k: x for k, x in v.items() if not _finite(x)}
+    if wrong:
+        k, x = next(iter(wrong.items()))
+        bad.append(f"its {key} attribute has {key}[{k!r}] = {_shown(x)}"
+                   f"{f' and {len(wrong) - 1} more' if len(wrong) > 1 else ''} (accepted: finite numbers)")
+    return {k: x for k, x in v.items() if k not in wrong}
+
+
+def _curve(a: dict[str, Any], bad: list[str]) -> list[float | None]:
+    v = a.get("curve")
+    if v is None:
+        return []
+    if not isinstance(v, list) or not all(x is None or _finite(x) for x in v):
+        bad.append(f"its curve attribute is {_shown(v)} (accepted: a list of accuracies)")
+        return []
+    return list(v)

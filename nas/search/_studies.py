@@ -7,6 +7,7 @@ with the reason and can be deleted, so one bad row never takes a listing (or the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from dataclasses import dataclass
@@ -112,11 +113,22 @@ def list_studies(store: Store) -> list[StudyEntry]:
 
 
 def delete_study(name: str, store: Store) -> None:
-    """Delete the study (its Optuna trials, its record, its jobs); works on an unreadable one too."""
-    check_study_exists(name, store)
-    if name in optuna.get_all_study_names(store.optuna):
-        optuna.delete_study(study_name=name, storage=store.optuna)
-    store.delete_study(name)
+    """Delete the study (its Optuna trials, its record, its jobs); works on an unreadable one too.
+
+    Safe against concurrent deletes (several API clients, the CLI): under the study's lock (the
+    workers' slot lock), and a part deleted by someone else meanwhile is skipped; of several
+    deletes of one study exactly one succeeds, the others raise :class:`UnknownStudy`.
+
+    Raises:
+        UnknownStudy: no such study (or another client deleted it first).
+    """
+    with store.lock(f"study:{name}"):
+        check_study_exists(name, store)
+        with contextlib.suppress(KeyError):  # its Optuna study deleted meanwhile (plain Optuna code, say)
+            optuna.delete_study(study_name=name, storage=store.optuna)
+        if not store.delete_study(name):
+            check_study_exists(name, store)  # deleted by someone else between the check and here
+            raise UnknownStudy(f"unknown study {name!r}: it was deleted meanwhile")
 
 
 @dataclass(frozen=True)

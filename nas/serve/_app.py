@@ -62,9 +62,11 @@ traceback goes to the server log only).
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import optuna
 from fastapi import FastAPI, Request
@@ -135,6 +137,45 @@ class _BodyLimit:
                 await error_response(413, f"request body too large: at most {self.max} bytes")(scope, receive, send)
 
 
+#: Query parameters whose values are secrets by their name (``?token=``, ``?api_key=``, ``?access_token=`` ...).
+_SECRET_PARAM = re.compile(r"(?i)([?&;][^=&;#]*(?:token|key|secret|passw|auth|credential|signature|session)"
+                           r"[^=&;#]*=)[^&;#]*")
+REDACTED = "***"
+
+
+class RedactSecrets(logging.Filter):
+    """A filter of the access log (``uvicorn.access``): a token a client puts in the URL instead of the
+    ``Authorization`` header (which is never logged) is not written either. Values of query parameters
+    named like a secret (``token``, ``api_key``, ``password`` ...) and every token of this server
+    wherever it appears in the request line (raw or percent-encoded) become ``***``."""
+
+    def __init__(self) -> None:
+        super().__init__("nas.redact")
+        self.secrets: set[str] = set()
+
+    def add(self, tokens: Any) -> None:
+        for t in tokens:
+            if t:
+                self.secrets |= {t, quote(t, safe=""), quote_plus(t, safe="")}
+
+    def redact(self, text: str) -> str:
+        text = _SECRET_PARAM.sub(rf"\1{REDACTED}", text)
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str) and not record.args:
+            record.msg = self.redact(record.msg)
+        return True
+
+
+#: The one filter on the access log; every app made in this process adds its tokens.
+ACCESS_LOG_FILTER = RedactSecrets()
+
+
 def create_app(settings: ApiSettings | None = None, store: Store | None = None) -> FastAPI:
     """The FastAPI application on ``settings.storage`` (or an open ``store``).
 
@@ -143,6 +184,8 @@ def create_app(settings: ApiSettings | None = None, store: Store | None = None) 
         storage.StorageError: the database cannot be opened.
     """
     settings = (settings or ApiSettings.from_env()).check()
+    ACCESS_LOG_FILTER.add((*settings.tokens, *settings.read_tokens))
+    logging.getLogger("uvicorn.access").addFilter(ACCESS_LOG_FILTER)  # once: the same filter object
     own = store is None
     nas = Service(settings, store or Store(settings.storage, mode="serve"))
 

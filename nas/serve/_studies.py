@@ -9,11 +9,10 @@ from fastapi import APIRouter, Query, Response
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
-from .._errors import NasError
+from .._errors import NasError, UnknownStudy
 from ..search import (
     StudySpec,
     arch_from_doc,
-    check_study_exists,
     create_study,
     delete_study,
     one_line_error,
@@ -76,7 +75,15 @@ def create(nas: Nas, body: StudyCreate) -> StudyInfo:
 @router.get("/studies", response_model=StudyList, dependencies=READ, responses=responses(401), tags=["studies"])
 def studies(nas: Nas) -> StudyList:
     """Every study with its target and counts by state."""
-    return StudyList(studies=[nas.info(r.name, with_front=False) for r in nas.store.list_studies()])
+    out = []
+    for r in nas.store.list_studies():
+        try:
+            out.append(nas.info(r.name, with_front=False))
+        except ApiError as e:
+            if e.status_code != 404:
+                raise
+            # deleted by another client since the list was read: not a study any more
+    return StudyList(studies=out)
 
 
 @router.get("/studies/{name}", response_model=StudyInfo, dependencies=READ, responses=responses(401, 404),
@@ -108,10 +115,9 @@ def delete(nas: Nas, name: StudyName) -> Response:
     """Delete the study, its trials and its queued jobs (architectures and evaluations stay for reuse);
     also a study whose stored spec no longer reads."""
     try:
-        check_study_exists(name, nas.store)
-    except NasError:
+        delete_study(name, nas.store)  # of concurrent deletes one wins, the others find it gone: 404
+    except UnknownStudy:
         raise ApiError(404, f"unknown study {name!r}; GET /studies lists them") from None
-    delete_study(name, nas.store)
     nas.shapes.pop(name, None)
     for key in [k for k in nas.exports if k[0] == name]:
         del nas.exports[key]

@@ -4,7 +4,8 @@ Every process that runs work for a study tells the database it is alive: a worke
 trial, a worker for its refinement job, the Ray driver for the trials it has handed to Tune.
 :class:`Heartbeat` is that thread (Optuna's own, ``optuna/storages/_heartbeat.py``, is the
 model); what a beat writes is the caller's. When the database is unreachable (a restart, the
-network), work goes on: :func:`wait_for_database` retries a step with backoff, and
+network), work goes on: :func:`wait_for_database` retries a step with backoff (a trial's result
+within :data:`DB_WAIT`, then it is failed and queued again), and
 :func:`outage_within` tells the sweeps that every beat was missed, so nothing is judged dead.
 """
 
@@ -14,12 +15,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from storage import error_line, is_transient
 
-__all__ = ["Heartbeat", "database_down", "outage_within", "trial_fail_reason", "wait_for_database"]
+__all__ = ["DB_WAIT", "Heartbeat", "database_down", "outage_within", "trial_fail_reason", "wait_for_database"]
 
 log = logging.getLogger("nas.worker")
+T = TypeVar("T")
+
+#: Seconds a trial that has finished training waits for an unreachable database to store its result
+#: (evaluation, weights, attributes) before it is failed and queued again (``run_worker(db_wait=...)``).
+DB_WAIT = 60.0
 
 #: When this process last met the database unreachable (time.monotonic()).
 _last_outage = -1e9
@@ -41,14 +48,18 @@ def outage_within(seconds: float) -> bool:
     return time.monotonic() - _last_outage <= seconds
 
 
-def wait_for_database(fn: Callable[[], object], what: str, stop: threading.Event | None = None,
-                      max_wait: float | None = None) -> object:
-    """Run ``fn``; while the database is unreachable, retry with backoff (1 s .. 15 s)."""
-    delay, waited, warned = 0.5, 0.0, False
+def wait_for_database(fn: Callable[[], T], what: str, stop: threading.Event | None = None,
+                      max_wait: float | None = None) -> T:
+    """Run ``fn``; while the database is unreachable, retry with backoff (0.5 s .. 15 s, never past
+    the window): for at most ``max_wait`` seconds (None: as long as it takes; a stopping worker, ``stop``
+    set, gives up after a minute), then the last error is raised. Other errors are raised at once."""
+    delay, warned = 0.5, False
+    start = time.monotonic()
     while True:
         try:
             return fn()
         except Exception as e:
+            waited = time.monotonic() - start
             if not database_down(e) or (max_wait is not None and waited >= max_wait):
                 raise
             if not warned:
@@ -56,8 +67,7 @@ def wait_for_database(fn: Callable[[], object], what: str, stop: threading.Event
                 warned = True
             if stop is not None and stop.is_set() and waited > 60:
                 raise
-            time.sleep(delay)
-            waited += delay
+            time.sleep(min(delay, max_wait - waited) if max_wait is not None else delay)
             delay = min(delay * 2, 15.0)
 
 
@@ -94,7 +104,11 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self._beat()
+            try:
+                self._beat()
+            except Exception as e:  # noqa: BLE001 -- a failed beat never ends the beating (nor the work)
+                database_down(e)
+                log.warning("heartbeat failed (%s: %s); the next one retries", type(e).__name__, error_line(e))
 
     def __enter__(self) -> Heartbeat:
         if self._first:

@@ -2,7 +2,9 @@
 
 ``run_study`` runs until the study has its target number of networks evaluated within its
 budget (trained, reused, or stopped early; samples rejected over budget do not count), so
-running it again after a crash or Ctrl-C resumes. The trial loop, the slot lock that keeps concurrent
+running it again after a crash, Ctrl-C or SIGTERM resumes. SIGTERM is handled as Ctrl-C
+(:class:`nas.Terminated`), and worker processes die with the run, even when it is killed by
+``kill -9``. The trial loop, the slot lock that keeps concurrent
 workers from overshooting the target and the failure handling live in :mod:`nas.workers._worker`.
 """
 
@@ -10,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +26,9 @@ from optuna.trial import TrialState
 from objectives import threads_per_worker, worker_devices
 from storage import Store
 
-from .._errors import NasError
+from .._errors import NasError, Terminated
 from ..search import Status, front_trials, get_study_spec, status_of
-from ._worker import REJECTION_STREAK, finished, run_worker
+from ._worker import REJECTION_STREAK, finished, in_evaluation, run_worker
 
 __all__ = ["MAX_TARGET", "Progress", "check_run", "progress", "run_study", "work"]
 
@@ -105,10 +108,85 @@ def work(name: str, url: str, *, target: int | None = None, deadline: float | No
     return stats.trials
 
 
+#: How often a worker process looks whether its parent is still there (where the kernel cannot tell it).
+PARENT_POLL = 1.0
+#: How long a worker whose parent died may take to give its trial back before it is killed outright.
+ORPHAN_GRACE = 60.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(parent: int) -> None:
+    """Make this worker process end when ``parent`` (the ``nas study run`` that started it) dies, even
+    by ``kill -9``: SIGTERM then (handled as :class:`Terminated`: the running trial is failed and queued
+    again at once), and SIGKILL if that has not ended it within :data:`ORPHAN_GRACE`. On Linux the kernel
+    sends the SIGTERM (``prctl(PR_SET_PDEATHSIG)``); everywhere a daemon thread also watches
+    ``os.getppid()`` change, which covers other systems and a parent that died before the ``prctl``."""
+    import ctypes
+    import ctypes.util
+    import os
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL)
+        os.kill(os.getpid(), signal.SIGTERM)  # no-op if the kernel's SIGTERM came first (handled once)
+        time.sleep(ORPHAN_GRACE)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _terminate_once(stop: threading.Event | None = None, *, defer: bool = False) -> Callable[[int, Any], None]:
+    """A SIGTERM handler for Ctrl-C's path: the first SIGTERM sets ``stop`` and raises
+    :class:`Terminated` (the running trial is failed and queued again at once), with ``defer`` only
+    while a trial is being evaluated (:func:`nas.workers._worker.in_evaluation`): in the worker loop's
+    own database steps (claiming a trial, telling a result) ``stop`` alone ends the loop milliseconds
+    later, so that no trial is left RUNNING half claimed or half told. A second SIGTERM is ignored."""
+    fired = threading.Event()
+
+    def handler(_signum: int, _frame: Any) -> None:
+        if fired.is_set():
+            return
+        fired.set()
+        if stop is not None:
+            stop.set()
+        if not defer or in_evaluation():
+            raise Terminated("terminated (SIGTERM)")
+
+    return handler
+
+
+@contextlib.contextmanager
+def sigterm_interrupts(stop: threading.Event | None = None, *, defer: bool = False) -> Iterator[None]:
+    """While the block runs (in the main thread), SIGTERM interrupts it as Ctrl-C does, raising
+    :class:`Terminated`, a ``KeyboardInterrupt`` (with ``defer``, see :func:`_terminate_once`: a
+    block that ends because ``stop`` was set raises it then); elsewhere (another thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = _terminate_once(stop, defer=defer)
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if stop is not None and stop.is_set():  # the SIGTERM came between two steps: the block ended cleanly
+        raise Terminated("terminated (SIGTERM)")
+
+
 def _worker_main(name: str, url: str, deadline: float | None, worker: int, threads: int, heartbeat: int,
-                 errors: Any, device: str | None = None) -> None:
+                 errors: Any, device: str | None = None, parent: int | None = None) -> None:
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # finish or cleanly fail the trial, then exit
+    # SIGTERM (from the parent, or the kernel when the parent died): fail the trial cleanly, queue it
+    # again and exit, as on Ctrl-C.
+    signal.signal(signal.SIGTERM, _terminate_once(stop, defer=True))
+    if parent is not None:
+        _die_with(parent)
     with contextlib.suppress(KeyboardInterrupt):
         try:
             work(name, url, deadline=deadline, worker=worker, threads=threads, heartbeat=heartbeat, stop=stop,
@@ -179,7 +257,19 @@ def run_study(name: str, store: Store, *, trials: int | None = None, workers: in
 
     Raises:
         NasError: unknown study or bad arguments.
+        KeyboardInterrupt: Ctrl-C, or :class:`nas.Terminated` for a SIGTERM to this process (called
+            from the main thread): the running trials were failed and queued again, the workers stopped.
     """
+    # One worker runs in this process: its loop stops on SIGTERM as a worker process does (_worker_main).
+    stop = threading.Event() if workers == 1 else None
+    with sigterm_interrupts(stop, defer=workers == 1):
+        return _run_study(name, store, trials=trials, workers=workers, timeout=timeout, on_progress=on_progress,
+                          heartbeat=heartbeat, workers_per_device=workers_per_device, stop=stop)
+
+
+def _run_study(name: str, store: Store, *, trials: int | None, workers: int, timeout: float | None,
+               on_progress: Callable[[Progress], None] | None, heartbeat: int, workers_per_device: int,
+               stop: threading.Event | None = None) -> Progress:
     row = check_run(name, store, trials=trials, workers=workers, timeout=timeout,
                     workers_per_device=workers_per_device)
     if trials is not None and trials != row.target_trials:
@@ -191,28 +281,41 @@ def run_study(name: str, store: Store, *, trials: int | None = None, workers: in
     report = (lambda: on_progress(progress(name, store, target))) if on_progress else None
     if workers == 1:
         work(name, store.url, deadline=deadline, threads=threads, callback=report, heartbeat=heartbeat,
-             device=devices[0])
+             device=devices[0], stop=stop)
+        if stop is not None and stop.is_set():
+            raise Terminated("terminated (SIGTERM)")
     else:
         ctx = mp.get_context("spawn")
         errors = ctx.SimpleQueue()
+        # Each worker dies with this process, even by kill -9 (``_die_with``).
         procs = [ctx.Process(target=_worker_main,
-                             args=(name, store.url, deadline, i, threads, heartbeat, errors, devices[i]),
+                             args=(name, store.url, deadline, i, threads, heartbeat, errors, devices[i], os.getpid()),
                              name=f"nas-worker-{i}") for i in range(workers)]
-        for p in procs:
-            p.start()
         try:
+            for p in procs:
+                p.start()
             while any(p.is_alive() for p in procs):
                 if report:
                     report()
                 for p in procs:
                     p.join(timeout=POLL_SECONDS / len(procs))
-        except KeyboardInterrupt:
-            # The workers got the SIGINT too: each fails its trial cleanly and queues it again.
+        except KeyboardInterrupt as e:
+            # Ctrl-C: the workers got the SIGINT too (the terminal's process group). SIGTERM came to this
+            # process alone: pass it on. Either way each fails its trial cleanly and queues it again.
+            if isinstance(e, Terminated):
+                for p in procs:
+                    if p.pid is not None and p.is_alive():
+                        with contextlib.suppress(OSError):
+                            os.kill(p.pid, signal.SIGTERM)
             for p in procs:
-                p.join(timeout=30)
+                if p.pid is not None:
+                    p.join(timeout=30)
             for p in procs:
                 if p.is_alive():
                     p.terminate()
+                    p.join(timeout=10)
+                if p.is_alive():
+                    p.kill()
                     p.join()
             raise
         if not errors.empty():

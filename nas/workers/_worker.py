@@ -19,11 +19,14 @@ Failures.
 * ``kill -9`` of a worker: its trial's heartbeat goes stale; any worker then fails it
   (``fail_stale_trials``) and ``RetryHeartbeatStaleTrialCallback`` queues its parameters again.
 * SIGTERM/SIGINT (``stop`` set): the running trial stops at the next epoch boundary, is failed
-  with the reason ``worker stopping`` and queued again, and the worker returns. Over-budget and
+  with the reason ``worker stopping`` and queued again, and the worker returns. (Ctrl-C, and SIGTERM
+  under ``nas study run``, raise ``KeyboardInterrupt``/``Terminated`` instead: the trial is failed and
+  queued again at once.) Over-budget and
   reused trials take milliseconds and simply finish.
 * The database goes away (restart, network): every database step is retried with backoff until
-  it is back; heartbeats resume, the trial's result is told once it is, so nothing is lost.
-  An exception inside the trial while the database is down fails that trial (its evaluation,
+  it is back; training goes on, heartbeats fail quietly and resume, a trained network's result is
+  stored and told once it is back (within ``db_wait``, 60 s by default), so nothing is lost or
+  trained twice. A longer outage, or one met before training, fails that trial (its evaluation,
   if stored, is reused by the retry).
 * Training errors (NaN loss) fail that trial with its reason; ``max_consecutive_failures`` in a
   row of one study mean the study itself is broken (its learning rate, its data).
@@ -39,7 +42,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +52,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from storage import RetryTrial, Store, error_line
 
-from .._errors import NasError, TrialInterrupted
+from .._errors import NasError, Terminated, TrialInterrupted
 from ..search import (
     SINGLE_METRIC_PRUNERS,
     Status,
@@ -61,10 +64,10 @@ from ..search import (
     record_of,
     status_of,
 )
-from ._liveness import Heartbeat, database_down, outage_within, trial_fail_reason, wait_for_database
+from ._liveness import DB_WAIT, Heartbeat, database_down, outage_within, trial_fail_reason, wait_for_database
 
-__all__ = ["REJECTION_STREAK", "StudyWorker", "WorkerStats", "fail_and_requeue", "finished", "run_worker",
-           "slots_left"]
+__all__ = ["REJECTION_STREAK", "StudyWorker", "WorkerStats", "evaluating", "fail_and_requeue", "finished",
+           "in_evaluation", "run_worker", "slots_left"]
 
 log = logging.getLogger("nas.worker")
 
@@ -72,6 +75,29 @@ log = logging.getLogger("nas.worker")
 #: a fitted space keeps within its budget, 200 rejections in a row have probability 0.8**200
 #: (about 4e-20); at a 1 % share (the warning threshold) about 0.13.
 REJECTION_STREAK = 200
+
+
+#: How deep this process's main thread is in trial evaluations (see :func:`evaluating`).
+_evaluating = 0
+
+
+@contextlib.contextmanager
+def evaluating() -> Iterator[None]:
+    """Mark the block as a trial's evaluation (training, mostly): a SIGTERM handled as Ctrl-C may interrupt
+    it at once (:class:`nas.Terminated`, the trial then failed and queued again). Elsewhere in the worker
+    loop (claiming a trial, telling its result) the SIGTERM only sets the worker's ``stop``, so that no
+    trial is left RUNNING half claimed or half told. Main thread only, where signal handlers run."""
+    global _evaluating
+    _evaluating += 1
+    try:
+        yield
+    finally:
+        _evaluating -= 1
+
+
+def in_evaluation() -> bool:
+    """Whether this process's main thread is evaluating a trial now (:func:`evaluating`)."""
+    return _evaluating > 0
 
 
 def study_identity(store: Store, name: str) -> tuple[str, Any] | None:
@@ -137,9 +163,11 @@ class StudyWorker:
     """Runs trials of one study in this process (data loaded once)."""
 
     def __init__(self, name: str, store: Store, *, worker: int = 0, threads: int | None = None,
-                 stop: threading.Event | None = None, max_retry: int = 3, device: str | None = None) -> None:
+                 stop: threading.Event | None = None, max_retry: int = 3, device: str | None = None,
+                 db_wait: float = DB_WAIT) -> None:
         self.name, self.store = name, store
         self.stop = stop or threading.Event()
+        self.db_wait = db_wait
         self.identity = study_identity(store, name)  # read first: a study re-created meanwhile is seen as new
         self.ctx = load_context(name, store, threads=threads, device=device)
         study_spec = self.ctx.study_spec
@@ -147,8 +175,11 @@ class StudyWorker:
                                        sampler=make_sampler(study_spec, worker, self.target, store=store,
                                                             data=self.ctx.data),
                                        pruner=make_pruner(study_spec))
+        # A trained network's result waits up to db_wait seconds for an unreachable database.
         self.objective = TrialObjective(self.ctx, prune=study_spec.pruner in SINGLE_METRIC_PRUNERS,
-                                        should_stop=self.stop.is_set)
+                                        should_stop=self.stop.is_set,
+                                        wait=lambda step, what: wait_for_database(step, what, self.stop,
+                                                                                  max_wait=self.db_wait))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # Same re-queueing as for stale trials (system attrs failed_trial / retry_history).
@@ -173,7 +204,9 @@ class StudyWorker:
         return _deleted_meanwhile(self.store, self.name, self.identity, self.study._study_id)
 
     def claim(self) -> optuna.Trial | None:
-        """A new (or retried) trial if the target leaves a slot, else None."""
+        """A new (or retried) trial if the target leaves a slot, else None (also when stopping)."""
+        if self.stop.is_set():
+            return None
         with warnings.catch_warnings():
             # Experimental API; and ask() warns that heartbeats belong to optimize(): this worker
             # records them itself (Heartbeat), from the moment the trial is claimed.
@@ -227,14 +260,18 @@ class StudyWorker:
         interval = storage.heartbeat_interval or 10
         with Heartbeat(beat, interval, f"heartbeat-{trial_id}", join_timeout=interval + 5):
             try:
-                values = self.objective(trial)
+                with evaluating():
+                    if self.stop.is_set():  # asked to stop while this trial was claimed: give it back untrained
+                        raise TrialInterrupted("worker stopping: before the trial started")
+                    values = self.objective(trial)
                 state = TrialState.COMPLETE
             except optuna.TrialPruned:
                 state = TrialState.PRUNED
             except TrialInterrupted as e:
                 reason, retry = str(e), True
-            except KeyboardInterrupt:
-                reason, retry = "worker interrupted (SIGINT)", True
+            except KeyboardInterrupt as e:
+                reason = "worker terminated (SIGTERM)" if isinstance(e, Terminated) else "worker interrupted (SIGINT)"
+                retry = True
                 self._finish(trial, state, values, reason, retry)
                 raise
             except Exception as e:  # noqa: BLE001 -- a failed trial never stops the worker
@@ -308,7 +345,7 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
                poll_max: float = 30.0, max_consecutive_failures: int = 20,
                on_trial: Callable[[str, optuna.trial.FrozenTrial], None] | None = None,
                jobs: bool = False, rejection_streak: int = REJECTION_STREAK,
-               device: str | None = None) -> WorkerStats:
+               device: str | None = None, db_wait: float = DB_WAIT) -> WorkerStats:
     """Run trials until stopped (``stop``), past ``deadline``, or -- with ``until_done`` --
     until every study in scope has met its target.
 
@@ -324,6 +361,9 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
         heartbeat: seconds between heartbeats; a trial silent for 3x that is failed and retried.
         device: train on this device instead of each study's own (``cuda:1``: a worker placed
             on one GPU of several).
+        db_wait: seconds a trained network's result waits for an unreachable database to be
+            stored (heartbeats keep failing quietly meanwhile); past it the trial is failed and
+            queued again. Telling a trial's final state waits as long as it takes.
 
     Raises:
         NasError: a named study does not exist, or one of the named studies failed
@@ -371,7 +411,8 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
                         if finished(store, name) >= row.target_trials:
                             continue
                         try:
-                            sw = StudyWorker(name, store, worker=worker, threads=threads, stop=stop, device=device)
+                            sw = StudyWorker(name, store, worker=worker, threads=threads, stop=stop, device=device,
+                                             db_wait=db_wait)
                         except Exception as e:
                             if database_down(e):
                                 raise

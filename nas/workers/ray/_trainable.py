@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from storage import Store
 
 from ...search import Status, StudySpec, TrialObjective, load_context
+from .._liveness import DB_WAIT, wait_for_database
 from ._searcher import FINAL_KEY, NUMBER_KEY, REASON_KEY, STATUS_KEY
 
 __all__ = ["ray_trial"]
@@ -71,7 +72,9 @@ def ray_trial(config: dict[str, Any], study: str = "", url: str = "", threads: i
         if epoch < epochs:
             tune.report({"accuracy": accuracy, "epoch": epoch})
 
-    objective = TrialObjective(ctx, on_epoch=on_epoch if intermediate else None)
+    # A trained network's result waits out a short database outage (DB_WAIT) instead of being trained again.
+    objective = TrialObjective(ctx, on_epoch=on_epoch if intermediate else None,
+                               wait=lambda step, what: wait_for_database(step, what, max_wait=DB_WAIT))
     before = trial.user_attrs  # a restarted trial: what its interrupted attempt recorded
     try:
         values = objective(trial)
