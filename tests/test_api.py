@@ -414,7 +414,11 @@ def test_files_are_read_only_under_a_data_root(tmp_path, sqlite_url):
     with client(sqlite_url, data_roots=(root,)) as c:
         (tmp_path / "secret.npz").write_bytes((root / "d.npz").read_bytes())
         (root / "link.npz").symlink_to(tmp_path / "secret.npz")
+        (root / "loop_a").symlink_to(root / "loop_b")
+        (root / "loop_b").symlink_to(root / "loop_a")
         for source, needle in [(f"npz:{root}/../secret.npz", "not under a data root"),
+                               (f"npz:{root}/loop_a", "loop of symbolic links"),  # was a 500
+                               (f"idx:{root}/loop_b/x", "loop of symbolic links"),
                                (f"npz:{root}/link.npz", "not under a data root"),  # a symlink out of the root
                                ("npz:~/secret.npz", "not an absolute path"),
                                ("npz:data/d.npz", "not an absolute path")]:

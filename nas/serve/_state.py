@@ -242,6 +242,8 @@ class Service:
         try:
             check_source(source)  # NUL bytes, over-long names: one line, before any file is touched
             path = Path(raw).resolve()  # symlinks and '..' followed before the check, and stored so
+        except RuntimeError:  # Python 3.11's resolve() on a loop of symbolic links (3.13: OSError)
+            raise ApiError(422, f"data: {raw[:200]!r} is a loop of symbolic links; {accepted}", "data") from None
         except (DataError, OSError, ValueError) as e:
             raise ApiError(422, f"data: {e}", "data") from None
         if not any(path == r.resolve() or path.is_relative_to(r.resolve()) for r in roots):
