@@ -47,6 +47,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from . import _optuna_tables as optuna_tables
+
 SCHEMA_VERSION = 6
 
 
@@ -232,16 +234,6 @@ def _v3_jobs(conn: Connection) -> None:
     JobRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
-#: ``value_json`` of the status user attribute of a trial rejected over budget (json.dumps).
-REJECTED_JSON = '"over_budget"'
-#: SQL counting a study's trials by state, over-budget ones (user attribute ``status``) apart.
-COUNTS_SQL = ("SELECT q.state, q.rejected, COUNT(*) FROM (SELECT t.state AS state, CASE WHEN a.value_json = "
-              f"'{REJECTED_JSON}' THEN 1 ELSE 0 END AS rejected FROM trials t "
-              "JOIN studies s ON s.study_id = t.study_id "
-              "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'status' "
-              "WHERE s.study_name = :n) q GROUP BY q.state, q.rejected")
-
-
 def _v4_counted_targets(conn: Connection) -> None:
     """Version 4: ``info_json``, and targets converted to count networks within the budget."""
     insp = inspect(conn)
@@ -252,7 +244,7 @@ def _v4_counted_targets(conn: Connection) -> None:
     rows = conn.execute(text("SELECT name, target_trials, info_json FROM lightnas_studies")).all()
     for name, target, info_json in rows:
         finished = counted = 0
-        for state, rejected, n in conn.execute(text(COUNTS_SQL), {"n": name}):
+        for state, rejected, n in optuna_tables.count_by_state(conn, name):
             if str(getattr(state, "name", state)) in ("COMPLETE", "PRUNED"):
                 finished += n
                 counted += 0 if rejected else n

@@ -37,8 +37,8 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
+from . import _optuna_tables as optuna_tables
 from ._schema import (
-    COUNTS_SQL,
     MIGRATIONS,
     SCHEMA_VERSION,
     ArchitectureRow,
@@ -288,6 +288,10 @@ class Store:
                     grace_period=grace_period, heartbeat_stale_trial_callback=callback,
                     skip_table_creation=not creating and "studies" in tables),
                     "creating Optuna tables" if creating else "opening Optuna tables")
+            with self.engine.connect() as conn:
+                mismatch = optuna_tables.check_schema(conn)
+            if mismatch is not None:
+                raise StorageError(f"storage {self.url}: {mismatch}")
         except BaseException:
             self.engine.dispose()
             self._release_file()
@@ -433,7 +437,7 @@ class Store:
         a study's target counts."""
         out: dict[str, int] = {"REJECTED": 0}
         with self.engine.connect() as conn:
-            for state, rejected, n in conn.execute(text(COUNTS_SQL), {"n": name}):
+            for state, rejected, n in optuna_tables.count_by_state(conn, name):
                 key = str(getattr(state, "name", state))
                 out[key] = out.get(key, 0) + int(n)
                 if rejected and key == "COMPLETE":
@@ -445,15 +449,8 @@ class Store:
                    limit: int = 50) -> list[int]:
         """Ids of the trials of study ``name`` numbered above ``after`` (in ``states``), by number,
         at most ``limit``: keyset pagination that reads only one page."""
-        sql = ("SELECT t.trial_id FROM trials t JOIN studies s ON s.study_id = t.study_id "
-               "WHERE s.study_name = :n AND t.number > :after")
-        params: dict[str, Any] = {"n": name, "after": after, "limit": limit}
-        if states:
-            sql += " AND t.state IN (" + ", ".join(f":s{i}" for i in range(len(states))) + ")"
-            params.update({f"s{i}": st for i, st in enumerate(states)})
-        sql += " ORDER BY t.number LIMIT :limit"
         with self.engine.connect() as conn:
-            return [int(r[0]) for r in conn.execute(text(sql), params)]
+            return optuna_tables.trial_page(conn, name, after=after, states=states, limit=limit)
 
     def trials_by_id(self, name: str, ids: list[int]) -> list[optuna.trial.FrozenTrial]:
         """The trials with these ids, in that order, read in one batched query (Optuna's own loader,
@@ -476,13 +473,8 @@ class Store:
         """``(study name, trial number)`` of the complete trials, in any study of this database, that
         trained the architecture ``spec_hash`` themselves (user attribute ``status`` "trained"), first
         first: who made the weights a trial that reused them exports."""
-        sql = text("SELECT s.study_name, t.number FROM trials t JOIN studies s ON s.study_id = t.study_id "
-                   "JOIN trial_user_attributes h ON h.trial_id = t.trial_id AND h.key = 'spec_hash' "
-                   "JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'status' "
-                   "WHERE h.value_json = :h AND a.value_json = :trained AND t.state = 'COMPLETE' ORDER BY t.trial_id")
         with self.engine.connect() as conn:
-            return [(str(n), int(k)) for n, k in conn.execute(sql, {"h": json.dumps(spec_hash),
-                                                                     "trained": json.dumps("trained")})]
+            return optuna_tables.trained_by(conn, spec_hash)
 
     def running_without_heartbeat(self, name: str, older_than: float) -> list[int]:
         """Ids of RUNNING trials of ``name`` that never recorded a heartbeat and started more
@@ -492,12 +484,8 @@ class Store:
 
         # Optuna (>= 5.0) stores trial times as naive UTC, whatever the writing host's time zone.
         cutoff = _utcnow().replace(tzinfo=None) - dt.timedelta(seconds=older_than)
-        sql = text("SELECT t.trial_id FROM trials t JOIN studies s ON s.study_id = t.study_id "
-                   "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
-                   "WHERE s.study_name = :n AND t.state = 'RUNNING' AND h.trial_id IS NULL "
-                   "AND t.datetime_start < :cutoff")
         with self.engine.connect() as conn:
-            return [int(r[0]) for r in conn.execute(sql, {"n": name, "cutoff": cutoff})]
+            return optuna_tables.running_without_heartbeat(conn, name, cutoff)
 
     # ------------------------------------------------------------------ device profiles
     def save_device_profile(self, name: str, toml: str) -> None:
