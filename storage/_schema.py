@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import (
     DateTime,
@@ -50,9 +51,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from . import _optuna_tables as optuna_tables
 
 SCHEMA_VERSION = 6
+#: States of a queued job (``lightnas_jobs``), in the order a job passes through them.
+JOB_STATES = ("queued", "running", "done", "failed")
 
 
-def _now() -> dt.datetime:
+def _utcnow() -> dt.datetime:
+    """Now, as an aware UTC datetime: the one clock of lightnas's stored times (and, made naive, of
+    Optuna's), so that hosts in different time zones agree."""
     return dt.datetime.now(dt.timezone.utc)
 
 
@@ -73,7 +78,7 @@ class StudyRow(Base):
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     spec_json: Mapped[str] = mapped_column(Text)
     target_trials: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
     info_json: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
@@ -84,7 +89,7 @@ class ArchitectureRow(Base):
     spec_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     family: Mapped[str] = mapped_column(String(64))
     spec_json: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
 class EvaluationRow(Base):
@@ -103,7 +108,7 @@ class EvaluationRow(Base):
     epochs_run: Mapped[int] = mapped_column(Integer)
     curve_json: Mapped[str] = mapped_column(Text, default="[]")
     artifact_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
 class ArtifactRow(Base):
@@ -114,7 +119,7 @@ class ArtifactRow(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
 class RefinementRow(Base):
@@ -145,7 +150,7 @@ class RefinementRow(Base):
     cost_json: Mapped[str] = mapped_column(Text)
     artifact_key: Mapped[str] = mapped_column(String(255))
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
 class JobRow(Base):
@@ -172,7 +177,7 @@ class JobRow(Base):
     progress_json: Mapped[str] = mapped_column(Text, default="{}")
     result_json: Mapped[str] = mapped_column(Text, default="{}")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     heartbeat_s: Mapped[float | None] = mapped_column(Float, nullable=True)  # its worker's beat interval
@@ -185,8 +190,8 @@ class DeviceProfileRow(Base):
     __tablename__ = "lightnas_devices"
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     toml: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
 class ProxyScoreRow(Base):
@@ -203,7 +208,7 @@ class ProxyScoreRow(Base):
     proxy: Mapped[str] = mapped_column(String(32))
     value: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
 class ClaimRow(Base):
@@ -219,8 +224,8 @@ class ClaimRow(Base):
     spec_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     fidelity_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(255))
-    claimed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    claimed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
     grace_s: Mapped[float] = mapped_column(Float)
 
 
@@ -271,3 +276,10 @@ def _v6_claims(conn: Connection) -> None:
 #: version -> upgrade function(connection) from version-1. Version 1 is created by create_all.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_refinements, 3: _v3_jobs, 4: _v4_counted_targets,
                                                        5: _v5_devices_and_proxy_scores, 6: _v6_claims}
+
+
+def _aware(t: Any) -> Any:
+    """A stored time as an aware UTC datetime (SQLite returns naive ones)."""
+    if t is None:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)
