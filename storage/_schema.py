@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import (
     DateTime,
@@ -47,10 +48,16 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from . import _optuna_tables as optuna_tables
+
 SCHEMA_VERSION = 6
+#: States of a queued job (``lightnas_jobs``), in the order a job passes through them.
+JOB_STATES = ("queued", "running", "done", "failed")
 
 
-def _now() -> dt.datetime:
+def _utcnow() -> dt.datetime:
+    """Now, as an aware UTC datetime: the one clock of lightnas's stored times (and, made naive, of
+    Optuna's), so that hosts in different time zones agree."""
     return dt.datetime.now(dt.timezone.utc)
 
 
@@ -71,7 +78,7 @@ class StudyRow(Base):
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     spec_json: Mapped[str] = mapped_column(Text)
     target_trials: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
     info_json: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
@@ -82,7 +89,7 @@ class ArchitectureRow(Base):
     spec_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     family: Mapped[str] = mapped_column(String(64))
     spec_json: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
 class EvaluationRow(Base):
@@ -101,7 +108,7 @@ class EvaluationRow(Base):
     epochs_run: Mapped[int] = mapped_column(Integer)
     curve_json: Mapped[str] = mapped_column(Text, default="[]")
     artifact_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
 class ArtifactRow(Base):
@@ -112,7 +119,7 @@ class ArtifactRow(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
 class RefinementRow(Base):
@@ -143,7 +150,7 @@ class RefinementRow(Base):
     cost_json: Mapped[str] = mapped_column(Text)
     artifact_key: Mapped[str] = mapped_column(String(255))
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
 class JobRow(Base):
@@ -170,7 +177,7 @@ class JobRow(Base):
     progress_json: Mapped[str] = mapped_column(Text, default="{}")
     result_json: Mapped[str] = mapped_column(Text, default="{}")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     heartbeat_s: Mapped[float | None] = mapped_column(Float, nullable=True)  # its worker's beat interval
@@ -183,8 +190,8 @@ class DeviceProfileRow(Base):
     __tablename__ = "lightnas_devices"
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     toml: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
 class ProxyScoreRow(Base):
@@ -201,7 +208,7 @@ class ProxyScoreRow(Base):
     proxy: Mapped[str] = mapped_column(String(32))
     value: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
 class ClaimRow(Base):
@@ -217,8 +224,8 @@ class ClaimRow(Base):
     spec_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     fidelity_key: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(255))
-    claimed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    claimed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
     grace_s: Mapped[float] = mapped_column(Float)
 
 
@@ -232,16 +239,6 @@ def _v3_jobs(conn: Connection) -> None:
     JobRow.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
-#: ``value_json`` of the status user attribute of a trial rejected over budget (json.dumps).
-REJECTED_JSON = '"over_budget"'
-#: SQL counting a study's trials by state, over-budget ones (user attribute ``status``) apart.
-COUNTS_SQL = ("SELECT q.state, q.rejected, COUNT(*) FROM (SELECT t.state AS state, CASE WHEN a.value_json = "
-              f"'{REJECTED_JSON}' THEN 1 ELSE 0 END AS rejected FROM trials t "
-              "JOIN studies s ON s.study_id = t.study_id "
-              "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'status' "
-              "WHERE s.study_name = :n) q GROUP BY q.state, q.rejected")
-
-
 def _v4_counted_targets(conn: Connection) -> None:
     """Version 4: ``info_json``, and targets converted to count networks within the budget."""
     insp = inspect(conn)
@@ -252,7 +249,7 @@ def _v4_counted_targets(conn: Connection) -> None:
     rows = conn.execute(text("SELECT name, target_trials, info_json FROM lightnas_studies")).all()
     for name, target, info_json in rows:
         finished = counted = 0
-        for state, rejected, n in conn.execute(text(COUNTS_SQL), {"n": name}):
+        for state, rejected, n in optuna_tables.count_by_state(conn, name):
             if str(getattr(state, "name", state)) in ("COMPLETE", "PRUNED"):
                 finished += n
                 counted += 0 if rejected else n
@@ -279,3 +276,10 @@ def _v6_claims(conn: Connection) -> None:
 #: version -> upgrade function(connection) from version-1. Version 1 is created by create_all.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_refinements, 3: _v3_jobs, 4: _v4_counted_targets,
                                                        5: _v5_devices_and_proxy_scores, 6: _v6_claims}
+
+
+def _aware(t: Any) -> Any:
+    """A stored time as an aware UTC datetime (SQLite returns naive ones)."""
+    if t is None:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)

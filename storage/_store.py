@@ -8,7 +8,6 @@ step here is retried with backoff, so a worker that meets the race waits and goe
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import threading
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
-from sqlalchemy import Engine, create_engine, delete, event, inspect, select, text, update
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -37,22 +36,19 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
+from . import _optuna_tables as optuna_tables
+from ._artifacts import ArtifactsRepo
+from ._evaluations import EvaluationsRepo, ProxyCacheRepo
+from ._jobs import JobsRepo
 from ._schema import (
-    COUNTS_SQL,
+    JOB_STATES,
     MIGRATIONS,
     SCHEMA_VERSION,
-    ArchitectureRow,
-    ArtifactRow,
     Base,
-    ClaimRow,
-    DeviceProfileRow,
-    EvaluationRow,
-    JobRow,
     Meta,
-    ProxyScoreRow,
-    RefinementRow,
-    StudyRow,
+    _utcnow,
 )
+from ._studies import ProfilesRepo, StudiesRepo
 
 __all__ = ["DEFAULT_URL", "JOB_STATES", "OPEN_MODES", "RetryTrial", "Store", "StorageError", "error_hint",
            "error_line", "is_transient", "normalize_url"]
@@ -65,8 +61,6 @@ DEFAULT_URL = "sqlite:///nas.db"
 #: (a user explicitly creating a study there).
 OPEN_MODES = ("existing", "serve", "create")
 _OUR_TABLE = "lightnas_meta"
-#: States of a queued job (``lightnas_jobs``), in the order a job passes through them.
-JOB_STATES = ("queued", "running", "done", "failed")
 T = TypeVar("T")
 
 
@@ -224,7 +218,7 @@ class RetryTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
                           "retry_history": history}))
 
 
-class Store:
+class Store(StudiesRepo, ProfilesRepo, EvaluationsRepo, ProxyCacheRepo, ArtifactsRepo, JobsRepo):
     """One database: Optuna trials (``self.optuna``) and lightnas's tables.
 
     Args:
@@ -288,6 +282,10 @@ class Store:
                     grace_period=grace_period, heartbeat_stale_trial_callback=callback,
                     skip_table_creation=not creating and "studies" in tables),
                     "creating Optuna tables" if creating else "opening Optuna tables")
+            with self.engine.connect() as conn:
+                mismatch = optuna_tables.check_schema(conn)
+            if mismatch is not None:
+                raise StorageError(f"storage {self.url}: {mismatch}")
         except BaseException:
             self.engine.dispose()
             self._release_file()
@@ -433,7 +431,7 @@ class Store:
         a study's target counts."""
         out: dict[str, int] = {"REJECTED": 0}
         with self.engine.connect() as conn:
-            for state, rejected, n in conn.execute(text(COUNTS_SQL), {"n": name}):
+            for state, rejected, n in optuna_tables.count_by_state(conn, name):
                 key = str(getattr(state, "name", state))
                 out[key] = out.get(key, 0) + int(n)
                 if rejected and key == "COMPLETE":
@@ -445,15 +443,8 @@ class Store:
                    limit: int = 50) -> list[int]:
         """Ids of the trials of study ``name`` numbered above ``after`` (in ``states``), by number,
         at most ``limit``: keyset pagination that reads only one page."""
-        sql = ("SELECT t.trial_id FROM trials t JOIN studies s ON s.study_id = t.study_id "
-               "WHERE s.study_name = :n AND t.number > :after")
-        params: dict[str, Any] = {"n": name, "after": after, "limit": limit}
-        if states:
-            sql += " AND t.state IN (" + ", ".join(f":s{i}" for i in range(len(states))) + ")"
-            params.update({f"s{i}": st for i, st in enumerate(states)})
-        sql += " ORDER BY t.number LIMIT :limit"
         with self.engine.connect() as conn:
-            return [int(r[0]) for r in conn.execute(text(sql), params)]
+            return optuna_tables.trial_page(conn, name, after=after, states=states, limit=limit)
 
     def trials_by_id(self, name: str, ids: list[int]) -> list[optuna.trial.FrozenTrial]:
         """The trials with these ids, in that order, read in one batched query (Optuna's own loader,
@@ -476,13 +467,8 @@ class Store:
         """``(study name, trial number)`` of the complete trials, in any study of this database, that
         trained the architecture ``spec_hash`` themselves (user attribute ``status`` "trained"), first
         first: who made the weights a trial that reused them exports."""
-        sql = text("SELECT s.study_name, t.number FROM trials t JOIN studies s ON s.study_id = t.study_id "
-                   "JOIN trial_user_attributes h ON h.trial_id = t.trial_id AND h.key = 'spec_hash' "
-                   "JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'status' "
-                   "WHERE h.value_json = :h AND a.value_json = :trained AND t.state = 'COMPLETE' ORDER BY t.trial_id")
         with self.engine.connect() as conn:
-            return [(str(n), int(k)) for n, k in conn.execute(sql, {"h": json.dumps(spec_hash),
-                                                                     "trained": json.dumps("trained")})]
+            return optuna_tables.trained_by(conn, spec_hash)
 
     def running_without_heartbeat(self, name: str, older_than: float) -> list[int]:
         """Ids of RUNNING trials of ``name`` that never recorded a heartbeat and started more
@@ -492,356 +478,9 @@ class Store:
 
         # Optuna (>= 5.0) stores trial times as naive UTC, whatever the writing host's time zone.
         cutoff = _utcnow().replace(tzinfo=None) - dt.timedelta(seconds=older_than)
-        sql = text("SELECT t.trial_id FROM trials t JOIN studies s ON s.study_id = t.study_id "
-                   "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
-                   "WHERE s.study_name = :n AND t.state = 'RUNNING' AND h.trial_id IS NULL "
-                   "AND t.datetime_start < :cutoff")
         with self.engine.connect() as conn:
-            return [int(r[0]) for r in conn.execute(sql, {"n": name, "cutoff": cutoff})]
+            return optuna_tables.running_without_heartbeat(conn, name, cutoff)
 
-    # ------------------------------------------------------------------ device profiles
-    def save_device_profile(self, name: str, toml: str) -> None:
-        """Store (or replace) the device profile ``name`` as its TOML text."""
-        with self.session() as s:
-            row = s.get(DeviceProfileRow, name)
-            if row is None:
-                s.add(DeviceProfileRow(name=name, toml=toml))
-            else:
-                row.toml = toml
-                row.updated_at = _utcnow()
-
-    def device_profiles(self) -> dict[str, str]:
-        """Every stored device profile: name -> TOML text."""
-        with self.session() as s:
-            return {r.name: r.toml for r in s.scalars(select(DeviceProfileRow).order_by(DeviceProfileRow.name))}
-
-    # ------------------------------------------------------------------ studies
-    def add_study(self, name: str, spec_json: str, target: int, info: str | None = None) -> None:
-        with self.session() as s:
-            s.add(StudyRow(name=name, spec_json=spec_json, target_trials=target, info_json=info))
-
-    def get_study(self, name: str) -> StudyRow | None:
-        with self.session() as s:
-            return s.get(StudyRow, name)
-
-    def list_studies(self) -> list[StudyRow]:
-        with self.session() as s:
-            return list(s.scalars(select(StudyRow).order_by(StudyRow.created_at, StudyRow.name)))
-
-    def set_target(self, name: str, target: int) -> None:
-        with self.session() as s:
-            s.execute(update(StudyRow).where(StudyRow.name == name).values(target_trials=target))
-
-    def delete_study(self, name: str) -> bool:
-        """Remove the study's row and all its jobs (a running one's worker then finds it gone and
-        stops recording; a study created later under the name starts with none). False when
-        there was no row to remove (another client deleted it first)."""
-        with self.session() as s:
-            removed = s.execute(delete(StudyRow).where(StudyRow.name == name)).rowcount  # type: ignore[attr-defined]
-            s.execute(delete(JobRow).where(JobRow.study == name))
-        return bool(removed)
-
-    # ------------------------------------------------------------------ architectures and evaluations
-    def put_architecture(self, spec_hash: str, family: str, spec_json: str) -> None:
-        """Insert once; concurrent inserts of the same hash are harmless."""
-        def go() -> None:
-            with self.session() as s:
-                if s.get(ArchitectureRow, spec_hash) is None:
-                    s.add(ArchitectureRow(spec_hash=spec_hash, family=family, spec_json=spec_json))
-        with contextlib.suppress(IntegrityError):  # another worker inserted it first
-            go()
-
-    def get_architecture(self, spec_hash: str) -> str | None:
-        with self.session() as s:
-            row = s.get(ArchitectureRow, spec_hash)
-            return row.spec_json if row else None
-
-    def get_evaluation(self, spec_hash: str, fidelity_key: str) -> EvaluationRow | None:
-        with self.session() as s:
-            return s.scalars(select(EvaluationRow).where(EvaluationRow.spec_hash == spec_hash,
-                                                         EvaluationRow.fidelity_key == fidelity_key)).first()
-
-    def put_evaluation(self, spec_hash: str, fidelity_key: str, fidelity: dict[str, Any], *, val_accuracy: float,
-                       cost: dict[str, Any], seconds: float, epochs_run: int, curve: list[float | None],
-                       artifact_key: str | None, artifact: bytes | None = None) -> EvaluationRow:
-        """Record an evaluation; if another worker recorded the same one first, return theirs.
-
-        With ``artifact`` (the weights' bytes), the artifact is stored under ``artifact_key`` in the
-        same transaction, and only if this evaluation is the one recorded: the stored weights are
-        always those of the stored accuracy, whichever of two concurrent trainings came first.
-        """
-        for attempt in range(3):
-            row = EvaluationRow(spec_hash=spec_hash, fidelity_key=fidelity_key, fidelity_json=json.dumps(fidelity),
-                                val_accuracy=val_accuracy, cost_json=json.dumps(cost), seconds=seconds,
-                                epochs_run=epochs_run, curve_json=json.dumps(curve), artifact_key=artifact_key)
-            try:
-                with self.session() as s:
-                    s.add(row)
-                    if artifact is not None and artifact_key is not None:
-                        s.flush()  # the evaluation first: a duplicate rolls back before any weights are written
-                        stored = s.get(ArtifactRow, artifact_key)
-                        if stored is None:
-                            s.add(ArtifactRow(key=artifact_key, data=artifact, size=len(artifact)))
-                        else:
-                            stored.data, stored.size = artifact, len(artifact)
-                return row
-            except IntegrityError:
-                existing = self.get_evaluation(spec_hash, fidelity_key)
-                if existing is not None:
-                    return existing
-                if attempt == 2:  # not the evaluation: the artifact row, inserted by another writer each time
-                    raise
-        raise AssertionError("unreachable")
-
-    # ------------------------------------------------------------------ claims of architectures in training
-    # Which trial trains an architecture at a fidelity now (``storage._schema.ClaimRow``, schema
-    # version 6), so that no two trials train it at once. Claims are taken under the lock ``claims``.
-
-    def claim_evaluation(self, spec_hash: str, fidelity_key: str, owner: str, *, grace: float) -> ClaimRow:
-        """Claim the training of ``spec_hash`` at ``fidelity_key`` for ``owner``, whose heartbeat
-        (:meth:`refresh_claim`) comes at least every ``grace`` seconds.
-
-        Returns the claim that holds now: ``owner``'s when the evaluation was free, already
-        ``owner``'s, or held by a dead owner (silent for longer than *its* grace: it is taken
-        over); else the live claim of another owner (compare ``.owner``).
-        """
-        now = _utcnow()
-        with self.lock("claims"), self.session() as s:
-            row = s.get(ClaimRow, (spec_hash, fidelity_key))
-            if row is None:
-                row = ClaimRow(spec_hash=spec_hash, fidelity_key=fidelity_key, owner=owner, claimed_at=now,
-                               heartbeat_at=now, grace_s=float(grace))
-                s.add(row)
-                return row
-            if row.owner == owner or (now - _aware(row.heartbeat_at)).total_seconds() > row.grace_s:
-                row.owner, row.claimed_at, row.heartbeat_at, row.grace_s = owner, now, now, float(grace)
-            return row
-
-    def refresh_claim(self, spec_hash: str, fidelity_key: str, owner: str) -> bool:
-        """The heartbeat of ``owner``'s claim; False when it is no longer ``owner``'s (taken over)."""
-        with self.session() as s:
-            res = s.execute(update(ClaimRow).where(ClaimRow.spec_hash == spec_hash,
-                                                   ClaimRow.fidelity_key == fidelity_key, ClaimRow.owner == owner)
-                            .values(heartbeat_at=_utcnow()))
-            return bool(res.rowcount)  # type: ignore[attr-defined]
-
-    def release_claim(self, spec_hash: str, fidelity_key: str, owner: str) -> None:
-        """Drop ``owner``'s claim (a claim taken over by another owner meanwhile stays theirs)."""
-        with self.session() as s:
-            s.execute(delete(ClaimRow).where(ClaimRow.spec_hash == spec_hash, ClaimRow.fidelity_key == fidelity_key,
-                                             ClaimRow.owner == owner))
-
-    def get_claim(self, spec_hash: str, fidelity_key: str) -> ClaimRow | None:
-        """The claim on ``spec_hash`` at ``fidelity_key`` (live or stale), None when there is none."""
-        with self.session() as s:
-            return s.get(ClaimRow, (spec_hash, fidelity_key))
-
-    def set_test_accuracy(self, spec_hash: str, fidelity_key: str, accuracy: float) -> None:
-        with self.session() as s:
-            s.execute(update(EvaluationRow).where(EvaluationRow.spec_hash == spec_hash,
-                                                  EvaluationRow.fidelity_key == fidelity_key)
-                      .values(test_accuracy=accuracy))
-
-    # ------------------------------------------------------------------ zero-cost proxy scores
-    def get_proxy_scores(self, spec_hash: str, input_key: str) -> dict[str, float]:
-        """The cached proxy scores of an architecture for one input key, by proxy name."""
-        with self.session() as s:
-            rows = s.scalars(select(ProxyScoreRow).where(ProxyScoreRow.spec_hash == spec_hash,
-                                                         ProxyScoreRow.input_key == input_key)).all()
-            return {r.proxy: float(r.value) for r in rows}
-
-    def put_proxy_scores(self, spec_hash: str, input_key: str, input_info: dict[str, Any],
-                         scores: dict[str, float], seconds: float = 0.0) -> None:
-        """Cache scores; one another worker stored first is kept (same inputs, same score)."""
-        for proxy, value in scores.items():
-            try:
-                with self.session() as s:
-                    s.add(ProxyScoreRow(spec_hash=spec_hash, input_key=input_key, input_json=json.dumps(input_info),
-                                        proxy=proxy, value=float(value), seconds=seconds))
-            except IntegrityError:
-                continue
-
-    # ------------------------------------------------------------------ artifacts
-    def put_artifact(self, key: str, data: bytes) -> None:
-        """Insert or replace; two workers writing the same key at once both succeed."""
-        def go() -> None:
-            with self.session() as s:
-                row = s.get(ArtifactRow, key)
-                if row is None:
-                    s.add(ArtifactRow(key=key, data=data, size=len(data)))
-                else:
-                    row.data, row.size = data, len(data)
-        try:
-            go()
-        except IntegrityError:  # inserted by another worker between our read and write
-            go()
-
-    def get_artifact(self, key: str) -> bytes | None:
-        with self.session() as s:
-            row = s.get(ArtifactRow, key)
-            return bytes(row.data) if row else None
-
-    # ================================================================== refinements
-    # Candidates of post-search refinement (``nas refine``) with their lineage; see
-    # ``storage._schema.RefinementRow``. Added in schema version 2.
-
-    def put_refinement(self, *, study: str, parent_trial: int, parent_spec_hash: str, settings_hash: str, step: int,
-                       parent_step: int | None, method: str, spec_hash: str, settings: dict[str, Any],
-                       detail: dict[str, Any], val_accuracy: float, test_accuracy: float | None,
-                       cost: dict[str, Any], artifact_key: str, seconds: float) -> RefinementRow:
-        """Record one candidate (its architecture must be stored). If the same run already
-        stored this step (a concurrent duplicate), the stored row is returned instead."""
-        row = RefinementRow(study=study, parent_trial=parent_trial, parent_spec_hash=parent_spec_hash,
-                            settings_hash=settings_hash, step=step, parent_step=parent_step, method=method,
-                            spec_hash=spec_hash, settings_json=json.dumps(settings, sort_keys=True),
-                            detail_json=json.dumps(detail, sort_keys=True), val_accuracy=val_accuracy,
-                            test_accuracy=test_accuracy, cost_json=json.dumps(cost), artifact_key=artifact_key,
-                            seconds=seconds)
-        try:
-            with self.session() as s:
-                s.add(row)
-            return row
-        except IntegrityError:
-            existing = self.get_refinements(study, parent_trial=parent_trial, settings_hash=settings_hash)
-            same = [r for r in existing if r.step == step]
-            if not same:
-                raise
-            return same[0]
-
-    def get_refinements(self, study: str, *, parent_trial: int | None = None,
-                        settings_hash: str | None = None) -> list[RefinementRow]:
-        """Candidates of ``study``, optionally of one parent trial and one run, ordered by
-        parent trial, run (first created first) and step."""
-        q = select(RefinementRow).where(RefinementRow.study == study)
-        if parent_trial is not None:
-            q = q.where(RefinementRow.parent_trial == parent_trial)
-        if settings_hash is not None:
-            q = q.where(RefinementRow.settings_hash == settings_hash)
-        with self.session() as s:
-            rows = list(s.scalars(q.order_by(RefinementRow.parent_trial, RefinementRow.id)))
-        first: dict[tuple[int, str], int] = {}
-        for r in rows:
-            first.setdefault((r.parent_trial, r.settings_hash), r.id)
-        return sorted(rows, key=lambda r: (r.parent_trial, first[(r.parent_trial, r.settings_hash)], r.step))
-
-    def get_refinement(self, refinement_id: int) -> RefinementRow | None:
-        with self.session() as s:
-            return s.get(RefinementRow, refinement_id)
-
-    # ================================================================== jobs
-    # Work other than trials that workers claim (refinement requests of the HTTP API); see
-    # ``storage._schema.JobRow``. Added in schema version 3. Claims and re-queues happen under
-    # the database-wide lock ``jobs``, so two workers never claim one job.
-
-    def add_job(self, *, kind: str, study: str, trial: int, key: str, settings: dict[str, Any]) -> tuple[JobRow, bool]:
-        """Queue a job, unless one with the same ``kind``, ``study`` and ``key`` is queued,
-        running or done: then return that one. Returns ``(job, created)``."""
-        with self.lock("jobs"), self.session() as s:
-            existing = s.scalars(select(JobRow).where(JobRow.kind == kind, JobRow.study == study, JobRow.key == key,
-                                                      JobRow.state.in_(("queued", "running", "done")))
-                                 .order_by(JobRow.id)).first()
-            if existing is not None:
-                return existing, False
-            row = JobRow(kind=kind, study=study, trial=trial, key=key,
-                         settings_json=json.dumps(settings, sort_keys=True), state="queued", attempts=0,
-                         progress_json="{}", result_json="{}")
-            s.add(row)
-            s.flush()
-            return row, True
-
-    def get_job(self, job_id: int) -> JobRow | None:
-        with self.session() as s:
-            return s.get(JobRow, job_id)
-
-    def list_jobs(self, study: str | None = None, *, state: str | None = None) -> list[JobRow]:
-        """Jobs (of ``study``, in ``state``), oldest first."""
-        q = select(JobRow)
-        if study is not None:
-            q = q.where(JobRow.study == study)
-        if state is not None:
-            q = q.where(JobRow.state == state)
-        with self.session() as s:
-            return list(s.scalars(q.order_by(JobRow.id)))
-
-    def claim_job(self, worker: str, studies: list[str] | None = None, *, heartbeat: float = 10.0,
-                  max_attempts: int = 3, sweep: bool = True) -> JobRow | None:
-        """The oldest queued job (of ``studies``; None: any), now ``running`` for ``worker``, which
-        promises a heartbeat every ``heartbeat`` seconds (stored on the job).
-
-        First (``sweep``), running jobs silent for 3x *their own worker's* heartbeat interval
-        (their worker died) are queued again, or failed once they were claimed ``max_attempts``
-        times. A worker that just met a database outage passes ``sweep=False``: then every
-        worker missed beats, and their jobs are not dead."""
-        now = _utcnow()
-        with self.lock("jobs"), self.session() as s:
-            for job in s.scalars(select(JobRow).where(JobRow.state == "running")) if sweep else ():
-                beat = _aware(job.heartbeat_at or job.started_at)
-                if beat is not None and (now - beat).total_seconds() <= 3 * (job.heartbeat_s or heartbeat):
-                    continue
-                if job.attempts >= max_attempts:
-                    job.state, job.finished_at = "failed", now
-                    job.error = f"its worker stopped answering {job.attempts} times (last: {job.worker})"
-                else:
-                    job.state, job.worker = "queued", None
-            q = select(JobRow).where(JobRow.state == "queued")
-            if studies is not None:
-                if not studies:
-                    return None
-                q = q.where(JobRow.study.in_(studies))
-            claimed = s.scalars(q.order_by(JobRow.id).limit(1)).first()
-            if claimed is None:
-                return None
-            claimed.state, claimed.worker, claimed.attempts = "running", worker, claimed.attempts + 1
-            claimed.started_at = claimed.heartbeat_at = now
-            claimed.heartbeat_s = float(heartbeat)
-            claimed.error = None
-            return claimed
-
-    def job_heartbeat(self, job_id: int, worker: str, progress: dict[str, Any] | None = None) -> bool:
-        """Refresh a running job's heartbeat (and progress); False if it is no longer ``worker``'s."""
-        values: dict[str, Any] = {"heartbeat_at": _utcnow()}
-        if progress is not None:
-            values["progress_json"] = json.dumps(progress)
-        return self._update_own_job(job_id, worker, values)
-
-    def finish_job(self, job_id: int, worker: str, state: str, *, result: dict[str, Any] | None = None,
-                   error: str | None = None) -> bool:
-        """End ``worker``'s running job: ``done`` (with ``result``), ``failed`` (with ``error``),
-        or ``queued`` again (a worker stopping). False if the job was no longer its own."""
-        if state not in ("done", "failed", "queued"):
-            raise ValueError(f"state must be done, failed or queued, got {state!r}")
-        values: dict[str, Any] = {"state": state, "error": error}
-        if state == "queued":
-            values.update(worker=None, attempts=JobRow.attempts - 1)  # an interruption is not a failed attempt
-        else:
-            values["finished_at"] = _utcnow()
-        if result is not None:
-            values["result_json"] = json.dumps(result)
-        return self._update_own_job(job_id, worker, values)
-
-    def _update_own_job(self, job_id: int, worker: str, values: dict[str, Any]) -> bool:
-        """Set ``values`` on the job if it is still running for ``worker``; whether it was."""
-        with self.session() as s:
-            res = s.execute(update(JobRow).where(JobRow.id == job_id, JobRow.worker == worker,
-                                                 JobRow.state == "running").values(**values))
-            return bool(res.rowcount)  # type: ignore[attr-defined]
-
-
-def _utcnow() -> Any:
-    """Now, as an aware UTC datetime: the one clock of lightnas's stored times (and, made naive, of
-    Optuna's), so that hosts in different time zones agree."""
-    import datetime as dt
-
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def _aware(t: Any) -> Any:
-    """A stored time as an aware UTC datetime (SQLite returns naive ones)."""
-    import datetime as dt
-
-    if t is None:
-        return None
-    return t if t.tzinfo is not None else t.replace(tzinfo=dt.timezone.utc)
 
 
 def _some(tables: set[str], n: int = 5) -> str:

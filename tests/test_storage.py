@@ -117,3 +117,23 @@ def test_default_url_and_env(monkeypatch):
     assert normalize_url(None) == "sqlite:///nas.db"
     monkeypatch.setenv("NAS_STORAGE", "postgres://u@h/db")
     assert normalize_url(None) == "postgresql+psycopg://u@h/db"
+
+
+def test_an_optuna_schema_without_the_columns_lightnas_reads_is_one_line(tmp_path: Path) -> None:
+    """Every query of Optuna's tables lives in one adapter (storage/_optuna_tables.py), checked at
+    open: an Optuna whose tables moved fails in one line naming what is missing, not in a query."""
+    import sqlite3
+
+    from conftest import nas_cli
+
+    db = tmp_path / "nas.db"
+    Store(f"sqlite:///{db}").close()
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TABLE trial_heartbeats")
+    conn.execute("ALTER TABLE trials DROP COLUMN datetime_start")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match=r"lack trials\.datetime_start, trial_heartbeats\.trial_id \(schema 1"):
+        Store(f"sqlite:///{db}")
+    code, _, err = nas_cli("study", "list", "--storage", f"sqlite:///{db}")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Optuna's tables lack" in err, err
