@@ -143,3 +143,66 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(trained: str, tmp_path
 def test_unknown_supernet_is_one_line(trained: str) -> None:
     code, _, err = nas_cli("supernet", "show", "zz", "--storage", trained)
     assert code == 2 and err.strip() == "error: supernet 'zz' is not in this database; accepted: sn"
+
+
+# ------------------------------------------------------------------------ studies on a supernet
+
+
+def _trials(name: str, url: str) -> list:
+    import optuna
+
+    store = Store(url)
+    try:
+        return optuna.load_study(study_name=name, storage=store.optuna).get_trials(deepcopy=False)
+    finally:
+        store.close()
+
+
+def test_two_budgets_share_one_supernet_and_reach_their_targets(trained: str) -> None:
+    weights = _artifacts(trained)
+    for study, budget, target in (("on_params", "params<=3k", 4), ("on_flops", "flops<=60k", 3)):
+        code, out, err = nas_cli("study", "create", study, "--supernet", "sn", "--budget", budget, "--trials",
+                                 str(target), "--sampler", "random", "--storage", trained)
+        assert code == 0, err
+        assert "supernet accuracy, not stand-alone accuracy" in out
+        code, out, err = nas_cli("study", "run", study, "--quiet", "--storage", trained)
+        assert code == 0, err
+        assert f"{target}/{target} within budget ({target} evaluated on the supernet)" in out
+        evaluated = [t for t in _trials(study, trained) if t.user_attrs.get("status") == "supernet"]
+        assert len(evaluated) == target
+        for t in evaluated:  # labelled, never stand-alone; seconds each
+            assert t.user_attrs["accuracy_source"] == "supernet sn" and 0.0 <= t.values[0] <= 1.0
+            assert t.user_attrs["eval_seconds"] < 5.0 and "train_seconds" not in t.user_attrs
+        code, out, _ = nas_cli("pareto", study, "--format", "json", "--storage", trained)
+        assert code == 0 and {r["accuracy_source"] for r in json.loads(out)} == {"supernet sn"}
+        code, out, _ = nas_cli("study", "show", study, "--format", "json", "--storage", trained)
+        spec = json.loads(out)["spec"]
+        assert spec["supernet"] == "sn" and spec["space"] == "plain" and spec["fit_space"] is False
+        assert spec["space_options"]["widths"] == [8, 16]
+    assert _artifacts(trained) == weights  # the supernet is shared, not trained again
+
+
+def test_a_study_on_a_supernet_refuses_bad_input_in_one_line(trained: str, tmp_path: Path) -> None:
+    config = tmp_path / "study.toml"
+    config.write_text('name = "c1"\nspace = "plain"\ninput_size = 16\nbudget = "params<=3k"\n'
+                      'fit_space = false\n[space_options]\nmax_depth = 1\n')
+    cases = [
+        (["s9", "--supernet", "sn", "--space", "plain", "--budget", "params<=3k"], "--space does not go with "
+         "--supernet"),
+        (["s9", "--supernet", "sn", "--option", "max_depth=2", "--budget", "params<=3k"], "--option does not go"),
+        (["s9", "--supernet", "zz", "--budget", "params<=3k"], "supernet 'zz' is not in this database; accepted: sn"),
+        (["s9", "--supernet", "sn", "--input-size", "16", "--budget", "params<=3k"], "input_size: got 16, "
+         "supernet 'sn' was trained with None"),
+        (["s9", "--supernet", "sn", "--seed", "3", "--budget", "params<=3k"], "seed: got 3"),
+        (["s9", "--supernet", "sn", "--budget", "params<=10"], "budget: params<=10 is below what space 'plain'"),
+        (["s9", "--supernet", "sn", "--pruner", "pareto", "--budget", "params<=3k"], "pruner does not apply"),
+        (["--config", str(config), "--supernet", "sn"], "supernet 'sn' takes 1x8x8 inputs and 10 classes; the "
+         "study's data give 1x16x16"),
+    ]
+    before = _artifacts(trained)
+    for args, needle in cases:
+        code, out, err = nas_cli("study", "create", *args, "--storage", trained)
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, (args, err)
+    assert _artifacts(trained) == before
+    code, out, _ = nas_cli("study", "list", "--format", "json", "--storage", trained)
+    assert "s9" not in {r["name"] for r in json.loads(out)} and "c1" not in {r["name"] for r in json.loads(out)}

@@ -38,8 +38,9 @@ from ._spec import NAME_PATTERN, one_line_error
 if TYPE_CHECKING:
     from objectives import Dataset, SupernetEpoch
 
-__all__ = ["SUPERNET_PREFIX", "SupernetRecord", "SupernetSpec", "get_supernet", "list_supernets", "load_supernet",
-           "make_supernet_spec", "prepare_supernet", "require_supernet", "train_stored_supernet"]
+__all__ = ["SUPERNET_PREFIX", "SupernetRecord", "SupernetSpec", "check_supernet_study", "get_supernet",
+           "list_supernets", "load_supernet", "make_supernet_spec", "prepare_supernet", "require_supernet",
+           "supernet_study_fields", "train_stored_supernet"]
 
 #: Artifact keys of supernets start with this, then the name.
 SUPERNET_PREFIX = "supernet/"
@@ -375,4 +376,53 @@ def train_stored_supernet(spec: SupernetSpec, store: Store, *, prepared: tuple |
 
     train_supernet(net, data, spec.train_config(threads), sandwich=spec.sandwich,
                    inplace_distill=spec.inplace_distill, bn_batches=spec.bn_batches, on_epoch=stored, resume=resume)
+    return record
+
+
+# ------------------------------------------------------------------------ studies on a supernet
+
+def _fixed(record: SupernetRecord) -> dict[str, Any]:
+    """Study fields a supernet fixes: its space (as fitted), data and the split of its data."""
+    return {"space": record.spec.space, "space_options": record.config["options"], "data": record.spec.data,
+            "input_size": record.spec.input_size, "seed": record.spec.seed,
+            "val_fraction": record.spec.val_fraction}
+
+
+def supernet_study_fields(record: SupernetRecord, fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` of a study on supernet ``record``: its space, options, data, input size, seed and
+    validation share filled in (the study validates on the supernet's held-out split), space
+    fitting off (the space is the supernet's).
+
+    Raises:
+        NasError: a field given with another value than the supernet's (``space`` and
+            ``space_options`` may not be given at all).
+    """
+    for f in ("space", "space_options"):
+        if fields.get(f) is not None:
+            flag = "--space" if f == "space" else "--option"
+            raise NasError(f"{flag} does not go with --supernet: a study on supernet {record.name!r} searches its "
+                           f"space ({record.spec.space} {json.dumps(record.spec.space_options)}); leave {flag} out")
+    fixed = _fixed(record)
+    for f, v in fixed.items():
+        if fields.get(f) is not None and fields[f] != v:
+            raise NasError(f"{f}: got {fields[f]!r}, supernet {record.name!r} was trained with {v!r}; accepted: its "
+                           f"value (or leave {f} out)")
+    return {**fields, **fixed, "supernet": record.name, "fit_space": False}
+
+
+def check_supernet_study(study_spec: Any, store: Store | None, input_shape: Any, num_classes: int) -> SupernetRecord:
+    """The trained supernet of study ``study_spec`` whose space, data, input shape and classes the
+    study's are; one line otherwise."""
+    record = require_supernet(store, study_spec.supernet, trained=True)
+    if tuple(input_shape) != record.input_shape or int(num_classes) != int(record.config["num_classes"]):
+        raise NasError(f"supernet {record.name!r} takes {'x'.join(map(str, record.input_shape))} inputs and "
+                       f"{record.config['num_classes']} classes; the study's data give "
+                       f"{'x'.join(map(str, input_shape))} and {num_classes}; accepted: the supernet's data "
+                       f"({record.spec.data}" + (f", input size {record.spec.input_size}" if record.spec.input_size
+                                                 else "") + ")")
+    wrong = [f for f, v in _fixed(record).items() if getattr(study_spec, f) != v]
+    if wrong:
+        f = wrong[0]
+        raise NasError(f"{f}: got {getattr(study_spec, f)!r}, supernet {record.name!r} was trained with "
+                       f"{_fixed(record)[f]!r}; accepted: the supernet's")
     return record
