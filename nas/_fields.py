@@ -111,6 +111,9 @@ STUDY: dict[str, Doc] = {
                           "kept as they are otherwise)", False),
     "input_size": Doc("resize inputs to this short side in pixels"),
     "val_fraction": Doc("share of the training data held out for validation", 0.15),
+    "supernet": Doc("a trained supernet ('nas supernet train') whose subnets are the candidates: each is evaluated "
+                    "with the supernet's weights (BN recalibrated, seconds; supernet accuracy, not stand-alone "
+                    "accuracy) instead of being trained; the space, options, data and seed are the supernet's"),
     "fidelity": Doc("how hard each trial trains"),
 }
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 # Registered in this order, which is the order of "nas --help".
-from . import _demo, _hardware, _proxies, _refine, _results, _serve, _spaces, _study, _worker  # noqa: F401, I001
+from . import _demo, _hardware, _proxies, _refine, _results, _serve, _spaces, _study, _supernet, _worker  # noqa: F401, I001
 from ._common import INTERRUPTED, TERMINATED, app, err, opened, say_error, user_errors
 
 __all__ = ["app", "entry", "main"]

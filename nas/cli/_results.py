@@ -40,6 +40,12 @@ def pareto_cmd(
     rows = pareto_rows(name, store, where=where, include_refined=include_refined, past_drop=past_drop,
                        deploy=deploy)
     warn_damaged(name, store)
+    from ..search import get_study_spec
+
+    on_supernet = get_study_spec(name, store).supernet
+    if on_supernet is not None:  # never presented as stand-alone accuracy
+        rows = [r if str(r.get("source", "")).startswith("refined") else
+                {**r, "accuracy_source": f"supernet {on_supernet}"} for r in rows]
     if fmt is Format.json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
@@ -54,6 +60,8 @@ def pareto_cmd(
         out.print(f"{name}: no evaluated architecture within the budget{' and --where' if where else ''} yet")
         return
     title = f"{'Deployment table' if deploy else 'Pareto front'} of {name}" + (f" where {where}" if where else "")
+    if on_supernet is not None:
+        title += f" (accuracy: supernet accuracy from supernet {on_supernet}, not stand-alone)"
     emit(flat, fmt, title, {k: lambda v: "" if v is None else si(float(v))
                             for k in ("flops", "params", "peak_activation_bytes", "macs", "ram_bytes", "flash_bytes")})
 

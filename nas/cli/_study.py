@@ -64,6 +64,7 @@ def study_create(
     qat_threshold: float = typer.Option(None, "--qat-threshold", help=help_text(STUDY["qat_threshold"])),
     option: list[str] = typer.Option([], "--option", help="space option key=value (repeatable; see 'nas spaces')"),
     config: str = typer.Option(None, "--config", help="a study spec TOML file (the fields of nas.StudySpec)"),
+    supernet: str = typer.Option(None, "--supernet", help=help_text(STUDY["supernet"])),
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
 ) -> None:
     """Create a study (once); then run it with 'nas study run NAME'."""
@@ -98,6 +99,15 @@ def study_create(
         fields["space_options"] = parse_options(option)
     fid = {k: v for k, v in {"epochs": epochs, "train_fraction": train_fraction, "augment": augment}.items()
            if v is not None}
+    store = None
+    if supernet is not None:  # the space, data and split are the supernet's
+        from ..search import require_supernet, supernet_study_fields
+
+        if config:
+            fields["supernet"] = supernet
+        else:
+            store = open_store_if_exists(storage)
+            fields = supernet_study_fields(require_supernet(store, supernet, trained=True), fields)
     if config:
         study_spec = load_spec_file(config, **{k: v for k, v in fields.items() if v is not None})
         if fid:
@@ -106,7 +116,7 @@ def study_create(
     else:
         if not name:
             raise UsageError("give a study NAME (or --config FILE)")
-        if not space:
+        if not fields.get("space"):
             raise UsageError("--space is required; accepted: see 'nas spaces'")
         if fid:
             fields["fidelity"] = fid
@@ -114,7 +124,7 @@ def study_create(
     given = [(path, read_arch_file(path, "--enqueue")) for path in enqueue]
     # Budget first, checked against the database as it is; a database is created only for a good
     # study (a refused one leaves no new file), and the write is all or nothing.
-    store = open_store_if_exists(storage)
+    store = store or open_store_if_exists(storage)
     plan = prepare_study(study_spec, store, enqueue=given, warm_start=warm_start)
     store = store or open_store(storage, mode="create")
     plan = store_study(plan, store)
@@ -123,6 +133,10 @@ def study_create(
               f"{study_spec.budget or 'none'}, target {study_spec.trials} networks within budget) in {store.url}")
     for line in describe_plan(plan):
         out.print(line, highlight=False, markup=False, soft_wrap=True)
+    if study_spec.supernet is not None:
+        out.print(f"trials are subnets of supernet {study_spec.supernet}, evaluated with its weights (BN "
+                  "recalibrated): their accuracy is supernet accuracy, not stand-alone accuracy", highlight=False,
+                  markup=False, soft_wrap=True)
     if plan.warm is not None:
         out.print(f"warm start: {len(plan.warm.enqueued)} architecture(s) queued to run first"
                   + (f", {len(plan.warm.skipped)} skipped" if plan.warm.skipped else ""))

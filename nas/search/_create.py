@@ -207,6 +207,11 @@ def prepare_study(study_spec: StudySpec, store: Store | None, *,
     if store is not None:
         check_name_free(study_spec.name, store)
         use_store_profiles(store)
+    if study_spec.supernet is not None:  # its space is the supernet's: never fitted
+        from ._supernet import require_supernet
+
+        require_supernet(store, study_spec.supernet, trained=True)
+        study_spec = study_spec.model_copy(update={"fit_space": False})
     if study_spec.precision == "int8":
         from objectives import DeployError, require_deploy
 
@@ -220,6 +225,12 @@ def prepare_study(study_spec: StudySpec, store: Store | None, *,
                        f"{len(data.x_train)}; accepted: 1..{len(data.x_train)}")
     plan = plan_study(study_spec, data)
     study_spec = plan.study_spec
+    if study_spec.supernet is not None:
+        from ._supernet import check_supernet_study
+
+        record = check_supernet_study(study_spec, store, plan.info["data"]["input_shape"], data.num_classes)
+        plan.info["supernet"] = {"name": record.name, "epochs": record.epochs_done, "params": record.params,
+                                 "accuracy_source": f"supernet {record.name}"}
     shape = tuple(plan.info["data"]["input_shape"])
     given = list(enqueue) + (cheapest_anchors(plan.info) if anchors else [])
     if given or warm_start is not None:

@@ -145,6 +145,14 @@ class TrialObjective:
         # Tune's ASHA through on_epoch), else the rungs of the pareto rule and the last epoch. The final
         # accuracy is the same either way, so evaluations stay comparable across studies.
         self.validate_epochs: set[int] | None = None if (prune or on_epoch is not None) else set(self.rungs)
+        self.supernet: Any = None
+        self.supernet_bn_batches = 8
+        if study_spec.supernet is not None:  # subnets evaluated with its weights: loaded once per worker
+            from ._supernet import load_supernet
+
+            net, record = load_supernet(ctx.store, study_spec.supernet)
+            self.supernet = net.to(ctx.data.x_train.device)
+            self.supernet_bn_batches = record.spec.bn_batches
 
     def _epoch_hook(self, trial: optuna.trial.BaseTrial, cost: dict[str, float]
                     ) -> Callable[[int, float], None] | None:
@@ -271,6 +279,8 @@ class TrialObjective:
                 trial.set_user_attr("status", Status.OVER_BUDGET)
                 trial.set_user_attr("violations", violations)
                 return objective_values(ctx.study_spec, 0.0, cost)
+        if self.supernet is not None:
+            return self._inherit_from_supernet(trial, arch, cost)
         fkey = ctx.study_spec.fidelity_key
         done = ctx.store.get_evaluation(h, fkey)
         if done is not None:
@@ -280,6 +290,22 @@ class TrialObjective:
             if done is not None:  # trained by the trial whose claim this one waited for
                 return self._reuse(trial, arch, done, cost)
             return self._train(trial, arch, cost)
+
+    def _inherit_from_supernet(self, trial: optuna.trial.BaseTrial, arch: ArchSpec,
+                               cost: dict[str, float]) -> list[float]:
+        """Evaluate ``arch`` with the study's supernet's weights (exact slices, BatchNorm recalibrated on
+        training batches, validated): seconds, and labelled supernet accuracy (``accuracy_source``)."""
+        from objectives import evaluate_subnet, num_threads
+
+        ctx = self.ctx
+        t0 = time.perf_counter()
+        with num_threads(ctx.train_config.threads):
+            accuracy = evaluate_subnet(self.supernet, arch, ctx.data, bn_batches=self.supernet_bn_batches)
+        trial.set_user_attr("status", Status.SUPERNET)
+        trial.set_user_attr("accuracy_source", f"supernet {ctx.study_spec.supernet}")
+        trial.set_user_attr("val_accuracy", accuracy)
+        trial.set_user_attr("eval_seconds", time.perf_counter() - t0)
+        return objective_values(ctx.study_spec, accuracy, cost)
 
     def _reuse(self, trial: optuna.trial.BaseTrial, arch: ArchSpec, done: EvaluationRow,
                cost: dict[str, float]) -> list[float]:

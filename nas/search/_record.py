@@ -25,9 +25,11 @@ class Status:
     REUSED = "reused"  #: the same architecture was trained before at this fidelity
     PRUNED = "pruned"  #: stopped early (its partial curve is kept)
     FAILED = "failed"  #: training failed (a non-finite loss); ``fail_reason`` says why
+    #: evaluated with a supernet's weights (``accuracy_source`` names it): supernet accuracy, not stand-alone
+    SUPERNET = "supernet"
 
     #: Evaluated within the budget with a final accuracy: the candidates of the Pareto front.
-    EVALUATED = (TRAINED, REUSED)
+    EVALUATED = (TRAINED, REUSED, SUPERNET)
 
 
 @dataclass(frozen=True)

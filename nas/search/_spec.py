@@ -96,6 +96,7 @@ class StudySpec(BaseModel):
     fit_resolution: bool = declare(STUDY["fit_resolution"])
     input_size: int | None = declare(STUDY["input_size"], ge=4)
     val_fraction: float = declare(STUDY["val_fraction"], gt=0.0, lt=1.0)
+    supernet: str | None = declare(STUDY["supernet"], pattern=NAME_PATTERN)
     fidelity: Fidelity = Field(default_factory=Fidelity, description=STUDY["fidelity"].help)
 
     #: ``cost_device`` by name only, resolved later (the API's request body, ``StudyCreate``): a
@@ -216,6 +217,13 @@ class StudySpec(BaseModel):
                              f"{self.fidelity.epochs} epochs), got {rungs}")
         if self.proxy_candidates != STUDY["proxy_candidates"].default and self.proxy is None:
             raise ValueError("proxy_candidates applies with a proxy only; add --proxy NAME or leave it out")
+        if self.supernet is not None:
+            for f, bad in (("pruner", self.pruner != "none"), ("inherit_weights", self.inherit_weights),
+                           ("precision", self.precision != "fp32"), ("proxy", self.proxy is not None),
+                           ("fit_resolution", self.fit_resolution)):
+                if bad:
+                    raise ValueError(f"{f} does not apply to a study on a supernet (its subnets are evaluated with "
+                                     f"inherited weights, not trained); leave {f} out or drop --supernet")
         if self.pruner == "pareto" and "accuracy" not in self.objectives:
             raise ValueError(f"pruner 'pareto' compares validation accuracy; it needs accuracy among the objectives "
                              f"(got {','.join(self.objectives)})")
@@ -294,6 +302,8 @@ class StudySpec(BaseModel):
             out["inherit_weights"] = True
         if self.input_size is not None:  # images resized: another dataset, as far as accuracy goes
             out["input_size"] = self.input_size
+        if self.supernet is not None:  # supernet accuracy (inherited weights), not stand-alone training
+            out["supernet"] = self.supernet
         return out
 
     @property

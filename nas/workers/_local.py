@@ -51,6 +51,7 @@ class Progress:
     pareto: int
     pruned: int = 0
     rejected: int = 0
+    supernet: int = 0  #: evaluated with a supernet's weights (supernet accuracy), among ``feasible``
 
     @property
     def finished(self) -> int:
@@ -64,7 +65,9 @@ class Progress:
 
     def summary(self) -> str:
         """``12/16 within budget (10 trained, 2 reused, 1 stopped early), 40 rejected over budget, 0 failed``."""
-        parts = [f"{self.trained} trained", f"{self.feasible - self.trained} reused"]
+        parts = [f"{self.trained} trained", f"{self.feasible - self.trained - self.supernet} reused"]
+        if self.supernet:
+            parts = [f"{self.supernet} evaluated on the supernet"] + (parts if self.feasible > self.supernet else [])
         if self.pruned:
             parts.append(f"{self.pruned} stopped early")
         return (f"{self.finished}/{self.target} within budget ({', '.join(parts)}), {self.rejected} rejected over "
@@ -83,7 +86,8 @@ def progress(name: str, store: Store, target: int | None = None) -> Progress:
     rejected = sum(status_of(t) == Status.OVER_BUDGET for t in complete)
     return Progress(len(complete), tgt, sum(t.state == TrialState.RUNNING for t in trials),
                     sum(t.state == TrialState.FAIL for t in trials), len(feasible), trained, len(front),
-                    sum(t.state == TrialState.PRUNED for t in trials), rejected)
+                    sum(t.state == TrialState.PRUNED for t in trials), rejected,
+                    sum(status_of(t) == Status.SUPERNET for t in complete))
 
 
 def work(name: str, url: str, *, target: int | None = None, deadline: float | None = None, worker: int = 0,
