@@ -183,7 +183,7 @@ def fit(args: argparse.Namespace) -> None:
     if args.write:
         import objectives
 
-        coeffs_file = Path(objectives.__file__).with_name("tflm_model.json")
+        coeffs_file = Path(objectives.__file__).parent / "cost" / "tflm_model.json"
 
         coeffs_file.write_text(json.dumps({
             "source": f"bench/bench_deploy.py fit --data {args.data} --seed {args.seed}: least squares on {len(train)} "
@@ -242,7 +242,7 @@ def report(rows: list[dict], coeffs: dict[str, dict[str, float]]) -> None:
 
 def tiny(args: argparse.Namespace) -> None:
     """The smallest networks, where the interpreter's temporary planning records, not the activations, set
-    the arena's head: measured arena - persistent part against ``objectives._tflm.temporary_bytes``."""
+    the arena's head: measured arena - persistent part against ``objectives.cost._tflm.temporary_bytes``."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     import test_deploy as td
 
@@ -330,7 +330,7 @@ def main() -> None:
     f.add_argument("--fit-share", type=float, default=0.08, help="share of the networks fitted to (rest held out)")
     f.add_argument("--fit-also", default="bench/data/tflm_specs_tests.jsonl",
                    help="records always in the fit set (comma list of files)")
-    f.add_argument("--write", action="store_true", help="write the coefficients into objectives/tflm_model.json")
+    f.add_argument("--write", action="store_true", help="write the coefficients into objectives/cost/tflm_model.json")
     st = sub.add_parser("study")
     st.add_argument("--data", default="digits")
     st.add_argument("--space", default="plain")

@@ -6,7 +6,7 @@
 * ``probe``: ``nas hardware probe`` -> time the ONNX files with onnxruntime on this host -> ``nas
   hardware fit`` -> rank 100 other specs timed the same way.
 * ``profiles``: the shipped profiles fitted to published measurements (``bench/published.py``),
-  their validation tables; ``--write`` writes ``objectives/devices/*.toml``.
+  their validation tables; ``--write`` writes ``objectives/cost/devices/*.toml``.
 * ``speed``: what ``estimate_cost`` takes per spec with the operator-level model vs a roofline.
 
 Every timing of one part is taken in one interleaved session (``measure_latencies``: rounds over
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=30, help="timings per network")
     ap.add_argument("--others", type=int, default=100, help="specs ranked by the fitted profile ('probe')")
     ap.add_argument("--ort-threads", type=int, default=1, help="onnxruntime intra-op threads ('probe')")
-    ap.add_argument("--write", action="store_true", help="'profiles': write objectives/devices/*.toml")
+    ap.add_argument("--write", action="store_true", help="'profiles': write objectives/cost/devices/*.toml")
     args = ap.parse_args(argv)
     args.threads = [int(t) for t in args.threads.split(",")]
     t0 = time.time()

@@ -127,7 +127,7 @@ def study_child(policy: str, trials: int) -> dict:
     with the threads of ``policy``: ``fixed-2`` is lightnas before issue 28 (threads = cores),
     ``adaptive-2`` today's default (at most 2, the governor choosing)."""
     import nas.workers._local as local_mod
-    import objectives._train as train_mod
+    import objectives.train._train as train_mod
     from nas.search import create_study, demo_spec
     from nas.workers import run_study
     from objectives import ThreadGovernor

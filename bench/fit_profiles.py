@@ -1,5 +1,5 @@
 """Fit the shipped device profiles to published measurements and validate them on measurements
-not used in the fit. ``report(write=True)`` also writes ``objectives/devices/*.toml``.
+not used in the fit. ``report(write=True)`` also writes ``objectives/cost/devices/*.toml``.
 
     python bench/bench_latency.py profiles [--write]
 

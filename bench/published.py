@@ -1,6 +1,6 @@
 """Published device measurements as operator lists: the data the shipped profiles are fitted to.
 
-Each function turns a published network into the :class:`objectives._opmodel.Layer` list the
+Each function turns a published network into the :class:`objectives.cost._opmodel.Layer` list the
 operator-level model costs, following the code that built the measured network (cited per
 function). The measurements themselves are in ``bench/data/published/`` (see its README for
 where every file comes from, and the licences).

@@ -1,70 +1,12 @@
-"""What a network costs and how well it does: hardware-cost model, device profiles, budgets."""
+"""What a network costs and how well it does, in two rooms with a face each: ``objectives.cost``
+(operation counts, device profiles, budgets, feasibility, latency, TFLM RAM and flash) and
+``objectives.train`` (data, the training loop, distillation, proxies, the supernet). Beside them:
+users' files (``_files``), atomic outputs (``_out``), the ONNX writer and the int8 deployment
+(``_int8``). This face re-exports what ``nas`` and users call."""
 
 from __future__ import annotations
 
-from ._accel import (
-    AMP_MODES,
-    AUGMENTATIONS,
-    DevicePlan,
-    ThreadGovernor,
-    augment_batch,
-    device_plan,
-    usable_cpus,
-    worker_devices,
-)
-from ._analytic import analytic_layers
-from ._budget import (
-    ALIASES,
-    Budget,
-    BudgetError,
-    Condition,
-    check_runtime_resources,
-    format_amount,
-    parse_budget,
-    parse_conditions,
-    resolve_resource,
-)
-from ._cost import (
-    RESOURCES,
-    RUNTIME_RESOURCES,
-    CostReport,
-    LayerCost,
-    estimate_cost,
-    reference_count,
-    trace_layers,
-)
-from ._data import DATA_SOURCES, DataError, Dataset, check_source, describe_sources, load_dataset
-from ._devices import (
-    DeviceError,
-    DeviceProfile,
-    Validation,
-    get_device,
-    list_devices,
-    load_device_file,
-    nas_home,
-    parse_profile,
-    save_device,
-    shipped_profile_path,
-    stored_profiles,
-    use_stored_profiles,
-    user_profile_path,
-)
-from ._distill import Distillation, kd_loss, teacher_logits
-from ._feasibility import (
-    USABLE_SHARE,
-    WARN_SHARE,
-    Feasibility,
-    SpaceFit,
-    assess,
-    fit_space,
-    most_scaled,
-    resized_shape,
-    sample_within,
-    smaller_inputs,
-    space_minimum,
-    space_share,
-)
-from ._files import MAX_PROFILE_BYTES, check_user_file, open_profile, read_user_file, read_user_text
+from ._files import MAX_PROFILE_BYTES, check_user_file, read_user_file, read_user_text
 from ._int8 import (
     ArenaReport,
     DeployError,
@@ -89,63 +31,133 @@ from ._int8 import (
     to_onnx_int8,
     to_tflite,
 )
-from ._latency import (
-    LOW_PERCENTILE,
-    CalibrationResult,
-    calibrate_host,
-    default_calibration_set,
-    fit_roofline,
-    measure_latencies,
-    measure_latency,
-    resolve_device,
-    roofline_ms,
-    time_rounds,
-)
 from ._onnx import write_onnx
-from ._opmodel import (
+from ._out import OUT_DIR_ACCEPTED, check_out_dir, write_files
+from .cost import (
+    ALIASES,
+    LOW_PERCENTILE,
     OP_CLASSES,
+    RESOURCES,
+    RUNTIME_RESOURCES,
+    USABLE_SHARE,
+    WARN_SHARE,
+    Budget,
+    BudgetError,
+    CalibrationResult,
+    Condition,
+    CostReport,
+    DeviceError,
+    DeviceProfile,
+    Feasibility,
     Layer,
+    LayerCost,
+    MeasurementError,
     OpClassParams,
     OpModel,
+    Probe,
+    SpaceFit,
+    Validation,
     add_layer,
+    analytic_layers,
+    assess,
+    board_power,
+    calibrate_host,
+    check_runtime_resources,
     conv_layer,
     cross_validate,
+    default_calibration_set,
+    estimate_cost,
+    fit_measurements,
     fit_opmodel,
+    fit_roofline,
+    fit_space,
+    flash_bytes,
+    format_amount,
+    get_device,
     kendall_tau,
     layers_from_ops,
     linear_layer,
+    list_devices,
+    load_device_file,
+    measure_latencies,
+    measure_latency,
     median_abs_ln_error,
+    most_scaled,
+    nas_home,
     op_classes,
+    open_profile,
+    parse_budget,
+    parse_conditions,
+    parse_profile,
+    persistent_bytes,
+    planned_bytes,
     pool_layer,
     predict_many,
+    probe_set,
+    ram_bytes,
+    reference_count,
+    resized_shape,
+    resolve_device,
+    resolve_resource,
+    roofline_ms,
+    sample_within,
+    save_device,
+    shipped_profile_path,
+    smaller_inputs,
+    space_minimum,
+    space_share,
+    stored_profiles,
+    temporary_bytes,
+    tflite_graph,
+    time_rounds,
+    trace_layers,
+    use_stored_profiles,
+    user_profile_path,
+    write_probes,
 )
-from ._out import OUT_DIR_ACCEPTED, check_out_dir, write_files
-from ._probe import FAMILIES as PROBE_FAMILIES
-from ._probe import MeasurementError, Probe, board_power, fit_measurements, probe_set, write_probes
-from ._proxies import (
+from .cost import FAMILIES as PROBE_FAMILIES
+from .train import (
+    AMP_MODES,
+    AUGMENTATIONS,
+    DATA_SOURCES,
     PROXIES,
     VOTE,
     VOTE_MEMBERS,
+    DataError,
+    Dataset,
+    DevicePlan,
+    Distillation,
     ProxyBatch,
     ProxyError,
-    check_proxy,
-    proxy_batch,
-    score_arch,
-    score_model,
-    vote_scores,
-)
-from ._supernet import SupernetEpoch, SupernetResult, evaluate_subnet, recalibrate_bn, train_supernet
-from ._tflm import flash_bytes, persistent_bytes, planned_bytes, ram_bytes, temporary_bytes, tflite_graph
-from ._train import (
+    SupernetEpoch,
+    SupernetResult,
+    ThreadGovernor,
     TrainConfig,
     TrainingError,
     TrainResult,
+    augment_batch,
+    check_proxy,
+    check_source,
+    describe_sources,
+    device_plan,
     evaluate,
+    evaluate_subnet,
     frozen_except,
+    kd_loss,
+    load_dataset,
     num_threads,
+    proxy_batch,
+    recalibrate_bn,
+    score_arch,
+    score_model,
+    teacher_logits,
     threads_per_worker,
     train_model,
     train_spec,
+    train_supernet,
+    usable_cpus,
+    vote_scores,
+    worker_devices,
 )
 
 __all__ = [

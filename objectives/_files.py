@@ -15,17 +15,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ._devices import DeviceError, get_device, nas_home, parse_profile, shipped_profile_path, stored_profiles
-
-if TYPE_CHECKING:
-    from ._devices import DeviceProfile
-
-__all__ = ["MAX_PROFILE_BYTES", "check_user_file", "describe_size", "open_profile", "read_user_file",
-           "read_user_text"]
+__all__ = ["MAX_PROFILE_BYTES", "check_user_file", "describe_size", "read_user_file", "read_user_text"]
 
 #: Largest device profile file: a profile with a per-layer lookup table of thousands of layers is
 #: a few hundred kilobytes.
@@ -140,43 +131,3 @@ def read_user_text(path: str | os.PathLike[str], what: str, max_bytes: int, *, e
         raise error(f"{what}: {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); accepted: "
                     f"{accepted}") from None
 
-
-def _profile_file(name: str, stored: Mapping[str, str]) -> Path | None:
-    """The file :func:`get_device` reads for profile ``name`` (the user's before the shipped one),
-    None when it reads none (a profile of the study database, or an unknown name)."""
-    if name in stored:
-        return None
-    user = nas_home() / "devices" / f"{name}.toml"
-    if os.path.lexists(user):  # False for a name no file system takes (too long, a NUL byte)
-        return user
-    try:
-        return shipped_profile_path(name)
-    except (OSError, ValueError):  # such a name: get_device says it is unknown
-        return None
-
-
-def open_profile(name: str, stored: Mapping[str, str] | None = None) -> DeviceProfile:
-    """:func:`get_device` that cannot hang: a profile given by path is read with
-    :func:`read_user_file`; a profile's file in ``$NAS_HOME/devices`` is checked the same way
-    before it is read; TOML nested too deeply is one line too. ``stored``: the profiles of a study
-    database (name -> TOML text), which come first, as they do for :func:`get_device` once
-    ``use_stored_profiles`` made them known.
-
-    Raises:
-        DeviceError: unknown name (listing the valid ones), a file that is not a regular file of at
-            most :data:`MAX_PROFILE_BYTES`, not UTF-8, not TOML or not a valid profile.
-    """
-    try:
-        if name.endswith(".toml") or os.sep in name:
-            text = read_user_text(name, "device profile", MAX_PROFILE_BYTES, error=DeviceError,
-                                  accepted="a profile TOML file (TOML is UTF-8)")
-            return parse_profile(text, name)
-        if stored and name in stored:
-            return parse_profile(stored[name], f"{name!r} (stored in the study database)")
-        path = _profile_file(name, stored_profiles())
-        if path is not None:
-            check_user_file(path, f"device profile {name!r}", MAX_PROFILE_BYTES, error=DeviceError)
-        return get_device(name)
-    except RecursionError:
-        raise DeviceError(f"device profile {name!r}: TOML nested too deeply to read; accepted: a profile as 'nas "
-                          "hardware fit' writes it") from None

@@ -253,7 +253,7 @@ def quantize_qat(model: nn.Module, data: Any, config: Any) -> Int8Model:
     converted: the int8 network to score and to lower. BatchNorm is folded first because torchao's
     conv-bn QAT patterns do not trace with this torch (and a folded network is what the device runs)."""
     require_deploy("quantization-aware training")
-    from ._train import train_model
+    from .train._train import train_model
 
     with _quiet():
         from litert_torch.quantize import pt2e_quantizer as pq

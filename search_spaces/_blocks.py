@@ -5,7 +5,7 @@ As timm keys its block builders by type (``_block_registry`` in ``timm/models/by
 it has, the units it runs and which width each reads and writes, whether it adds a skip
 connection, and how many weight layers it puts on the main path. Validation, the builder, the
 analytic cost model and model surgery read it instead of branching on type names; the builder's
-modules (``search_spaces._build``) and the cost model's operation lists (``objectives._analytic``)
+modules (``search_spaces._build``) and the cost model's operation lists (``objectives.cost._analytic``)
 are keyed by the same names, and a test holds the three together.
 
 Widths are named symbolically: ``in`` (the block's input width), ``mid``, ``mid2`` (its inner

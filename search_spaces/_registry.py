@@ -43,7 +43,7 @@ class SearchSpace:
     :meth:`suggest_globals` (choices every stage sees, e.g. the stem width), :meth:`stem`,
     :meth:`suggest_stage` once per stage (given the width that enters it) and
     :meth:`suggest_head`. Cost is additive over these segments, which is what lets
-    :mod:`objectives._feasibility` find a space's exact minimum stage by stage.
+    :mod:`objectives.cost._feasibility` find a space's exact minimum stage by stage.
 
     Everything uses Optuna's define-by-run API only, so it works with any sampler, with
     ``optuna.trial.FixedTrial`` and with the enumerating and random trials of this module.

@@ -17,7 +17,7 @@ import torch.utils._python_dispatch
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-import objectives._distill
+import objectives.train._distill
 from nas.refine import RefineSettings
 from objectives import Distillation, TrainConfig, TrainingError, load_dataset, teacher_logits, train_model
 from search_spaces import ArchSpec, Block, Stage, Stem, build_model
@@ -74,13 +74,13 @@ def _refine_run(data, augmentation: str):
 def _spy_kd_loss(monkeypatch) -> list[torch.Tensor]:
     """The teacher logits every KD loss of training is computed against."""
     seen: list[torch.Tensor] = []
-    real = objectives._distill.kd_loss
+    real = objectives.train._distill.kd_loss
 
     def spy(student, teacher, targets, **kw):
         seen.append(teacher.detach().clone())
         return real(student, teacher, targets, **kw)
 
-    monkeypatch.setattr(objectives._distill, "kd_loss", spy)
+    monkeypatch.setattr(objectives.train._distill, "kd_loss", spy)
     return seen
 
 
@@ -184,10 +184,10 @@ def test_threads_per_worker_follows_the_cpu_affinity():
 
 
 def test_a_cgroup_v2_cpu_quota_caps_the_cpus(tmp_path):
-    import objectives._accel
+    import objectives.train._accel
     from objectives import usable_cpus
 
-    _cgroup_cpu_quota = objectives._accel._cgroup_cpu_quota  # a private reader, tested on a fake cgroup tree
+    _cgroup_cpu_quota = objectives.train._accel._cgroup_cpu_quota  # a private reader, tested on a fake cgroup tree
 
     root = tmp_path / "cgroup"
     (root / "job" / "worker").mkdir(parents=True)

@@ -73,7 +73,7 @@ def _data_info(data: Dataset, shape: tuple[int, int, int]) -> dict[str, Any]:
 
 def plan_study(study_spec: StudySpec, data: Dataset | None = None) -> StudyPlan:
     """Budget first, before anything is written or trained: the exact minimum of every budgeted
-    resource over the space and its share within the budget (:mod:`objectives._feasibility`);
+    resource over the space and its share within the budget (:mod:`objectives.cost._feasibility`);
     the space fitted to the budget when too little of it fits (``study_spec.fit_space``); a budget no
     architecture reaches is refused.
 

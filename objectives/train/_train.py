@@ -46,10 +46,10 @@ from torch import nn
 
 from search_spaces import ArchSpec, build_model
 
+from ..cost._latency import resolve_device
 from ._accel import AMP_MODES, AUGMENTATIONS, DevicePlan, ThreadGovernor, augment_batch, device_plan, usable_cpus
 from ._data import Dataset
 from ._distill import Distillation
-from ._latency import resolve_device
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingError", "evaluate", "frozen_except", "num_threads",
            "threads_per_worker", "train_model", "train_spec"]
@@ -177,7 +177,7 @@ class TrainResult:
 
 def threads_per_worker(workers: int) -> int:
     """CPU threads each of ``workers`` processes may use so that workers x threads <= the CPUs this
-    process may run on (:func:`usable_cpus` in objectives/_accel.py: affinity and cgroup quota, not the
+    process may run on (:func:`usable_cpus` in objectives/train/_accel.py: affinity and cgroup quota, not the
     machine's count).
 
     Example:

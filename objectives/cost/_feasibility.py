@@ -55,12 +55,12 @@ WARN_SHARE = 0.01
 SHARE_SAMPLES = 2000
 FIT_SAMPLES = 300
 
-#: Which segment field each resource is an increasing function of (``objectives._cost``).
+#: Which segment field each resource is an increasing function of (``objectives.cost._cost``).
 _FIELD_OF = {"macs": "macs", "flops": "macs", "params": "params", "weight_bytes": "params",
              "activation_bytes": "out_elems", "mem_traffic_bytes": "traffic",
              "peak_activation_bytes": "live", "latency_ms": "latency_ms", "energy_uj": "energy_uj",
              "flash_bytes": "tfl_flash", "ram_bytes": "tfl_tail"}
-#: The segment fields of the cost model, and two of the TFLM artifact (``objectives._tflm.segment_parts``;
+#: The segment fields of the cost model, and two of the TFLM artifact (``objectives.cost._tflm.segment_parts``;
 #: zero for a profile without a device runtime): the file's and the persistent arena's parts.
 FIELDS = (*SEGMENT_FIELDS, "tfl_flash", "tfl_tail")
 _MAX_FIELD = FIELDS.index("live")

@@ -2,11 +2,11 @@
 
 No model is built and nothing is traced: each block type has a function that lists the
 operations its module runs (``search_spaces._build``), in execution order, with the counts the
-traced reference (:func:`objectives._cost.trace_layers`) records from the built model. The tests
+traced reference (:func:`objectives.cost._cost.trace_layers`) records from the built model. The tests
 hold the two equal, row for row, over every registered space, block type, LightLayer rank and
 many input shapes; thop agrees with both on conv/linear MACs and params.
 
-Conventions (those of the traced path, see ``objectives._cost``):
+Conventions (those of the traced path, see ``objectives.cost._cost``):
 
 * a convolution's MACs are output elements x (input channels / groups) x kernel area, a linear
   layer's output features x input features (thop's convention);
@@ -16,7 +16,7 @@ Conventions (those of the traced path, see ``objectives._cost``):
   when the input is not that tensor (the shortcut runs first, see ``search_spaces._build``).
 
 The functions are split by segment (stem, one block, head) so that the exact minimum of a space
-(:mod:`objectives._feasibility`) can cost a stage without building whole specs.
+(:mod:`objectives.cost._feasibility`) can cost a stage without building whole specs.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Hardware-cost model: per-layer MACs, params, bytes moved, live memory, latency, energy.
 
-The operations of a spec come from its shapes alone (:mod:`objectives._analytic`, no model
+The operations of a spec come from its shapes alone (:mod:`objectives.cost._analytic`, no model
 built): a few hundred microseconds per spec, so budget-first search can look at thousands of
 candidates. The reference, :func:`trace_layers`, builds the network on PyTorch's ``meta`` device
 (shapes, no storage) and records every operation with forward hooks; the tests hold the two
@@ -21,7 +21,7 @@ block when that is a different tensor (residual blocks compute their shortcut fi
 ``search_spaces._build``); ``peak_activation_bytes`` is the largest ``live`` (MCUNet's
 bottleneck on microcontrollers, Lin et al., NeurIPS 2020).
 
-Latency, for a profile with an operator-level model (``[opmodel]``, :mod:`objectives._opmodel`):
+Latency, for a profile with an operator-level model (``[opmodel]``, :mod:`objectives.cost._opmodel`):
 each operation's predicted latency as a fused kernel of its operator class and shape (nn-Meter's
 per-kernel sum, Zhang et al., MobiSys 2021; the model's compute and memory terms are the
 roofline's, Williams, Waterman, Patterson, CACM 52(4), 2009), or the profile's measured value
@@ -144,7 +144,7 @@ def _layered(prof: DeviceProfile) -> bool:
 def op_terms(op: Op, prof: DeviceProfile, cls: str | None = None,
              memo: dict[tuple[object, ...], float] | None = None) -> tuple[int, float, float]:
     """Bytes moved, latency (ms) and energy (uJ) of one operation on a device. ``cls`` is its
-    operator class (``objectives._opmodel.op_classes`` of the operations around it), needed by
+    operator class (``objectives.cost._opmodel.op_classes`` of the operations around it), needed by
     profiles with an operator-level model or a lookup table; ``memo`` is the profile's
     ``layer_latency_memo()`` when the caller costs many operations."""
     bpe = prof.bytes_per_element
@@ -222,7 +222,7 @@ def totals_from_terms(terms: Sequence[float], input_elems: int, prof: DeviceProf
 
 def runtime_totals(spec: ArchSpec, shape: tuple[int, int, int], num_classes: int,
                    prof: DeviceProfile) -> dict[str, float]:
-    """``ram_bytes`` and ``flash_bytes`` of the int8 artifact in the profile's runtime (:mod:`objectives._tflm`);
+    """``ram_bytes`` and ``flash_bytes`` of the int8 artifact in the profile's runtime (:mod:`objectives.cost._tflm`);
     nothing for a profile without one."""
     if prof.memory_runtime != "tflm":
         return {}

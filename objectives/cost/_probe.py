@@ -1,5 +1,5 @@
 """Probe networks: a set of small networks chosen so that timing them identifies the operator-level
-latency model (:mod:`objectives._opmodel`) of a device.
+latency model (:mod:`objectives.cost._opmodel`) of a device.
 
 A quarter of a probe set is *designed*: a stem, ``d`` copies of one block type at one width and
 input size, and the head, for every family below in turn, with widths, sizes, kernels and
@@ -33,10 +33,10 @@ from pathlib import Path
 
 from search_spaces import ArchSpec, Block, Head, SpecError, Stage, Stem, get_space, list_spaces, sample_spec
 
+from .._files import read_user_text
+from .._out import FileContent, check_out_dir, write_files
 from ._devices import DeviceError, DeviceProfile
-from ._files import read_user_text
 from ._opmodel import OP_CLASSES, Layer, add_layer, conv_layer, linear_layer, pool_layer
-from ._out import FileContent, check_out_dir, write_files
 
 __all__ = ["FAMILIES", "LUT_COLUMNS", "MANIFEST", "MeasurementError", "Probe", "ProbeMeasurement",
            "fit_device_profile", "fit_measurements", "measurement_kind", "probe_set", "read_lut",
@@ -226,7 +226,7 @@ specs/ holds every network as a lightnas ArchSpec (JSON).
 def _export_onnx(probe: Probe, path: Path) -> None:
     from search_spaces import build_model
 
-    from ._onnx import write_onnx
+    from .._onnx import write_onnx
 
     write_onnx(build_model(probe.spec, probe.input_shape, probe.num_classes), probe.input_shape, path,
                dynamic_batch=False)
@@ -545,7 +545,7 @@ def fit_device_profile(name: str, nets: list[list[Layer]], latency_ms: list[floa
     when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     what = "probe networks" if kind == "probes" else "layers of a per-layer lookup table"
     how = (f"Fitted by 'nas hardware fit' on {when} to {len(nets)} {what} measured by the user ({source}): "
-           "operator-level model (objectives/_opmodel.py), robust regression in log space")
+           "operator-level model (objectives/cost/_opmodel.py), robust regression in log space")
     validation = [Validation(data=f"{cv.folds}-fold cross-validation on the {len(nets)} {what}",
                              source=f"measured by the user: {source}",
                              n_fit=len(nets) - len(nets) // cv.folds, n_test=len(nets), tau=cv.tau,

@@ -157,7 +157,7 @@ def add_layer(c: int, h: int, w: int) -> Layer:
 
 
 def op_classes(ops: Sequence[Op]) -> tuple[str, ...]:
-    """The operator class of every analytic operation (``objectives._analytic``): a LightConv2d
+    """The operator class of every analytic operation (``objectives.cost._analytic``): a LightConv2d
     pair is recognised by its names (``<conv>.conv.reduce`` directly followed by
     ``<conv>.conv.expand``)."""
     out = []

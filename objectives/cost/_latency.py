@@ -1,8 +1,8 @@
 """Measured latency on this machine and calibration of the ``host`` device profile.
 
-``calibrate_host`` times the probe networks of :mod:`objectives._probe` (designed to tell the
+``calibrate_host`` times the probe networks of :mod:`objectives.cost._probe` (designed to tell the
 operator classes apart, plus samples of every space) with :func:`measure_latencies` and fits
-the operator-level latency model (:mod:`objectives._opmodel`) to them; the profile records the
+the operator-level latency model (:mod:`objectives.cost._opmodel`) to them; the profile records the
 model's cross-validated tau and error on those networks.
 
 Timing on a shared machine: interference (other processes, a busy SMT sibling, frequency
@@ -207,7 +207,7 @@ class CalibrationResult:
 
 
 def default_calibration_set(n: int = 360, seed: int = 0) -> list[tuple[ArchSpec, tuple[int, int, int]]]:
-    """The ``n`` probe networks of :func:`objectives._probe.probe_set` as ``(spec, input_shape)``."""
+    """The ``n`` probe networks of :func:`objectives.cost._probe.probe_set` as ``(spec, input_shape)``."""
     from ._probe import probe_set
 
     return [(p.spec, p.input_shape) for p in probe_set(n, seed)]
@@ -261,7 +261,8 @@ def calibrate_host(specs: Sequence[tuple[ArchSpec, tuple[int, int, int]]] | None
     cv = cross_validate(nets, measured, folds=folds)
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     how = (f"Fitted by 'nas hardware calibrate' on {when}: {platform.processor() or platform.machine()}, "
-           f"{threads} threads, torch {torch.__version__}, device {dev}; operator-level model (objectives/_opmodel.py) "
+           f"{threads} threads, torch {torch.__version__}, device {dev}; operator-level model "
+           "(objectives/cost/_opmodel.py) "
            f"fitted by robust regression in log space to {len(pairs)} probe networks, each the 10th percentile "
            f"of {rounds} interleaved timings")
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 8 * 1024**3

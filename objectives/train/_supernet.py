@@ -38,10 +38,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from search_spaces import ArchSpec, SpecError, SuperNet
 
+from ..cost._latency import resolve_device
 from ._accel import augment_batch
 from ._data import Dataset
 from ._distill import kd_loss
-from ._latency import resolve_device
 from ._train import TrainConfig, TrainingError, _lr_factor, _param_groups, _seeded, evaluate, num_threads
 
 __all__ = ["SupernetEpoch", "SupernetResult", "evaluate_subnet", "recalibrate_bn", "train_supernet"]

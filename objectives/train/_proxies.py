@@ -190,8 +190,8 @@ def _params(model: nn.Module, batch: ProxyBatch) -> float:
 
 
 def _flops(model: nn.Module, batch: ProxyBatch) -> float:
-    """FLOPs (2 x MACs) of one example, from the analytic cost model (objectives/_analytic.py)."""
-    from ._cost import estimate_cost
+    """FLOPs (2 x MACs) of one example, from the analytic cost model (objectives/cost/_analytic.py)."""
+    from ..cost._cost import estimate_cost
 
     spec = getattr(model, "spec", None)
     if not isinstance(spec, ArchSpec):

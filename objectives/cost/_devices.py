@@ -1,6 +1,6 @@
 """Device profiles: the numbers the latency and energy model need, shipped as TOML.
 
-Shipped profiles live in ``objectives/devices/*.toml``; users add their own files to
+Shipped profiles live in ``objectives/cost/devices/*.toml``; users add their own files to
 ``$NAS_HOME/devices`` (default ``~/.lightnas/devices``) or pass a path; a study database can
 hold profiles too (``nas hardware fit`` stores them there, so that workers on other hosts cost
 with the same numbers; see :func:`use_stored_profiles`). Every number of a shipped profile
@@ -8,7 +8,7 @@ cites its source in a ``[sources]`` table (the tests enforce it). The ``host`` p
 written by ``nas hardware calibrate`` from measurements of this machine.
 
 A profile predicts latency with its operator-level model (``[opmodel]``, see
-:mod:`objectives._opmodel`) when it has one, else with the per-layer roofline of its peak
+:mod:`objectives.cost._opmodel`) when it has one, else with the per-layer roofline of its peak
 MAC/s, bandwidth and per-layer overhead. A per-layer lookup table (``[lut]``: layer signature
 -> milliseconds) overrides the model for the layers it lists. ``[[validation]]`` records how
 well the profile predicted measurements it was not fitted to. Energy is the board's power over
@@ -23,12 +23,13 @@ import math
 import os
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .._files import MAX_PROFILE_BYTES, check_user_file, read_user_text
 from ._opmodel import OpModel
 
 if sys.version_info >= (3, 11):
@@ -37,8 +38,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["DTYPE_BYTES", "DeviceError", "DeviceProfile", "Validation", "device_dirs", "get_device", "list_devices",
-           "load_device_file", "nas_home", "parse_profile", "save_device", "shipped_profile_path", "stored_profiles",
-           "use_stored_profiles", "user_profile_path"]
+           "load_device_file", "nas_home", "open_profile", "parse_profile", "save_device", "shipped_profile_path",
+           "stored_profiles", "use_stored_profiles", "user_profile_path"]
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 SHIPPED_DIR = Path(__file__).with_name("devices")
@@ -129,7 +130,7 @@ class DeviceProfile(BaseModel):
 
     def layer_latency_memo(self) -> dict[tuple[object, ...], float]:
         """Latency (ms) of the layers already costed with this profile object, by operator class
-        and shape: a search costs the same layer shapes over and over (``objectives._cost``).
+        and shape: a search costs the same layer shapes over and over (``objectives.cost._cost``).
         Kept beside the profile, not in it (a copy or an equal profile starts its own), dropped
         with it, and cleared when it grows large."""
         memo = _LAYER_MS.get(id(self))
@@ -293,7 +294,7 @@ def get_device(name: str) -> DeviceProfile:
 
 
 def shipped_profile_path(name: str) -> Path | None:
-    """The file of the shipped profile ``name`` (``objectives/devices``), None when none is shipped."""
+    """The file of the shipped profile ``name`` (``objectives/cost/devices``), None when none is shipped."""
     path = SHIPPED_DIR / f"{name}.toml"
     return path if path.is_file() else None
 
@@ -315,7 +316,7 @@ def save_device(profile: DeviceProfile, directory: Path | None = None, *,
     Raises:
         DeviceError: the directory cannot be written (one line naming it).
     """
-    from ._out import write_files
+    from .._out import write_files
 
     d = directory or nas_home() / "devices"
     what = "device profile directory" if directory is not None else "$NAS_HOME/devices"
@@ -324,3 +325,44 @@ def save_device(profile: DeviceProfile, directory: Path | None = None, *,
                 accepted="accepted: a directory you may write (set $NAS_HOME to one)" if directory is None
                 else "accepted: a directory you may write", before_commit=before_commit)
     return path
+
+
+def _profile_file(name: str, stored: Mapping[str, str]) -> Path | None:
+    """The file :func:`get_device` reads for profile ``name`` (the user's before the shipped one),
+    None when it reads none (a profile of the study database, or an unknown name)."""
+    if name in stored:
+        return None
+    user = nas_home() / "devices" / f"{name}.toml"
+    if os.path.lexists(user):  # False for a name no file system takes (too long, a NUL byte)
+        return user
+    try:
+        return shipped_profile_path(name)
+    except (OSError, ValueError):  # such a name: get_device says it is unknown
+        return None
+
+
+def open_profile(name: str, stored: Mapping[str, str] | None = None) -> DeviceProfile:
+    """:func:`get_device` that cannot hang: a profile given by path is read with
+    :func:`read_user_file`; a profile's file in ``$NAS_HOME/devices`` is checked the same way
+    before it is read; TOML nested too deeply is one line too. ``stored``: the profiles of a study
+    database (name -> TOML text), which come first, as they do for :func:`get_device` once
+    ``use_stored_profiles`` made them known.
+
+    Raises:
+        DeviceError: unknown name (listing the valid ones), a file that is not a regular file of at
+            most :data:`MAX_PROFILE_BYTES`, not UTF-8, not TOML or not a valid profile.
+    """
+    try:
+        if name.endswith(".toml") or os.sep in name:
+            text = read_user_text(name, "device profile", MAX_PROFILE_BYTES, error=DeviceError,
+                                  accepted="a profile TOML file (TOML is UTF-8)")
+            return parse_profile(text, name)
+        if stored and name in stored:
+            return parse_profile(stored[name], f"{name!r} (stored in the study database)")
+        path = _profile_file(name, stored_profiles())
+        if path is not None:
+            check_user_file(path, f"device profile {name!r}", MAX_PROFILE_BYTES, error=DeviceError)
+        return get_device(name)
+    except RecursionError:
+        raise DeviceError(f"device profile {name!r}: TOML nested too deeply to read; accepted: a profile as 'nas "
+                          "hardware fit' writes it") from None
