@@ -75,6 +75,11 @@ def check_out_dir(out: str | os.PathLike[str], what: str = "--to", *, error: typ
         raise error(f"{what}: empty; {accepted}")
     if "\x00" in text:
         raise error(f"{what}: the path {text[:100]!r} contains a NUL byte; {accepted}")
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError as e:  # a lone surrogate (from Python, not a command line): no file system name
+        raise error(f"{what}: the path {text[:100]!r} has a character no file name can hold "
+                    f"({text[e.start]!r}); {accepted}") from None
     long = [p for p in text.split(os.sep) if len(os.fsencode(p)) > _NAME_MAX]
     if long:
         raise _out_error(what, out, f"has a name of {len(os.fsencode(long[0])):,} bytes (the limit is "
