@@ -7,8 +7,8 @@ from __future__ import annotations
 from ._create import StudyPlan, create_study, describe_plan, plan_study, prepare_study, store_study
 from ._demo import DEMO_BUDGET, demo_spec
 from ._early import EarlyStop, Peer, best_by, dominators, peers_of, rung_epochs
-from ._inherit import Parent, pick_parent
-from ._objective import CONSTRAINTS_KEY, StudyContext, TrialObjective, load_context, objective_values
+from ._inherit import pick_parent
+from ._objective import CONSTRAINTS_KEY, TrialObjective, load_context
 from ._pareto import (
     dominates,
     front_trials,
@@ -19,11 +19,10 @@ from ._pareto import (
     test_accuracy,
     where_filter,
 )
-from ._proxy import ProxySampler, ProxyScorer, study_correlations
+from ._proxy import ProxyScorer, study_correlations
 from ._record import Status, TrialRecord, damaged_trials, record_of, status_of
 from ._samplers import make_pruner, make_sampler, resolve_sampler
 from ._spec import (
-    OBJECTIVES,
     PROXY_NAMES,
     PRUNERS,
     SAMPLERS,
@@ -37,7 +36,6 @@ from ._spec import (
 from ._studies import (
     DataShape,
     StudyEntry,
-    check_name_free,
     check_study_exists,
     delete_study,
     get_study_spec,
@@ -48,9 +46,6 @@ from ._studies import (
 )
 from ._supernet import (
     SUPERNET_PREFIX,
-    SupernetRecord,
-    SupernetSpec,
-    check_supernet_study,
     get_supernet,
     list_supernets,
     load_supernet,
@@ -60,12 +55,11 @@ from ._supernet import (
     supernet_study_fields,
     train_stored_supernet,
 )
-from ._warm import WarmStart, arch_from_doc, cheapest_anchors, plan_warm_start, read_spec_file, warm_start
+from ._warm import arch_from_doc, warm_start
 
 __all__ = [
     "CONSTRAINTS_KEY",
     "DEMO_BUDGET",
-    "OBJECTIVES",
     "PROXY_NAMES",
     "PRUNERS",
     "SAMPLERS",
@@ -73,28 +67,19 @@ __all__ = [
     "SUPERNET_PREFIX",
     "DataShape",
     "EarlyStop",
-    "Parent",
     "Peer",
-    "ProxySampler",
     "ProxyScorer",
     "Fidelity",
     "Status",
-    "StudyContext",
     "StudyEntry",
     "StudyPlan",
     "StudySpec",
-    "SupernetRecord",
-    "SupernetSpec",
     "TrialObjective",
     "TrialRecord",
     "damaged_trials",
-    "WarmStart",
     "arch_from_doc",
     "best_by",
-    "cheapest_anchors",
-    "check_name_free",
     "check_study_exists",
-    "check_supernet_study",
     "create_study",
     "prepare_study",
     "store_study",
@@ -116,7 +101,6 @@ __all__ = [
     "make_sampler",
     "make_spec",
     "make_supernet_spec",
-    "objective_values",
     "one_line_error",
     "pareto_rows",
     "past_drop",
@@ -124,9 +108,7 @@ __all__ = [
     "pick_parent",
     "parse_stored_spec",
     "plan_study",
-    "plan_warm_start",
     "prepare_supernet",
-    "read_spec_file",
     "record_of",
     "refined_points",
     "require_supernet",

@@ -29,7 +29,7 @@ def make_sampler(study_spec: StudySpec, worker: int = 0, n_target: int | None = 
                  data: Dataset | None = None, threads: int | None = 1) -> optuna.samplers.BaseSampler:
     """The study's sampler, seeded per worker (``seed + worker``, modulo 2**32: NumPy's range).
 
-    With a proxy (``study_spec.proxy``) it is wrapped in :class:`nas.search.ProxySampler`, which
+    With a proxy (``study_spec.proxy``) it is wrapped in :class:`nas.search._proxy.ProxySampler`, which
     caches scores in ``store`` and scores on ``data`` (loaded when not given).
     """
     seed = (study_spec.seed + worker) % 2**32
