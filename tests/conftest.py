@@ -54,7 +54,7 @@ def _unavailable(reason: str) -> NoReturn:
 #: Fixtures that put a test in the slow tier (``make test-slow``; ``make test`` runs the rest): real
 #: servers, browsers and clusters. Markers come from what a test uses, not from a hand-kept list.
 SLOW_FIXTURES = {"postgres_url": "PostgreSQL", "private_postgres": "PostgreSQL", "chromium": "Chromium",
-                 "local_ray": "Ray"}
+                 "local_ray": "Ray", "user_env": "a real process (signals, a user's shell)"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -241,6 +241,16 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def user_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of ``nas`` run as a real process, as a user's shell runs it (its own
+    ``$NAS_HOME``, no ``$NAS_STORAGE``): for tests that need the process itself (signals, exit
+    status by a signal). Using it puts a test in the slow tier."""
+    env = {**os.environ, "NAS_HOME": str(tmp_path / "home")}
+    env.pop("NAS_STORAGE", None)
+    return env
+
+
+@pytest.fixture
 def store(storage_url: str) -> Iterator[object]:
     """A :class:`storage.Store` on ``storage_url`` (SQLite, and PostgreSQL in the slow tier), closed after."""
     from storage import Store
@@ -335,6 +345,28 @@ def nas(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     if check and r.returncode != 0:
         raise AssertionError(f"nas {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
     return r
+
+
+def nas_here(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """:func:`nas` in this process (where a process of its own adds nothing: a refusal, a query):
+    run in ``cwd`` with ``$NAS_HOME`` there and ``$NAS_STORAGE`` unset, both restored after."""
+    saved = {k: os.environ.get(k) for k in ("NAS_HOME", "NAS_STORAGE")}
+    old = os.getcwd()
+    os.environ["NAS_HOME"] = str(cwd / "home")
+    os.environ.pop("NAS_STORAGE", None)
+    os.chdir(cwd)
+    try:
+        code, out, err = nas_cli(*args)
+    finally:
+        os.chdir(old)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    if check and code != 0:
+        raise AssertionError(f"nas {' '.join(args)} -> {code}\n{out}\n{err}")
+    return subprocess.CompletedProcess(["nas", *args], code, out, err)
 
 
 def nas_cli(*args: str) -> tuple[int, str, str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import nas
+from conftest import nas_here
 from fastapi.testclient import TestClient
 from optuna.trial import TrialState
 
@@ -144,7 +144,7 @@ def test_a_database_written_before_budget_first_counting_is_upgraded(tmp_path):
         assert p.finished == 2 and p.trained >= 1
     finally:
         store.close()
-    show = nas("study", "show", "part1", "--storage", url, cwd=tmp_path)
+    show = nas_here("study", "show", "part1", "--storage", url, cwd=tmp_path)
     assert "target converted on upgrade" in show.stdout and "2/2 within budget" in show.stdout
 
 
@@ -154,20 +154,20 @@ def _md5(path: Path) -> str:
 
 def test_cli_create_prints_the_figures_and_refuses_with_exit_2_leaving_the_database_unchanged(tmp_path):
     url = f"sqlite:///{tmp_path}/c.db"
-    r = nas("study", "create", "ok", "--space", "plain", "--data", "digits", "--budget", "flops<=300k",
+    r = nas_here("study", "create", "ok", "--space", "plain", "--data", "digits", "--budget", "flops<=300k",
             "--storage", url, cwd=tmp_path)
     assert "the space's minimum is flops" in r.stdout and "lies within the budget (2000 samples)" in r.stdout
     before = _md5(tmp_path / "c.db")
-    bad = nas("study", "create", "no", "--space", "plain", "--data", "digits", "--budget", "params<=100",
+    bad = nas_here("study", "create", "no", "--space", "plain", "--data", "digits", "--budget", "params<=100",
               "--storage", url, cwd=tmp_path, check=False)
     assert bad.returncode == 2 and bad.stdout == ""
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and "params<=100 is below what space 'plain'" in lines[0]
     (tmp_path / "s.toml").write_text('name = "toml"\nspace = "resnet"\nbudget = "peak_mem<=64B"\n')
-    bad = nas("study", "create", "--config", str(tmp_path / "s.toml"), "--storage", url, cwd=tmp_path, check=False)
+    bad = nas_here("study", "create", "--config", str(tmp_path / "s.toml"), "--storage", url, cwd=tmp_path, check=False)
     assert bad.returncode == 2 and "peak_activation_bytes<=64B is below" in bad.stderr
     assert _md5(tmp_path / "c.db") == before
-    show = json.loads(nas("study", "show", "ok", "--format", "json", "--storage", url, cwd=tmp_path).stdout)
+    show = json.loads(nas_here("study", "show", "ok", "--format", "json", "--storage", url, cwd=tmp_path).stdout)
     assert show["feasibility"]["minimum"]["flops"] > 0 and 0 < show["feasibility"]["share_within_budget"] <= 1
     assert show["within_budget"] == 0 and show["rejected"] == 0
 

@@ -7,7 +7,7 @@ import io
 import json
 
 import pytest
-from conftest import nas
+from conftest import nas, nas_here
 
 TINY = ["--option", "max_depth=1", "--option", "widths=(8,16)", "--option", "kernels=(3,)",
         "--option", "hidden=(0,)"]
@@ -48,8 +48,8 @@ def test_config_file(tmp_path):
         'name = "fromfile"\nspace = "resnet"\ndata = "digits"\nbudget = "flops<=5M"\nsampler = "random"\n'
         'trials = 2\n[fidelity]\nepochs = 1\n')
     url = f"sqlite:///{tmp_path}/cfg.db"
-    nas("study", "create", "--config", str(tmp_path / "study.toml"), "--storage", url, cwd=tmp_path)
-    show = json.loads(nas("study", "show", "fromfile", "--format", "json", "--storage", url, cwd=tmp_path).stdout)
+    nas_here("study", "create", "--config", str(tmp_path / "study.toml"), "--storage", url, cwd=tmp_path)
+    show = json.loads(nas_here("study", "show", "fromfile", "--format", "json", "--storage", url, cwd=tmp_path).stdout)
     assert show["spec"]["sampler"] == "random" and show["spec"]["fidelity"]["epochs"] == 1
 
 
@@ -80,7 +80,7 @@ def test_config_file(tmp_path):
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, args, needle):
     db = tmp_path / "nas.db"
-    r = nas(*args, cwd=tmp_path, check=False)
+    r = nas_here(*args, cwd=tmp_path, check=False)
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -89,10 +89,10 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, args, needle):
 
 def test_existing_name_exits_2(tmp_path):
     args = ["study", "create", "dup", "--space", "plain", "--budget", "flops<=1M", "--trials", "3"]
-    nas(*args, cwd=tmp_path)
-    r = nas(*args[:-1], "9", cwd=tmp_path, check=False)
+    nas_here(*args, cwd=tmp_path)
+    r = nas_here(*args[:-1], "9", cwd=tmp_path, check=False)
     assert r.returncode == 2 and "already exists" in r.stderr
-    show = json.loads(nas("study", "show", "dup", "--format", "json", cwd=tmp_path).stdout)
+    show = json.loads(nas_here("study", "show", "dup", "--format", "json", cwd=tmp_path).stdout)
     assert show["target"] == 3
 
 
@@ -122,12 +122,12 @@ def test_demo_meets_its_promise(tmp_path):
 
 def test_study_run_checks_every_argument_before_it_writes_the_target(tmp_path):
     url = f"sqlite:///{tmp_path}/t.db"
-    nas("study", "create", "t", "--space", "plain", "--data", "digits", "--budget", "params<=12k", "--epochs", "1",
+    nas_here("study", "create", "t", "--space", "plain", "--data", "digits", "--budget", "params<=12k", "--epochs", "1",
         "--trials", "2", "--device", "cpu", *TINY, "--storage", url, cwd=tmp_path)
-    nas("study", "run", "t", "--quiet", "--storage", url, cwd=tmp_path)
+    nas_here("study", "run", "t", "--quiet", "--storage", url, cwd=tmp_path)
 
     def target() -> int:
-        show = nas("study", "show", "t", "--format", "json", "--storage", url, cwd=tmp_path)
+        show = nas_here("study", "show", "t", "--format", "json", "--storage", url, cwd=tmp_path)
         return int(json.loads(show.stdout)["target"])
 
     for args, needle in [(["--trials", "10", "--workers", "0"], "--workers"),
@@ -135,6 +135,6 @@ def test_study_run_checks_every_argument_before_it_writes_the_target(tmp_path):
                          (["--trials", "1"], "the target cannot go below that"),
                          (["--trials", "2000000"], "between 1 and 1,000,000"),
                          (["--trials", str(10**30)], "between 1 and 1,000,000")]:
-        r = nas("study", "run", "t", "--quiet", *args, "--storage", url, cwd=tmp_path, check=False)
+        r = nas_here("study", "run", "t", "--quiet", *args, "--storage", url, cwd=tmp_path, check=False)
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
         assert target() == 2, args

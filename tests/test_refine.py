@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -198,7 +197,7 @@ def test_a_rerun_after_ctrl_c_continues_from_the_last_stored_step(tmp_path):
 
 
 
-def test_cli_refine_prints_every_step_and_resumes_after_a_real_ctrl_c(refined_db, tmp_path):
+def test_cli_refine_prints_every_step_and_resumes_after_a_real_ctrl_c(refined_db, tmp_path, user_env):
     """`nas refine` as a process: a line per step (threshold tried with its accuracy, block fused,
     candidate stored), SIGINT (Ctrl-C) mid-run ends it (a shell's 130) keeping what is stored, and the same
     command continues from the last stored step to the same candidates as an uninterrupted run."""
@@ -208,7 +207,7 @@ def test_cli_refine_prints_every_step_and_resumes_after_a_real_ctrl_c(refined_db
     store.close()
     cmd = [NAS, "refine", "t", "--trial", "0", "--epochs", "3", "--finetune-epochs", "2", "--iterations", "2",
            "--long-every", "2", "--threads", "1", "--format", "json", "--storage", url]
-    env = {**os.environ, "NAS_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    env = {**user_env, "COLUMNS": "200"}
     # As from a terminal: a runner that ignores SIGINT (a background job) would pass that on to the child.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
