@@ -84,6 +84,34 @@ def wait_until(cond: Callable[[], object], what: str, timeout: float = WAIT, eve
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def wait_for_server(proc: subprocess.Popen, base: str, timeout: float = 60.0) -> None:
+    """Wait until the ``nas serve`` process ``proc`` answers ``GET {base}/health`` (bounded; its
+    stderr in the failure if it exits first)."""
+    import httpx
+
+    def up() -> bool:
+        assert proc.poll() is None, proc.communicate()[1]
+        try:
+            return httpx.get(f"{base}/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(up, f"nas serve to answer at {base}", timeout=timeout, every=0.2)
+
+
+def create_studies(url: str, *specs: object) -> None:
+    """Create each study spec in the database at ``url`` (the Python API, as a service would)."""
+    from nas.search import create_study
+    from storage import Store
+
+    store = Store(url)
+    try:
+        for s in specs:
+            create_study(s, store)  # type: ignore[arg-type]
+    finally:
+        store.close()
+
+
 # ------------------------------------------------------------------------------- postgres server
 
 

@@ -10,13 +10,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import timedelta
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import wait_for_server
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from lightnas_pg import free_port
@@ -543,16 +543,7 @@ def test_nas_serve_runs_a_real_server(tmp_path):
                             stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:  # wait for the server to listen (bounded)
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "nas serve did not answer within 60 s"
-            time.sleep(0.2)
+        wait_for_server(proc, base)
         r = httpx.post(f"{base}/studies", json=STUDY, headers={"Authorization": f"Bearer {'c' * 20}"}, timeout=30)
         assert r.status_code == 201, r.text
         assert httpx.post(f"{base}/studies", json=STUDY, timeout=30).status_code == 401

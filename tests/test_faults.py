@@ -26,10 +26,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import NAS, trials_of
+from conftest import NAS, create_studies, trials_of, wait_for_server
+from lightnas_pg import free_port
 from optuna.trial import TrialState
 
-from nas.search import create_study, get_study_spec, make_spec
+from nas.search import get_study_spec, make_spec
 from storage import Store
 
 WAIT = 240.0  # bound on every wait for a condition (the machine is shared and slow under load)
@@ -50,13 +51,7 @@ def spec(name: str, trials: int, *, epochs: int = 1, options: dict | None = None
     return make_spec(**fields)
 
 
-def create(url: str, *specs) -> None:
-    store = Store(url)
-    try:
-        for s in specs:
-            create_study(s, store)
-    finally:
-        store.close()
+create = create_studies
 
 
 def wait_until(cond: Callable[[], object], what: str, timeout: float = WAIT, every: float = 0.1) -> object:
@@ -414,33 +409,16 @@ def test_listing_studies_while_they_are_deleted_never_answers_404(sqlite_url):
 # ------------------------------------------------------------------ 5. tokens in the URL and the access log
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_token_in_the_url_never_reaches_the_access_log(tmp_path):
     import httpx
 
-    port, other = _free_port(), "t-" + "c" * 30  # `other`: a secret of the client that is no token here
+    port, other = free_port(), "t-" + "c" * 30  # `other`: a secret of the client that is no token here
     env = {**nas_env(), "NAS_API_TOKEN": WRITE, "NAS_API_READ_TOKEN": READ}
     proc = subprocess.Popen([NAS, "serve", "--port", str(port), "--storage", f"sqlite:///{tmp_path}/nas.db"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:  # wait for the server to listen (bounded)
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "nas serve did not answer within 60 s"
-            time.sleep(0.2)
+        wait_for_server(proc, base)
         for path in (f"/studies?token={WRITE}", f"/studies?access_token={READ}&x=1", f"/health?api_key={other}",
                      f"/studies?Token={other}", f"/studies?q={WRITE}", f"/studies?auth={WRITE.replace('-', '%2D')}"):
             assert httpx.get(base + path, timeout=30).status_code == 200, path

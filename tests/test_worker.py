@@ -21,7 +21,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import WAIT, trials_of, wait_until
+from conftest import WAIT, create_studies, trials_of, wait_until
 from optuna.trial import TrialState
 
 from nas import weights_key
@@ -44,13 +44,7 @@ def spec(name: str, trials: int, *, epochs: int = 4, options: dict | None = None
     return make_spec(**fields)
 
 
-def create(url: str, *specs) -> None:
-    store = Store(url)
-    try:
-        for s in specs:
-            create_study(s, store)
-    finally:
-        store.close()
+create = create_studies
 
 
 def start_worker(url: str, *args: str, log: Path, heartbeat: int = 1) -> subprocess.Popen:
