@@ -12,9 +12,18 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from objectives import RESOURCES, RUNTIME_RESOURCES, BudgetError, parse_budget, resolve_resource
 from search_spaces import list_spaces
@@ -57,6 +66,32 @@ class Fidelity(BaseModel):
     augment: Literal["auto", "none", "crop-flip"] = declare(FIDELITY["augment"])
 
 
+def _space_name(v: str) -> str:
+    if v not in list_spaces():
+        raise ValueError(f"unknown search space {v!r}; accepted: {', '.join(list_spaces())}")
+    return v
+
+
+def _json_options(v: dict[str, Any]) -> dict[str, Any]:
+    try:  # stored as JSON: normalised now (tuples become lists) so a spec reads back equal
+        return dict(json.loads(json.dumps(v, allow_nan=False)))
+    except (TypeError, ValueError):
+        raise ValueError("space options must be JSON values (finite numbers, strings, lists)") from None
+
+
+def _data_source(v: str) -> str:
+    from objectives import check_source
+
+    check_source(v)  # NUL bytes, over-long paths: DataError is a ValueError, reported on this field
+    return v
+
+
+#: Fields a study spec and a supernet spec share, checked the same way in both.
+SpaceName = Annotated[str, AfterValidator(_space_name)]
+SpaceOptions = Annotated[dict[str, Any], AfterValidator(_json_options)]
+DataSource = Annotated[str, AfterValidator(_data_source)]
+
+
 class StudySpec(BaseModel):
     """Everything that defines a study. Validated; errors name the field and accepted values.
     What each field means and its default: :mod:`nas._fields` (the CLI's help says the same).
@@ -71,9 +106,9 @@ class StudySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     name: str = declare(STUDY["name"], pattern=NAME_PATTERN)
-    space: str = declare(STUDY["space"])
-    space_options: dict[str, Any] = declare(STUDY["space_options"])
-    data: str = declare(STUDY["data"])
+    space: SpaceName = declare(STUDY["space"])
+    space_options: SpaceOptions = declare(STUDY["space_options"])
+    data: DataSource = declare(STUDY["data"])
     budget: str = declare(STUDY["budget"])
     budget_weights: dict[str, float] = declare(STUDY["budget_weights"])
     objectives: list[str] = declare(STUDY["objectives"])
@@ -105,34 +140,11 @@ class StudySpec(BaseModel):
     #: and its database's, off the loop.
     cost_device_by_name: ClassVar[bool] = False
 
-    @field_validator("space")
-    @classmethod
-    def _space(cls, v: str) -> str:
-        if v not in list_spaces():
-            raise ValueError(f"unknown search space {v!r}; accepted: {', '.join(list_spaces())}")
-        return v
-
     @field_validator("proxy")
     @classmethod
     def _proxy(cls, v: str | None) -> str | None:
         if v is not None and v not in PROXY_NAMES:
             raise ValueError(f"unknown proxy {v!r}; accepted: {', '.join(PROXY_NAMES)}")
-        return v
-
-    @field_validator("space_options")
-    @classmethod
-    def _options(cls, v: dict[str, Any]) -> dict[str, Any]:
-        try:  # stored as JSON: normalise now (tuples become lists) so a spec reads back equal
-            return json.loads(json.dumps(v, allow_nan=False))
-        except (TypeError, ValueError):
-            raise ValueError("space options must be JSON values (finite numbers, strings, lists)") from None
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, v: str) -> str:
-        from objectives import check_source
-
-        check_source(v)  # NUL bytes, over-long paths: DataError is a ValueError, reported on this field
         return v
 
     @field_validator("objectives")

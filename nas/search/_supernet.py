@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from search_spaces import SpaceError, SpecError, SuperNet, get_space, list_spaces
+from search_spaces import SpaceError, SpecError, SuperNet, get_space
 from storage import Store
 
 from .._errors import NasError
 from .._fields import FIDELITY, STUDY
-from ._spec import NAME_PATTERN, one_line_error
+from ._spec import NAME_PATTERN, DataSource, SpaceName, SpaceOptions, one_line_error
 
 if TYPE_CHECKING:
     from objectives import Dataset, SupernetEpoch
@@ -59,9 +59,9 @@ class SupernetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     name: str
-    space: str
-    space_options: dict[str, Any] = {}
-    data: str = STUDY["data"].default
+    space: SpaceName
+    space_options: SpaceOptions = {}
+    data: DataSource = STUDY["data"].default
     input_size: int | None = None
     epochs: int = FIDELITY["epochs"].default
     batch_size: int = FIDELITY["batch_size"].default
@@ -79,29 +79,6 @@ class SupernetSpec(BaseModel):
 
         if not re.match(NAME_PATTERN, v):
             raise ValueError("use letters, digits, '_', '.', '-' (at most 100 characters, not starting with a symbol)")
-        return v
-
-    @field_validator("space")
-    @classmethod
-    def _space(cls, v: str) -> str:
-        if v not in list_spaces():
-            raise ValueError(f"unknown search space {v!r}; accepted: {', '.join(list_spaces())}")
-        return v
-
-    @field_validator("space_options")
-    @classmethod
-    def _options(cls, v: dict[str, Any]) -> dict[str, Any]:
-        try:  # stored as JSON: normalised now (tuples become lists) so a spec reads back equal
-            return json.loads(json.dumps(v, allow_nan=False))
-        except (TypeError, ValueError):
-            raise ValueError("space options must be JSON values (finite numbers, strings, lists)") from None
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, v: str) -> str:
-        from objectives import check_source
-
-        check_source(v)
         return v
 
     @field_validator("input_size")
