@@ -21,7 +21,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import WAIT, create_studies, trials_of, wait_until
+from conftest import WAIT, create_studies, nas_here, trials_of, wait_until
 from optuna.trial import TrialState
 
 from nas import weights_key
@@ -130,12 +130,10 @@ def test_bad_arguments_exit_2_with_one_line(sqlite_url, tmp_path):
     for args, needle in [(["nope"], "unknown study 'nope'; studies here: known"),
                          (["--heartbeat", "0"], "--heartbeat: must be >= 1"),
                          (["--threads", "0"], "--threads: must be >= 1")]:
-        res = subprocess.run([sys.executable, "-m", "nas.cli", "worker", *args, "--storage", sqlite_url,
-                              "--until-done"], capture_output=True, text=True, timeout=120)
+        res = nas_here("worker", *args, "--storage", sqlite_url, "--until-done", cwd=tmp_path, check=False)
         assert res.returncode == 2, res.stderr
         assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    res = subprocess.run([sys.executable, "-m", "nas.cli", "worker", "--storage", "mysql://x/y"],
-                         capture_output=True, text=True, timeout=120)
+    res = nas_here("worker", "--storage", "mysql://x/y", cwd=tmp_path, check=False)
     assert res.returncode == 2 and "unsupported database" in res.stderr
 
 
