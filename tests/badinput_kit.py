@@ -14,11 +14,11 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import nas_cli
+from conftest import TINY_OPTIONS, nas_cli, settle  # noqa: F401 - settle is part of the kit
 
 TOKEN = "t-" + "x" * 30
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-TINY = ["--option", "max_depth=1", "--option", "widths=(8,16)", "--option", "kernels=(3,)", "--option", "hidden=(0,)"]
+TINY = TINY_OPTIONS  # the tiny plain space of conftest's trained study, as CLI options
 BASE = {"name": "b1", "space": "plain", "budget": "params<=12k", "trials": 2, "device": "cpu",
         "space_options": {"max_depth": 1, "widths": [8, 16], "kernels": [3], "hidden": [0]},
         "fidelity": {"epochs": 1}}
@@ -44,13 +44,6 @@ def fingerprint(db: Path) -> tuple[str | None, dict[str, list[str]] | None]:
     except sqlite3.DatabaseError:
         rows = None  # a damaged file: its bytes say it all
     return digest, rows
-
-
-def settle(db: Path) -> None:
-    """Fold the WAL into the file so that a read cannot change its bytes by checkpointing."""
-    conn = sqlite3.connect(db)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
 
 
 #: ``nas`` in this process: (exit code, stdout, stderr) -- conftest's one in-process runner.

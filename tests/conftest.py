@@ -418,7 +418,7 @@ def nas_cli(*args: str) -> tuple[int, str, str]:
 # ------------------------------------------------------------------------------ a trained study
 
 
-def _settle(db: Path) -> None:
+def settle(db: Path) -> None:
     """Fold the WAL into the file so that a read cannot change its bytes by checkpointing."""
     import sqlite3
 
@@ -441,7 +441,7 @@ def trained_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert nas_cli("study", "create", "b1", "--space", "plain", "--data", "digits", "--budget", "params<=12k",
                "--epochs", "1", "--trials", "2", "--device", "cpu", *TINY_OPTIONS, "--storage", url)[0] == 0
     assert nas_cli("study", "run", "b1", "--quiet", "--storage", url)[0] == 0
-    _settle(db)
+    settle(db)
     return db
 
 

@@ -87,9 +87,11 @@ def check_finite(value: float, flag: str, least: float, accepted: str) -> float:
 
 
 def check_out_dir(to: str, flag: str = "--to") -> str:
-    """An output directory that is not the empty string (``Path("")`` is the working directory)."""
-    if not to.strip():
-        raise UsageError(f"{flag}: empty; accepted: a directory to write to (created if missing), e.g. out/")
+    """An output directory this process can write (``objectives.check_out_dir``: not empty, not
+    read-only, no file in the way, ...), refused in one line before the database is opened."""
+    from objectives import check_out_dir as check_writable
+
+    check_writable(to, flag, error=UsageError)
     return to
 
 

@@ -216,17 +216,15 @@ def probe_cmd(
     """Write probe networks (ONNX, fixed shapes) and a CSV manifest to time on your device; then 'nas hardware fit'."""
     from rich.progress import Progress
 
-    from objectives import check_out_dir as check_writable
     from objectives import probe_set, write_probes
 
-    check_out_dir(to)
+    check_out_dir(to)  # before the probes are made
     if not 8 <= n <= 2000:
         raise UsageError(f"--n: expected 8 to 2000 probe networks, got {n}")
     if not 2 <= classes <= MAX_PROBE_CLASSES:
         raise UsageError(f"--classes: got {classes}; accepted: 2 to {MAX_PROBE_CLASSES:,} (the probes' classifier "
                          "width)")
     check_seed(seed)
-    check_writable(to, "--to", error=UsageError)  # before the probes are made
     probes = probe_set(n, seed, num_classes=classes)
     with Progress(console=err, transient=True, disable=not err.is_terminal) as prog:
         task = prog.add_task(f"exporting {n} probes", total=n)
