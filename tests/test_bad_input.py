@@ -368,6 +368,11 @@ def test_an_input_size_whose_images_would_not_fit_in_memory_is_refused_before_re
     assert_one_line(code, err, "input_size: 9,000 images resized to a short side of 512 px would take 8.8 GiB")
     assert "accepted: at most 8 GiB of images (here input_size <= 488)" in err, err
     assert not db.exists()
+    # A supernet's data go through the same resize, with the same bound.
+    code, _, err = cli("supernet", "train", "sn", "--space", "plain", *TINY, "--data", f"npz:{data}",
+                       "--input-size", "512", "--epochs", "1", "--storage", f"sqlite:///{db}")
+    assert_one_line(code, err, "input_size: 9,000 images resized to a short side of 512 px would take 8.8 GiB")
+    assert not db.exists()
 
 
 #: Space options a budget check would work on for minutes or hours, or a bool taken for a depth.

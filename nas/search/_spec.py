@@ -184,10 +184,7 @@ class StudySpec(BaseModel):
     @field_validator("input_size")
     @classmethod
     def _input_size(cls, v: int | None) -> int | None:
-        if v is not None and v > MAX_INPUT_SIZE:
-            raise ValueError(f"got {v}; accepted: 4 to {MAX_INPUT_SIZE} px (resized images are held in memory: "
-                             f"{v * v * 4 / 2**20:,.0f} MiB per image channel at {v} px)")
-        return v
+        return check_input_size(v)
 
     @field_validator("cost_device")
     @classmethod
@@ -257,10 +254,7 @@ class StudySpec(BaseModel):
 
         data = load_dataset(self.data, seed=self.seed, val_fraction=self.val_fraction,
                             train_fraction=1.0 if whole_train else self.fidelity.train_fraction)
-        if self.input_size is None:
-            return data
-        _check_resized_memory(data, self.input_size)
-        return data.resized(self.input_size)
+        return resized(data, self.input_size)
 
     def search_space(self, input_shape: tuple[int, int, int]) -> SearchSpace:
         """The study's search space (its stored, fitted options) for inputs of ``input_shape``."""
@@ -335,6 +329,24 @@ def _profile(name: str, context: Any) -> DeviceProfile:
 
     stored = context.get("profiles") if isinstance(context, dict) else None
     return open_profile(name, stored)
+
+
+def check_input_size(v: int | None) -> int | None:
+    """An ``input_size`` of 4 to :data:`MAX_INPUT_SIZE` px (or None), for a study and a supernet alike."""
+    if v is not None and not 4 <= v <= MAX_INPUT_SIZE:
+        raise ValueError(f"got {v}; accepted: 4 to {MAX_INPUT_SIZE} px (resized images are held in memory: "
+                         f"{v * v * 4 / 2**20:,.0f} MiB per image channel at {v} px)")
+    return v
+
+
+def resized(data: Dataset, size: int | None) -> Dataset:
+    """``data`` with its images resized to a short side of ``size`` px (``None``: as it is), refused
+    in one line (``NasError``) when they would take over :data:`MAX_RESIZED_BYTES`: the one resize of
+    a study's and a supernet's data."""
+    if size is None:
+        return data
+    _check_resized_memory(data, size)
+    return data.resized(size)
 
 
 def _check_resized_memory(data: Dataset, size: int) -> None:

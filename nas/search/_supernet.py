@@ -33,7 +33,7 @@ from storage import Store
 
 from .._errors import NasError
 from .._fields import FIDELITY, STUDY
-from ._spec import NAME_PATTERN, DataSource, SpaceName, SpaceOptions, one_line_error
+from ._spec import NAME_PATTERN, DataSource, SpaceName, SpaceOptions, check_input_size, one_line_error, resized
 
 if TYPE_CHECKING:
     from objectives import Dataset, SupernetEpoch
@@ -84,9 +84,7 @@ class SupernetSpec(BaseModel):
     @field_validator("input_size")
     @classmethod
     def _input_size(cls, v: int | None) -> int | None:
-        if v is not None and not 4 <= v <= 512:
-            raise ValueError(f"got {v}; accepted: 4 to 512 px")
-        return v
+        return check_input_size(v)
 
     @field_validator("epochs")
     @classmethod
@@ -143,7 +141,7 @@ class SupernetSpec(BaseModel):
             data = load_dataset(self.data, seed=self.seed, val_fraction=self.val_fraction)
         except DataError as e:
             raise NasError(f"data: {e}") from None
-        return data if self.input_size is None else data.resized(self.input_size)
+        return resized(data, self.input_size)
 
     def train_config(self, threads: int | None = 1) -> Any:
         from objectives import TrainConfig
