@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from _util import machine_header, table  # noqa: E402
-from scipy.stats import kendalltau, spearmanr  # noqa: E402
+from scipy.stats import kendalltau  # noqa: E402
 
 from objectives import (  # noqa: E402
     TrainConfig,
@@ -40,7 +40,9 @@ from objectives import (  # noqa: E402
     evaluate_subnet,
     load_dataset,
     parse_budget,
+    rank_agreement,
     sample_within,
+    spanning_subnets,
     train_spec,
     train_supernet,
 )
@@ -48,15 +50,6 @@ from search_spaces import SuperNet, get_space  # noqa: E402
 
 #: The demo study's space options (nas/search/_demo.py).
 DEMO_OPTIONS = {"max_depth": 2, "widths": [8, 16, 24, 32], "hidden": [0, 32, 64]}
-
-
-def spanning(specs: list, data, n: int) -> list:
-    """``n`` specs at evenly spaced ranks of their parameter counts (smallest and largest kept)."""
-    costed = sorted(specs, key=lambda s: estimate_cost(s, data.input_shape, data.num_classes)["params"])
-    if len(costed) <= n:
-        return costed
-    picks = sorted({round(i * (len(costed) - 1) / (n - 1)) for i in range(n)})
-    return [costed[i] for i in picks]
 
 
 def variant(name: str) -> dict:
@@ -104,7 +97,7 @@ def main(argv: list[str]) -> None:
     space = get_space(args.space, input_shape=data.input_shape, **json.loads(args.options))
     budget = parse_budget(args.budget) if args.budget else None
     pool = sample_within(space, budget, data.num_classes, args.pool, seed=args.seed)
-    subnets = spanning(pool, data, args.n)
+    subnets = spanning_subnets(pool, data.input_shape, data.num_classes, args.n)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       device="cpu", threads=args.threads)
 
@@ -170,8 +163,7 @@ def main(argv: list[str]) -> None:
         per_eval = statistics.fmean(eval_s)
         taus = {}
         for f in fidelities:
-            tau = float(kendalltau(inherited, alone[f]).statistic)
-            rho = float(spearmanr(inherited, alone[f]).statistic)
+            tau, rho = rank_agreement(inherited, alone[f])
             taus[f] = (tau, rho)
             mean_alone = statistics.fmean(alone_s[f])
             gap = statistics.fmean(a - b for a, b in zip(alone[f], inherited, strict=True))

@@ -19,7 +19,7 @@ from storage import Store
 
 from ._artifacts import int8_key, load_arch, load_network, weights_key
 from ._errors import NasError
-from .search import DataShape, Status, StudySpec, get_study_spec, record_of, study_data
+from .search import DataShape, Status, StudySpec, get_study_spec, record_of, study_data, trial_fidelity_key
 
 __all__ = ["EXPORT_FORMATS", "FORMATS", "TFLM_IMAGES", "export_onnx", "export_refined", "export_trial"]
 
@@ -89,17 +89,21 @@ def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs
         info.update(retrained_epochs=epochs, val_accuracy=res.val_accuracy, test_accuracy=res.test_accuracy)
         model = model.cpu()
     elif set(formats) - {"json"}:
-        stored = load_network(store, arch, weights_key(h, study_spec.fidelity_key), shape.input_shape,
-                              shape.num_classes)
+        fkey = trial_fidelity_key(study_spec, t)  # a fine-tuned member's evaluation is at its own fidelity
+        stored = load_network(store, arch, weights_key(h, fkey), shape.input_shape, shape.num_classes)
         if stored is None:
             raise NasError(f"trial {number} has no trained weights (status {r.status or t.state.name.lower()}); "
                            "pass --epochs N to train it for export")
         model = stored
-        if r.status != Status.TRAINED:  # its evaluation reused: whose training made these weights
+        if r.status == Status.FINETUNED:  # said, not silent: not a stand-alone training from scratch
+            info["note"] = f"note: weights {t.user_attrs.get('accuracy_source', 'finetuned from a supernet')}"
+        elif r.status != Status.TRAINED:  # its evaluation reused: whose training made these weights
             info["note"] = _weights_from(store, name, h, study_spec.fidelity_key)
     else:  # the spec alone (json) needs no weights
         model = build_model(arch, shape.input_shape, shape.num_classes)
-    meta = {"study": name, "trial": number}
+    meta: dict[str, Any] = {"study": name, "trial": number}
+    if isinstance(t.user_attrs.get("accuracy_source"), str) and epochs is None:  # supernet or fine-tuned accuracy
+        meta["accuracy_source"] = t.user_attrs["accuracy_source"]
     qat = int8_key(h, study_spec) if t.user_attrs.get("int8_method") == "qat" and epochs is None else None
     info.update(_write(arch, model, shape, study_spec, Path(to), formats, meta,
                        deploy=_Deploy(store, calibration, strict, f"{h}/{study_spec.fidelity_key}", qat)))

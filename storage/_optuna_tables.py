@@ -20,11 +20,14 @@ from typing import Any
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
-__all__ = ["COUNTS_SQL", "NEEDED", "REJECTED_JSON", "check_schema", "count_by_state", "running_without_heartbeat",
-           "trained_by", "trial_page"]
+__all__ = ["COUNTS_SQL", "FINETUNED_JSON", "NEEDED", "REJECTED_JSON", "check_schema", "count_by_state",
+           "running_without_heartbeat", "trained_by", "trial_page"]
 
 #: ``value_json`` of the status user attribute of a trial rejected over budget (json.dumps).
 REJECTED_JSON = json.dumps("over_budget")
+#: ``value_json`` of the status of a trial added by fine-tuning a supernet study's member (``nas study
+#: finetune``): complete, but not a new network of the search, so not counted towards the target.
+FINETUNED_JSON = json.dumps("finetuned")
 #: The columns of Optuna's tables these queries read.
 NEEDED: dict[str, tuple[str, ...]] = {
     "studies": ("study_id", "study_name"),
@@ -32,9 +35,10 @@ NEEDED: dict[str, tuple[str, ...]] = {
     "trial_user_attributes": ("trial_id", "key", "value_json"),
     "trial_heartbeats": ("trial_id",),
 }
-#: SQL counting a study's trials by state, over-budget ones (user attribute ``status``) apart.
+#: SQL counting a study's trials by state, over-budget (1) and fine-tuned (2) ones (user attribute ``status``) apart.
 COUNTS_SQL = ("SELECT q.state, q.rejected, COUNT(*) FROM (SELECT t.state AS state, CASE WHEN a.value_json = "
-              f"'{REJECTED_JSON}' THEN 1 ELSE 0 END AS rejected FROM trials t "
+              f"'{REJECTED_JSON}' THEN 1 WHEN a.value_json = '{FINETUNED_JSON}' THEN 2 ELSE 0 END AS rejected "
+              "FROM trials t "
               "JOIN studies s ON s.study_id = t.study_id "
               "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'status' "
               "WHERE s.study_name = :n) q GROUP BY q.state, q.rejected")
@@ -61,7 +65,8 @@ def check_schema(conn: Connection) -> str | None:
 
 
 def count_by_state(conn: Connection, name: str) -> Iterable[tuple[Any, int, int]]:
-    """``(state, rejected 0/1, count)`` rows of study ``name``'s trials."""
+    """``(state, rejected, count)`` rows of study ``name``'s trials: ``rejected`` 1 for over-budget
+    trials, 2 for fine-tuned ones, else 0."""
     return [(state, int(rejected), int(n)) for state, rejected, n in conn.execute(text(COUNTS_SQL), {"n": name})]
 
 

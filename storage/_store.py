@@ -426,17 +426,23 @@ class Store(StudiesRepo, ProfilesRepo, EvaluationsRepo, ProxyCacheRepo, Artifact
 
     def study_counts(self, name: str) -> dict[str, int]:
         """Trials of study ``name`` by state, read fresh, plus ``REJECTED``: the COMPLETE ones
-        rejected over the budget before training (they are in ``COMPLETE`` too), and
-        ``COUNTED``: COMPLETE + PRUNED - REJECTED, the networks evaluated within the budget that
-        a study's target counts."""
+        rejected over the budget before training (they are in ``COMPLETE`` too), ``FINETUNED``
+        (only when there are some): the COMPLETE ones added by fine-tuning members of a supernet
+        study, and ``COUNTED``: COMPLETE + PRUNED - REJECTED - FINETUNED, the networks evaluated
+        within the budget that a study's target counts."""
         out: dict[str, int] = {"REJECTED": 0}
+        finetuned = 0
         with self.engine.connect() as conn:
             for state, rejected, n in optuna_tables.count_by_state(conn, name):
                 key = str(getattr(state, "name", state))
                 out[key] = out.get(key, 0) + int(n)
-                if rejected and key == "COMPLETE":
+                if rejected == 1 and key == "COMPLETE":
                     out["REJECTED"] += int(n)
-        out["COUNTED"] = out.get("COMPLETE", 0) + out.get("PRUNED", 0) - out["REJECTED"]
+                elif rejected == 2 and key == "COMPLETE":
+                    finetuned += int(n)
+        if finetuned:
+            out["FINETUNED"] = finetuned
+        out["COUNTED"] = out.get("COMPLETE", 0) + out.get("PRUNED", 0) - out["REJECTED"] - finetuned
         return out
 
     def trial_page(self, name: str, *, after: int = -1, states: tuple[str, ...] | None = None,

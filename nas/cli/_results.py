@@ -43,15 +43,19 @@ def pareto_cmd(
     from ..search import get_study_spec
 
     on_supernet = get_study_spec(name, store).supernet
-    if on_supernet is not None:  # never presented as stand-alone accuracy
+    if on_supernet is not None:  # never presented as stand-alone accuracy: supernet or fine-tuned, per row
         rows = [r if str(r.get("source", "")).startswith("refined") else
-                {**r, "accuracy_source": f"supernet {on_supernet}"} for r in rows]
+                {**r, "accuracy_source": r.get("accuracy_source") or f"supernet {on_supernet}"} for r in rows]
     if fmt is Format.json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     cols: tuple[str, ...] = ("source", "refined", *PARETO_COLS) if include_refined else PARETO_COLS
     if deploy:
         cols = (*cols[:cols.index("spec_hash") + 1], *DEPLOY_COLS)
+    finetuned = on_supernet is not None and any(str(r.get("accuracy_source", "")).startswith("finetuned")
+                                                for r in rows)
+    if finetuned:  # two sources on one front: each row says which
+        cols = (*cols[:cols.index("spec_hash") + 1], "accuracy_source", *cols[cols.index("spec_hash") + 1:])
     flat = [{k: r.get(k) for k in cols} for r in rows]
     if fmt is Format.csv:
         emit(flat, fmt)
@@ -60,7 +64,10 @@ def pareto_cmd(
         out.print(f"{name}: no evaluated architecture within the budget{' and --where' if where else ''} yet")
         return
     title = f"{'Deployment table' if deploy else 'Pareto front'} of {name}" + (f" where {where}" if where else "")
-    if on_supernet is not None:
+    if finetuned:
+        title += (f" (accuracy: per row, supernet accuracy from supernet {on_supernet} or fine-tuned from its "
+                  "weights; neither is stand-alone)")
+    elif on_supernet is not None:
         title += f" (accuracy: supernet accuracy from supernet {on_supernet}, not stand-alone)"
     emit(flat, fmt, title, {k: lambda v: "" if v is None else si(float(v))
                             for k in ("flops", "params", "peak_activation_bytes", "macs", "ram_bytes", "flash_bytes")})

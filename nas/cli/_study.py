@@ -268,6 +268,50 @@ def study_enqueue(
         out.print(f"  skipped {src}: {reason}", highlight=False, markup=False)
 
 
+@study_app.command("finetune")
+def study_finetune(
+    name: str = typer.Argument(..., help="study name (a study created with --supernet)"),
+    front: bool = typer.Option(False, "--front", help="the study's Pareto front (the default)"),
+    trial: list[int] = typer.Option([], "--trial", help="a member's trial number (repeatable), instead of the front"),
+    epochs: int = typer.Option(..., "--epochs", help="fine-tuning epochs, from the subnet's inherited weights"),
+    threads: int = typer.Option(1, "--threads", help="torch threads"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+) -> None:
+    """Train members of a supernet study further from their inherited weights, stored as evaluations at that
+    fidelity and as trials labelled 'finetuned' ('nas pareto', 'nas export', 'nas refine' take them)."""
+    from ..search import finetune_study
+
+    if front and trial:
+        raise UsageError("give --front (the Pareto front) or --trial N (repeatable), not both")
+    if not 1 <= epochs <= 10_000:
+        raise UsageError(f"--epochs: got {epochs}; accepted: 1 to 10000 fine-tuning epochs")
+    if threads < 1:
+        raise UsageError(f"--threads: got {threads}; accepted: 1 or more")
+    store = open_store(storage)
+    done: list[dict[str, Any]] = []
+
+    def line(m: dict[str, Any]) -> None:
+        done.append(m)
+        what = {"trained": f"fine-tuned {epochs} epoch(s) in {m['seconds']:.1f} s",
+                "reused": "reused: fine-tuned before for another study on the same supernet",
+                "kept": "fine-tuned before in this study"}[m["done"]]
+        origin = "-" if m["supernet_accuracy"] is None else f"{m['supernet_accuracy']:.4f}"
+        err.print(f"trial {m['trial']} ({m['spec_hash'][:12]}): supernet accuracy {origin} -> fine-tuned "
+                  f"{m['accuracy']:.4f}, trial {m['finetuned_trial']} ({what})", highlight=False, markup=False,
+                  soft_wrap=True)
+
+    try:
+        results = finetune_study(name, store, epochs=epochs, trials=trial or None, threads=threads, on_member=line)
+    except KeyboardInterrupt:
+        err.print(f"{name}: interrupted; {len(done)} member(s) fine-tuned and stored; rerun the same command to go "
+                  "on (stored ones are not trained again)", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(INTERRUPTED) from None
+    new = sum(m["done"] != "kept" for m in results)
+    out.print(f"{name}: {len(results)} member(s) at {epochs} fine-tuning epoch(s), {new} new; their trials' accuracy "
+              f"is labelled 'finetuned from supernet' ('nas pareto {name}')", highlight=False, markup=False,
+              soft_wrap=True)
+
+
 @study_app.command("list")
 def study_list(fmt: Format = typer.Option(Format.table, "--format"),
                storage: str = typer.Option(None, "--storage", help=STORAGE_HELP)) -> None:

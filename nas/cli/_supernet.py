@@ -1,4 +1,5 @@
-"""``nas supernet train|show|list``: a once-trained weight-shared supernet, stored by name."""
+"""``nas supernet train|check|show|list``: a once-trained weight-shared supernet, stored by name, and
+how well it ranks its subnets against stand-alone training."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import typer
 
+from .._fields import FIDELITY
 from ._common import (
     INTERRUPTED,
     STORAGE_HELP,
@@ -101,26 +103,77 @@ def _epoch_line(e: dict[str, Any], epochs: int) -> str:
             f"{_acc(e.get('largest'))}, smallest {_acc(e.get('smallest'))}, {e['seconds']:.1f} s")
 
 
-def _doc(record: Any, weights: int | None) -> dict[str, Any]:
-    return {"name": record.name, "status": record.status, "epochs_done": record.epochs_done,
-            "epochs": record.spec.epochs, "space": record.spec.space, "space_options": record.config["options"],
-            "data": record.spec.data, "input_shape": record.config["input_shape"],
-            "num_classes": record.config["num_classes"], "settings": record.spec.model_dump(),
-            "params": record.params, "state_bytes": record.state_bytes, "stored_weight_bytes": weights,
-            "seconds": record.seconds, "curve": record.curve,
-            "accuracy_source": f"supernet {record.name} (inherited weights, BN recalibrated; not stand-alone)"}
+@supernet_app.command("check")
+def supernet_check(
+    name: str = typer.Argument(..., help="supernet name"),
+    n: int = typer.Option(..., "--n", help="subnets compared, spanning the space's parameter range (3 or more; "
+                                           "each is trained stand-alone)"),
+    epochs: int = typer.Option(FIDELITY["epochs"].default, "--epochs",
+                               help="stand-alone training epochs per subnet (the fidelity of the comparison)"),
+    seed: int = typer.Option(None, "--seed", help="seed of the subnets drawn and of their stand-alone training "
+                                                  "(default: the supernet's)"),
+    threads: int = typer.Option(1, "--threads", help="torch threads"),
+    quiet: bool = typer.Option(False, "--quiet", help="no line per subnet"),
+    storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
+) -> None:
+    """Rank subnets by supernet accuracy and by stand-alone training: Kendall tau and Spearman rho, stored
+    with the supernet ('nas supernet show'). A new check replaces the last one; Ctrl-C stores nothing."""
+    from ..search import MAX_CHECK_SUBNETS, check_supernet, require_supernet
+    from ._common import UsageError
+
+    if seed is not None:
+        check_seed(seed)
+    if threads < 1:
+        raise UsageError(f"--threads: got {threads}; accepted: 1 or more")
+    if not 3 <= n <= MAX_CHECK_SUBNETS:
+        raise UsageError(f"--n: got {n}; accepted: 3 to {MAX_CHECK_SUBNETS} subnets (each is trained stand-alone)")
+    if not 1 <= epochs <= 10_000:
+        raise UsageError(f"--epochs: got {epochs}; accepted: 1 to 10000 stand-alone epochs per subnet")
+    store = open_store(storage)
+    require_supernet(store, name, trained=True)
+    err.print(f"{name}: ranking {n} subnets by supernet accuracy and by {epochs} epoch(s) of stand-alone "
+              "training", highlight=False, markup=False, soft_wrap=True)
+    count = [0]
+
+    def line(p: dict[str, Any]) -> None:
+        count[0] += 1
+        if not quiet:
+            err.print(f"subnet {count[0]}/{n} {p['spec_hash'][:12]}: {si(p['params'])} params, supernet "
+                      f"{p['supernet']:.4f}, stand-alone {p['standalone']:.4f} ({p['train_seconds']:.1f} s)"
+                      + (f" [{p['note']}]" if p.get("note") else ""), highlight=False, markup=False, soft_wrap=True)
+
+    try:
+        doc = check_supernet(store, name, n=n, epochs=epochs, seed=seed, threads=threads, on_subnet=line)
+    except KeyboardInterrupt:
+        err.print(f"{name}: check interrupted after {count[0]} of {n} subnets; nothing stored (a stored check, if "
+                  "any, stays); rerun the command", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(INTERRUPTED) from None
+    out.print(_check_line(doc) + f"; stored with supernet {name} ('nas supernet show {name}')", highlight=False,
+              markup=False, soft_wrap=True)
+
+
+def _num(v: Any) -> str:
+    return "undefined" if v is None else f"{v:.3f}"
+
+
+def _check_line(c: dict[str, Any]) -> str:
+    import datetime as dt
+
+    when = dt.datetime.fromtimestamp(c["when"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"ranking check: Kendall tau {_num(c.get('kendall_tau'))}, Spearman rho {_num(c.get('spearman_rho'))} "
+            f"between supernet accuracy and stand-alone accuracy ({c['epochs']} epoch(s), seed {c['seed']}) over "
+            f"{c['n']} subnets spanning the space's params, {when}")
 
 
 @supernet_app.command("show")
 def supernet_show(name: str = typer.Argument(...), fmt: Format = typer.Option(Format.table, "--format"),
                   storage: str = typer.Option(None, "--storage", help=STORAGE_HELP)) -> None:
-    """Settings, size, per-epoch curve and status of a supernet."""
-    from ..search import SUPERNET_PREFIX, require_supernet
+    """Settings, size, per-epoch curve, status and last ranking check ('nas supernet check') of a supernet."""
+    from ..search import require_supernet, supernet_doc
 
     store = open_store(storage)
     record = require_supernet(store, name)
-    sizes = store.artifact_keys(f"{SUPERNET_PREFIX}{name}/")
-    doc = _doc(record, sizes.get(f"{SUPERNET_PREFIX}{name}/weights.pt"))
+    doc = supernet_doc(store, record)
     if fmt is Format.json:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
@@ -145,13 +198,23 @@ def supernet_show(name: str = typer.Argument(...), fmt: Format = typer.Option(Fo
                "smallest": c["smallest"], "lr": c["lr"], "seconds": c["seconds"]} for c in record.curve],
              Format.table, "curve (validation accuracy of the largest and smallest subnets: supernet accuracy, "
                            "BN recalibrated)")
+    check = doc["check"]
+    if check is None:
+        out.print(f"ranking check: none yet ('nas supernet check {name} --n 30' measures how its accuracy ranks "
+                  "subnets against stand-alone training)", highlight=False, markup=False, soft_wrap=True)
+        return
+    out.print(_check_line(check), highlight=False, markup=False, soft_wrap=True)
+    emit([{"spec_hash": p["spec_hash"][:12], "params": p["params"], "flops": p["flops"], "supernet": p["supernet"],
+           "standalone": p["standalone"], "train_seconds": p["train_seconds"]} for p in check["pairs"]],
+         Format.table, "ranking check pairs (validation accuracy: supernet-inherited, BN recalibrated; stand-alone "
+                       f"trained {check['epochs']} epoch(s))", {k: lambda v: si(float(v)) for k in ("params", "flops")})
 
 
 @supernet_app.command("list")
 def supernet_list(fmt: Format = typer.Option(Format.table, "--format"),
                   storage: str = typer.Option(None, "--storage", help=STORAGE_HELP)) -> None:
     """The supernets stored in the database."""
-    from ..search import get_supernet, list_supernets
+    from ..search import get_supernet, list_supernets, supernet_summary
 
     store = open_store(storage)
     rows = []
@@ -159,9 +222,11 @@ def supernet_list(fmt: Format = typer.Option(Format.table, "--format"),
         r = get_supernet(store, name)
         if r is None:
             continue
-        last = r.curve[-1] if r.curve else {}
-        rows.append({"name": name, "space": r.spec.space, "data": r.spec.data,
-                     "input": "x".join(map(str, r.input_shape)), "status": r.status,
-                     "epochs": f"{r.epochs_done}/{r.spec.epochs}", "params": r.params,
-                     "largest": last.get("largest"), "smallest": last.get("smallest")})
+        rows.append(supernet_summary(store, r))
+    if fmt is Format.table:  # the check in two columns: tau/rho and its size
+        rows = [{**{k: v for k, v in r.items() if k not in ("kendall_tau", "spearman_rho", "check_n",
+                                                              "check_epochs")},
+                 "tau / rho": "-" if r["check_n"] is None else f"{_num(r['kendall_tau'])} / {_num(r['spearman_rho'])}",
+                 "check": "-" if r["check_n"] is None else f"{r['check_n']} subnets, {r['check_epochs']} ep"}
+                for r in rows]
     emit(rows, fmt, "supernets")

@@ -78,7 +78,7 @@ from storage import RefinementRow, Store
 
 from .._artifacts import load_arch, load_network, save_arch, save_state, weights_key
 from .._errors import NasError, TrialInterrupted
-from ..search import Status, StudySpec, get_study_spec, pareto_rows, record_of
+from ..search import Status, StudySpec, get_study_spec, pareto_rows, record_of, trial_fidelity_key
 from ._settings import RefineSettings, settings_key, settings_record
 from ._threshold import threshold_search
 
@@ -264,7 +264,7 @@ def _baseline(run: _Run, arch: ArchSpec) -> tuple[LightNet, RefinementRow]:
     s, t0 = run.settings, time.perf_counter()
     data = run.data
     if s.reuse_weights:
-        key = weights_key(arch.hash, run.study_spec.fidelity_key)
+        key = weights_key(arch.hash, trial_fidelity_key(run.study_spec, _trials(run.name, run.store)[run.trial]))
         stored = load_network(run.store, arch, key, data.input_shape, data.num_classes)
         if stored is None:
             raise NasError(f"trial {run.trial} has no stored weights at the study's fidelity; "

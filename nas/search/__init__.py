@@ -7,6 +7,7 @@ from __future__ import annotations
 from ._create import StudyPlan, create_study, describe_plan, plan_study, prepare_study, store_study
 from ._demo import DEMO_BUDGET, demo_spec
 from ._early import EarlyStop, Peer, best_by, dominators, peers_of, rung_epochs
+from ._finetune import finetune_fidelity, finetune_study, finetuned_source
 from ._inherit import pick_parent
 from ._objective import CONSTRAINTS_KEY, TrialObjective, load_context
 from ._pareto import (
@@ -29,9 +30,11 @@ from ._spec import (
     SINGLE_METRIC_PRUNERS,
     Fidelity,
     StudySpec,
+    fidelity_key_of,
     load_spec_file,
     make_spec,
     one_line_error,
+    trial_fidelity_key,
 )
 from ._studies import (
     DataShape,
@@ -45,14 +48,19 @@ from ._studies import (
     study_info,
 )
 from ._supernet import (
+    MAX_CHECK_SUBNETS,
     SUPERNET_PREFIX,
+    check_supernet,
     get_supernet,
+    get_supernet_check,
     list_supernets,
     load_supernet,
     make_supernet_spec,
     prepare_supernet,
     require_supernet,
+    supernet_doc,
     supernet_study_fields,
+    supernet_summary,
     train_stored_supernet,
 )
 from ._warm import arch_from_doc, warm_start
@@ -60,6 +68,7 @@ from ._warm import arch_from_doc, warm_start
 __all__ = [
     "CONSTRAINTS_KEY",
     "DEMO_BUDGET",
+    "MAX_CHECK_SUBNETS",
     "PROXY_NAMES",
     "PRUNERS",
     "SAMPLERS",
@@ -80,6 +89,7 @@ __all__ = [
     "arch_from_doc",
     "best_by",
     "check_study_exists",
+    "check_supernet",
     "create_study",
     "prepare_study",
     "store_study",
@@ -88,10 +98,15 @@ __all__ = [
     "describe_plan",
     "dominates",
     "dominators",
+    "fidelity_key_of",
+    "finetune_fidelity",
+    "finetune_study",
+    "finetuned_source",
     "front_trials",
     "pareto_mask",
     "get_study_spec",
     "get_supernet",
+    "get_supernet_check",
     "list_studies",
     "list_supernets",
     "load_context",
@@ -118,9 +133,12 @@ __all__ = [
     "study_correlations",
     "study_data",
     "study_info",
+    "supernet_doc",
     "supernet_study_fields",
+    "supernet_summary",
     "test_accuracy",
     "train_stored_supernet",
+    "trial_fidelity_key",
     "warm_start",
     "where_filter",
 ]

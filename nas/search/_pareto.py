@@ -30,8 +30,8 @@ from storage import Store, error_line
 
 from .._artifacts import load_arch, load_network, weights_key
 from .._errors import NasError
-from ._record import record_of
-from ._spec import StudySpec
+from ._record import Status, record_of
+from ._spec import StudySpec, trial_fidelity_key
 from ._studies import get_study_spec
 
 __all__ = ["dominates", "front_trials", "pareto_mask", "pareto_rows", "past_drop", "refined_points", "where_filter"]
@@ -76,14 +76,14 @@ def pareto_mask(vectors: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
 
 
 def _evaluated(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    seen: set[str] = set()
-    out = []
+    """One evaluated trial per architecture: its first, or its last fine-tuned one (``nas study
+    finetune``: trained further than the supernet-evaluated trial, it stands for the architecture)."""
+    chosen: dict[str, FrozenTrial] = {}
     for t in sorted(trials, key=lambda t: t.number):
         r = record_of(t)
-        if r.evaluated and r.spec_hash not in seen:
-            seen.add(str(r.spec_hash))
-            out.append(t)
-    return out
+        if r.evaluated and (r.spec_hash not in chosen or r.status == Status.FINETUNED):
+            chosen[str(r.spec_hash)] = t
+    return sorted(chosen.values(), key=lambda t: t.number)
 
 
 def front_trials(study_spec: StudySpec, trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
@@ -108,22 +108,25 @@ def where_filter(where: str | None) -> Any:
     return lambda m: all(c.holds(m[c.name]) for c in conds if c.name in m)
 
 
-def test_accuracy(name: str, store: Store, study_spec: StudySpec, spec_hash: str, data: Any = None) -> float | None:
-    """Test accuracy of a trained architecture at the study's fidelity (measured once, stored)."""
-    ev = store.get_evaluation(spec_hash, study_spec.fidelity_key)
+def test_accuracy(name: str, store: Store, study_spec: StudySpec, spec_hash: str, data: Any = None,
+                  fidelity_key: str | None = None) -> float | None:
+    """Test accuracy of a trained architecture at the study's fidelity (or ``fidelity_key``: a
+    fine-tuned member's), measured once, stored."""
+    fidelity_key = fidelity_key or study_spec.fidelity_key
+    ev = store.get_evaluation(spec_hash, fidelity_key)
     if ev is None:
         return None
     if ev.test_accuracy is not None:
         return ev.test_accuracy
     if data is None:
         data = study_spec.load_data()
-    model = load_network(store, load_arch(store, spec_hash), weights_key(spec_hash, study_spec.fidelity_key),
+    model = load_network(store, load_arch(store, spec_hash), weights_key(spec_hash, fidelity_key),
                          data.input_shape, data.num_classes)
     if model is None:
         return None
     acc = evaluate(model, data.x_test, data.y_test)
     try:
-        store.set_test_accuracy(spec_hash, study_spec.fidelity_key, acc)
+        store.set_test_accuracy(spec_hash, fidelity_key, acc)
     except SQLAlchemyError as e:  # a read-only database: the measurement is shown, not kept
         if "readonly" not in error_line(e).replace(" ", "").replace("-", "").lower():
             raise
@@ -225,12 +228,16 @@ def pareto_rows(name: str, store: Store, *, where: str | None = None, with_test:
             fp32 = record_of(t).fp32_accuracy
             if fp32 is not None:  # a precision int8 study: accuracy is the int8 network's
                 row.update(fp32_accuracy=fp32, int8_drop=fp32 - m["accuracy"])
+            source = t.user_attrs.get("accuracy_source")
+            if isinstance(source, str):  # a supernet study's: supernet or fine-tuned accuracy, said per row
+                row["accuracy_source"] = source
             if include_refined:
                 row = {"source": f"trial {t.number}", "refined": None, **row}
+            fkey = trial_fidelity_key(study_spec, t)
             if with_test and measure_test:
-                row["test_accuracy"] = test_accuracy(name, store, study_spec, h, data)
+                row["test_accuracy"] = test_accuracy(name, store, study_spec, h, data, fkey)
             elif with_test:
-                ev = store.get_evaluation(h, study_spec.fidelity_key)
+                ev = store.get_evaluation(h, fkey)
                 row["test_accuracy"] = ev.test_accuracy if ev is not None else None
         else:
             row = {"source": f"refined {r.parent_trial}/{r.method}/{r.step}", "refined": r.id, "trial": r.parent_trial,

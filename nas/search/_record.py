@@ -27,9 +27,13 @@ class Status:
     FAILED = "failed"  #: training failed (a non-finite loss); ``fail_reason`` says why
     #: evaluated with a supernet's weights (``accuracy_source`` names it): supernet accuracy, not stand-alone
     SUPERNET = "supernet"
+    #: a supernet study's member trained further from its inherited weights (``nas study finetune``): an added
+    #: trial whose ``fidelity_key`` names its evaluation; it stands for its architecture on the front and
+    #: does not count towards the target
+    FINETUNED = "finetuned"
 
     #: Evaluated within the budget with a final accuracy: the candidates of the Pareto front.
-    EVALUATED = (TRAINED, REUSED, SUPERNET)
+    EVALUATED = (TRAINED, REUSED, SUPERNET, FINETUNED)
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["OBJECTIVES", "PROXY_NAMES", "PRUNERS", "SAMPLERS",
-           "SINGLE_METRIC_PRUNERS", "Fidelity", "StudySpec", "load_spec_file",
-           "make_spec", "one_line_error"]
+           "SINGLE_METRIC_PRUNERS", "Fidelity", "StudySpec", "fidelity_key_of", "load_spec_file",
+           "make_spec", "one_line_error", "trial_fidelity_key"]
 
 #: Objective names: validation accuracy (maximised), the FS-DNN scalar and every cost resource (minimised).
 OBJECTIVES = ("accuracy", "hw_cost", *RESOURCES)
@@ -314,11 +314,22 @@ class StudySpec(BaseModel):
 
     @property
     def fidelity_key(self) -> str:
-        text = json.dumps(self.fidelity_dict(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:24]
+        return fidelity_key_of(self.fidelity_dict())
 
     def to_json(self) -> str:
         return self.model_dump_json()
+
+
+def fidelity_key_of(fidelity: dict[str, Any]) -> str:
+    """The key of an evaluation's fidelity (what its accuracy depends on besides the architecture)."""
+    return hashlib.sha256(json.dumps(fidelity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def trial_fidelity_key(study_spec: StudySpec, trial: Any) -> str:
+    """Where the evaluation (and weights) behind a trial of ``study_spec`` are: the trial's own
+    ``fidelity_key`` attribute (a member fine-tuned from a supernet) or the study's fidelity key."""
+    own = trial.user_attrs.get("fidelity_key")
+    return own if isinstance(own, str) and own else study_spec.fidelity_key
 
 
 def _profile(name: str, context: Any) -> DeviceProfile:

@@ -8,7 +8,10 @@ A supernet lives in the study database as three artifacts under one name (no tab
   stored, then ``trained``) and training seconds;
 - ``supernet/NAME/checkpoint.pt``: the last finished epoch (supernet and optimiser state) while
   training; dropped once trained;
-- ``supernet/NAME/weights.pt``: the trained supernet's ``state_dict``.
+- ``supernet/NAME/weights.pt``: the trained supernet's ``state_dict``;
+- ``supernet/NAME/check.json``: its last ranking check (``nas supernet check``, :func:`check_supernet`):
+  Kendall tau and Spearman rho between supernet and stand-alone accuracy over subnets spanning its
+  space, with every pair and the stand-alone fidelity.
 
 Each epoch's record and checkpoint are written in one transaction (``Store.put_artifacts``), so
 after Ctrl-C or ``kill -9`` the database holds the last finished epoch, and training the same name
@@ -38,9 +41,10 @@ from ._spec import NAME_PATTERN, DataSource, SpaceName, SpaceOptions, check_inpu
 if TYPE_CHECKING:
     from objectives import Dataset, SupernetEpoch
 
-__all__ = ["SUPERNET_PREFIX", "SupernetRecord", "SupernetSpec", "check_supernet_study", "get_supernet",
-           "list_supernets", "load_supernet", "make_supernet_spec", "prepare_supernet", "require_supernet",
-           "supernet_study_fields", "train_stored_supernet"]
+__all__ = ["MAX_CHECK_SUBNETS", "SUPERNET_PREFIX", "SupernetRecord", "SupernetSpec", "check_supernet",
+           "check_supernet_study", "get_supernet", "get_supernet_check", "list_supernets", "load_supernet",
+           "make_supernet_spec", "prepare_supernet", "require_supernet", "supernet_doc", "supernet_study_fields",
+           "supernet_summary", "train_stored_supernet"]
 
 #: Artifact keys of supernets start with this, then the name.
 SUPERNET_PREFIX = "supernet/"
@@ -401,3 +405,140 @@ def check_supernet_study(study_spec: Any, store: Store | None, input_shape: Any,
         raise NasError(f"{f}: got {getattr(study_spec, f)!r}, supernet {record.name!r} was trained with "
                        f"{_fixed(record)[f]!r}; accepted: the supernet's")
     return record
+
+
+# ------------------------------------------------------------------ ranking check (issue 30, item 4)
+
+#: Version of a stored check's layout (``format`` in check.json).
+CHECK_FORMAT = 1
+#: Accepted ``n`` of a ranking check: 3 subnets at least (a ranking), at most this many trainings.
+MAX_CHECK_SUBNETS = 500
+
+
+def get_supernet_check(store: Store, name: str) -> dict[str, Any] | None:
+    """The last ranking check stored with supernet ``name`` (``supernet/NAME/check.json``), None
+    when it has none (or it does not read)."""
+    blob = store.get_artifact(_key(name, "check.json"))
+    if blob is None:
+        return None
+    try:
+        doc = json.loads(blob)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def check_supernet(store: Store, name: str, *, n: int, epochs: int, seed: int | None = None,
+                   threads: int | None = 1, pool: int | None = None,
+                   on_subnet: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Measure how supernet ``name`` ranks its subnets against stand-alone training, and store it.
+
+    Draws ``n`` subnets spanning the supernet space's parameter range
+    (:func:`objectives.spanning_subnets` of ``pool`` distinct random ones, seeded by ``seed``,
+    the supernet's by default), evaluates each with the supernet's weights (exact slices,
+    BatchNorm recalibrated, validated) and trains each stand-alone from scratch with the study
+    training loop (:func:`objectives.train_spec`) for ``epochs`` epochs on the supernet's data,
+    batch size and learning rate, under ``seed``; a stand-alone training that diverges counts as
+    accuracy 0. Kendall tau and Spearman rho between the two accuracies, with every pair, are
+    stored as ``supernet/NAME/check.json`` in one write at the end (a check stopped half-way
+    stores nothing; the previous check, if any, stays) and returned. ``on_subnet(pair)`` after
+    each subnet.
+
+    Raises:
+        NasError: unknown or untrained supernet, ``n`` outside 3..500 or above the distinct
+            subnets found, ``epochs`` outside 1..10000, unreadable data.
+    """
+    from objectives import (
+        TrainConfig,
+        TrainingError,
+        estimate_cost,
+        evaluate_subnet,
+        num_threads,
+        rank_agreement,
+        sample_within,
+        spanning_subnets,
+        train_spec,
+    )
+
+    if isinstance(n, bool) or not isinstance(n, int) or not 3 <= n <= MAX_CHECK_SUBNETS:
+        raise NasError(f"--n: got {n}; accepted: 3 to {MAX_CHECK_SUBNETS} subnets (each is trained stand-alone)")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= 10_000:
+        raise NasError(f"--epochs: got {epochs}; accepted: 1 to 10000 stand-alone epochs per subnet")
+    if seed is not None and not 0 <= seed <= 2**32 - 1:
+        raise NasError(f"--seed: got {seed}; accepted: 0 to {2**32 - 1}")
+    net, record = load_supernet(store, name)
+    spec = record.spec
+    seed = spec.seed if seed is None else seed
+    data = spec.load_data()
+    space = get_space(spec.space, input_shape=data.input_shape, **record.config["options"])
+    drawn = sample_within(space, None, data.num_classes, pool or max(10 * n, 200), seed=seed, tries_per_arch=20)
+    drawn = [a for a in drawn if net.contains(a)]
+    if len(drawn) < n:
+        raise NasError(f"--n: got {n}; supernet {name!r} holds only {len(drawn)} distinct subnets (of its space "
+                       f"{spec.space}); accepted: 3 to {len(drawn)}" if len(drawn) >= 3 else
+                       f"supernet {name!r} holds {len(drawn)} distinct subnets; a ranking needs at least 3")
+    subnets = spanning_subnets(drawn, data.input_shape, data.num_classes, n)
+    config = TrainConfig(epochs=epochs, batch_size=spec.batch_size, lr=spec.lr, seed=seed, threads=threads,
+                         augment=spec.augmentation, device="cpu")
+    t0 = time.time()
+    pairs: list[dict[str, Any]] = []
+    for arch in subnets:
+        cost = estimate_cost(arch, data.input_shape, data.num_classes)
+        t = time.perf_counter()
+        with num_threads(threads):
+            inherited = evaluate_subnet(net, arch, data, bn_batches=spec.bn_batches)
+        eval_s = time.perf_counter() - t
+        t = time.perf_counter()
+        note = None
+        try:
+            alone = train_spec(arch, data, config, keep_state=False).val_accuracy
+        except TrainingError as e:  # a diverged network ranks last, as in a search
+            alone, note = 0.0, f"diverged: {e}"
+        pair = {"spec_hash": arch.hash, "params": int(cost["params"]), "flops": int(cost["flops"]),
+                "supernet": round(float(inherited), 6), "standalone": round(float(alone), 6),
+                "eval_seconds": round(eval_s, 3), "train_seconds": round(time.perf_counter() - t, 3),
+                "arch": arch.to_dict()}
+        if note:
+            pair["note"] = note
+        pairs.append(pair)
+        if on_subnet is not None:
+            on_subnet(pair)
+    tau, rho = rank_agreement([p["supernet"] for p in pairs], [p["standalone"] for p in pairs])
+    doc = {"format": CHECK_FORMAT, "supernet": name, "n": len(pairs), "epochs": epochs, "seed": seed,
+           "kendall_tau": None if tau is None else round(tau, 6),
+           "spearman_rho": None if rho is None else round(rho, 6),
+           "fidelity": {"data": spec.data, "input_size": spec.input_size, "epochs": epochs,
+                        "batch_size": spec.batch_size, "lr": spec.lr, "augment": spec.augmentation,
+                        "split": f"validation ({spec.val_fraction:g} of the data, the supernet's)"},
+           "supernet_epochs": record.epochs_done, "bn_batches": spec.bn_batches,
+           "pairs": pairs, "seconds": round(time.time() - t0, 3), "when": time.time()}
+    store.put_artifacts({_key(name, "check.json"): json.dumps(doc, sort_keys=True).encode()})
+    return doc
+
+
+def supernet_doc(store: Store, record: SupernetRecord, *, sizes: dict[str, int] | None = None) -> dict[str, Any]:
+    """What ``nas supernet show --format json`` and ``GET /supernets/{name}`` say of a supernet:
+    settings, structure, size, curve, status, and its last ranking check (``check``, None without one)."""
+    if sizes is None:
+        sizes = store.artifact_keys(f"{SUPERNET_PREFIX}{record.name}/")
+    return {"name": record.name, "status": record.status, "epochs_done": record.epochs_done,
+            "epochs": record.spec.epochs, "space": record.spec.space, "space_options": record.config["options"],
+            "data": record.spec.data, "input_shape": record.config["input_shape"],
+            "num_classes": record.config["num_classes"], "settings": record.spec.model_dump(),
+            "params": record.params, "state_bytes": record.state_bytes,
+            "stored_weight_bytes": sizes.get(_key(record.name, "weights.pt")),
+            "seconds": record.seconds, "curve": record.curve,
+            "accuracy_source": f"supernet {record.name} (inherited weights, BN recalibrated; not stand-alone)",
+            "check": get_supernet_check(store, record.name)}
+
+
+def supernet_summary(store: Store, record: SupernetRecord) -> dict[str, Any]:
+    """One row of ``nas supernet list`` and ``GET /supernets``: its last ranking check's tau and rho included."""
+    last = record.curve[-1] if record.curve else {}
+    check = get_supernet_check(store, record.name) or {}
+    return {"name": record.name, "space": record.spec.space, "data": record.spec.data,
+            "input": "x".join(map(str, record.input_shape)), "status": record.status,
+            "epochs": f"{record.epochs_done}/{record.spec.epochs}", "params": record.params,
+            "largest": last.get("largest"), "smallest": last.get("smallest"),
+            "kendall_tau": check.get("kendall_tau"), "spearman_rho": check.get("spearman_rho"),
+            "check_n": check.get("n"), "check_epochs": check.get("epochs")}

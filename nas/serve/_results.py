@@ -18,7 +18,7 @@ from .._artifacts import load_arch
 from .._errors import NasError
 from .._export import export_refined as export_candidate
 from .._export import export_trial
-from ..search import record_of, refined_points
+from ..search import record_of, refined_points, trial_fidelity_key
 from ..workers import candidate_info
 from ._errors import ApiError, responses
 from ._models import PlotPoints, TrialPage
@@ -97,7 +97,7 @@ def trial(nas: Nas, name: StudyName, number: TrialNumber) -> dict[str, Any]:
                                            device=study_spec.cost_device).to_dict()
         if "hw_cost" in r.cost:
             out["cost_report"].setdefault("totals", {})["hw_cost"] = r.cost["hw_cost"]
-    ev = nas.store.get_evaluation(h, study_spec.fidelity_key) if h else None
+    ev = nas.store.get_evaluation(h, trial_fidelity_key(study_spec, t)) if h else None
     out["metrics"] = {"val_accuracy": r.val_accuracy, "test_accuracy": ev.test_accuracy if ev else None,
                       "epochs_run": r.epochs_run, "train_seconds": r.train_seconds,
                       "curve": r.curve or (json.loads(ev.curve_json) if ev else None),
@@ -182,8 +182,8 @@ def export(nas: Nas, name: StudyName, number: TrialNumber, format: Format = "onn
 
     if not t.state.is_finished():
         return build()
-    return cached_export(nas, (name, "trial", number, record_of(t).spec_hash, study_spec.fidelity_key, format,
-                               calibration), build)
+    return cached_export(nas, (name, "trial", number, record_of(t).spec_hash, trial_fidelity_key(study_spec, t),
+                               format, calibration), build)
 
 
 @router.get("/studies/{name}/refined/{refined}/export", dependencies=READ, responses=file_responses,

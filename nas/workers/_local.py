@@ -52,12 +52,13 @@ class Progress:
     pruned: int = 0
     rejected: int = 0
     supernet: int = 0  #: evaluated with a supernet's weights (supernet accuracy), among ``feasible``
+    finetuned: int = 0  #: added by fine-tuning members (``nas study finetune``), among ``feasible``; not counted
 
     @property
     def finished(self) -> int:
         """Trials that count towards the target: networks evaluated within the budget (complete
         within budget + pruned); over-budget rejections do not count."""
-        return self.complete - self.rejected + self.pruned
+        return self.complete - self.rejected - self.finetuned + self.pruned
 
     @property
     def feasible_share(self) -> float:
@@ -65,9 +66,12 @@ class Progress:
 
     def summary(self) -> str:
         """``12/16 within budget (10 trained, 2 reused, 1 stopped early), 40 rejected over budget, 0 failed``."""
-        parts = [f"{self.trained} trained", f"{self.feasible - self.trained - self.supernet} reused"]
+        parts = [f"{self.trained} trained", f"{self.feasible - self.trained - self.supernet - self.finetuned} reused"]
         if self.supernet:
-            parts = [f"{self.supernet} evaluated on the supernet"] + (parts if self.feasible > self.supernet else [])
+            parts = [f"{self.supernet} evaluated on the supernet"] + (
+                parts if self.feasible > self.supernet + self.finetuned else [])
+        if self.finetuned:
+            parts.append(f"{self.finetuned} fine-tuned from the supernet, not counted")
         if self.pruned:
             parts.append(f"{self.pruned} stopped early")
         return (f"{self.finished}/{self.target} within budget ({', '.join(parts)}), {self.rejected} rejected over "
@@ -87,7 +91,8 @@ def progress(name: str, store: Store, target: int | None = None) -> Progress:
     return Progress(len(complete), tgt, sum(t.state == TrialState.RUNNING for t in trials),
                     sum(t.state == TrialState.FAIL for t in trials), len(feasible), trained, len(front),
                     sum(t.state == TrialState.PRUNED for t in trials), rejected,
-                    sum(status_of(t) == Status.SUPERNET for t in complete))
+                    sum(status_of(t) == Status.SUPERNET for t in complete),
+                    sum(status_of(t) == Status.FINETUNED for t in complete))
 
 
 def work(name: str, url: str, *, target: int | None = None, deadline: float | None = None, worker: int = 0,

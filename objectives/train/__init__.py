@@ -43,7 +43,9 @@ from ._supernet import (
     SupernetEpoch,
     SupernetResult,
     evaluate_subnet,
+    rank_agreement,
     recalibrate_bn,
+    spanning_subnets,
     train_supernet,
 )
 from ._train import (
@@ -89,9 +91,11 @@ __all__ = [
     "load_dataset",
     "num_threads",
     "proxy_batch",
+    "rank_agreement",
     "recalibrate_bn",
     "score_arch",
     "score_model",
+    "spanning_subnets",
     "teacher_logits",
     "threads_per_worker",
     "train_model",

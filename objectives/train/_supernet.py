@@ -28,7 +28,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,7 +44,8 @@ from ._data import Dataset
 from ._distill import kd_loss
 from ._train import TrainConfig, TrainingError, _lr_factor, _param_groups, _seeded, evaluate, num_threads
 
-__all__ = ["SupernetEpoch", "SupernetResult", "evaluate_subnet", "recalibrate_bn", "train_supernet"]
+__all__ = ["SupernetEpoch", "SupernetResult", "evaluate_subnet", "rank_agreement", "recalibrate_bn",
+           "spanning_subnets", "train_supernet"]
 
 # ---------------------------------------------------------------------------------------- BN
 
@@ -120,6 +121,47 @@ def evaluate_subnet(supernet: SuperNet, spec: ArchSpec, data: Dataset, *, bn_bat
     model = supernet.extract(spec)
     recalibrate_bn(model, data.x_train, batches=bn_batches, batch_size=bn_batch_size, seed=seed)
     return evaluate(model, getattr(data, f"x_{split}"), getattr(data, f"y_{split}"))
+
+
+# ------------------------------------------------------------------------------ ranking
+
+
+def spanning_subnets(specs: Sequence[ArchSpec], input_shape: tuple[int, int, int], num_classes: int,
+                     n: int) -> list[ArchSpec]:
+    """``n`` of ``specs`` at evenly spaced ranks of their parameter counts, smallest and largest
+    kept (all of them, sorted, when there are no more than ``n``): subnets spanning a space's cost
+    range, for comparing supernet-inherited with stand-alone accuracy.
+
+    Raises:
+        ValueError: ``n`` below 2.
+    """
+    from ..cost import estimate_cost
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an integer of at least 2, got {n!r}")
+    costed = sorted(specs, key=lambda s: estimate_cost(s, input_shape, num_classes)["params"])  # stable: ties in order
+    if len(costed) <= n:
+        return costed
+    picks = sorted({round(i * (len(costed) - 1) / (n - 1)) for i in range(n)})
+    return [costed[i] for i in picks]
+
+
+def rank_agreement(a: Sequence[float], b: Sequence[float]) -> tuple[float | None, float | None]:
+    """Kendall tau(-b) and Spearman rho between two rankings of the same networks (``a[i]`` and
+    ``b[i]`` score network ``i``); None where undefined (fewer than 2 networks, or every score of
+    one side equal)."""
+    from scipy.stats import kendalltau, spearmanr
+
+    if len(a) != len(b):
+        raise ValueError(f"rank_agreement: {len(a)} scores against {len(b)}")
+    if len(a) < 2 or len(set(a)) < 2 or len(set(b)) < 2:
+        return None, None
+
+    def num(v: Any) -> float | None:
+        v = float(v)
+        return v if math.isfinite(v) else None
+
+    return num(kendalltau(a, b).statistic), num(spearmanr(a, b).statistic)
 
 
 # ---------------------------------------------------------------------------------- training
