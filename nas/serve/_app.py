@@ -38,6 +38,9 @@ Endpoints (``/docs`` has the generated OpenAPI page, ``/openapi.json`` the schem
 ``GET /studies/{name}/refined/{id}/export``                a refined candidate's file (the same formats)
 ``GET /studies/{name}/points``                             every trial and refined candidate as a
                                                            plot point, the budget's limits
+``GET /supernets``, ``GET /supernets/{name}``              stored supernets (read-only): training,
+                                                           size, the last ranking check (Kendall tau,
+                                                           Spearman rho, its pairs)
 ``GET /``, ``GET /ui/studies/{name}``                      the web page (:mod:`nas.serve._web`); open,
                                                            its data comes from the reads above
 =========================================================  ======================================
@@ -80,7 +83,7 @@ from storage import StorageError, Store, is_transient
 from .._errors import NasError
 from .._version import __version__
 from ..search import one_line_error
-from . import _refinement, _results, _service, _studies
+from . import _refinement, _results, _service, _studies, _supernets
 from ._errors import ApiError, error_response, field_of
 from ._settings import ApiSettings
 from ._state import Service
@@ -202,7 +205,7 @@ def create_app(settings: ApiSettings | None = None, store: Store | None = None) 
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     _handlers(app)
     app.state.routers = (_service.router, _studies.router, _results.router, _refinement.router,
-                         pages_router(settings))
+                         _supernets.router, pages_router(settings))
     for router in app.state.routers:
         app.include_router(router)
     _openapi(app, settings)

@@ -90,6 +90,8 @@ def trial(nas: Nas, name: StudyName, number: TrialNumber) -> dict[str, Any]:
     except NasError:
         arch = None
     out["spec"] = arch.to_dict() if arch is not None else None
+    if isinstance(t.user_attrs.get("accuracy_source"), str):  # a supernet study's: supernet or fine-tuned accuracy
+        out["accuracy_source"] = t.user_attrs["accuracy_source"]
     out["params"] = t.params
     if arch is not None:
         shape = nas.shape(study_spec)

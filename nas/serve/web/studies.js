@@ -1,4 +1,5 @@
-/* lightnas web page: the studies (GET /studies), refreshed every 2 s while any has work running. */
+/* lightnas web page: the studies (GET /studies), refreshed every 2 s while any has work running, and the
+   supernets with their ranking check (GET /supernets). */
 "use strict";
 
 (function () {
@@ -28,12 +29,32 @@
       el("td", {}, L.when(s.created_at)));
   }
 
+  function num(v) {
+    return v === null || v === undefined ? "undefined" : Number(v).toFixed(3);
+  }
+
+  function supernetRow(s) {
+    const check = s.check_n === null || s.check_n === undefined ? "none yet" :
+      num(s.kendall_tau) + " / " + num(s.spearman_rho) + " (" + s.check_n + " subnets, " + s.check_epochs +
+      " epoch(s) stand-alone)";
+    return el("tr", { dataset: { supernet: s.name } },
+      el("td", {}, s.name),
+      el("td", {}, s.space + " on " + s.data + " (" + s.input + ")"),
+      el("td", {}, s.status + " " + s.epochs),
+      el("td", { class: "num" }, s.params),
+      el("td", { class: "tau" }, check));
+  }
+
   async function load() {
     const data = await L.api("/studies");
     studies = data.studies;
     L.notice("");
     tbody.replaceChildren(...studies.map(row));
     document.getElementById("empty").hidden = studies.length > 0;
+    const supernets = await L.api("/supernets");
+    const table = document.getElementById("supernets");
+    table.querySelector("tbody").replaceChildren(...supernets.map(supernetRow));
+    table.hidden = supernets.length === 0;
   }
 
   const poller = L.poll(load, () => studies.some(L.busy));

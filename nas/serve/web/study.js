@@ -505,13 +505,14 @@
   function renderTrial(d) {
     const box = $("detail");
     const m = d.metrics || {};
-    const trained = d.status === "trained" || d.status === "reused";
+    const trained = d.status === "trained" || d.status === "reused" || d.status === "finetuned";
     const head = el("h2", {}, "Trial " + d.number + " ", el("span", { class: "badge" }, d.status || d.state));
     const facts = [];
     if (d.accuracy !== null && d.status !== "over_budget") {
       facts.push("validation accuracy " + (typeof m.fp32_accuracy === "number" ? "(int8) " : "")
         + L.fmt(d.accuracy, "accuracy"));
     }
+    if (d.accuracy_source) facts.push("accuracy: " + d.accuracy_source);
     if (typeof m.fp32_accuracy === "number") {
       facts.push("fp32 " + L.fmt(m.fp32_accuracy, "accuracy") + ", drop " + L.fmt(m.int8_drop, "accuracy"));
     }

@@ -1,0 +1,50 @@
+"""Supernet routes (read-only): the stored weight-shared supernets, their training and their ranking check.
+
+A supernet is trained by ``nas supernet train`` (never by the API) and checked by ``nas supernet
+check``; these routes say what the database holds, as ``nas supernet list|show --format json``
+do: the last check's Kendall tau and Spearman rho between supernet and stand-alone accuracy in the
+listing, every pair in one supernet's view.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter
+from fastapi import Path as PathParam
+
+from .._errors import NasError
+from ..search import get_supernet, list_supernets, require_supernet, supernet_doc, supernet_summary
+from ._errors import ApiError, responses
+from ._state import READ, Nas, clean
+
+router = APIRouter()
+
+SupernetName = Annotated[str, PathParam(description="supernet name", max_length=255)]
+
+
+@router.get("/supernets", dependencies=READ, responses=responses(401), tags=["supernets"])
+def supernets(nas: Nas) -> list[dict[str, Any]]:
+    """Every stored supernet: space, data, status, size, its largest and smallest subnets' supernet
+    accuracy, and its last ranking check (``kendall_tau``, ``spearman_rho``, ``check_n``,
+    ``check_epochs``; null without one)."""
+    rows = []
+    for name in list_supernets(nas.store):
+        try:
+            record = get_supernet(nas.store, name)
+        except NasError:  # a damaged record: left out, never the listing down
+            continue
+        if record is not None:
+            rows.append(clean(supernet_summary(nas.store, record)))
+    return rows
+
+
+@router.get("/supernets/{name}", dependencies=READ, responses=responses(401, 404), tags=["supernets"])
+def supernet(nas: Nas, name: SupernetName) -> dict[str, Any]:
+    """One supernet: settings, structure, size, per-epoch curve, status and its last ranking check
+    (``check``: n, epochs, seed, kendall_tau, spearman_rho, every pair, when; null without one)."""
+    try:
+        record = require_supernet(nas.store, name)
+    except NasError as e:
+        raise ApiError(404, str(e)) from None
+    return clean(supernet_doc(nas.store, record))  # type: ignore[no-any-return]
