@@ -161,6 +161,25 @@ def test_finetune_the_front_labelled_exported_and_never_duplicated(trained: str,
     assert meta["accuracy_source"] == "finetuned from supernet sn (1 epoch)"
     state = torch.load(to / "weights.pt", weights_only=True)
     assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+    # refinement starts from the fine-tuned weights (--reuse-weights), stopped after its baseline
+    from nas.refine import RefineSettings, refine_trial
+
+    got = []
+
+    def stop(e) -> None:
+        if e.kind == "candidate":
+            got.append(e.row)
+            raise KeyboardInterrupt
+
+    store = Store(trained)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            refine_trial("s", number, store, RefineSettings(reuse_weights=True), on_event=stop)
+    finally:
+        store.close()
+    fkey = next(t for t in added if t.number == number).user_attrs["fidelity_key"]
+    assert got[0].method == "baseline" and json.loads(got[0].detail_json)["weights"].endswith(f"/{fkey}.pt")
+    assert got[0].val_accuracy == pytest.approx(tuned[0]["accuracy"])  # the fine-tuned network itself
     # a second fine-tune (the front is now the fine-tuned trials) trains and adds nothing
     weights = _artifacts(trained, "weights/")
     code, out, err = nas_cli("study", "finetune", "s", "--front", "--epochs", "1", "--storage", trained)
