@@ -94,7 +94,7 @@ def trial(nas: Nas, name: StudyName, number: TrialNumber) -> dict[str, Any]:
     if arch is not None:
         shape = nas.shape(study_spec)
         out["cost_report"] = estimate_cost(arch, shape.input_shape, shape.num_classes,
-                                           device=study_spec.cost_device).to_dict()
+                                           device=study_spec.cost_profile()).to_dict()
         if "hw_cost" in r.cost:
             out["cost_report"].setdefault("totals", {})["hw_cost"] = r.cost["hw_cost"]
     ev = nas.store.get_evaluation(h, study_spec.fidelity_key) if h else None

@@ -205,7 +205,8 @@ class Service:
             raise ApiError(404, f"unknown study {name!r}; GET /studies lists them")
         unreadable = None
         try:
-            spec_doc: dict[str, Any] = json.loads(parse_stored_spec(name, row.spec_json).to_json())
+            spec_doc: dict[str, Any] = json.loads(parse_stored_spec(name, row.spec_json,
+                                                                     self.store.device_profiles()).to_json())
         except UnreadableStudy as e:
             unreadable = str(e).replace(f"('nas study delete {name} --yes')", f"(DELETE /studies/{name})")
             spec_doc = {}

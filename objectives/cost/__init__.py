@@ -39,8 +39,6 @@ from ._devices import (
     parse_profile,
     save_device,
     shipped_profile_path,
-    stored_profiles,
-    use_stored_profiles,
     user_profile_path,
 )
 from ._feasibility import (
@@ -178,12 +176,10 @@ __all__ = [
     "smaller_inputs",
     "space_minimum",
     "space_share",
-    "stored_profiles",
     "temporary_bytes",
     "tflite_graph",
     "time_rounds",
     "trace_layers",
-    "use_stored_profiles",
     "user_profile_path",
     "write_probes",
 ]
