@@ -358,6 +358,31 @@ def test_api_data_shape_follows_a_study_created_again_under_its_name(sqlite_url,
         store.close()
 
 
+def test_api_export_cache_follows_a_study_created_again_under_its_name(sqlite_url):
+    from fastapi.testclient import TestClient
+
+    from nas.serve import ApiSettings, create_app
+
+    store = Store(sqlite_url)
+    arch = sample_spec(spec("x", 1).search_space((1, 8, 8)), 0)
+    store.put_architecture(arch.hash, arch.family, arch.to_json())
+    latencies = []
+    try:
+        with TestClient(create_app(ApiSettings(storage=sqlite_url, read_only=True), store)) as c:
+            for device in ("rpi4", "cortex-m7"):  # the same trial (architecture, fidelity) costed on another device
+                create_study(spec("s", 10, cost_device=device), store, target=0)
+                optuna.load_study(study_name="s", storage=store.optuna).add_trial(optuna.trial.create_trial(
+                    params={}, distributions={}, values=[0.5, 0.1],
+                    user_attrs={"status": "trained", "spec_hash": arch.hash}))
+                r = c.get("/studies/s/trials/0/export", params={"format": "json"})
+                assert r.status_code == 200, r.text
+                latencies.append(r.json()["model"]["cost"]["totals"]["latency_ms"])
+                delete_study("s", store)  # by another process (the CLI), not through this server
+        assert latencies[0] != latencies[1]  # the new study's file, not the old one's from the cache
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("names", [None, ["w"]], ids=["all-studies", "named"])
 def test_a_worker_serves_a_study_deleted_and_created_again(storage_url, names):
     store = Store(storage_url)

@@ -22,7 +22,7 @@ from ..search import record_of, refined_points
 from ..workers import candidate_info
 from ._errors import ApiError, responses
 from ._models import PlotPoints, TrialPage
-from ._state import EXPORT_CACHE, FORMATS, MAX_INT, READ, Nas, Service, StudyName, TrialNumber, clean, trial_row
+from ._state import FORMATS, MAX_INT, READ, Nas, Service, StudyName, TrialNumber, clean, trial_row
 
 router = APIRouter()
 
@@ -182,8 +182,8 @@ def export(nas: Nas, name: StudyName, number: TrialNumber, format: Format = "onn
 
     if not t.state.is_finished():
         return build()
-    return cached_export(nas, (name, "trial", number, record_of(t).spec_hash, study_spec.fidelity_key, format,
-                               calibration), build)
+    return cached_export(nas, (nas.identity(name), "trial", number, record_of(t).spec_hash, study_spec.fidelity_key,
+                               format, calibration), build)
 
 
 @router.get("/studies/{name}/refined/{refined}/export", dependencies=READ, responses=file_responses,
@@ -202,7 +202,7 @@ def export_refined(nas: Nas, name: StudyName, refined: Annotated[int, PathParam(
                 raise _export_error(e, 404) from None
             return export_response(Path(tmp), format, f"{name}-refined{refined}", info.get("deploy"))
 
-    return cached_export(nas, (name, "refined", refined, format, calibration), build)  # ids are never reused
+    return cached_export(nas, (nas.identity(name), "refined", refined, format, calibration), build)
 
 
 def _one_int8(fmt: str) -> AbstractContextManager[Any]:
@@ -230,11 +230,7 @@ def cached_export(nas: Service, key: tuple[Any, ...], build: Callable[[], Respon
         keep = {"Content-Disposition": r.headers["content-disposition"]}
         if DEPLOY_HEADER.lower() in r.headers:
             keep[DEPLOY_HEADER] = r.headers[DEPLOY_HEADER.lower()]
-        hit = (bytes(r.body), str(r.media_type), keep)
-        nas.exports[key] = hit
-        while len(nas.exports) > EXPORT_CACHE:
-            nas.exports.popitem(last=False)
-    nas.exports.move_to_end(key)
+        hit = nas.exports.put(key, (bytes(r.body), str(r.media_type), keep))
     return Response(hit[0], media_type=hit[1], headers=hit[2])
 
 

@@ -118,9 +118,7 @@ def delete(nas: Nas, name: StudyName) -> Response:
         delete_study(name, nas.store)  # of concurrent deletes one wins, the others find it gone: 404
     except UnknownStudy:
         raise ApiError(404, f"unknown study {name!r}; GET /studies lists them") from None
-    nas.shapes.pop(name, None)
-    for key in [k for k in nas.exports if k[0] == name]:
-        del nas.exports[key]
+    nas.forget(name)
     return Response(status_code=204)
 
 
