@@ -342,6 +342,38 @@ def test_waiting_for_the_database_is_bounded_and_a_failed_beat_keeps_beating():
         wait_until(lambda: len(beats) >= 4, "beats after failed ones", timeout=10, every=0.02)
 
 
+def test_the_one_retry_loop_backs_off_within_its_limits(monkeypatch):
+    import storage._retry as retry_module
+    from storage import retry
+
+    pauses: list[float] = []
+    monkeypatch.setattr(retry_module.time, "sleep", pauses.append)
+    calls, retried = [], []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 4:
+            raise OSError("away")
+        return "done"
+
+    assert retry(flaky, retryable=lambda e: isinstance(e, OSError), delay=0.1, max_delay=0.25,
+                 on_retry=retried.append) == "done"
+    assert pauses == [0.1, 0.2, 0.25] and len(retried) == 3  # doubling, capped
+    pauses.clear()
+    with pytest.raises(OSError):  # the attempts spent: the last error
+        retry(lambda: (_ for _ in ()).throw(OSError("away")), retryable=lambda e: True, attempts=3, delay=0.1,
+              max_delay=5.0, jitter=True)
+    assert len(pauses) == 2 and 0.1 <= pauses[0] <= 0.2 and 0.2 <= pauses[1] <= 0.4  # delay x U(1, 2)
+    pauses.clear()
+    with pytest.raises(ValueError):  # not retryable: at once
+        retry(lambda: (_ for _ in ()).throw(ValueError("bug")), retryable=lambda e: isinstance(e, OSError),
+              delay=0.1, max_delay=1.0)
+    with pytest.raises(OSError):  # given up: at once
+        retry(lambda: (_ for _ in ()).throw(OSError("away")), retryable=lambda e: True, delay=0.1, max_delay=1.0,
+              give_up=lambda waited: True)
+    assert pauses == []
+
+
 # ------------------------------------------------------------------ 4. API races
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from storage import error_line, is_transient
+from storage import error_line, is_transient, retry
 
 __all__ = ["DB_WAIT", "Heartbeat", "database_down", "outage_within", "trial_fail_reason", "wait_for_database"]
 
@@ -53,22 +53,15 @@ def wait_for_database(fn: Callable[[], T], what: str, stop: threading.Event | No
     """Run ``fn``; while the database is unreachable, retry with backoff (0.5 s .. 15 s, never past
     the window): for at most ``max_wait`` seconds (None: as long as it takes; a stopping worker, ``stop``
     set, gives up after a minute), then the last error is raised. Other errors are raised at once."""
-    delay, warned = 0.5, False
-    start = time.monotonic()
-    while True:
-        try:
-            return fn()
-        except Exception as e:
-            waited = time.monotonic() - start
-            if not database_down(e) or (max_wait is not None and waited >= max_wait):
-                raise
-            if not warned:
-                log.warning("database unavailable while %s (%s); retrying", what, error_line(e))
-                warned = True
-            if stop is not None and stop.is_set() and waited > 60:
-                raise
-            time.sleep(min(delay, max_wait - waited) if max_wait is not None else delay)
-            delay = min(delay * 2, 15.0)
+    warned: list[bool] = []
+
+    def warn(e: Exception) -> None:
+        if not warned:
+            log.warning("database unavailable while %s (%s); retrying", what, error_line(e))
+            warned.append(True)
+
+    return retry(fn, retryable=database_down, delay=0.5, max_delay=15.0, max_wait=max_wait,
+                 give_up=lambda waited: stop is not None and stop.is_set() and waited > 60, on_retry=warn)
 
 
 def trial_fail_reason(e: BaseException) -> str:
