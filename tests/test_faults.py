@@ -315,7 +315,7 @@ def test_a_trial_training_through_a_postgresql_outage_completes_once(private_pos
 
 
 def test_waiting_for_the_database_is_bounded_and_a_failed_beat_keeps_beating():
-    from nas.workers import Heartbeat, wait_for_database
+    from nas.workers import Heartbeat, Outages, wait_for_database
     from storage import StorageError
 
     calls: list[float] = []
@@ -330,6 +330,10 @@ def test_waiting_for_the_database_is_bounded_and_a_failed_beat_keeps_beating():
     assert 1.5 <= time.monotonic() - t0 < 3.5 and len(calls) >= 2  # retried, then gave up within the window
     with pytest.raises(ValueError):  # not an outage: at once
         wait_for_database(lambda: (_ for _ in ()).throw(ValueError("bug")), "testing", max_wait=30)
+    mine, another = Outages(), Outages()  # the outages of two workers of one process
+    with pytest.raises(StorageError):
+        wait_for_database(away, "testing", max_wait=0.1, outages=mine)
+    assert mine.within(60) and not another.within(60)  # only the worker that met it holds its sweeps
 
     beats: list[int] = []
 
