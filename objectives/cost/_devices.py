@@ -340,7 +340,7 @@ def open_profile(name: str, stored: Mapping[str, str] | None = None) -> DevicePr
                                   accepted="a profile TOML file (TOML is UTF-8)")
             return parse_profile(text, name)
         if stored and name in stored:
-            return parse_profile(stored[name], f"{name!r} (stored in the study database)")
+            return _parse_stored(name, stored[name])
         path = _profile_file(name, stored or {})
         if path is not None:
             check_user_file(path, f"device profile {name!r}", MAX_PROFILE_BYTES, error=DeviceError)
