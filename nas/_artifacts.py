@@ -17,11 +17,14 @@ from search_spaces import ArchSpec, LightNet, build_model
 from storage import Store
 
 from ._errors import NasError
+from ._lru import LRUCache
 
 __all__ = ["int8_key", "load_arch", "load_network", "load_state", "save_arch", "save_state", "serialize_state",
            "weights_key"]
 
-_ARCHS: dict[str, ArchSpec] = {}
+#: Stored architectures by spec hash (a hash names one architecture in every database), the least
+#: recently read dropped past 4096.
+_ARCHS: LRUCache[str, ArchSpec] = LRUCache(limit=4096)
 
 
 def weights_key(spec_hash: str, fidelity_key: str) -> str:
@@ -51,10 +54,7 @@ def load_arch(store: Store, spec_hash: str) -> ArchSpec:
         text = store.get_architecture(spec_hash)
         if text is None:
             raise NasError(f"architecture {spec_hash[:12]} is not stored in this database")
-        arch = ArchSpec.from_json(text)
-        if len(_ARCHS) > 4096:
-            _ARCHS.clear()
-        _ARCHS[spec_hash] = arch
+        arch = _ARCHS.put(spec_hash, ArchSpec.from_json(text))
     return arch
 
 

@@ -244,7 +244,7 @@ def _write(arch: ArchSpec, model: torch.nn.Module, data: DataShape, study_spec: 
     _check_out(out)
     files: dict[str, bytes] = {}
     if "json" in formats:
-        report = estimate_cost(arch, data.input_shape, data.num_classes, device=study_spec.cost_device)
+        report = estimate_cost(arch, data.input_shape, data.num_classes, device=study_spec.cost_profile())
         meta = {**meta, "input_shape": list(data.input_shape), "num_classes": data.num_classes, "data": study_spec.data,
                 "mean": list(data.mean), "std": list(data.std), "cost": report.to_dict(rows=False)}
         if "deploy" in info:

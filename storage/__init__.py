@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._retry import retry
 from ._schema import (
     SCHEMA_VERSION,
     ArchitectureRow,
@@ -29,4 +30,4 @@ from ._store import (
 
 __all__ = ["DEFAULT_URL", "JOB_STATES", "OPEN_MODES", "SCHEMA_VERSION", "ArchitectureRow", "ArtifactRow", "Base",
            "EvaluationRow", "JobRow", "Meta", "ProxyScoreRow", "RefinementRow", "RetryTrial", "StorageError", "Store",
-           "StudyRow", "error_hint", "error_line", "is_transient", "normalize_url"]
+           "StudyRow", "error_hint", "error_line", "is_transient", "normalize_url", "retry"]

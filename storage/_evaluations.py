@@ -10,6 +10,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ._repository import Repository
+from ._retry import retry
 from ._schema import (
     ArchitectureRow,
     ArtifactRow,
@@ -52,7 +53,7 @@ class EvaluationsRepo(Repository):
         same transaction, and only if this evaluation is the one recorded: the stored weights are
         always those of the stored accuracy, whichever of two concurrent trainings came first.
         """
-        for attempt in range(3):
+        def insert() -> EvaluationRow:
             row = EvaluationRow(spec_hash=spec_hash, fidelity_key=fidelity_key, fidelity_json=json.dumps(fidelity),
                                 val_accuracy=val_accuracy, cost_json=json.dumps(cost), seconds=seconds,
                                 epochs_run=epochs_run, curve_json=json.dumps(curve), artifact_key=artifact_key)
@@ -71,9 +72,9 @@ class EvaluationsRepo(Repository):
                 existing = self.get_evaluation(spec_hash, fidelity_key)
                 if existing is not None:
                     return existing
-                if attempt == 2:  # not the evaluation: the artifact row, inserted by another writer each time
-                    raise
-        raise AssertionError("unreachable")
+                raise  # not the evaluation: the artifact row, inserted by another writer meanwhile
+
+        return retry(insert, retryable=lambda e: isinstance(e, IntegrityError), attempts=3, delay=0.0, max_delay=0.0)
 
     # ------------------------------------------------------------------ claims of architectures in training
     # Which trial trains an architecture at a fidelity now (``storage._schema.ClaimRow``, schema

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import threading
-import time
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
@@ -40,6 +38,7 @@ from . import _optuna_tables as optuna_tables
 from ._artifacts import ArtifactsRepo
 from ._evaluations import EvaluationsRepo, ProxyCacheRepo
 from ._jobs import JobsRepo
+from ._retry import retry
 from ._schema import (
     JOB_STATES,
     MIGRATIONS,
@@ -164,20 +163,19 @@ def _creation_race(e: BaseException) -> bool:
     return isinstance(e, IntegrityError) or "already exists" in error_line(e).lower()
 
 
+_DATABASE_ERRORS = (OperationalError, IntegrityError, DBAPIError, optuna.exceptions.StorageInternalError)
+
+
 def _retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
-    """Run ``fn``, retrying creation races and unreachable databases with jittered backoff; any
-    other database error (a read-only file, a corrupted one, a missing permission) at once."""
-    delay = 0.1
-    for i in range(attempts):
-        try:
-            return fn()
-        except (OperationalError, IntegrityError, DBAPIError, optuna.exceptions.StorageInternalError) as e:
-            if i == attempts - 1 or not (is_transient(e) or _creation_race(e)):
-                raise StorageError(f"{what} failed: {error_line(e)}{error_hint(error_line(e))}",
-                                   transient=is_transient(e)) from None
-            time.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 5.0)
-    raise AssertionError("unreachable")
+    """Run ``fn``, retrying creation races and unreachable databases with jittered backoff
+    (:func:`storage.retry`); any other database error (a read-only file, a corrupted one, a missing
+    permission) at once, as a :class:`StorageError`."""
+    try:
+        return retry(fn, retryable=lambda e: isinstance(e, _DATABASE_ERRORS) and (is_transient(e) or _creation_race(e)),
+                     attempts=attempts, delay=0.1, max_delay=5.0, jitter=True)
+    except _DATABASE_ERRORS as e:
+        raise StorageError(f"{what} failed: {error_line(e)}{error_hint(error_line(e))}",
+                           transient=is_transient(e)) from None
 
 
 def error_line(e: BaseException) -> str:

@@ -24,7 +24,7 @@ from badinput_kit import AUTH, BASE, TINY, TOKEN, assert_one_line, cli, create, 
 from fastapi.testclient import TestClient
 
 from nas.serve import ApiSettings, create_app
-from objectives import get_device, use_stored_profiles
+from objectives import get_device
 from storage import Store
 
 #: Seconds a refusal may take at most: it takes milliseconds, a read of a FIFO never ends.
@@ -239,7 +239,6 @@ def test_the_api_takes_profiles_of_its_database_and_skips_unreadable_server_file
     store = Store(url)
     store.save_device_profile("dbboard", get_device("rpi4").model_copy(update={"name": "dbboard"}).to_toml())
     store.close()
-    use_stored_profiles({})  # a server that has not read its database's profiles yet
     with TestClient(create_app(ApiSettings(storage=url, tokens=(TOKEN,)))) as c:
         r = c.post("/studies", json={**BASE, "cost_device": "dbboard"}, headers=AUTH)
         assert r.status_code == 201, r.text

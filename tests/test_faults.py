@@ -315,7 +315,7 @@ def test_a_trial_training_through_a_postgresql_outage_completes_once(private_pos
 
 
 def test_waiting_for_the_database_is_bounded_and_a_failed_beat_keeps_beating():
-    from nas.workers import Heartbeat, wait_for_database
+    from nas.workers import Heartbeat, Outages, wait_for_database
     from storage import StorageError
 
     calls: list[float] = []
@@ -330,6 +330,10 @@ def test_waiting_for_the_database_is_bounded_and_a_failed_beat_keeps_beating():
     assert 1.5 <= time.monotonic() - t0 < 3.5 and len(calls) >= 2  # retried, then gave up within the window
     with pytest.raises(ValueError):  # not an outage: at once
         wait_for_database(lambda: (_ for _ in ()).throw(ValueError("bug")), "testing", max_wait=30)
+    mine, another = Outages(), Outages()  # the outages of two workers of one process
+    with pytest.raises(StorageError):
+        wait_for_database(away, "testing", max_wait=0.1, outages=mine)
+    assert mine.within(60) and not another.within(60)  # only the worker that met it holds its sweeps
 
     beats: list[int] = []
 
@@ -340,6 +344,38 @@ def test_waiting_for_the_database_is_bounded_and_a_failed_beat_keeps_beating():
 
     with Heartbeat(beat, 0.05, "test-beat", first=False):
         wait_until(lambda: len(beats) >= 4, "beats after failed ones", timeout=10, every=0.02)
+
+
+def test_the_one_retry_loop_backs_off_within_its_limits(monkeypatch):
+    import storage._retry as retry_module
+    from storage import retry
+
+    pauses: list[float] = []
+    monkeypatch.setattr(retry_module.time, "sleep", pauses.append)
+    calls, retried = [], []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 4:
+            raise OSError("away")
+        return "done"
+
+    assert retry(flaky, retryable=lambda e: isinstance(e, OSError), delay=0.1, max_delay=0.25,
+                 on_retry=retried.append) == "done"
+    assert pauses == [0.1, 0.2, 0.25] and len(retried) == 3  # doubling, capped
+    pauses.clear()
+    with pytest.raises(OSError):  # the attempts spent: the last error
+        retry(lambda: (_ for _ in ()).throw(OSError("away")), retryable=lambda e: True, attempts=3, delay=0.1,
+              max_delay=5.0, jitter=True)
+    assert len(pauses) == 2 and 0.1 <= pauses[0] <= 0.2 and 0.2 <= pauses[1] <= 0.4  # delay x U(1, 2)
+    pauses.clear()
+    with pytest.raises(ValueError):  # not retryable: at once
+        retry(lambda: (_ for _ in ()).throw(ValueError("bug")), retryable=lambda e: isinstance(e, OSError),
+              delay=0.1, max_delay=1.0)
+    with pytest.raises(OSError):  # given up: at once
+        retry(lambda: (_ for _ in ()).throw(OSError("away")), retryable=lambda e: True, delay=0.1, max_delay=1.0,
+              give_up=lambda waited: True)
+    assert pauses == []
 
 
 # ------------------------------------------------------------------ 4. API races

@@ -33,7 +33,6 @@ from objectives import (
     pool_layer,
     predict_many,
     probe_set,
-    use_stored_profiles,
 )
 from search_spaces import ArchSpec, Block, Head, Stage, Stem, get_space, sample_spec
 
@@ -195,13 +194,14 @@ def test_shipped_profiles_record_runtime_and_validation():
 
 def test_stored_profiles_resolve_by_name_before_local_ones():
     prof = _profile(name="from-db", sources={**get_device("rpi4").sources, "opmodel": "test"})
-    try:
-        use_stored_profiles({"from-db": prof.to_toml(), "broken": "not toml ["})
-        assert "from-db" in list_devices() and get_device("from-db") == prof
-        with pytest.raises(DeviceError, match="'broken' .stored in the study database.: not valid TOML"):
-            get_device("broken")
-    finally:
-        use_stored_profiles({})
+    stored = {"from-db": prof.to_toml(), "broken": "not toml [", "rpi4": prof.model_copy(
+        update={"name": "rpi4"}).to_toml()}
+    assert "from-db" in list_devices(stored) and get_device("from-db", stored) == prof
+    assert get_device("rpi4", stored).opmodel == prof.opmodel != get_device("rpi4").opmodel  # the database's first
+    with pytest.raises(DeviceError, match="'broken' .stored in the study database.: not valid TOML"):
+        get_device("broken", stored)
+    # Given to those calls only: nothing of them stays behind in the process.
+    assert "from-db" not in list_devices()
     with pytest.raises(DeviceError, match="unknown device profile 'from-db'"):
         get_device("from-db")
 

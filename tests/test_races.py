@@ -3,14 +3,16 @@
 * two trials of one new architecture at the same fidelity at once (separate ``Store`` objects on one
   SQLite file, and on PostgreSQL): one trains it, the other waits for the claim and reuses the result,
   and the stored weights are those of the stored accuracy; a claim whose owner died is taken over;
-* the stored device profiles refilled while other threads resolve them, and the API's export cache
-  hammered by concurrent requests: no "unknown device profile", no ``KeyError``;
+* one profile name stored with different numbers in two databases, their studies read alternately and
+  from two threads: each costs with its own database's profile; the API's export cache hammered by
+  concurrent requests: no ``KeyError``;
 * a study deleted and created again under its name: a long-running worker and the API's caches treat it
   as the new study it is.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import threading
@@ -25,9 +27,18 @@ from conftest import WAIT, trials_of, wait_until
 from optuna.trial import TrialState
 
 from nas import TrialInterrupted, load_network
-from nas.search import TrialObjective, create_study, delete_study, get_study_spec, load_context, make_spec
+from nas.search import (
+    StudySpec,
+    TrialObjective,
+    create_study,
+    delete_study,
+    get_study_spec,
+    list_studies,
+    load_context,
+    make_spec,
+)
 from nas.workers import run_worker
-from objectives import DeviceError, evaluate, get_device, use_stored_profiles
+from objectives import DeviceError, estimate_cost, evaluate, get_device
 from search_spaces import sample_spec
 from storage import SCHEMA_VERSION, Meta, Store
 
@@ -240,34 +251,37 @@ def test_a_schema_5_database_opens_and_gains_the_claims_table(storage_url):
 # ------------------------------------------------------------------- 2. nas serve's threads
 
 
-def test_refilling_stored_profiles_never_hides_one(fast_switching):
-    text = get_device("cortex-m7").model_copy(update={"name": "from-db"}).to_toml()
-    profiles = {"from-db": text, **{f"other-{i}": text for i in range(200)}}
-    use_stored_profiles(profiles)
-    stop, errors = threading.Event(), []
+def test_two_databases_with_one_profile_name_each_cost_with_their_own(tmp_path, fast_switching):
+    """A profile name stored in two databases with different numbers: studies of each, read alternately and
+    from two threads in one process (as by ``nas serve``'s threads), cost with their own database's profile."""
+    base = get_device("cortex-m7")
+    arch = sample_spec(spec("x", 1).search_space((1, 8, 8)), 0)
+    stores, want = [], []
+    for i, power in enumerate((0.5, 5.0)):
+        store = Store(f"sqlite:///{tmp_path / f'db{i}.db'}")
+        stores.append(store)
+        store.save_device_profile("board", base.model_copy(update={"name": "board", "board_power_w": power}).to_toml())
+        doc = {**json.loads(spec(f"s{i}", 1).to_json()), "cost_device": "board"}  # as the API validates a body
+        create_study(StudySpec.model_validate_json(json.dumps(doc), context={"profiles": store.device_profiles()}),
+                     store, target=0)
+        want.append(estimate_cost(arch, (1, 8, 8), 10, get_device("board", store.device_profiles()))["energy_uj"])
+    assert want[0] != want[1]
+    with pytest.raises(DeviceError, match="unknown device profile 'board'"):
+        get_device("board")  # known to each database's studies only, never to the process
 
-    def refill() -> None:  # what every study read does (nas.search.get_study_spec)
-        while not stop.is_set():
-            use_stored_profiles(profiles)
-
-    def resolve() -> None:  # a request costing on the stored profile
-        try:
-            for _ in range(20_000):
-                get_device("from-db")
-        except DeviceError as e:
-            errors.append(str(e))
+    def energy(i: int) -> float:
+        return get_study_spec(f"s{i}", stores[i]).cost(arch, (1, 8, 8), 10)["energy_uj"]
 
     try:
-        with ThreadPoolExecutor(3) as pool:
-            refills = [pool.submit(refill) for _ in range(2)]
-            pool.submit(resolve).result(timeout=WAIT)
-            stop.set()
-            for f in refills:
-                f.result(timeout=WAIT)
+        assert [energy(i) for i in (0, 1, 0, 1)] == [want[0], want[1], want[0], want[1]]
+        listed = [e.study_spec for i in (1, 0) for e in list_studies(stores[i])]
+        assert [s.cost_profile().board_power_w for s in listed if s is not None] == [5.0, 0.5]
+        with ThreadPoolExecutor(2) as pool:
+            runs = [pool.submit(lambda i=i: [energy(i) for _ in range(30)]) for i in (0, 1)]
+            assert [f.result(timeout=WAIT) for f in runs] == [[want[0]] * 30, [want[1]] * 30]
     finally:
-        stop.set()
-        use_stored_profiles({})
-    assert errors == []
+        for store in stores:
+            store.close()
 
 
 def test_export_cache_under_concurrent_requests(sqlite_url, fast_switching):
@@ -340,6 +354,31 @@ def test_api_data_shape_follows_a_study_created_again_under_its_name(sqlite_url,
         create_study(spec("s", 10, data=f"npz:{tmp_path / 'd.npz'}"), store)
         shape = service.shape(get_study_spec("s", store))
         assert (shape.input_shape, shape.num_classes) == ((1, 12, 12), 4)
+    finally:
+        store.close()
+
+
+def test_api_export_cache_follows_a_study_created_again_under_its_name(sqlite_url):
+    from fastapi.testclient import TestClient
+
+    from nas.serve import ApiSettings, create_app
+
+    store = Store(sqlite_url)
+    arch = sample_spec(spec("x", 1).search_space((1, 8, 8)), 0)
+    store.put_architecture(arch.hash, arch.family, arch.to_json())
+    latencies = []
+    try:
+        with TestClient(create_app(ApiSettings(storage=sqlite_url, read_only=True), store)) as c:
+            for device in ("rpi4", "cortex-m7"):  # the same trial (architecture, fidelity) costed on another device
+                create_study(spec("s", 10, cost_device=device), store, target=0)
+                optuna.load_study(study_name="s", storage=store.optuna).add_trial(optuna.trial.create_trial(
+                    params={}, distributions={}, values=[0.5, 0.1],
+                    user_attrs={"status": "trained", "spec_hash": arch.hash}))
+                r = c.get("/studies/s/trials/0/export", params={"format": "json"})
+                assert r.status_code == 200, r.text
+                latencies.append(r.json()["model"]["cost"]["totals"]["latency_ms"])
+                delete_study("s", store)  # by another process (the CLI), not through this server
+        assert latencies[0] != latencies[1]  # the new study's file, not the old one's from the cache
     finally:
         store.close()
 

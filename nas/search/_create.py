@@ -31,7 +31,7 @@ from storage import Store
 
 from .._errors import NasError
 from ._spec import StudySpec
-from ._studies import check_name_free, delete_study, use_store_profiles
+from ._studies import check_name_free, delete_study
 from ._warm import WarmStart, cheapest_anchors, enqueue_planned, plan_warm_start
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ def plan_study(study_spec: StudySpec, data: Dataset | None = None) -> StudyPlan:
     """
     from objectives import USABLE_SHARE, WARN_SHARE, assess, fit_space, resized_shape, smaller_inputs
 
+    profile = study_spec.cost_profile()  # the study's database's profile first, resolved once
     if data is None:
         data = _load(study_spec)
     shape, classes = data.input_shape, data.num_classes
@@ -94,17 +95,17 @@ def plan_study(study_spec: StudySpec, data: Dataset | None = None) -> StudyPlan:
     if budget is None:
         return StudyPlan(study_spec, {"data": _data_info(data, shape)})
     where = f"space {study_spec.space!r} on input {'x'.join(map(str, shape))}"
-    given = assess(space, budget, classes, study_spec.cost_device, seed=study_spec.seed)
+    given = assess(space, budget, classes, profile, seed=study_spec.seed)
     plan = StudyPlan(study_spec, {"feasibility": given.to_dict()})
     final = given
     resolutions = smaller_inputs(shape) if study_spec.fit_resolution and study_spec.input_size is None else []
     if study_spec.fit_space and (given.share < USABLE_SHARE or given.below):
-        fit = fit_space(study_spec.space, shape, study_spec.space_options, budget, classes, study_spec.cost_device,
+        fit = fit_space(study_spec.space, shape, study_spec.space_options, budget, classes, profile,
                         seed=study_spec.seed, resolutions=resolutions)
         if fit.scaled:
             fshape = shape if fit.input_size is None else resized_shape(shape, fit.input_size)
             final = assess(get_space(study_spec.space, input_shape=fshape, **fit.options), budget, classes,
-                           study_spec.cost_device, seed=study_spec.seed)
+                           profile, seed=study_spec.seed)
             if not final.below and (given.below or final.share >= given.share):
                 update: dict[str, Any] = {"space_options": fit.options}
                 if fit.input_size is not None:
@@ -136,10 +137,11 @@ def _refusal(study_spec: StudySpec, shape: tuple[int, int, int], classes: int, b
 
     resource, minimum = next(iter(below.items()))
     limit = budget.limits[resource]
+    profile = study_spec.cost_profile()
 
     def reach(space_name: str, input_shape: tuple[int, int, int], options: dict[str, Any]) -> float:
         space = get_space(space_name, input_shape=input_shape, **options)
-        return space_minimum(space, classes, study_spec.cost_device, [resource])[resource][0]
+        return space_minimum(space, classes, profile, [resource])[resource][0]
 
     where = f"space {study_spec.space!r} on input {'x'.join(map(str, shape))}"
     small = most_scaled(study_spec.space, shape, study_spec.space_options)
@@ -206,7 +208,7 @@ def prepare_study(study_spec: StudySpec, store: Store | None, *,
     """
     if store is not None:
         check_name_free(study_spec.name, store)
-        use_store_profiles(store)
+        study_spec = study_spec.with_profiles(store.device_profiles())
     if study_spec.supernet is not None:  # its space is the supernet's: never fitted
         from ._supernet import require_supernet
 
@@ -299,9 +301,9 @@ def share_cost_device(name: str, store: Store) -> None:
     """Store the study's cost profile in its database when it is one of this user's own (from
     ``$NAS_HOME/devices``: calibrated or fitted here) and the database does not hold it yet, so
     that workers on other hosts find it."""
-    from objectives import MAX_PROFILE_BYTES, DeviceError, read_user_text, stored_profiles, user_profile_path
+    from objectives import MAX_PROFILE_BYTES, DeviceError, read_user_text, user_profile_path
 
-    if name in stored_profiles() or name.endswith(".toml") or "/" in name:
+    if name.endswith(".toml") or "/" in name or name in store.device_profiles():
         return
     path = user_profile_path(name)
     if path is not None:
@@ -310,4 +312,3 @@ def share_cost_device(name: str, store: Store) -> None:
         except DeviceError as e:
             raise NasError(str(e)) from None
         store.save_device_profile(name, text)
-        use_store_profiles(store)

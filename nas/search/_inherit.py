@@ -19,6 +19,7 @@ from storage import Store
 
 from .._artifacts import load_arch, load_state, weights_key
 from .._errors import NasError
+from .._lru import LRUCache
 from ._record import Status, record_of
 
 if TYPE_CHECKING:
@@ -39,16 +40,13 @@ class Parent:
     overlap: float
 
 
-_SHAPES: dict[tuple[str, tuple[int, ...], int], dict[str, tuple[int, ...]]] = {}
+#: Parameter shapes by (spec hash, input shape, classes), the least recently used dropped past 4096.
+_SHAPES: LRUCache[tuple[str, tuple[int, ...], int], dict[str, tuple[int, ...]]] = LRUCache(limit=4096)
 
 
 def _shapes(spec: ArchSpec, input_shape: tuple[int, int, int], classes: int) -> dict[str, tuple[int, ...]]:
-    key = (spec.hash, tuple(input_shape), classes)
-    if key not in _SHAPES:
-        if len(_SHAPES) > 4096:
-            _SHAPES.clear()
-        _SHAPES[key] = spec_state_shapes(spec, input_shape, classes)
-    return _SHAPES[key]
+    return _SHAPES.get_or_put((spec.hash, tuple(input_shape), classes),
+                              lambda: spec_state_shapes(spec, input_shape, classes))
 
 
 def pick_parent(child: ArchSpec, study: str, store: Store, study_spec: StudySpec, data: Dataset, *,

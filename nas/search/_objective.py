@@ -52,7 +52,7 @@ from typing import Any
 import optuna
 import torch
 
-from objectives import Dataset, TrainConfig, TrainingError, get_device, train_spec
+from objectives import Dataset, TrainConfig, TrainingError, train_spec
 from search_spaces import ArchSpec, SearchSpace
 from storage import EvaluationRow, Store
 
@@ -140,7 +140,7 @@ class TrialObjective:
         pareto = study_spec.pruner == "pareto"
         self.rungs = set(rung_epochs(study_spec.early_stop, ctx.train_config.epochs)) if pareto else set()
         self.cost_objectives = [o for o in study_spec.objectives if o != "accuracy"]
-        self.profile = get_device(study_spec.cost_device)  # resolved once: every trial costs on the same numbers
+        self.profile = study_spec.cost_profile()  # resolved once (its database's first): every trial costs the same
         # Validation where a result informs a decision: every epoch for a per-epoch pruner (Optuna's, or
         # Tune's ASHA through on_epoch), else the rungs of the pareto rule and the last epoch. The final
         # accuracy is the same either way, so evaluations stay comparable across studies.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
@@ -19,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -140,6 +142,19 @@ class StudySpec(BaseModel):
     #: and its database's, off the loop.
     cost_device_by_name: ClassVar[bool] = False
 
+    #: The device profiles of the database the spec belongs to (name -> TOML text,
+    #: ``Store.device_profiles()``): the validation context's ``profiles`` (``get_study_spec``,
+    #: ``list_studies``, the API) or :meth:`with_profiles`. They resolve ``cost_device`` before the
+    #: user's and the shipped profiles (:meth:`cost_profile`), so a worker on another host costs with
+    #: the profile stored with the study, and two databases read in one process never mix. Not a
+    #: field: never stored, and not part of the spec's equality.
+    _profiles: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def __eq__(self, other: object) -> bool:  # fields only: the profiles are where the spec was read
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
     @field_validator("proxy")
     @classmethod
     def _proxy(cls, v: str | None) -> str | None:
@@ -236,7 +251,34 @@ class StudySpec(BaseModel):
         if self.pruner == "pareto" and "accuracy" not in self.objectives:
             raise ValueError(f"pruner 'pareto' compares validation accuracy; it needs accuracy among the objectives "
                              f"(got {','.join(self.objectives)})")
+        profiles = info.context.get("profiles") if isinstance(info.context, dict) else None
+        if profiles:
+            self._profiles = dict(profiles)
         return self
+
+    # ---------------------------------------------------------------- its database's profiles
+    def with_profiles(self, profiles: Mapping[str, str]) -> StudySpec:
+        """This spec with the device profiles of its database (name -> TOML text) to resolve
+        ``cost_device`` with (:meth:`cost_profile`); a copy, this one unchanged."""
+        out = self.model_copy()
+        out._profiles = dict(profiles)
+        return out
+
+    @property
+    def profiles(self) -> dict[str, str]:
+        """The device profiles of the spec's database (name -> TOML text; a copy), see :meth:`with_profiles`."""
+        return dict(self._profiles)
+
+    def cost_profile(self) -> DeviceProfile:
+        """The profile ``cost_device`` names: its database's first (:meth:`with_profiles`), then the
+        user's and the shipped ones (``objectives.get_device``).
+
+        Raises:
+            objectives.DeviceError: no such profile (listing the valid ones), or a malformed one.
+        """
+        from objectives import get_device
+
+        return get_device(self.cost_device, self._profiles)
 
     # -------------------------------------------------------------- what a worker asks of it
     @property
@@ -289,7 +331,7 @@ class StudySpec(BaseModel):
         network's weight layers, as refinement records them)."""
         from objectives import estimate_cost
 
-        report = estimate_cost(arch, input_shape, num_classes, device=profile or self.cost_device)
+        report = estimate_cost(arch, input_shape, num_classes, device=profile or self.cost_profile())
         totals = dict(report.totals)
         if with_depth:
             totals["depth"] = float(report.depth)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,23 +22,7 @@ from .._errors import NasError, UnknownStudy, UnreadableStudy
 from ._spec import StudySpec, one_line_error
 
 __all__ = ["DataShape", "StudyEntry", "check_name_free", "check_study_exists", "delete_study", "get_study_spec",
-           "list_studies", "parse_stored_spec", "study_data", "study_info", "use_store_profiles"]
-
-
-#: Serialises read-and-replace of the stored profiles: a thread that read the table earlier never
-#: replaces a newer table another thread read after it (``nas serve`` reads studies from many threads).
-_PROFILES_LOCK = threading.Lock()
-
-
-def use_store_profiles(store: Store) -> None:
-    """Make the device profiles stored in the study database resolvable by name in this process
-    (``objectives.use_stored_profiles``): a worker on another host costs with the profile the
-    study was created with, whether or not that host has the profile's file. Thread-safe: the
-    table is replaced in one step (a profile is never missing while it is refilled)."""
-    from objectives import use_stored_profiles
-
-    with _PROFILES_LOCK:
-        use_stored_profiles(store.device_profiles())
+           "list_studies", "parse_stored_spec", "study_data", "study_info"]
 
 
 def check_name_free(name: str, store: Store) -> None:
@@ -67,10 +51,12 @@ def check_study_exists(name: str, store: Store) -> None:
         raise UnknownStudy(f"unknown study {name!r}{accepted}")
 
 
-def parse_stored_spec(name: str, spec_json: str) -> StudySpec:
-    """A stored spec, validated; raises :class:`UnreadableStudy` naming why it no longer is."""
+def parse_stored_spec(name: str, spec_json: str, profiles: Mapping[str, str] | None = None) -> StudySpec:
+    """A stored spec, validated; raises :class:`UnreadableStudy` naming why it no longer is.
+    ``profiles``: the device profiles of its database (``Store.device_profiles()``), which its
+    ``cost_device`` resolves with first (``StudySpec.cost_profile``)."""
     try:
-        return StudySpec.model_validate_json(spec_json)
+        return StudySpec.model_validate_json(spec_json, context={"profiles": dict(profiles or {})})
     except ValidationError as e:
         reason = one_line_error(e.errors()[0])
     except ValueError as e:  # not JSON at all
@@ -80,13 +66,14 @@ def parse_stored_spec(name: str, spec_json: str) -> StudySpec:
 
 
 def get_study_spec(name: str, store: Store) -> StudySpec:
-    """The study's spec. Raises :class:`UnknownStudy` or :class:`UnreadableStudy` (both NasError)."""
+    """The study's spec, with the device profiles of ``store`` (its ``cost_device`` resolves with
+    them first: ``StudySpec.cost_profile``). Raises :class:`UnknownStudy` or :class:`UnreadableStudy`
+    (both NasError)."""
     row = store.get_study(name)
     if row is None:
         check_study_exists(name, store)
     assert row is not None
-    use_store_profiles(store)
-    return parse_stored_spec(name, row.spec_json)
+    return parse_stored_spec(name, row.spec_json, store.device_profiles())
 
 
 @dataclass(frozen=True)
@@ -103,10 +90,10 @@ def list_studies(store: Store) -> list[StudyEntry]:
     """Every lightnas study in the database, oldest first; one whose stored spec no longer
     validates is listed with the reason instead of failing the whole list."""
     out = []
-    use_store_profiles(store)
+    profiles = store.device_profiles()
     for r in store.list_studies():
         try:
-            out.append(StudyEntry(r.name, r.target_trials, parse_stored_spec(r.name, r.spec_json)))
+            out.append(StudyEntry(r.name, r.target_trials, parse_stored_spec(r.name, r.spec_json, profiles)))
         except UnreadableStudy as e:
             out.append(StudyEntry(r.name, r.target_trials, None, str(e)))
     return out

@@ -22,7 +22,7 @@ from ..search import record_of, refined_points, trial_fidelity_key
 from ..workers import candidate_info
 from ._errors import ApiError, responses
 from ._models import PlotPoints, TrialPage
-from ._state import EXPORT_CACHE, FORMATS, MAX_INT, READ, Nas, Service, StudyName, TrialNumber, clean, trial_row
+from ._state import FORMATS, MAX_INT, READ, Nas, Service, StudyName, TrialNumber, clean, trial_row
 
 router = APIRouter()
 
@@ -96,7 +96,7 @@ def trial(nas: Nas, name: StudyName, number: TrialNumber) -> dict[str, Any]:
     if arch is not None:
         shape = nas.shape(study_spec)
         out["cost_report"] = estimate_cost(arch, shape.input_shape, shape.num_classes,
-                                           device=study_spec.cost_device).to_dict()
+                                           device=study_spec.cost_profile()).to_dict()
         if "hw_cost" in r.cost:
             out["cost_report"].setdefault("totals", {})["hw_cost"] = r.cost["hw_cost"]
     ev = nas.store.get_evaluation(h, trial_fidelity_key(study_spec, t)) if h else None
@@ -184,7 +184,8 @@ def export(nas: Nas, name: StudyName, number: TrialNumber, format: Format = "onn
 
     if not t.state.is_finished():
         return build()
-    return cached_export(nas, (name, "trial", number, record_of(t).spec_hash, trial_fidelity_key(study_spec, t),
+    return cached_export(nas, (nas.identity(name), "trial", number, record_of(t).spec_hash,
+                               trial_fidelity_key(study_spec, t),
                                format, calibration), build)
 
 
@@ -204,7 +205,7 @@ def export_refined(nas: Nas, name: StudyName, refined: Annotated[int, PathParam(
                 raise _export_error(e, 404) from None
             return export_response(Path(tmp), format, f"{name}-refined{refined}", info.get("deploy"))
 
-    return cached_export(nas, (name, "refined", refined, format, calibration), build)  # ids are never reused
+    return cached_export(nas, (nas.identity(name), "refined", refined, format, calibration), build)
 
 
 def _one_int8(fmt: str) -> AbstractContextManager[Any]:
@@ -232,11 +233,7 @@ def cached_export(nas: Service, key: tuple[Any, ...], build: Callable[[], Respon
         keep = {"Content-Disposition": r.headers["content-disposition"]}
         if DEPLOY_HEADER.lower() in r.headers:
             keep[DEPLOY_HEADER] = r.headers[DEPLOY_HEADER.lower()]
-        hit = (bytes(r.body), str(r.media_type), keep)
-        nas.exports[key] = hit
-        while len(nas.exports) > EXPORT_CACHE:
-            nas.exports.popitem(last=False)
-    nas.exports.move_to_end(key)
+        hit = nas.exports.put(key, (bytes(r.body), str(r.media_type), keep))
     return Response(hit[0], media_type=hit[1], headers=hit[2])
 
 

@@ -37,8 +37,18 @@ def spaces() -> list[dict[str, Any]]:
 
 
 @router.get("/devices", dependencies=READ, responses=responses(401), tags=["service"])
-def devices() -> list[dict[str, Any]]:
-    """Device profiles (what ``cost_device`` accepts), each number with its source."""
-    from objectives import get_device, list_devices
+def devices(nas: Nas) -> list[dict[str, Any]]:
+    """Device profiles (what ``cost_device`` accepts: this server's and its database's), each number
+    with its source."""
+    from objectives import DeviceError, get_device, list_devices
 
-    return [clean(get_device(n).model_dump()) for n in list_devices()]
+    stored = nas.store.device_profiles()
+    out = []
+    for n in list_devices(stored):
+        try:
+            out.append(clean(get_device(n, stored).model_dump()))
+        except DeviceError:
+            if n not in stored:
+                raise
+            # a database entry that no longer reads (another version wrote it): not offered
+    return out

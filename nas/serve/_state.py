@@ -6,9 +6,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,17 +20,19 @@ from optuna.trial import FrozenTrial
 from storage import Store
 
 from .._errors import NasError, UnreadableStudy
+from .._lru import LRUCache
 from ..search import DataShape, StudySpec, get_study_spec, parse_stored_spec, record_of, study_data, study_info
 from ..workers import iso_utc, progress
 from ._errors import ApiError
 from ._models import StudyInfo
 from ._settings import ApiSettings
 
-__all__ = ["EXPORT_CACHE", "FORMATS", "MAX_INT", "READ", "STATES", "WRITE", "Credentials", "ExportCache", "Format",
+__all__ = ["EXPORT_CACHE", "FORMATS", "MAX_INT", "READ", "STATES", "WRITE", "Credentials", "Format",
            "Nas", "Service", "StudyName", "TrialNumber", "clean", "iso_local", "require_read", "require_write",
            "service_of", "trial_row"]
 
 EXPORT_CACHE = 64  # exported files kept in memory (kilobytes to a few megabytes each)
+SHAPE_CACHE = 1024  # studies whose data shape is kept in memory (a few numbers each)
 MAX_INT = 2**31 - 1  # path and query integers: beyond this no trial, job or page exists (and SQL ints overflow)
 STATES = ("complete", "pruned", "fail", "running", "waiting")
 FORMATS = {"json": ("application/json", "json"), "onnx": ("application/octet-stream", "onnx"),
@@ -73,76 +73,18 @@ def trial_row(study_spec: StudySpec, t: FrozenTrial) -> dict[str, Any]:
 Export = tuple[bytes, str, dict[str, str]]
 
 
-class ExportCache(OrderedDict[tuple[Any, ...], Export]):
-    """Exported files by key, least recently used first, shared by the request threads of ``nas serve``.
-
-    Every operation holds one lock, and iteration walks a copy, so concurrent requests never see
-    the order half updated. An entry that another request evicted meanwhile is simply gone:
-    touching it (``move_to_end``) or deleting it does nothing, where a plain ``OrderedDict``
-    raises ``KeyError`` (a 500). :meth:`put` stores, touches and evicts in one step.
-    """
-
-    def __init__(self, items: Any = (), *, limit: int = EXPORT_CACHE) -> None:
-        self._lock = threading.RLock()
-        self.limit = limit
-        super().__init__(items)
-
-    def get(self, key: tuple[Any, ...], default: Any = None) -> Any:
-        with self._lock:
-            hit = super().get(key, default)
-            if hit is not default:
-                super().move_to_end(key)
-            return hit
-
-    def put(self, key: tuple[Any, ...], value: Export) -> None:
-        """Store ``value`` as the most recently used entry, evicting the least recently used past ``limit``."""
-        with self._lock:
-            super().__setitem__(key, value)
-            super().move_to_end(key)
-            while len(self) > self.limit:
-                super().popitem(last=False)
-
-    def __setitem__(self, key: tuple[Any, ...], value: Export) -> None:
-        with self._lock:
-            super().__setitem__(key, value)
-
-    def __delitem__(self, key: tuple[Any, ...]) -> None:
-        with self._lock:
-            if super().__contains__(key):
-                super().__delitem__(key)
-
-    def pop(self, key: tuple[Any, ...], *default: Any) -> Any:
-        with self._lock:
-            return super().pop(key, *default)
-
-    def popitem(self, last: bool = True) -> tuple[tuple[Any, ...], Export]:
-        with self._lock:
-            return super().popitem(last=last)
-
-    def move_to_end(self, key: tuple[Any, ...], last: bool = True) -> None:
-        with self._lock:
-            if super().__contains__(key):
-                super().move_to_end(key, last=last)
-
-    def clear(self) -> None:
-        with self._lock:
-            super().clear()
-
-    def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        with self._lock:
-            return iter(list(super().__iter__()))
-
-
 @dataclass
 class Service:
     settings: ApiSettings
     store: Store
     #: Data shapes by study identity (name, creation time; :meth:`identity`): a study deleted and created
-    #: again under its name (by this server, the CLI or another server) is a new entry.
-    shapes: dict[Any, DataShape] = field(default_factory=dict)
-    #: Exported files by (study, what, id, spec hash, fidelity, format), least recently used first:
-    #: a trial's stored weights never change, so its files are built (and checked) once.
-    exports: ExportCache = field(default_factory=ExportCache)
+    #: again under its name (by this server, the CLI or another server) is a new entry. Least recently
+    #: used dropped past SHAPE_CACHE.
+    shapes: LRUCache[tuple[str, Any], DataShape] = field(default_factory=lambda: LRUCache(limit=SHAPE_CACHE))
+    #: Exported files by (study identity, what, id, spec hash, fidelity, format), least recently used
+    #: dropped past EXPORT_CACHE: a trial's stored weights never change, so its files are built (and
+    #: checked) once; a study created again under its name has other trials, hence the identity.
+    exports: LRUCache[tuple[Any, ...], Export] = field(default_factory=lambda: LRUCache(limit=EXPORT_CACHE))
 
     def cached_export(self, key: tuple[Any, ...], build: Callable[[], Response]) -> Response:
         """The file of ``key`` from memory, or built by ``build`` (outside the lock: two requests for
@@ -153,6 +95,12 @@ class Service:
             hit = (bytes(r.body), str(r.media_type), {"Content-Disposition": r.headers["content-disposition"]})
             self.exports.put(key, hit)
         return Response(hit[0], media_type=hit[1], headers=hit[2])
+
+    def forget(self, name: str) -> None:
+        """Drop what is cached of every study named ``name`` (it was deleted): memory back at once,
+        where the identity keys alone would leave it until evicted."""
+        self.shapes.drop_where(lambda k: k[0] == name)
+        self.exports.drop_where(lambda k: isinstance(k[0], tuple) and k[0][0] == name)
 
     def identity(self, name: str) -> tuple[str, Any]:
         """What a study cannot share with another of the same name: its name and creation time
@@ -192,7 +140,7 @@ class Service:
         shape = self.shapes.get(key)
         if shape is None:
             try:
-                shape = self.shapes[key] = study_data(study_spec, self.store)
+                shape = self.shapes.put(key, study_data(study_spec, self.store))
             except DataError as e:
                 raise ApiError(409, f"data: {e}") from None
         return shape
@@ -205,7 +153,8 @@ class Service:
             raise ApiError(404, f"unknown study {name!r}; GET /studies lists them")
         unreadable = None
         try:
-            spec_doc: dict[str, Any] = json.loads(parse_stored_spec(name, row.spec_json).to_json())
+            spec_doc: dict[str, Any] = json.loads(parse_stored_spec(name, row.spec_json,
+                                                                     self.store.device_profiles()).to_json())
         except UnreadableStudy as e:
             unreadable = str(e).replace(f"('nas study delete {name} --yes')", f"(DELETE /studies/{name})")
             spec_doc = {}

@@ -39,7 +39,7 @@ def create(nas: Nas, body: StudyCreate) -> StudyInfo:
     # The body held a profile name (never a path, see StudyCreate); here, off the event loop, it must name a
     # profile of this server or of its study database, and the spec is validated in full against them.
     stored = nas.store.device_profiles()
-    known = sorted(set(list_devices()) | set(stored))
+    known = list_devices(stored)
     if body.cost_device not in known:
         raise ApiError(422, f"cost_device: {body.cost_device!r} is not a device profile of this server; accepted: "
                             f"{', '.join(known)}", "cost_device")
@@ -118,9 +118,7 @@ def delete(nas: Nas, name: StudyName) -> Response:
         delete_study(name, nas.store)  # of concurrent deletes one wins, the others find it gone: 404
     except UnknownStudy:
         raise ApiError(404, f"unknown study {name!r}; GET /studies lists them") from None
-    nas.shapes.pop(name, None)
-    for key in [k for k in nas.exports if k[0] == name]:
-        del nas.exports[key]
+    nas.forget(name)
     return Response(status_code=204)
 
 

@@ -5,10 +5,10 @@ queued refinement jobs, liveness (heartbeats, database outages) and the Ray Tune
 from __future__ import annotations
 
 from ._jobs import candidate_info, iso_utc, job_info, queue_refinement, run_job
-from ._liveness import Heartbeat, wait_for_database
+from ._liveness import Heartbeat, Outages, wait_for_database
 from ._local import Progress, check_run, check_run_args, progress, run_study, work
 from ._worker import StudyWorker, finished, run_worker
 
-__all__ = ["Heartbeat", "Progress", "StudyWorker", "candidate_info",
+__all__ = ["Heartbeat", "Outages", "Progress", "StudyWorker", "candidate_info",
            "check_run", "check_run_args", "finished", "iso_utc", "job_info",
            "progress", "queue_refinement", "run_job", "run_study", "run_worker", "wait_for_database", "work"]

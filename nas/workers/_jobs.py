@@ -31,7 +31,7 @@ from storage import JobRow, Store, error_line
 from .._errors import NasError, TrialInterrupted
 from ..refine import RefineEvent, RefineSettings, check_parent, refine_trial, settings_key
 from ..search import get_study_spec, past_drop
-from ._liveness import Heartbeat, database_down, trial_fail_reason
+from ._liveness import Heartbeat, Outages, database_down, trial_fail_reason
 
 __all__ = ["candidate_info", "iso_utc", "job_info", "queue_refinement", "run_job"]
 
@@ -100,12 +100,14 @@ class _JobLiveness:
 
 
 def run_job(job: JobRow, store: Store, *, worker: str, stop: threading.Event, threads: int | None = None,
-            heartbeat: float = 10.0, wait: Callable[[Callable[[], object], str], object] | None = None) -> str:
+            heartbeat: float = 10.0, wait: Callable[[Callable[[], object], str], object] | None = None,
+            outages: Outages | None = None) -> str:
     """Run a claimed job to its end; returns its final state (``done``, ``failed``, ``queued``).
 
     ``queued``: the worker is stopping (``stop``) or the database went away; the job waits for
     the next claim and continues from its last stored step. Bad requests that became impossible
-    meanwhile (study deleted, trial gone) fail the job with a one-line reason.
+    meanwhile (study deleted, trial gone) fail the job with a one-line reason. ``outages``: the
+    worker's (``nas.workers.Outages``), told when the database is met unreachable.
     """
     wait = wait or (lambda fn, _what: fn())
     if job.kind != "refine":
@@ -113,7 +115,8 @@ def run_job(job: JobRow, store: Store, *, worker: str, stop: threading.Event, th
         wait(lambda: store.finish_job(job.id, worker, state, error=f"unknown job kind {job.kind!r}"), "failing a job")
         return state
     hb = _JobLiveness(store, job.id, worker)
-    with Heartbeat(hb.beat, heartbeat, f"job-heartbeat-{job.id}", first=False, join_timeout=heartbeat + 5):
+    with Heartbeat(hb.beat, heartbeat, f"job-heartbeat-{job.id}", first=False, join_timeout=heartbeat + 5,
+                   outages=outages):
         def on_event(e: RefineEvent) -> None:
             hb.progress = {"stored": e.stored, "expected": e.expected, "message": e.message, "kind": e.kind}
             if e.kind in ("candidate", "resumed", "done"):
@@ -137,7 +140,7 @@ def run_job(job: JobRow, store: Store, *, worker: str, stop: threading.Event, th
                 store.finish_job(job.id, worker, "queued", error="worker interrupted (SIGINT)")
             raise
         except Exception as e:  # noqa: BLE001 -- a failed job never stops the worker
-            if database_down(e):
+            if database_down(e, outages):
                 state, error = "queued", f"database unavailable: {error_line(e)}"
             else:
                 error = str(e) if isinstance(e, NasError) else trial_fail_reason(e)

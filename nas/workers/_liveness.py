@@ -5,8 +5,8 @@ trial, a worker for its refinement job, the Ray driver for the trials it has han
 :class:`Heartbeat` is that thread (Optuna's own, ``optuna/storages/_heartbeat.py``, is the
 model); what a beat writes is the caller's. When the database is unreachable (a restart, the
 network), work goes on: :func:`wait_for_database` retries a step with backoff (a trial's result
-within :data:`DB_WAIT`, then it is failed and queued again), and
-:func:`outage_within` tells the sweeps that every beat was missed, so nothing is judged dead.
+within :data:`DB_WAIT`, then it is failed and queued again), and a worker's :class:`Outages`
+tells its sweeps that every beat was missed, so nothing is judged dead.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from storage import error_line, is_transient
+from storage import error_line, is_transient, retry
 
-__all__ = ["DB_WAIT", "Heartbeat", "database_down", "outage_within", "trial_fail_reason", "wait_for_database"]
+__all__ = ["DB_WAIT", "Heartbeat", "Outages", "database_down", "trial_fail_reason", "wait_for_database"]
 
 log = logging.getLogger("nas.worker")
 T = TypeVar("T")
@@ -28,47 +28,49 @@ T = TypeVar("T")
 #: (evaluation, weights, attributes) before it is failed and queued again (``run_worker(db_wait=...)``).
 DB_WAIT = 60.0
 
-#: When this process last met the database unreachable (time.monotonic()).
-_last_outage = -1e9
+class Outages:
+    """When a worker last met its database unreachable. One per worker (``run_worker`` makes it
+    and hands it to its study workers, heartbeats, jobs and waits), so that its sweeps are judged
+    by the outages it met, not by those of another worker of the same process (threads, tests)."""
+
+    def __init__(self) -> None:
+        self._last = -1e9  # time.monotonic() of the last outage met
+
+    def down(self, e: BaseException) -> bool:
+        """Whether ``e`` means the database is unreachable for now (:func:`storage.is_transient`);
+        remembers when it last was."""
+        down = is_transient(e)
+        if down:
+            self._last = time.monotonic()
+        return down
+
+    def within(self, seconds: float) -> bool:
+        """Whether the database was met unreachable in the last ``seconds``. Then every worker
+        missed beats, so no trial or job is judged dead by its heartbeat yet."""
+        return time.monotonic() - self._last <= seconds
 
 
-def database_down(e: BaseException) -> bool:
+def database_down(e: BaseException, outages: Outages | None = None) -> bool:
     """Whether ``e`` means the database is unreachable for now (:func:`storage.is_transient`);
-    remembers when it last was."""
-    global _last_outage
-    down = is_transient(e)
-    if down:
-        _last_outage = time.monotonic()
-    return down
-
-
-def outage_within(seconds: float) -> bool:
-    """Whether this process met the database unreachable in the last ``seconds``. Then every
-    worker missed beats, so no trial or job is judged dead by its heartbeat yet."""
-    return time.monotonic() - _last_outage <= seconds
+    ``outages`` (the worker's) remembers when it last was."""
+    return outages.down(e) if outages is not None else is_transient(e)
 
 
 def wait_for_database(fn: Callable[[], T], what: str, stop: threading.Event | None = None,
-                      max_wait: float | None = None) -> T:
+                      max_wait: float | None = None, outages: Outages | None = None) -> T:
     """Run ``fn``; while the database is unreachable, retry with backoff (0.5 s .. 15 s, never past
     the window): for at most ``max_wait`` seconds (None: as long as it takes; a stopping worker, ``stop``
-    set, gives up after a minute), then the last error is raised. Other errors are raised at once."""
-    delay, warned = 0.5, False
-    start = time.monotonic()
-    while True:
-        try:
-            return fn()
-        except Exception as e:
-            waited = time.monotonic() - start
-            if not database_down(e) or (max_wait is not None and waited >= max_wait):
-                raise
-            if not warned:
-                log.warning("database unavailable while %s (%s); retrying", what, error_line(e))
-                warned = True
-            if stop is not None and stop.is_set() and waited > 60:
-                raise
-            time.sleep(min(delay, max_wait - waited) if max_wait is not None else delay)
-            delay = min(delay * 2, 15.0)
+    set, gives up after a minute), then the last error is raised. Other errors are raised at once.
+    ``outages``: the worker's, which each unreachable moment is told to."""
+    warned: list[bool] = []
+
+    def warn(e: Exception) -> None:
+        if not warned:
+            log.warning("database unavailable while %s (%s); retrying", what, error_line(e))
+            warned.append(True)
+
+    return retry(fn, retryable=lambda e: database_down(e, outages), delay=0.5, max_delay=15.0, max_wait=max_wait,
+                 give_up=lambda waited: stop is not None and stop.is_set() and waited > 60, on_retry=warn)
 
 
 def trial_fail_reason(e: BaseException) -> str:
@@ -89,11 +91,13 @@ class Heartbeat:
         first: beat once as the block starts (a trial is then never without a heartbeat).
         join_timeout: how long leaving the block waits for a beat in flight (None: as long as it
             takes); a beat stuck on a dead connection is a daemon and dies with the process.
+        outages: the worker's, told when a beat fails on an unreachable database.
     """
 
     def __init__(self, beat: Callable[[], object], interval: float, name: str, *, first: bool = True,
-                 join_timeout: float | None = None) -> None:
+                 join_timeout: float | None = None, outages: Outages | None = None) -> None:
         self._beat, self.interval, self._first = beat, interval, first
+        self._outages = outages
         self._join_timeout = join_timeout
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -107,7 +111,7 @@ class Heartbeat:
             try:
                 self._beat()
             except Exception as e:  # noqa: BLE001 -- a failed beat never ends the beating (nor the work)
-                database_down(e)
+                database_down(e, self._outages)
                 log.warning("heartbeat failed (%s: %s); the next one retries", type(e).__name__, error_line(e))
 
     def __enter__(self) -> Heartbeat:

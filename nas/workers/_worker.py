@@ -64,7 +64,7 @@ from ..search import (
     record_of,
     status_of,
 )
-from ._liveness import DB_WAIT, Heartbeat, database_down, outage_within, trial_fail_reason, wait_for_database
+from ._liveness import DB_WAIT, Heartbeat, Outages, database_down, trial_fail_reason, wait_for_database
 
 __all__ = ["REJECTION_STREAK", "StudyWorker", "WorkerStats", "evaluating", "fail_and_requeue", "finished",
            "in_evaluation", "run_worker", "slots_left"]
@@ -164,10 +164,11 @@ class StudyWorker:
 
     def __init__(self, name: str, store: Store, *, worker: int = 0, threads: int | None = None,
                  stop: threading.Event | None = None, max_retry: int = 3, device: str | None = None,
-                 db_wait: float = DB_WAIT) -> None:
+                 db_wait: float = DB_WAIT, outages: Outages | None = None) -> None:
         self.name, self.store = name, store
         self.stop = stop or threading.Event()
         self.db_wait = db_wait
+        self.outages = outages or Outages()  # the worker's (run_worker's), shared by its studies
         self.identity = study_identity(store, name)  # read first: a study re-created meanwhile is seen as new
         self.ctx = load_context(name, store, threads=threads, device=device)
         study_spec = self.ctx.study_spec
@@ -179,7 +180,8 @@ class StudyWorker:
         self.objective = TrialObjective(self.ctx, prune=study_spec.pruner in SINGLE_METRIC_PRUNERS,
                                         should_stop=self.stop.is_set,
                                         wait=lambda step, what: wait_for_database(step, what, self.stop,
-                                                                                  max_wait=self.db_wait))
+                                                                                  max_wait=self.db_wait,
+                                                                                  outages=self.outages))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # Same re-queueing as for stale trials (system attrs failed_trial / retry_history).
@@ -236,7 +238,7 @@ class StudyWorker:
         storage = self.store.optuna
         interval = storage.heartbeat_interval or 10
         grace = storage.grace_period or 2 * interval
-        if outage_within(grace + interval):  # their workers need a beat to catch up
+        if self.outages.within(grace + interval):  # their workers need a beat to catch up
             return
         optuna.storages.fail_stale_trials(self.study)
         for trial_id in self.store.running_without_heartbeat(self.name, older_than=max(60.0, 3 * grace)):
@@ -255,10 +257,10 @@ class StudyWorker:
             try:
                 storage.record_heartbeat(trial_id)
             except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
-                database_down(e)  # database away: the next beat retries
+                database_down(e, self.outages)  # database away: the next beat retries
 
         interval = storage.heartbeat_interval or 10
-        with Heartbeat(beat, interval, f"heartbeat-{trial_id}", join_timeout=interval + 5):
+        with Heartbeat(beat, interval, f"heartbeat-{trial_id}", join_timeout=interval + 5, outages=self.outages):
             try:
                 with evaluating():
                     if self.stop.is_set():  # asked to stop while this trial was claimed: give it back untrained
@@ -275,7 +277,7 @@ class StudyWorker:
                 self._finish(trial, state, values, reason, retry)
                 raise
             except Exception as e:  # noqa: BLE001 -- a failed trial never stops the worker
-                if database_down(e):
+                if database_down(e, self.outages):
                     reason, retry = f"database unavailable: {error_line(e)}", True
                 else:
                     reason = trial_fail_reason(e)
@@ -296,9 +298,10 @@ class StudyWorker:
                 return frozen
 
         if state == TrialState.FAIL:
-            frozen = wait_for_database(fail, "telling a failure")
+            frozen = wait_for_database(fail, "telling a failure", outages=self.outages)
         else:
-            frozen = wait_for_database(lambda: self._tell(trial, state, values), "telling a result")
+            frozen = wait_for_database(lambda: self._tell(trial, state, values), "telling a result",
+                                       outages=self.outages)
         assert isinstance(frozen, optuna.trial.FrozenTrial)
         if frozen.state != state or (state == TrialState.FAIL and frozen.user_attrs.get("fail_reason") != reason):
             # Failed as stale by another worker meanwhile (which queued the retry); a completed
@@ -371,8 +374,9 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
             its budget in a row.
     """
     stop = stop or threading.Event()
+    outages = Outages()  # this worker's: its sweeps wait after an outage it met
     store = wait_for_database(lambda: Store(url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                                            mode="serve"), "connecting", stop)
+                                            mode="serve"), "connecting", stop, outages=outages)
     assert isinstance(store, Store)
     stats = WorkerStats()
     # By name, each with the identity (name, creation time) of the study it was loaded for: a study
@@ -387,7 +391,7 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
         idle, unexplained = poll_min, 0
         while not stop.is_set() and (deadline is None or time.time() < deadline):
             try:
-                if jobs and _run_one_job(store, names, ident, stop, threads, heartbeat, stats):
+                if jobs and _run_one_job(store, names, ident, stop, threads, heartbeat, stats, outages):
                     unexplained, idle = 0, poll_min
                     continue
                 scope = list(names) if names else [r.name for r in store.list_studies()]
@@ -412,9 +416,9 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
                             continue
                         try:
                             sw = StudyWorker(name, store, worker=worker, threads=threads, stop=stop, device=device,
-                                             db_wait=db_wait)
+                                             db_wait=db_wait, outages=outages)
                         except Exception as e:
-                            if database_down(e):
+                            if database_down(e, outages):
                                 raise
                             if _deleted_meanwhile(store, name, identity):  # half deleted: gone next pass
                                 continue
@@ -472,7 +476,7 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
                 if until_done and not pending:
                     break
             except Exception as e:
-                if database_down(e):
+                if database_down(e, outages):
                     log.warning("database unavailable (%s); retrying in %.0f s", error_line(e), idle)
                 elif isinstance(e, (SQLAlchemyError, optuna.exceptions.StorageInternalError)) and unexplained < 3:
                     # A database error of a kind not known to be transient, around a reconnect:
@@ -493,17 +497,17 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
 
 
 def _run_one_job(store: Store, names: Sequence[str] | None, ident: str, stop: threading.Event,
-                 threads: int | None, heartbeat: int, stats: WorkerStats) -> bool:
+                 threads: int | None, heartbeat: int, stats: WorkerStats, outages: Outages) -> bool:
     """Claim and run the oldest queued job of the studies in scope; False if there is none."""
     from ._jobs import run_job
 
     job = store.claim_job(ident, list(names) if names else None, heartbeat=heartbeat,
-                          sweep=not outage_within(3 * heartbeat + heartbeat))  # grace 3 beats, and 1 more
+                          sweep=not outages.within(3 * heartbeat + heartbeat))  # grace 3 beats, and 1 more
     if job is None:
         return False
     log.info("%s job %d: refining trial %d (attempt %d)", job.study, job.id, job.trial, job.attempts)
     state = run_job(job, store, worker=ident, stop=stop, threads=threads, heartbeat=heartbeat,
-                    wait=lambda fn, what: wait_for_database(fn, what, stop))
+                    wait=lambda fn, what: wait_for_database(fn, what, stop, outages=outages), outages=outages)
     stats.jobs[state] = stats.jobs.get(state, 0) + 1
     return True
 

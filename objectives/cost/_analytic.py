@@ -32,8 +32,10 @@ __all__ = ["Op", "analytic_layers", "block_ops", "head_ops", "stem_ops"]
 
 
 class Op(NamedTuple):
-    """Device-independent record of one operation, in element counts (batch 1). A named tuple:
-    thousands are made per second when a space is assessed."""
+    """The one record of an operation (batch 1): what it is and its counts in elements, the same on
+    every device; and, as a row of a cost report (``CostReport.rows``), its cost on the report's
+    device (bytes at the device's data type; None until costed). A named tuple: thousands are made
+    per second when a space is assessed."""
 
     name: str
     kind: str
@@ -44,6 +46,11 @@ class Op(NamedTuple):
     in_elems: int
     out_elems: int
     live_elems: int
+    weight_bytes: int | None = None
+    traffic_bytes: int | None = None
+    live_bytes: int | None = None
+    latency_ms: float | None = None
+    energy_uj: float | None = None
 
 
 def _out_hw(hw: tuple[int, int], kernel: int, stride: int) -> tuple[int, int]:

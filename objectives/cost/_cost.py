@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -51,7 +51,7 @@ from ._analytic import Op, analytic_layers
 from ._devices import DeviceProfile, get_device
 from ._opmodel import layer_from_op, op_classes
 
-__all__ = ["RESOURCES", "RUNTIME_RESOURCES", "CostReport", "LayerCost", "estimate_cost", "reference_count",
+__all__ = ["RESOURCES", "RUNTIME_RESOURCES", "CostReport", "Op", "estimate_cost", "reference_count",
            "runtime_totals", "trace_layers"]
 
 #: Resources a cost report totals, with their unit. Budgets and objectives use these names.
@@ -73,27 +73,15 @@ RESOURCES: dict[str, str] = {
 RUNTIME_RESOURCES = ("ram_bytes", "flash_bytes")
 
 
-@dataclass(frozen=True)
-class LayerCost:
-    """One row of a cost report (bytes at the device's data type)."""
-
-    name: str
-    kind: str
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    macs: int
-    params: int
-    weight_bytes: int
-    traffic_bytes: int
-    live_bytes: int
-    latency_ms: float
-    energy_uj: float
+#: The fields of a cost report's row (``CostReport.to_dict``): an operation's and its cost's.
+ROW_FIELDS = ("name", "kind", "in_shape", "out_shape", "macs", "params", "weight_bytes", "traffic_bytes", "live_bytes",
+              "latency_ms", "energy_uj")
 
 
 @dataclass(frozen=True)
 class CostReport:
-    """Totals for one spec, input shape and device, and (``rows``, built when first read) one
-    :class:`LayerCost` per operation (bytes at the device's data type).
+    """Totals for one spec, input shape and device, and (``rows``, built when first read) each
+    operation (:class:`Op`) with its cost on the device (bytes at the device's data type).
 
     ``report["flops"]`` and ``report.totals`` give the totals named in ``RESOURCES``.
     """
@@ -111,15 +99,15 @@ class CostReport:
         return self.totals[resource]
 
     @functools.cached_property
-    def rows(self) -> tuple[LayerCost, ...]:
+    def rows(self) -> tuple[Op, ...]:
         assert self.profile is not None
         prof, bpe = self.profile, self.profile.bytes_per_element
         out = []
         classes = op_classes(self.ops) if _layered(prof) else (None,) * len(self.ops)
         for op, cls in zip(self.ops, classes, strict=True):
             traffic, lat, energy = op_terms(op, prof, cls)
-            out.append(LayerCost(op.name, op.kind, op.in_shape, op.out_shape, op.macs, op.params, op.params * bpe,
-                                 traffic, op.live_elems * bpe, lat, energy))
+            out.append(op._replace(weight_bytes=op.params * bpe, traffic_bytes=traffic, live_bytes=op.live_elems * bpe,
+                                   latency_ms=lat, energy_uj=energy))
         return tuple(out)
 
     def to_dict(self, *, rows: bool = True) -> dict[str, Any]:
@@ -132,7 +120,7 @@ class CostReport:
             "totals": dict(self.totals),
         }
         if rows:
-            d["rows"] = [asdict(r) for r in self.rows]
+            d["rows"] = [{f: getattr(r, f) for f in ROW_FIELDS} for r in self.rows]
         return d
 
 

@@ -3,7 +3,11 @@
 Shipped profiles live in ``objectives/cost/devices/*.toml``; users add their own files to
 ``$NAS_HOME/devices`` (default ``~/.lightnas/devices``) or pass a path; a study database can
 hold profiles too (``nas hardware fit`` stores them there, so that workers on other hosts cost
-with the same numbers; see :func:`use_stored_profiles`). Every number of a shipped profile
+with the same numbers). A database's profiles are never process-wide: whoever read them from
+the study's store passes them along (``stored``: name -> TOML text, ``Store.device_profiles()``)
+to :func:`get_device`, :func:`list_devices` and :func:`open_profile`, where they come before the
+user's and the shipped ones, so two databases in one process (the threads of ``nas serve``) each
+cost with their own. Every number of a shipped profile
 cites its source in a ``[sources]`` table (the tests enforce it). The ``host`` profile is
 written by ``nas hardware calibrate`` from measurements of this machine.
 
@@ -39,7 +43,7 @@ else:  # pragma: no cover
 
 __all__ = ["DTYPE_BYTES", "DeviceError", "DeviceProfile", "Validation", "device_dirs", "get_device", "list_devices",
            "load_device_file", "nas_home", "open_profile", "parse_profile", "save_device", "shipped_profile_path",
-           "stored_profiles", "use_stored_profiles", "user_profile_path"]
+           "user_profile_path"]
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 SHIPPED_DIR = Path(__file__).with_name("devices")
@@ -193,29 +197,6 @@ def device_dirs() -> list[Path]:
     return [nas_home() / "devices", SHIPPED_DIR]
 
 
-#: Profiles read from a study database (name -> TOML text), see :func:`use_stored_profiles`. Never
-#: changed in place: a refill binds a new dict, so readers (the threads of ``nas serve``) see the
-#: old table or the new one, never one half refilled.
-_STORED: dict[str, str] = {}
-
-
-def use_stored_profiles(profiles: dict[str, str]) -> None:
-    """Make the profiles a study database holds (name -> TOML text, ``Store.device_profiles()``)
-    resolvable by name in this process. They come before the user's and the shipped ones: a
-    study's database is what every worker of the study shares, whatever host it runs on.
-    Unparsable entries are kept and fail, with their name, only when asked for.
-
-    Safe to call while other threads resolve profiles: the new table replaces the old one in
-    one step, so a profile in both is never missing in between."""
-    global _STORED
-    _STORED = dict(profiles)
-
-
-def stored_profiles() -> dict[str, str]:
-    """The database profiles this process uses (see :func:`use_stored_profiles`)."""
-    return dict(_STORED)
-
-
 def parse_profile(text: str, origin: str) -> DeviceProfile:
     """A profile from TOML text; ``origin`` names it in errors.
 
@@ -268,27 +249,29 @@ def _index() -> dict[str, Path]:
     return found
 
 
-def list_devices() -> list[str]:
-    """Names of the available profiles (shipped, the user's, ``host`` once calibrated, and those
-    of the study database in use)."""
-    return sorted(set(_index()) | set(_STORED))
+def list_devices(stored: Mapping[str, str] | None = None) -> list[str]:
+    """Names of the available profiles (shipped, the user's, ``host`` once calibrated, and
+    ``stored``: those of a study database, name -> TOML text)."""
+    return sorted(set(_index()) | set(stored or ()))
 
 
-def get_device(name: str) -> DeviceProfile:
-    """A profile by name, or from a ``.toml`` path.
+def get_device(name: str, stored: Mapping[str, str] | None = None) -> DeviceProfile:
+    """A profile by name, or from a ``.toml`` path. ``stored``: the profiles of the study's
+    database (name -> TOML text, ``Store.device_profiles()``), which come before the user's and
+    the shipped ones: a study's database is what every worker of the study shares, whatever host
+    it runs on. An unparsable stored entry fails, with its name, only when asked for.
 
     Raises:
         DeviceError: unknown name (lists the valid ones) or malformed file.
     """
     if name.endswith(".toml") or os.sep in name:
         return load_device_file(Path(name))
-    stored = _STORED  # one table for the lookup, whatever a refill binds meanwhile
-    if name in stored:
+    if stored and name in stored:
         return _parse_stored(name, stored[name])
     index = _index()
     if name not in index:
         hint = " (run 'nas hardware calibrate' to create it)" if name == "host" else ""
-        raise DeviceError(f"unknown device profile {name!r}{hint}; accepted: {', '.join(list_devices())} "
+        raise DeviceError(f"unknown device profile {name!r}{hint}; accepted: {', '.join(list_devices(stored))} "
                           "or a path to a .toml file")
     return load_device_file(index[name])
 
@@ -345,8 +328,7 @@ def open_profile(name: str, stored: Mapping[str, str] | None = None) -> DevicePr
     """:func:`get_device` that cannot hang: a profile given by path is read with
     :func:`read_user_file`; a profile's file in ``$NAS_HOME/devices`` is checked the same way
     before it is read; TOML nested too deeply is one line too. ``stored``: the profiles of a study
-    database (name -> TOML text), which come first, as they do for :func:`get_device` once
-    ``use_stored_profiles`` made them known.
+    database (name -> TOML text), which come first, as they do for :func:`get_device`.
 
     Raises:
         DeviceError: unknown name (listing the valid ones), a file that is not a regular file of at
@@ -358,11 +340,11 @@ def open_profile(name: str, stored: Mapping[str, str] | None = None) -> DevicePr
                                   accepted="a profile TOML file (TOML is UTF-8)")
             return parse_profile(text, name)
         if stored and name in stored:
-            return parse_profile(stored[name], f"{name!r} (stored in the study database)")
-        path = _profile_file(name, stored_profiles())
+            return _parse_stored(name, stored[name])
+        path = _profile_file(name, stored or {})
         if path is not None:
             check_user_file(path, f"device profile {name!r}", MAX_PROFILE_BYTES, error=DeviceError)
-        return get_device(name)
+        return get_device(name, stored)
     except RecursionError:
         raise DeviceError(f"device profile {name!r}: TOML nested too deeply to read; accepted: a profile as 'nas "
                           "hardware fit' writes it") from None

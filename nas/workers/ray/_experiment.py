@@ -132,7 +132,7 @@ def _driver_heartbeat(store: Store, initial: list[int]) -> Heartbeat:
     pending = list(initial)
 
     def beat() -> None:
-        drv = _searcher._DRIVER
+        drv = _searcher.running_driver()
         ids = set(pending)
         if drv is not None and drv.searcher is not None:
             ids = set(drv.searcher.live_trial_ids())
@@ -406,15 +406,14 @@ def run_ray(name: str, store: Store, *, trials: int | None = None, options: RayO
                     run_config=tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=0,
                                               failure_config=tune.FailureConfig(max_failures=RAY_MAX_FAILURES)))
                 _write_settings(path, settings)
-            drv = _searcher._DRIVER = _searcher.Driver(store=store, ident=ident, deadline=deadline,
-                                                      on_trial=lambda _t: _ignore(report()))
+            drv = _searcher.Driver(store=store, ident=ident, deadline=deadline, on_trial=lambda _t: _ignore(report()))
             if not restorable:
                 drv.searcher = searcher
             tune_log = logging.getLogger("ray.tune.tune")
             level = tune_log.level
             tune_log.setLevel(logging.ERROR)  # its SIGINT notes point at Tuner.restore; we say how to resume
             try:
-                with _sigint_watch() as interrupted, _driver_heartbeat(store, initial):
+                with _searcher.driving(drv), _sigint_watch() as interrupted, _driver_heartbeat(store, initial):
                     try:
                         tuner.fit()
                     except KeyboardInterrupt:
@@ -424,7 +423,6 @@ def run_ray(name: str, store: Store, *, trials: int | None = None, options: RayO
                 broken = drv.searcher.broken if drv.searcher is not None else None
             finally:
                 tune_log.setLevel(level)
-                _searcher._DRIVER = None
             # The experiment told every trial it knows; RUNNING ones of ours left over were asked by
             # a driver killed before Tune saved them: fail them and queue their parameters again.
             orphans = _requeue_orphans(store, name, ident)

@@ -26,7 +26,7 @@ from .._liveness import wait_for_database
 from .._worker import slots_left
 
 __all__ = ["FINAL_KEY", "NUMBER_KEY", "POLL_SECONDS", "RAY_MAX_CONSECUTIVE_FAILURES", "RAY_MAX_FAILURES", "REASON_KEY",
-           "STATUS_KEY", "Driver", "SpaceFn", "quiet_optuna_warnings", "search_class"]
+           "STATUS_KEY", "Driver", "SpaceFn", "driving", "quiet_optuna_warnings", "running_driver", "search_class"]
 
 NUMBER_KEY = "lightnas_trial_number"
 FINAL_KEY = "lightnas_final"
@@ -48,7 +48,29 @@ class Driver:
     searcher: Any = None  # the running experiment's StudySearch, once Tune has created or restored it
 
 
+#: The running driver of this process, set for the length of one ``run_ray`` experiment (:func:`driving`).
+#: A module-level handle on purpose, and the only one: Ray Tune pickles the searcher into the experiment's
+#: state and ``Tuner.restore`` unpickles it (then ``Searcher.restore``) inside ``tuner.fit()``, with no
+#: way to hand the new instance anything that cannot be pickled (the store's engine and locks, the
+#: deadline, the progress callback) short of reaching into Tune's private objects. One experiment runs
+#: per process at a time (one ``ray.init``), so the handle is never shared by two runs.
 _DRIVER: Driver | None = None
+
+
+@contextlib.contextmanager
+def driving(driver: Driver) -> Iterator[Driver]:
+    """Make ``driver`` the running driver of this process for the ``with`` block (see :data:`_DRIVER`)."""
+    global _DRIVER
+    _DRIVER = driver
+    try:
+        yield driver
+    finally:
+        _DRIVER = None
+
+
+def running_driver() -> Driver | None:
+    """The running driver of this process (:func:`driving`), None between experiments."""
+    return _DRIVER
 
 
 def _driver() -> Driver:
@@ -131,8 +153,9 @@ def _study_search_class() -> type:
         def restore(self, checkpoint_path: str) -> None:
             super().restore(checkpoint_path)
             self._next_poll = 0.0
-            if _DRIVER is not None:
-                _DRIVER.searcher = self
+            drv = running_driver()
+            if drv is not None:
+                drv.searcher = self
 
         # ------------------------------------------------------------------ asking
         def suggest(self, trial_id: str) -> Any:
@@ -236,7 +259,7 @@ def _study_search_class() -> type:
                                    f"{self.failures[-1]}; fix the study (e.g. its learning rate or data) and rerun")
             else:
                 self.failures.clear()
-            drv = _DRIVER
+            drv = running_driver()
             if drv is not None and drv.on_trial is not None:
                 drv.on_trial(frozen)
 

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from storage import Store
 
+from ..._lru import LRUCache
 from ...search import Status, StudySpec, TrialObjective, load_context
 from .._liveness import DB_WAIT, wait_for_database
 from ._searcher import FINAL_KEY, NUMBER_KEY, REASON_KEY, STATUS_KEY
@@ -18,20 +19,26 @@ from ._searcher import FINAL_KEY, NUMBER_KEY, REASON_KEY, STATUS_KEY
 __all__ = ["ray_trial"]
 
 
-_CONTEXTS: dict[tuple[str, str, int], tuple[Any, optuna.Study]] = {}
+#: This Ray worker process's study contexts (data loaded once) and studies, by (URL, study identity: name
+#: and creation time, threads): a study deleted and created again under its name is loaded anew. The
+#: least recently used dropped past 8; the stores by URL, past 4.
+_CONTEXTS: LRUCache[tuple[str, str, Any, int], tuple[Any, optuna.Study]] = LRUCache(limit=8)
+_STORES: LRUCache[str, Store] = LRUCache(limit=4)
 
 
 def _worker_context(name: str, url: str, threads: int) -> tuple[Any, optuna.Study]:
     """The study context (data loaded once) and study, cached per Ray worker process."""
-    key = (name, url, threads)
-    if key not in _CONTEXTS:
+    store = _STORES.get_or_put(url, lambda: Store(url, mode="existing"))
+    row = store.get_study(name)
+    key = (url, name, row.created_at if row is not None else None, threads)
+    hit = _CONTEXTS.get(key)
+    if hit is None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        store = Store(url, mode="existing")
         ctx = load_context(name, store, threads=threads)
         # The sampler never samples here: every parameter was suggested by the driver.
         study = optuna.load_study(study_name=name, storage=store.optuna, sampler=optuna.samplers.RandomSampler())
-        _CONTEXTS[key] = (ctx, study)
-    return _CONTEXTS[key]
+        hit = _CONTEXTS.put(key, (ctx, study))
+    return hit  # type: ignore[no-any-return]
 
 
 def _final(study_spec: StudySpec, values: list[float] | None, status: str, reason: str | None = None) -> dict[str, Any]:
