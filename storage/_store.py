@@ -36,6 +36,8 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
+from search_spaces import InputError
+
 from . import _optuna_tables as optuna_tables
 from ._artifacts import ArtifactsRepo
 from ._evaluations import EvaluationsRepo, ProxyCacheRepo
@@ -64,7 +66,7 @@ _OUR_TABLE = "lightnas_meta"
 T = TypeVar("T")
 
 
-class StorageError(ValueError):
+class StorageError(InputError):
     """Bad storage URL, unreachable database, or incompatible schema.
 
     ``transient`` is true when the cause was the database being unreachable (worth waiting for)

@@ -32,6 +32,7 @@ from ._spec import (
     load_spec_file,
     make_spec,
     one_line_error,
+    validation_error,
 )
 from ._studies import (
     DataShape,
@@ -102,6 +103,7 @@ __all__ = [
     "make_spec",
     "make_supernet_spec",
     "one_line_error",
+    "validation_error",
     "pareto_rows",
     "past_drop",
     "peers_of",
