@@ -73,8 +73,9 @@ class StorageError(InputError):
     rather than a request that will fail again (bad password, missing database, bad URL).
     """
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, transient: bool = False, field: str | None = None,
+                 argument: bool = True) -> None:
+        super().__init__(message, field=field, argument=argument)
         self.transient = transient
 
 
