@@ -115,7 +115,8 @@ def plan_study(study_spec: StudySpec, data: Dataset | None = None) -> StudyPlan:
             else:
                 final = given
     if final.below:
-        raise NasError(_refusal(study_spec, shape, classes, budget, final.below, resolutions))
+        raise NasError(_refusal(study_spec, shape, classes, budget, final.below, resolutions), field="budget",
+                       argument=False)
     fitted = plan.study_spec.input_size
     plan.info["data"] = _data_info(data, resized_shape(shape, fitted) if fitted and fitted != study_spec.input_size
                                    else shape)
@@ -168,7 +169,7 @@ def _refusal(study_spec: StudySpec, shape: tuple[int, int, int], classes: int, b
         if smin <= limit:
             advice += (f"; or allow smaller inputs (--fit-resolution: at {side} px the space reaches "
                        f"{format_amount(resource, smin)})")
-    return f"budget: {resource}<={format_amount(resource, limit)} is below what {where} can reach: {needs}; {advice}"
+    return f"{resource}<={format_amount(resource, limit)} is below what {where} can reach: {needs}; {advice}"
 
 
 def describe_plan(plan: StudyPlan) -> list[str]:
