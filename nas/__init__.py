@@ -23,7 +23,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._errors import NasError, Terminated, TrialInterrupted, UnknownStudy, UnreadableStudy
+from search_spaces import InputError
+
+from ._errors import NasError, StudyExists, Terminated, TrialInterrupted, UnknownStudy, UnreadableStudy
 from ._version import __version__
 
 #: Public name -> the module it lives in.
@@ -41,7 +43,8 @@ _LAZY = {
     "write_report": "nas._report",
 }
 
-__all__ = ["NasError", "Terminated", "TrialInterrupted", "UnknownStudy", "UnreadableStudy", "__version__",
+__all__ = ["InputError", "NasError", "StudyExists", "Terminated", "TrialInterrupted", "UnknownStudy",
+           "UnreadableStudy", "__version__",
            *sorted(_LAZY)]
 
 

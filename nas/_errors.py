@@ -3,11 +3,17 @@ signal that a worker was asked to stop."""
 
 from __future__ import annotations
 
-__all__ = ["NasError", "Terminated", "TrialInterrupted", "UnknownStudy", "UnreadableStudy"]
+from search_spaces import InputError
+
+__all__ = ["NasError", "StudyExists", "Terminated", "TrialInterrupted", "UnknownStudy", "UnreadableStudy"]
 
 
-class NasError(ValueError):
+class NasError(InputError):
     """A one-line message naming what was wrong and what is accepted."""
+
+
+class StudyExists(NasError):
+    """A study of that name is in the database already (the HTTP API answers 409)."""
 
 
 class UnknownStudy(NasError):

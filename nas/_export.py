@@ -61,9 +61,9 @@ def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs
             empty ``to``, ``epochs`` outside 1..10,000.
     """
     if isinstance(to, str) and not to.strip():  # Path("") is the working directory
-        raise NasError("--to: empty; accepted: a directory you may write (created if missing), e.g. out/")
+        raise NasError("empty; accepted: a directory you may write (created if missing), e.g. out/", field="to")
     if epochs is not None and not 1 <= epochs <= 10_000:
-        raise NasError(f"--epochs: got {epochs}; accepted: 1 to 10,000 epochs (as many as a study's fidelity)")
+        raise NasError(f"got {epochs}; accepted: 1 to 10,000 epochs (as many as a study's fidelity)", field="epochs")
     _check_formats(formats, calibration)
     _check_out(Path(to))  # a place that cannot be written: refused before minutes of training or conversion
     study_spec = get_study_spec(name, store)
@@ -81,7 +81,7 @@ def export_trial(name: str, number: int, to: str | Path, store: Store, *, epochs
     info: dict[str, Any] = {"trial": number, "spec_hash": h}
     if epochs is not None:
         if epochs < 1:
-            raise NasError(f"--epochs: must be >= 1, got {epochs}")
+            raise NasError(f"must be >= 1, got {epochs}", field="epochs")
         data = study_spec.load_data()
         torch.manual_seed(study_spec.seed)
         model = build_model(arch, data.input_shape, data.num_classes)
@@ -129,18 +129,18 @@ def _weights_from(store: Store, name: str, spec_hash: str, fidelity_key: str) ->
 def _check_formats(formats: tuple[str, ...], calibration: int | None = None) -> None:
     bad = set(formats) - set(FORMATS)
     if bad:
-        raise NasError(f"--formats: unknown {sorted(bad)}; accepted: {', '.join(FORMATS)}")
+        raise NasError(f"unknown {sorted(bad)}; accepted: {', '.join(FORMATS)}", field="formats")
     if set(formats) & set(INT8_FORMATS):
         from objectives import DeployError, require_deploy
 
         try:
-            require_deploy(f"--formats {','.join(f for f in formats if f in INT8_FORMATS)}")
+            require_deploy(",".join(f for f in formats if f in INT8_FORMATS))
         except DeployError as e:
-            raise NasError(str(e)) from None
+            raise NasError(e.message, field="formats") from None
     elif calibration is not None:
-        raise NasError("--calibration applies to the int8 formats (tflite, onnx-int8) only")
+        raise NasError("applies to the int8 formats (tflite, onnx-int8) only", field="calibration")
     if calibration is not None and calibration < 1:
-        raise NasError(f"--calibration: need at least 1 training image, got {calibration}")
+        raise NasError(f"need at least 1 training image, got {calibration}", field="calibration")
 
 
 class _Deploy:
@@ -162,8 +162,8 @@ def _int8_artifacts(arch: ArchSpec, model: torch.nn.Module, study_spec: StudySpe
     data = study_spec.load_data(whole_train=True)
     n_train = len(data.x_train)
     if deploy.calibration > n_train:
-        raise NasError(f"--calibration: {deploy.calibration} images asked, the training split has {n_train}; "
-                       f"accepted: 1..{n_train}")
+        raise NasError(f"{deploy.calibration} images asked, the training split has {n_train}; "
+                       f"accepted: 1..{n_train}", field="calibration")
     model = model.cpu().eval()
     x_cal = data.x_train[:deploy.calibration].cpu()
     x, y = data.x_test.cpu(), data.y_test.cpu()
@@ -225,7 +225,8 @@ def _int8_artifacts(arch: ArchSpec, model: torch.nn.Module, study_spec: StudySpe
         info["onnx-int8"] = {"file": "model_int8.onnx", "bytes": len(files["model_int8.onnx"]),
                              "onnxruntime": scores(pred)}
     if over and deploy.strict:
-        raise NasError(f"--strict: the int8 artifact is over the study's budget ({'; '.join(over)}); nothing written")
+        raise NasError(f"the int8 artifact is over the study's budget ({'; '.join(over)}); nothing written",
+                       field="strict")
     info["over_budget"] = over
     for fmt in INT8_FORMATS:
         if fmt in info:
@@ -265,14 +266,14 @@ def _write(arch: ArchSpec, model: torch.nn.Module, data: DataShape, study_spec: 
     files.update(int8_files)
     # All or nothing: each file under a temporary name, renamed once all are written (a full disk or a
     # kill never leaves half a file under its name, nor a directory this export created).
-    written = write_files(out, files, "--to", error=NasError)
+    written = write_files(out, files, "to", error=NasError)
     info["files"] = written
     return info
 
 
 def _check_out(out: Path) -> None:
     """Refuse a ``--to`` this process cannot write, in one line, before any work (nothing is created)."""
-    check_out_dir(out, "--to", error=NasError)
+    check_out_dir(out, "to", error=NasError)
 
 
 def export_refined(name: str, refinement_id: int, to: str | Path, store: Store, *,
@@ -285,7 +286,7 @@ def export_refined(name: str, refinement_id: int, to: str | Path, store: Store, 
         NasError: unknown study, or no candidate ``refinement_id`` in this study; bad format, an empty ``to``.
     """
     if isinstance(to, str) and not to.strip():  # Path("") is the working directory
-        raise NasError("--to: empty; accepted: a directory you may write (created if missing), e.g. out/")
+        raise NasError("empty; accepted: a directory you may write (created if missing), e.g. out/", field="to")
     _check_formats(formats, calibration)
     _check_out(Path(to))
     study_spec = get_study_spec(name, store)

@@ -34,8 +34,8 @@ def write_report(name: str, store: Store, to: str | Path) -> dict[str, Any]:
             one line, nothing left behind.
     """
     if isinstance(to, str) and not to.strip():  # Path("") is the working directory
-        raise NasError("--to: empty; accepted: a directory you may write (created if missing), e.g. report/")
-    check_out_dir(to, "--to", error=NasError)
+        raise NasError("empty; accepted: a directory you may write (created if missing), e.g. report/", field="to")
+    check_out_dir(to, "to", error=NasError)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,7 +119,7 @@ def write_report(name: str, store: Store, to: str | Path) -> dict[str, Any]:
             f"{len(evaluated)} evaluated, {len(rejected)} rejected over budget.</p>{imgs}"
             f"<h2>Pareto front</h2><table><tr>{''.join(f'<th>{c}</th>' for c in cols)}</tr>{table}</table>"
             "</body></html>")
-    written = write_files(out, {**pngs, "report.html": page.encode()}, "--to", error=NasError)
+    written = write_files(out, {**pngs, "report.html": page.encode()}, "to", error=NasError)
     return {"files": written, "front": len(rows)}
 
 

@@ -16,6 +16,8 @@ import errno
 import os
 import stat
 
+from search_spaces import InputError
+
 __all__ = ["MAX_PROFILE_BYTES", "check_user_file", "describe_size", "read_user_file", "read_user_text"]
 
 #: Largest device profile file: a profile with a per-layer lookup table of thousands of layers is
@@ -44,35 +46,42 @@ def _why(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-def _check_stat(st: os.stat_result, shown: str, what: str, max_bytes: int, error: type[Exception]) -> None:
+def _fail(error: type[InputError], field: str | None, what: str | None, text: str) -> InputError:
+    """``error`` about ``field`` (the argument that named the file), its message led by ``what`` (how
+    the file is called, e.g. ``"device profile 'x'"``) when given."""
+    return error(f"{what}: {text}" if what else text, field=field)
+
+
+def _check_stat(st: os.stat_result, shown: str, field: str | None, what: str | None, max_bytes: int,
+                error: type[InputError]) -> None:
     accepted = f"accepted: a regular file of at most {describe_size(max_bytes)}"
     if not stat.S_ISREG(st.st_mode):
-        raise error(f"{what}: {shown} is not a regular file (it is {_kind(st.st_mode)}); {accepted}")
+        raise _fail(error, field, what, f"{shown} is not a regular file (it is {_kind(st.st_mode)}); {accepted}")
     if st.st_size > max_bytes:
-        raise error(f"{what}: {shown} is {st.st_size:,} bytes; {accepted}")
+        raise _fail(error, field, what, f"{shown} is {st.st_size:,} bytes; {accepted}")
 
 
-def check_user_file(path: str | os.PathLike[str], what: str, max_bytes: int, *,
-                    error: type[Exception] = ValueError) -> None:
+def check_user_file(path: str | os.PathLike[str], field: str | None, max_bytes: int, *, what: str | None = None,
+                    error: type[InputError] = InputError) -> None:
     """Refuse, without opening it, a file that is not a regular file of at most ``max_bytes``
     (for a file another function is about to read).
 
     Raises:
-        error: one line ``<what>: <path> is not a regular file (it is a FIFO); accepted: ...``,
-            or that it is too large, or that it cannot be read (missing, a symbolic link loop).
+        error: about ``field``, one line ``[<what>: ]<path> is not a regular file (it is a FIFO); accepted:
+            ...``, or that it is too large, or that it cannot be read (missing, a symbolic link loop).
     """
     shown = str(path)
     try:
         st = os.stat(path)
     except OSError as e:
-        raise error(f"{what}: cannot read {shown} ({_why(e)})") from None
+        raise _fail(error, field, what, f"cannot read {shown} ({_why(e)})") from None
     except ValueError:  # a NUL byte in the path
-        raise error(f"{what}: the path {shown!r} contains a NUL byte") from None
-    _check_stat(st, shown, what, max_bytes, error)
+        raise _fail(error, field, what, f"the path {shown!r} contains a NUL byte") from None
+    _check_stat(st, shown, field, what, max_bytes, error)
 
 
-def read_user_file(path: str | os.PathLike[str], what: str, max_bytes: int, *,
-                   error: type[Exception] = ValueError) -> bytes:
+def read_user_file(path: str | os.PathLike[str], field: str | None, max_bytes: int, *, what: str | None = None,
+                   error: type[InputError] = InputError) -> bytes:
     """The bytes of a file a user named, never more than ``max_bytes``, and never a hang.
 
     The path is checked before it is opened (a device is never opened), then opened with
@@ -82,27 +91,29 @@ def read_user_file(path: str | os.PathLike[str], what: str, max_bytes: int, *,
 
     Args:
         path: the file.
-        what: how the message names it, e.g. ``"--config"`` or ``"device profile"``.
+        field: the argument that named the file (``"config"``: the CLI says ``--config``), the error's
+            field; None for a file no argument named.
         max_bytes: the size cap, stated in the message.
-        error: the exception type to raise (the caller's layer's one-line error).
+        what: how the message names the file after the field, e.g. ``"device profile 'x'"``.
+        error: the exception type to raise (the caller's layer's :class:`InputError`).
 
     Raises:
         error: one line naming the file, what was wrong and what is accepted.
 
     Example:
-        >>> read_user_file("/dev/zero", "--config", 1 << 20)
+        >>> read_user_file("/dev/zero", "config", 1 << 20)
         Traceback (most recent call last):
         ...
-        ValueError: --config: /dev/zero is not a regular file (it is a character device); accepted: ...
+        InputError: config: /dev/zero is not a regular file (it is a character device); accepted: ...
     """
     shown = str(path)
-    check_user_file(path, what, max_bytes, error=error)
+    check_user_file(path, field, max_bytes, what=what, error=error)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
-        raise error(f"{what}: cannot read {shown} ({_why(e)})") from None
+        raise _fail(error, field, what, f"cannot read {shown} ({_why(e)})") from None
     try:
-        _check_stat(os.fstat(fd), shown, what, max_bytes, error)
+        _check_stat(os.fstat(fd), shown, field, what, max_bytes, error)
         chunks, size = [], 0
         while size <= max_bytes:
             chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
@@ -111,23 +122,23 @@ def read_user_file(path: str | os.PathLike[str], what: str, max_bytes: int, *,
             chunks.append(chunk)
             size += len(chunk)
     except OSError as e:
-        raise error(f"{what}: cannot read {shown} ({_why(e)})") from None
+        raise _fail(error, field, what, f"cannot read {shown} ({_why(e)})") from None
     finally:
         os.close(fd)
     if size > max_bytes:
-        raise error(f"{what}: {shown} is larger than {describe_size(max_bytes)}; accepted: a regular file of at most "
-                    f"{describe_size(max_bytes)}")
+        raise _fail(error, field, what, f"{shown} is larger than {describe_size(max_bytes)}; accepted: a regular "
+                                        f"file of at most {describe_size(max_bytes)}")
     return b"".join(chunks)
 
 
-def read_user_text(path: str | os.PathLike[str], what: str, max_bytes: int, *, error: type[Exception] = ValueError,
-                   accepted: str = "a UTF-8 text file") -> str:
+def read_user_text(path: str | os.PathLike[str], field: str | None, max_bytes: int, *, what: str | None = None,
+                   error: type[InputError] = InputError, accepted: str = "a UTF-8 text file") -> str:
     """:func:`read_user_file` decoded as UTF-8; binary bytes are one line too (``accepted`` says what
     the file should be, e.g. ``"a TOML file (TOML is UTF-8)"``)."""
-    data = read_user_file(path, what, max_bytes, error=error)
+    data = read_user_file(path, field, max_bytes, what=what, error=error)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise error(f"{what}: {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); accepted: "
-                    f"{accepted}") from None
+        raise _fail(error, field, what, f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                                        f"accepted: {accepted}") from None
 

@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from search_spaces import InputError
+
 __all__ = ["ArenaReport", "DeployError", "Int8Model", "deploy_available", "describe_tflite", "fold_batchnorm",
            "input_recipe", "int8_accuracy", "io_quantization", "load_int8", "quantize_input", "quantize_ptq",
            "quantize_qat", "require_deploy", "run_litert", "run_onnx", "run_tflm", "save_int8", "simulated_logits",
@@ -62,7 +64,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 
-class DeployError(ValueError):
+class DeployError(InputError):
     """An int8 artifact cannot be made or run: the extra is missing, or the request is bad."""
 
 

@@ -17,6 +17,8 @@ import os
 import stat
 from collections.abc import Callable, Mapping
 
+from search_spaces import InputError
+
 __all__ = ["OUT_DIR_ACCEPTED", "FileContent", "check_out_dir", "write_files"]
 
 
@@ -32,9 +34,14 @@ OUT_DIR_ACCEPTED = "accepted: a directory you may write (created with its parent
 _NAME_MAX = 255
 
 
-def _out_error(what: str, out: str | os.PathLike[str], why: str, error: type[Exception],
-               accepted: str = OUT_DIR_ACCEPTED) -> Exception:
-    return error(f"{what}: {_shown_path(out)} {why}; {accepted}")
+def _fail(error: type[InputError], field: str | None, what: str | None, text: str) -> InputError:
+    """``error`` about ``field`` (the argument naming the place), led by ``what`` when given."""
+    return error(f"{what}: {text}" if what else text, field=field)
+
+
+def _out_error(field: str | None, what: str | None, out: str | os.PathLike[str], why: str,
+               error: type[InputError], accepted: str = OUT_DIR_ACCEPTED) -> InputError:
+    return _fail(error, field, what, f"{_shown_path(out)} {why}; {accepted}")
 
 
 def _shown_path(path: str | os.PathLike[str], limit: int = 160) -> str:
@@ -58,8 +65,8 @@ def _oserror_why(e: OSError) -> str:
     return _why(e)
 
 
-def check_out_dir(out: str | os.PathLike[str], what: str = "--to", *, error: type[Exception] = ValueError,
-                  accepted: str = OUT_DIR_ACCEPTED) -> None:
+def check_out_dir(out: str | os.PathLike[str], field: str | None = "to", *, what: str | None = None,
+                  error: type[InputError] = InputError, accepted: str = OUT_DIR_ACCEPTED) -> None:
     """Refuse, before any work and without leaving anything behind, an output directory that
     cannot be written: empty, a NUL byte, a name over 255 bytes, a part that is a file, a
     read-only, immutable or pseudo file system place (``/proc``), a missing place under one.
@@ -68,21 +75,22 @@ def check_out_dir(out: str | os.PathLike[str], what: str = "--to", *, error: typ
     the kernel would refuse later is refused now; a missing ``out`` is not created here.
 
     Raises:
-        error: one line ``<what>: <out> <what is wrong>; accepted: ...``.
+        error: about ``field`` (the argument naming the place: ``"to"``, the CLI's ``--to``), one line
+            ``[<what>: ]<out> <what is wrong>; accepted: ...``.
     """
     text = os.fspath(out)
     if not text.strip():
-        raise error(f"{what}: empty; {accepted}")
+        raise _fail(error, field, what, f"empty; {accepted}")
     if "\x00" in text:
-        raise error(f"{what}: the path {text[:100]!r} contains a NUL byte; {accepted}")
+        raise _fail(error, field, what, f"the path {text[:100]!r} contains a NUL byte; {accepted}")
     try:
         os.fsencode(text)
     except UnicodeEncodeError as e:  # a lone surrogate (from Python, not a command line): no file system name
-        raise error(f"{what}: the path {text[:100]!r} has a character no file name can hold "
-                    f"({text[e.start]!r}); {accepted}") from None
+        raise _fail(error, field, what, f"the path {text[:100]!r} has a character no file name can hold "
+                                        f"({text[e.start]!r}); {accepted}") from None
     long = [p for p in text.split(os.sep) if len(os.fsencode(p)) > _NAME_MAX]
     if long:
-        raise _out_error(what, out, f"has a name of {len(os.fsencode(long[0])):,} bytes (the limit is "
+        raise _out_error(field, what, out, f"has a name of {len(os.fsencode(long[0])):,} bytes (the limit is "
                                     f"{_NAME_MAX})", error, accepted)
     path = os.path.abspath(text)
     probe_dir = path
@@ -92,24 +100,25 @@ def check_out_dir(out: str | os.PathLike[str], what: str = "--to", *, error: typ
         except (FileNotFoundError, NotADirectoryError):  # missing, or below a file: look at the parent
             parent = os.path.dirname(probe_dir)
             if parent == probe_dir:
-                raise _out_error(what, out, "cannot be created", error, accepted) from None
+                raise _out_error(field, what, out, "cannot be created", error, accepted) from None
             probe_dir = parent
             continue
         except OSError as e:
-            raise _out_error(what, out, f"cannot be used ({_oserror_why(e)})", error, accepted) from None
+            raise _out_error(field, what, out, f"cannot be used ({_oserror_why(e)})", error, accepted) from None
         break
     if not stat.S_ISDIR(st.st_mode):
         where = "exists and is not a directory" if probe_dir == path else \
             f"cannot be created: {_shown_path(probe_dir)} is not a directory"
-        raise _out_error(what, out, where, error, accepted)
+        raise _out_error(field, what, out, where, error, accepted)
     if probe_dir != path and os.path.realpath(probe_dir).startswith(("/proc", "/sys")):
-        raise _out_error(what, out, f"cannot be created under {probe_dir} (a kernel file system)", error, accepted)
+        raise _out_error(field, what, out, f"cannot be created under {probe_dir} (a kernel file system)", error,
+                         accepted)
     probe = os.path.join(probe_dir, f".lightnas-write-{os.getpid()}")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     except OSError as e:
         shown = "cannot be written" if probe_dir == path else f"cannot be created in {_shown_path(probe_dir)}"
-        raise _out_error(what, out, f"{shown} ({_oserror_why(e)})", error, accepted) from None
+        raise _out_error(field, what, out, f"{shown} ({_oserror_why(e)})", error, accepted) from None
     os.close(fd)
     os.unlink(probe)
 
@@ -118,8 +127,8 @@ def check_out_dir(out: str | os.PathLike[str], what: str = "--to", *, error: typ
 FileContent = bytes | Callable[[str], None]
 
 
-def write_files(out: str | os.PathLike[str], files: Mapping[str, FileContent], what: str = "--to", *,
-                error: type[Exception] = ValueError, accepted: str = OUT_DIR_ACCEPTED,
+def write_files(out: str | os.PathLike[str], files: Mapping[str, FileContent], field: str | None = "to", *,
+                what: str | None = None, error: type[InputError] = InputError, accepted: str = OUT_DIR_ACCEPTED,
                 before_commit: Callable[[], None] | None = None) -> list[str]:
     """Write ``files`` (relative name -> bytes, or a function writing the file at a path) into
     ``out``, all or nothing; returns the paths written, in order.
@@ -132,8 +141,8 @@ def write_files(out: str | os.PathLike[str], files: Mapping[str, FileContent], w
     removed: nothing is left behind, and a file of the same name that was there stays intact.
 
     Raises:
-        error: one line naming ``what``, the place, what failed and ``accepted`` (an exception of
-            ``before_commit`` propagates as it is, after the clean-up).
+        error: about ``field``, one line naming (after ``what``, when given) the place, what failed and
+            ``accepted`` (an exception of ``before_commit`` propagates as it is, after the clean-up).
     """
     root = os.fspath(out)
     created: list[str] = []
@@ -187,12 +196,12 @@ def write_files(out: str | os.PathLike[str], files: Mapping[str, FileContent], w
         except ValueError as e:  # a NUL byte in a name
             if not isinstance(e, UnicodeError) and "null" not in str(e).lower():
                 raise
-            raise _out_error(what, current, "has a NUL byte in its name", error, accepted) from None
+            raise _out_error(field, what, current, "has a NUL byte in its name", error, accepted) from None
         except OSError as e:
             where = "" if os.fspath(current) == root else f"writing {os.path.relpath(current, root)} "
             kept = f"written: {', '.join(os.path.relpath(w, root) for w in written)}" if written else "nothing written"
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 accepted = "accepted: a place with room for the files (free some space, or choose another)"
-            raise _out_error(what, root, f"{where}failed ({_oserror_why(e)}); {kept}", error, accepted) from None
+            raise _out_error(field, what, root, f"{where}failed ({_oserror_why(e)}); {kept}", error, accepted) from None
     finally:
         clean()

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ._build import check_input_shape
+from ._errors import InputError
 from ._spec import ArchSpec, Head, Stage, Stem
 
 __all__ = ["ChoiceTrial", "EnumeratingTrial", "RandomTrial", "SearchSpace", "SpaceError", "enumerate_choices",
@@ -16,7 +17,7 @@ __all__ = ["ChoiceTrial", "EnumeratingTrial", "RandomTrial", "SearchSpace", "Spa
 _SPACES: dict[str, type[SearchSpace]] = {}
 
 
-class SpaceError(ValueError):
+class SpaceError(InputError):
     """Unknown search space or option, or an option value out of range."""
 
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._blocks import WIDTH_FIELDS, BlockKind, block_kind, list_blocks
+from ._errors import InputError
 
 __all__ = [
     "ACTIVATIONS",
@@ -60,7 +61,7 @@ KERNELS = (1, 3, 5, 7)
 STRIDES = (1, 2)
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """An ``ArchSpec`` is invalid; the message names the field and what is accepted."""
 
 

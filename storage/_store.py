@@ -34,6 +34,8 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
+from search_spaces import InputError
+
 from . import _optuna_tables as optuna_tables
 from ._artifacts import ArtifactsRepo
 from ._evaluations import EvaluationsRepo, ProxyCacheRepo
@@ -63,15 +65,16 @@ _OUR_TABLE = "lightnas_meta"
 T = TypeVar("T")
 
 
-class StorageError(ValueError):
+class StorageError(InputError):
     """Bad storage URL, unreachable database, or incompatible schema.
 
     ``transient`` is true when the cause was the database being unreachable (worth waiting for)
     rather than a request that will fail again (bad password, missing database, bad URL).
     """
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, transient: bool = False, field: str | None = None,
+                 argument: bool = True) -> None:
+        super().__init__(message, field=field, argument=argument)
         self.transient = transient
 
 

@@ -125,8 +125,9 @@ def test_workers_are_spread_over_gpus_at_most_n_per_device():
     assert worker_devices(4, per_device=2, cuda_count=2) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
     assert worker_devices(2, cuda_count=2) == ["cuda:0", "cuda:1"]
     assert worker_devices(2, device="cpu", cuda_count=2) == [None, None]
-    with pytest.raises(ValueError, match="at most 4, or raise --workers-per-device"):
+    with pytest.raises(ValueError, match="at most 4, or raise --workers-per-device") as many:
         worker_devices(5, per_device=2, cuda_count=2)
+    assert many.value.field == "workers"
     with pytest.raises(ValueError, match="at least 1"):
         worker_devices(1, per_device=0, cuda_count=1)
 

@@ -54,6 +54,7 @@ from hypothesis import strategies as st
 import objectives._out as out_module
 from nas.search import TrialRecord, damaged_trials
 from objectives import DataError, check_out_dir, load_dataset, write_files
+from search_spaces import InputError
 from storage import StorageError, normalize_url
 
 LONG = "n" * 300  # one path component over the 255 bytes of a file name
@@ -283,15 +284,16 @@ def test_write_files_is_all_or_nothing_and_keeps_what_was_there(tmp_path: Path) 
         Path(path).write_bytes(b"half")
         raise OSError(errno.EDQUOT, "Disk quota exceeded")
 
-    with pytest.raises(ValueError, match="writing sub/c.bin failed.*nothing written"):
-        write_files(out, {"a.txt": b"new", "b.txt": b"x", "sub/c.bin": boom}, "--to")
+    with pytest.raises(ValueError, match="writing sub/c.bin failed.*nothing written") as failed:
+        write_files(out, {"a.txt": b"new", "b.txt": b"x", "sub/c.bin": boom}, "to")
+    assert failed.value.field == "to" and failed.value.message.startswith(f"{out} writing sub/c.bin failed")
     assert _left(out) == ["a.txt"] and (out / "a.txt").read_bytes() == b"old"
 
     def refuse() -> None:
         raise RuntimeError("the database said no")
 
     with pytest.raises(RuntimeError):
-        write_files(out, {"a.txt": b"new", "d/e.txt": b"x"}, "--to", before_commit=refuse)
+        write_files(out, {"a.txt": b"new", "d/e.txt": b"x"}, "to", before_commit=refuse)
     assert _left(out) == ["a.txt"] and (out / "a.txt").read_bytes() == b"old"
     assert write_files(out, {"a.txt": b"new", "d/e.txt": b"x"}) == [str(out / "a.txt"), str(out / "d/e.txt")]
     assert (out / "a.txt").read_bytes() == b"new" and _left(out) == ["a.txt", "d", "d/e.txt"]
@@ -308,9 +310,9 @@ def test_any_output_path_is_usable_or_one_line_and_checking_it_writes_nothing(pa
         (root / "afile").write_text("x")
         path = os.path.join(tmp, *parts)
         try:
-            check_out_dir(path, "--to")
-        except ValueError as e:
-            assert "\n" not in str(e) and str(e).startswith("--to: ") and "accepted:" in str(e)
+            check_out_dir(path, "to")
+        except InputError as e:
+            assert "\n" not in str(e) and e.field == "to" and str(e) == f"to: {e.message}" and "accepted:" in e.message
         assert sorted(p.name for p in root.iterdir()) == ["afile"]
 
 

@@ -16,9 +16,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from search_spaces import InputError
+
 __all__ = ["MAX_SEED", "MAX_SPEC_BYTES", "STORAGE_HELP", "Format", "UsageError", "app", "check_finite", "check_out_dir",
            "check_seed", "emit", "err", "hardware_app", "open_store", "out", "parse_options", "parse_shape",
-           "read_arch_file", "say_error", "si", "storage_url", "study_app", "user_errors", "fmt_value", "opened"]
+           "read_arch_file", "say_error", "error_line", "flag_of", "si",
+           "storage_url", "study_app", "user_errors", "fmt_value", "opened"]
 
 #: Largest seed: what NumPy's and Optuna's generators take (a study's seed has the same range).
 MAX_SEED = 2**32 - 1
@@ -42,7 +45,7 @@ class Format(str, Enum):
     csv = "csv"
 
 
-class UsageError(ValueError):
+class UsageError(InputError):
     """Bad command-line input detected by the CLI itself."""
 
 
@@ -63,11 +66,31 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (UsageError, SpecError, SpaceError, BudgetError, DeviceError, DataError, StorageError, NasError)
 
 
+#: A field whose option is not ``--`` + the field with dashes (``input_size`` is ``--input-size``).
+FLAGS = {"space_options": "--option"}
+
+
+def flag_of(field: str) -> str:
+    """The option that fills ``field`` (an argument's name, as errors carry it): ``"to"`` -> ``"--to"``,
+    ``"workers_per_device"`` -> ``"--workers-per-device"``."""
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def error_line(e: object) -> str:
+    """An error as the CLI says it: an :class:`InputError` about an argument names its flag
+    (``--trials: must be ...``), one about a key of a spec or file names the key (``budget: ...``),
+    anything else is its text. The message is never parsed."""
+    if isinstance(e, InputError) and e.field and e.argument:
+        return f"{flag_of(e.field)}: {e.message}"
+    return str(e)
+
+
 def say_error(message: object) -> None:
-    """``error: <message>`` on stderr, one line (the message is text, never markup)."""
+    """``error: <message>`` on stderr, one line (the message is text, never markup; an error is said
+    by :func:`error_line`)."""
     from rich.markup import escape
 
-    text = " ".join(str(message).splitlines())  # one line, whatever the message
+    text = " ".join(error_line(message).splitlines())  # one line, whatever the message
     err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
@@ -95,28 +118,31 @@ def check_out_dir(to: str, flag: str = "--to") -> str:
     return to
 
 
-def read_arch_file(path: str, flag: str):  # -> ArchSpec
+def read_arch_file(path: str, field: str):  # -> ArchSpec
     """An ``ArchSpec`` from a JSON file a user named (``spec.json`` of ``nas export``, or the API's json
-    export): a regular file of at most :data:`MAX_SPEC_BYTES` of UTF-8 JSON, else one line naming ``flag``."""
+    export): a regular file of at most :data:`MAX_SPEC_BYTES` of UTF-8 JSON, else one line about ``field``
+    (the option that named it, e.g. ``"spec"``: printed ``--spec``)."""
     from objectives import read_user_text
 
     from .._errors import NasError
     from ..search import arch_from_doc
 
     accepted = "an ArchSpec JSON file (spec.json of 'nas export')"
-    text = read_user_text(path, flag, MAX_SPEC_BYTES, error=NasError, accepted=accepted)
+    text = read_user_text(path, field, MAX_SPEC_BYTES, error=NasError, accepted=accepted)
+    too_deep = f"{path} is JSON nested too deeply to be an ArchSpec; accepted: {accepted}"
     try:
         doc = json.loads(text)
     except RecursionError:
-        raise NasError(f"{flag}: {path} is JSON nested too deeply to be an ArchSpec; accepted: {accepted}") from None
+        raise NasError(too_deep, field=field) from None
     except ValueError:
-        raise NasError(f"{flag}: {path} is not JSON (expected an ArchSpec, e.g. spec.json of 'nas export')") from None
+        raise NasError(f"{path} is not JSON (expected an ArchSpec, e.g. spec.json of 'nas export')",
+                       field=field) from None
     try:
         return arch_from_doc(doc)
     except NasError as e:
-        raise NasError(f"{flag}: {path} is {e}") from None
+        raise NasError(f"{path} is {e}", field=field) from None
     except RecursionError:
-        raise NasError(f"{flag}: {path} is JSON nested too deeply to be an ArchSpec; accepted: {accepted}") from None
+        raise NasError(too_deep, field=field) from None
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:

@@ -90,9 +90,9 @@ def cost_cmd(
     try:
         profile = open_profile(device)  # a path that is a FIFO or /dev/zero: one line, at once
     except DeviceError as e:
-        raise UsageError(f"--device: {' '.join(str(e).split())}") from None
+        raise UsageError(" ".join(str(e).split()), field="device") from None
     if spec_file:
-        arch = read_arch_file(spec_file, "--spec")
+        arch = read_arch_file(spec_file, "spec")
     elif space:
         arch = sample_spec(get_space(space, input_shape=shape, **parse_options(option)), seed)
     else:
@@ -188,7 +188,7 @@ def _check_torch_device(device: str) -> None:
     try:
         resolve_device(device)
     except ValueError as e:
-        raise UsageError(f"--device: {e}") from None
+        raise UsageError(str(e), field="device") from None
 
 
 def check_devices_dir() -> None:
@@ -196,7 +196,7 @@ def check_devices_dir() -> None:
     (read-only, a file in the way, under /proc, a name too long); nothing is created."""
     from objectives import check_out_dir, nas_home
 
-    check_out_dir(nas_home() / "devices", "$NAS_HOME/devices", error=UsageError,
+    check_out_dir(nas_home() / "devices", None, what="$NAS_HOME/devices", error=UsageError,
                   accepted="accepted: a directory you may write (set $NAS_HOME to one)")
 
 

@@ -121,7 +121,7 @@ def study_create(
         if fid:
             fields["fidelity"] = fid
         study_spec = make_spec(**{k: v for k, v in fields.items() if v is not None})
-    given = [(path, read_arch_file(path, "--enqueue")) for path in enqueue]
+    given = [(path, read_arch_file(path, "enqueue")) for path in enqueue]
     # Budget first, checked against the database as it is; a database is created only for a good
     # study (a refused one leaves no new file), and the write is all or nothing.
     store = store or open_store_if_exists(storage)
@@ -255,7 +255,7 @@ def study_enqueue(
         raise UsageError("give --spec FILE (repeatable) and/or --from STUDY")
     from ..workers import finished
 
-    archs = [(path, read_arch_file(path, "--spec")) for path in spec_files]
+    archs = [(path, read_arch_file(path, "spec")) for path in spec_files]
     store = open_store(storage)
     plan = warm_start(name, store, specs=archs, from_study=from_study)
     out.print(f"{name}: {len(plan.enqueued)} architecture(s) queued to run next"

@@ -98,7 +98,7 @@ def _check_device(device: str) -> None:
     try:
         dev = resolve_device(device)
     except ValueError as e:
-        raise UsageError(f"--device: {e}") from None
+        raise UsageError(str(e), field="device") from None
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (dev.index or 0) >= count:

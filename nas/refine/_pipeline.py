@@ -452,7 +452,7 @@ def refine_trial(name: str, number: int, store: Store, settings: RefineSettings 
     try:  # the whole training split: the refinement fidelity ignores the search's train_fraction
         data = study_spec.load_data(whole_train=True).to(device)
     except DataError as e:
-        raise NasError(f"data: {e}") from None
+        raise NasError(str(e), field="data", argument=False) from None
     key = settings_key(settings, study_spec, parent_hash)
     rows = {r.step: r for r in store.get_refinements(name, parent_trial=number, settings_hash=key)
             if r.parent_spec_hash == parent_hash}

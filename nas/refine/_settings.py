@@ -84,7 +84,7 @@ def make_settings(**fields: Any) -> RefineSettings:
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown setting; accepted: {', '.join(RefineSettings.model_fields)}"
-        raise NasError(f"{loc}: {msg}") from None
+        raise NasError(msg, field=loc, argument=False) from None
 
 
 def settings_record(settings: RefineSettings, study_spec: StudySpec) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from ._spec import (
     make_spec,
     one_line_error,
     trial_fidelity_key,
+    validation_error,
 )
 from ._studies import (
     DataShape,
@@ -117,6 +118,7 @@ __all__ = [
     "make_spec",
     "make_supernet_spec",
     "one_line_error",
+    "validation_error",
     "pareto_rows",
     "past_drop",
     "peers_of",

@@ -63,7 +63,7 @@ def _load(study_spec: StudySpec) -> Dataset:
     try:
         return study_spec.load_data()
     except DataError as e:
-        raise NasError(f"data: {e}") from None
+        raise NasError(str(e), field="data", argument=False) from None
 
 
 def _data_info(data: Dataset, shape: tuple[int, int, int]) -> dict[str, Any]:
@@ -90,7 +90,7 @@ def plan_study(study_spec: StudySpec, data: Dataset | None = None) -> StudyPlan:
     try:
         space = get_space(study_spec.space, input_shape=shape, **study_spec.space_options)
     except SpaceError as e:
-        raise NasError(f"space_options: {e}") from None
+        raise NasError(str(e), field="space_options", argument=False) from None
     budget = study_spec.budget_obj()
     if budget is None:
         return StudyPlan(study_spec, {"data": _data_info(data, shape)})
@@ -116,7 +116,8 @@ def plan_study(study_spec: StudySpec, data: Dataset | None = None) -> StudyPlan:
             else:
                 final = given
     if final.below:
-        raise NasError(_refusal(study_spec, shape, classes, budget, final.below, resolutions))
+        raise NasError(_refusal(study_spec, shape, classes, budget, final.below, resolutions), field="budget",
+                       argument=False)
     fitted = plan.study_spec.input_size
     plan.info["data"] = _data_info(data, resized_shape(shape, fitted) if fitted and fitted != study_spec.input_size
                                    else shape)
@@ -170,7 +171,7 @@ def _refusal(study_spec: StudySpec, shape: tuple[int, int, int], classes: int, b
         if smin <= limit:
             advice += (f"; or allow smaller inputs (--fit-resolution: at {side} px the space reaches "
                        f"{format_amount(resource, smin)})")
-    return f"budget: {resource}<={format_amount(resource, limit)} is below what {where} can reach: {needs}; {advice}"
+    return f"{resource}<={format_amount(resource, limit)} is below what {where} can reach: {needs}; {advice}"
 
 
 def describe_plan(plan: StudyPlan) -> list[str]:
@@ -223,8 +224,8 @@ def prepare_study(study_spec: StudySpec, store: Store | None, *,
             raise NasError(str(e)) from None
     data = _load(study_spec)
     if study_spec.precision == "int8" and study_spec.calibration > len(data.x_train):
-        raise NasError(f"calibration: {study_spec.calibration} images asked, the training split has "
-                       f"{len(data.x_train)}; accepted: 1..{len(data.x_train)}")
+        raise NasError(f"{study_spec.calibration} images asked, the training split has {len(data.x_train)}; "
+                       f"accepted: 1..{len(data.x_train)}", field="calibration", argument=False)
     plan = plan_study(study_spec, data)
     study_spec = plan.study_spec
     if study_spec.supernet is not None:
@@ -308,7 +309,8 @@ def share_cost_device(name: str, store: Store) -> None:
     path = user_profile_path(name)
     if path is not None:
         try:
-            text = read_user_text(path, f"cost_device: profile {name!r}", MAX_PROFILE_BYTES, error=DeviceError)
-        except DeviceError as e:
-            raise NasError(str(e)) from None
+            text = read_user_text(path, "cost_device", MAX_PROFILE_BYTES, what=f"profile {name!r}",
+                                  error=DeviceError)
+        except DeviceError as e:  # a key of the study spec, as its validation names it
+            raise NasError(e.message, field="cost_device", argument=False) from None
         store.save_device_profile(name, text)

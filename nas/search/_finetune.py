@@ -89,12 +89,12 @@ def _members(name: str, study_spec: StudySpec, trials: list[FrozenTrial], number
     for n in dict.fromkeys(numbers):
         t = by_number.get(n)
         if t is None:
-            raise NasError(f"--trial: study {name!r} has no trial {n}; {hint}")
+            raise NasError(f"study {name!r} has no trial {n}; {hint}", field="trial")
         r = record_of(t)
         if not r.evaluated:
             why = "is over the budget" if r.over_budget else \
                 f"was not evaluated (state {t.state.name.lower()}{', status ' + r.status if r.status else ''})"
-            raise NasError(f"--trial: trial {n} {why}; fine-tuning takes subnets evaluated within the budget; {hint}")
+            raise NasError(f"trial {n} {why}; fine-tuning takes subnets evaluated within the budget; {hint}", field="trial")
         out.append(t)
     return out
 
@@ -123,7 +123,7 @@ def finetune_study(name: str, store: Store, *, epochs: int, trials: Sequence[int
         raise NasError(f"study {name!r} is not on a supernet (its trials are trained stand-alone); "
                        "accepted: a study created with --supernet NAME")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= 10_000:
-        raise NasError(f"--epochs: got {epochs}; accepted: 1 to 10000 fine-tuning epochs")
+        raise NasError(f"got {epochs}; accepted: 1 to 10000 fine-tuning epochs", field="epochs")
     all_trials = _trials(name, store)
     members = _members(name, study_spec, all_trials, trials)
     fidelity = finetune_fidelity(study_spec, epochs)

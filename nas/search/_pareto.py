@@ -104,7 +104,7 @@ def where_filter(where: str | None) -> Any:
     try:
         conds = parse_conditions(where, extra=("accuracy", "hw_cost"))
     except BudgetError as e:
-        raise NasError(f"--where: {e}") from None
+        raise NasError.of(e, "where") from None
     return lambda m: all(c.holds(m[c.name]) for c in conds if c.name in m)
 
 

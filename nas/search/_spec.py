@@ -45,7 +45,7 @@ else:  # pragma: no cover
 
 __all__ = ["OBJECTIVES", "PROXY_NAMES", "PRUNERS", "SAMPLERS",
            "SINGLE_METRIC_PRUNERS", "Fidelity", "StudySpec", "fidelity_key_of", "load_spec_file",
-           "make_spec", "one_line_error", "trial_fidelity_key"]
+           "make_spec", "one_line_error", "trial_fidelity_key", "validation_error"]
 
 #: Objective names: validation accuracy (maximised), the FS-DNN scalar and every cost resource (minimised).
 OBJECTIVES = ("accuracy", "hw_cost", *RESOURCES)
@@ -412,19 +412,26 @@ def _check_resized_memory(data: Dataset, size: int) -> None:
     if need > MAX_RESIZED_BYTES:
         per_px2 = n * channels * (h / short) * (w / short) * 4
         fits = int((MAX_RESIZED_BYTES / per_px2) ** 0.5)
-        raise NasError(f"input_size: {n:,} images resized to a short side of {size} px would take "
-                       f"{need / 2**30:,.1f} GiB; accepted: at most {MAX_RESIZED_BYTES >> 30} GiB of images (here "
-                       f"input_size <= {fits})")
+        raise NasError(f"{n:,} images resized to a short side of {size} px would take {need / 2**30:,.1f} GiB; "
+                       f"accepted: at most {MAX_RESIZED_BYTES >> 30} GiB of images (here input_size <= {fits})",
+                       field="input_size", argument=False)
 
 
-def _one_line(e: ValidationError) -> str:
-    return one_line_error(e.errors()[0])
+def _one_line(e: ValidationError) -> NasError:
+    return validation_error(e.errors()[0])
 
 
 def one_line_error(err: Any, default_loc: str = "study") -> str:
     """One line ``field: what was wrong; accepted: ...`` for a pydantic error dict (the first of
     ``ValidationError.errors()``; FastAPI's request errors too, whose location starts with
-    ``body``/``query``/``path``, which is left out)."""
+    ``body``/``query``/``path``, which is left out): ``str`` of :func:`validation_error`."""
+    return str(validation_error(err, default_loc))
+
+
+def validation_error(err: Any, default_loc: str = "study") -> NasError:
+    """A pydantic error dict as a :class:`NasError` whose field is the error's location (``budget``,
+    ``fidelity.epochs``; ``default_loc`` for the whole document), a key of the document rather than an
+    argument (the CLI prints it as it is, since it may come from a TOML file)."""
     parts = [str(p) if str(p).isprintable() else repr(str(p)) for p in err["loc"]]  # a key "\n": one line still
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
@@ -440,7 +447,7 @@ def one_line_error(err: Any, default_loc: str = "study") -> str:
         msg = "use letters, digits, '_', '.', '-' (at most 100 characters, not starting with a symbol)"
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
-    return f"{loc}: {' '.join(msg.splitlines())}"
+    return NasError(" ".join(msg.splitlines()), field=loc, argument=False)
 
 
 def make_spec(**fields: Any) -> StudySpec:
@@ -448,7 +455,7 @@ def make_spec(**fields: Any) -> StudySpec:
     try:
         return StudySpec(**fields)
     except ValidationError as e:
-        raise NasError(_one_line(e)) from None
+        raise _one_line(e) from None
 
 
 def load_spec_file(path: str | Path, **overrides: Any) -> StudySpec:
@@ -461,14 +468,14 @@ def load_spec_file(path: str | Path, **overrides: Any) -> StudySpec:
     from objectives import read_user_text
 
     # A directory, a device (/dev/zero), a FIFO that never ends, a file over the cap: one line.
-    text = read_user_text(path, "--config", MAX_SPEC_FILE, error=NasError, accepted="a TOML file (TOML is UTF-8)")
+    text = read_user_text(path, "config", MAX_SPEC_FILE, error=NasError, accepted="a TOML file (TOML is UTF-8)")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise NasError(f"--config: {path} is not valid TOML ({e})") from None
+        raise NasError(f"{path} is not valid TOML ({e})", field="config") from None
     except RecursionError:
-        raise NasError(f"--config: {path} nests tables or arrays too deeply to read; accepted: a study spec TOML "
-                       "file (fields of nas.StudySpec, a [fidelity] table)") from None
+        raise NasError(f"{path} nests tables or arrays too deeply to read; accepted: a study spec TOML "
+                       "file (fields of nas.StudySpec, a [fidelity] table)", field="config") from None
     data.update({k: v for k, v in overrides.items() if v is not None})
     return make_spec(**data)
 

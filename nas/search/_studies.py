@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from storage import Store
 
-from .._errors import NasError, UnknownStudy, UnreadableStudy
+from .._errors import StudyExists, UnknownStudy, UnreadableStudy
 from ._spec import StudySpec, one_line_error
 
 __all__ = ["DataShape", "StudyEntry", "check_name_free", "check_study_exists", "delete_study", "get_study_spec",
@@ -28,7 +28,7 @@ __all__ = ["DataShape", "StudyEntry", "check_name_free", "check_study_exists", "
 def check_name_free(name: str, store: Store) -> None:
     """Raises NasError when a study of that name exists (lightnas's or a plain Optuna one)."""
     if store.get_study(name) is not None or name in optuna.get_all_study_names(store.optuna):
-        raise NasError(f"study {name!r} already exists; choose another name or "
+        raise StudyExists(f"study {name!r} already exists; choose another name or "
                        f"delete it with 'nas study delete {name} --yes'")
 
 

@@ -36,7 +36,15 @@ from storage import Store
 
 from .._errors import NasError
 from .._fields import FIDELITY, STUDY
-from ._spec import NAME_PATTERN, DataSource, SpaceName, SpaceOptions, check_input_size, one_line_error, resized
+from ._spec import (
+    NAME_PATTERN,
+    DataSource,
+    SpaceName,
+    SpaceOptions,
+    check_input_size,
+    resized,
+    validation_error,
+)
 
 if TYPE_CHECKING:
     from objectives import Dataset, SupernetEpoch
@@ -144,7 +152,7 @@ class SupernetSpec(BaseModel):
         try:
             data = load_dataset(self.data, seed=self.seed, val_fraction=self.val_fraction)
         except DataError as e:
-            raise NasError(f"data: {e}") from None
+            raise NasError(str(e), field="data", argument=False) from None
         return resized(data, self.input_size)
 
     def train_config(self, threads: int | None = 1) -> Any:
@@ -159,7 +167,7 @@ def make_supernet_spec(**fields: Any) -> SupernetSpec:
     try:
         return SupernetSpec(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as e:
-        raise NasError(one_line_error(e.errors()[0], "supernet")) from None
+        raise validation_error(e.errors()[0], "supernet") from None
 
 
 @dataclass
@@ -289,7 +297,7 @@ def prepare_supernet(spec: SupernetSpec, store: Store | None) -> tuple[SuperNet,
             torch.manual_seed(spec.seed)
             net = SuperNet.from_space(space, data.input_shape, data.num_classes)
     except (SpaceError, SpecError) as e:
-        raise NasError(f"space_options: {e}") from None
+        raise NasError(str(e), field="space_options", argument=False) from None
     return net, data, existing
 
 
@@ -384,8 +392,8 @@ def supernet_study_fields(record: SupernetRecord, fields: dict[str, Any]) -> dic
     fixed = _fixed(record)
     for f, v in fixed.items():
         if fields.get(f) is not None and fields[f] != v:
-            raise NasError(f"{f}: got {fields[f]!r}, supernet {record.name!r} was trained with {v!r}; accepted: its "
-                           f"value (or leave {f} out)")
+            raise NasError(f"got {fields[f]!r}, supernet {record.name!r} was trained with {v!r}; accepted: its "
+                           f"value (or leave {f} out)", field=f, argument=False)
     return {**fields, **fixed, "supernet": record.name, "fit_space": False}
 
 
@@ -402,8 +410,8 @@ def check_supernet_study(study_spec: Any, store: Store | None, input_shape: Any,
     wrong = [f for f, v in _fixed(record).items() if getattr(study_spec, f) != v]
     if wrong:
         f = wrong[0]
-        raise NasError(f"{f}: got {getattr(study_spec, f)!r}, supernet {record.name!r} was trained with "
-                       f"{_fixed(record)[f]!r}; accepted: the supernet's")
+        raise NasError(f"got {getattr(study_spec, f)!r}, supernet {record.name!r} was trained with "
+                       f"{_fixed(record)[f]!r}; accepted: the supernet's", field=f, argument=False)
     return record
 
 
@@ -461,11 +469,11 @@ def check_supernet(store: Store, name: str, *, n: int, epochs: int, seed: int | 
     )
 
     if isinstance(n, bool) or not isinstance(n, int) or not 3 <= n <= MAX_CHECK_SUBNETS:
-        raise NasError(f"--n: got {n}; accepted: 3 to {MAX_CHECK_SUBNETS} subnets (each is trained stand-alone)")
+        raise NasError(f"got {n}; accepted: 3 to {MAX_CHECK_SUBNETS} subnets (each is trained stand-alone)", field="n")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= 10_000:
-        raise NasError(f"--epochs: got {epochs}; accepted: 1 to 10000 stand-alone epochs per subnet")
+        raise NasError(f"got {epochs}; accepted: 1 to 10000 stand-alone epochs per subnet", field="epochs")
     if seed is not None and not 0 <= seed <= 2**32 - 1:
-        raise NasError(f"--seed: got {seed}; accepted: 0 to {2**32 - 1}")
+        raise NasError(f"got {seed}; accepted: 0 to {2**32 - 1}", field="seed")
     net, record = load_supernet(store, name)
     spec = record.spec
     seed = spec.seed if seed is None else seed

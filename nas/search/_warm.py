@@ -47,21 +47,22 @@ class WarmStart:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def read_spec_file(path: str | Path, flag: str = "--enqueue") -> ArchSpec:
-    """An ``ArchSpec`` from a JSON file (``spec.json`` of ``nas export``); NasError with one line."""
+def read_spec_file(path: str | Path, field: str = "enqueue") -> ArchSpec:
+    """An ``ArchSpec`` from a JSON file (``spec.json`` of ``nas export``); NasError about ``field`` (the
+    argument that named the file) with one line."""
     try:
         text = Path(path).read_text()
     except OSError as e:
-        raise NasError(f"{flag}: cannot read {path} ({e.strerror})") from None
+        raise NasError(f"cannot read {path} ({e.strerror})", field=field) from None
     try:
         doc = json.loads(text)
     except ValueError:
-        raise NasError(f"{flag}: {path} is not JSON (expected an ArchSpec, e.g. spec.json of 'nas export')"
-                       ) from None
+        raise NasError(f"{path} is not JSON (expected an ArchSpec, e.g. spec.json of 'nas export')",
+                       field=field) from None
     try:
         return arch_from_doc(doc)
     except NasError as e:
-        raise NasError(f"{flag}: {path} is {e}") from None
+        raise NasError(f"{path} is {e}", field=field) from None
 
 
 def arch_from_doc(doc: Any) -> ArchSpec:
@@ -111,10 +112,12 @@ def plan_warm_start(study_spec: StudySpec, store: Store | None, input_shape: tup
                                                                                   for src, s in specs]
     if from_study is not None:
         if store is None:
-            raise NasError(f"warm_start: unknown study {from_study!r}; the database does not exist yet")
+            raise NasError(f"unknown study {from_study!r}; the database does not exist yet", field="warm_start",
+                           argument=False)
         if store.get_study(from_study) is None:
-            raise NasError(f"warm_start: unknown study {from_study!r}; studies here: "
-                           f"{', '.join(r.name for r in store.list_studies()) or 'none'}")
+            raise NasError(f"unknown study {from_study!r}; studies here: "
+                           f"{', '.join(r.name for r in store.list_studies()) or 'none'}", field="warm_start",
+                           argument=False)
         other: StudySpec = get_study_spec(from_study, store)
         rows = sorted(pareto_rows(from_study, store, with_test=False), key=lambda r: -r["accuracy"])[:limit]
         trials_of = {t.number: t for t in optuna.load_study(study_name=from_study, storage=store.optuna)
@@ -155,7 +158,7 @@ def plan_warm_start(study_spec: StudySpec, store: Store | None, input_shape: tup
                 out.enqueued.append((src, params))
                 continue
         if strict:
-            raise NasError(f"{src}: {reason}")
+            raise NasError(str(reason), field=src, argument=False)  # the spec's place: enqueue[0], a file
         out.skipped.append((src, str(reason)))
     return out
 

@@ -82,9 +82,9 @@ from storage import StorageError, Store, is_transient
 
 from .._errors import NasError
 from .._version import __version__
-from ..search import one_line_error
+from ..search import validation_error
 from . import _refinement, _results, _service, _studies, _supernets
-from ._errors import ApiError, error_response, field_of
+from ._errors import ApiError, error_response
 from ._settings import ApiSettings
 from ._state import Service
 from ._web import pages_router
@@ -236,10 +236,11 @@ def _handlers(app: FastAPI) -> None:
         err = errors[0]
         if err.get("type") == "json_invalid":
             return error_response(422, "body: not valid JSON", "body")
-        message = one_line_error(err, default_loc="body")
+        error = validation_error(err, default_loc="body")
+        message = str(error)
         if err.get("type") == "extra_forbidden":
             message += "; see the request schema in /docs"
-        return error_response(422, message, field_of(message))
+        return error_response(422, message, error.field)
 
     from objectives import DataError
 
@@ -249,8 +250,7 @@ def _handlers(app: FastAPI) -> None:
 
     @app.exception_handler(NasError)
     async def bad_input(_r: Request, e: NasError) -> JSONResponse:
-        message = str(e)
-        return error_response(422, message, field_of(message))
+        return error_response(422, str(e), e.field)
 
     def database(_r: Request, e: Exception) -> JSONResponse:
         if is_transient(e):

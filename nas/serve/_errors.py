@@ -9,7 +9,7 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-__all__ = ["ApiError", "ErrorBody", "error_response", "field_of", "responses"]
+__all__ = ["ApiError", "ErrorBody", "error_response", "responses"]
 
 
 class ErrorBody(BaseModel):
@@ -40,7 +40,3 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
             503: "database unreachable"}
     return {c: {"model": ErrorBody, "description": text[c]} for c in codes}
 
-
-def field_of(message: str) -> str | None:
-    head, sep, _ = message.partition(":")
-    return head.strip() if sep and " " not in head.strip() else None

@@ -216,12 +216,10 @@ def _export_error(e: NasError, status: int) -> ApiError:
     """An export's refusal as the API says it: a bad request (the deploy extra missing, a calibration the
     format or the data cannot take) is a 422 on its query field, in the API's words; anything else (no
     such candidate, no trained weights) is ``status``."""
-    message = str(e)
-    for flag, field in (("--formats", "format"), ("--calibration", "calibration")):
-        if message.startswith(flag):
-            rest = message.removeprefix(flag).removeprefix(":").strip()
-            return ApiError(422, f"{field}: {rest}", field)
-    return ApiError(status, message.replace("; pass --epochs N to train it for export", ""))
+    if e.field in ("formats", "calibration"):  # the export's arguments, the API's query fields
+        field = "format" if e.field == "formats" else e.field
+        return ApiError(422, f"{field}: {e.message}", field)
+    return ApiError(status, str(e).replace("; pass --epochs N to train it for export", ""))
 
 
 def cached_export(nas: Service, key: tuple[Any, ...], build: Callable[[], Response]) -> Response:

@@ -71,8 +71,8 @@ class ApiSettings:
         if self.protect_reads and not (self.tokens or self.read_tokens):
             raise NasError("--protect-reads needs tokens: set NAS_API_TOKEN or NAS_API_READ_TOKEN")
         if self.max_body_bytes < 1024:
-            raise NasError(f"--max-body: must be at least 1024 bytes, got {self.max_body_bytes}")
+            raise NasError(f"must be at least 1024 bytes, got {self.max_body_bytes}", field="max_body")
         for root in self.data_roots:
             if not root.is_dir():
-                raise NasError(f"--data-root: {root} is not a directory")
+                raise NasError(f"{root} is not a directory", field="data_root")
         return self

@@ -9,17 +9,17 @@ from fastapi import APIRouter, Query, Response
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
-from .._errors import NasError, UnknownStudy
+from .._errors import NasError, StudyExists, UnknownStudy
 from ..search import (
     StudySpec,
     arch_from_doc,
     create_study,
     delete_study,
-    one_line_error,
     pareto_rows,
+    validation_error,
     where_filter,
 )
-from ._errors import ApiError, field_of, responses
+from ._errors import ApiError, responses
 from ._models import ParetoAnswer, StudyCreate, StudyInfo, StudyList, TargetUpdate
 from ._state import READ, WRITE, Nas, StudyName, clean
 
@@ -47,8 +47,8 @@ def create(nas: Nas, body: StudyCreate) -> StudyInfo:
         study_spec = StudySpec.model_validate({**body.model_dump(exclude={"target", "enqueue", "warm_start"}),
                                                "data": data}, context={"profiles": stored})
     except ValidationError as e:
-        message = one_line_error(e.errors()[0])
-        raise ApiError(422, message, field_of(message)) from None
+        error = validation_error(e.errors()[0])
+        raise ApiError(422, str(error), error.field) from None
     enqueue = []
     for i, doc in enumerate(body.enqueue):
         try:
@@ -58,10 +58,8 @@ def create(nas: Nas, body: StudyCreate) -> StudyInfo:
     try:  # budget first: refused (422), warned or fitted, warm start checked, before any write
         plan = create_study(study_spec, nas.store, target=body.target, enqueue=enqueue, warm_start=body.warm_start)
     except NasError as e:
-        message = str(e)
-        field = field_of(message)
-        raise ApiError(409 if "already exists" in message else 422, message,
-                       "enqueue" if field and field.startswith("enqueue[") else field) from None
+        field = "enqueue" if e.field in {src for src, _ in enqueue} else e.field  # enqueue[i]: the body's field
+        raise ApiError(409 if isinstance(e, StudyExists) else 422, str(e), field) from None
     except (optuna.exceptions.DuplicatedStudyError, IntegrityError):  # the same name created concurrently
         raise taken from None
     info = nas.info(plan.study_spec.name, with_front=False)
@@ -138,7 +136,7 @@ def pareto(nas: Nas, name: StudyName,
     try:
         where_filter(where)
     except NasError as e:
-        raise ApiError(422, str(e).removeprefix("--"), "where") from None
+        raise ApiError(422, str(e), e.field) from None
     rows = pareto_rows(name, nas.store, where=where, include_refined=include_refined, measure_test=False,
                        past_drop=past_drop)
     return ParetoAnswer(study=name, where=where, objectives=study_spec.objectives, rows=clean(rows))

@@ -214,17 +214,17 @@ def check_run_args(*, trials: int | None = None, workers: int = 1, timeout: floa
             target outside 1..1,000,000, GPUs the device cannot give.
     """
     if workers < 1 or workers > 64:
-        raise NasError(f"--workers: must be between 1 and 64, got {workers}")
+        raise NasError(f"must be between 1 and 64, got {workers}", field="workers")
     if workers_per_device < 1 or workers_per_device > 64:
-        raise NasError(f"--workers-per-device: must be between 1 and 64, got {workers_per_device}")
+        raise NasError(f"must be between 1 and 64, got {workers_per_device}", field="workers_per_device")
     try:
         worker_devices(workers, device=device, per_device=workers_per_device)
     except ValueError as e:
-        raise NasError(str(e)) from None
+        raise NasError.of(e) from None
     if timeout is not None and not (0 < timeout < 1e9):
-        raise NasError(f"--timeout: must be positive seconds, got {timeout}")
+        raise NasError(f"must be positive seconds, got {timeout}", field="timeout")
     if trials is not None and not 1 <= trials <= MAX_TARGET:
-        raise NasError(f"--trials: must be between 1 and {MAX_TARGET:,}, got {trials}")
+        raise NasError(f"must be between 1 and {MAX_TARGET:,}, got {trials}", field="trials")
 
 
 def check_run(name: str, store: Store, *, trials: int | None = None, workers: int = 1,
@@ -245,8 +245,8 @@ def check_run(name: str, store: Store, *, trials: int | None = None, workers: in
     if trials is not None:
         done = finished(store, name)
         if trials < done:
-            raise NasError(f"--trials: {name} has {done} networks evaluated within its budget already; "
-                           f"the target cannot go below that (got {trials})")
+            raise NasError(f"{name} has {done} networks evaluated within its budget already; "
+                           f"the target cannot go below that (got {trials})", field="trials")
     return row
 
 

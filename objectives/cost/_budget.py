@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from search_spaces import InputError
+
 from ._cost import RESOURCES, RUNTIME_RESOURCES
 
 __all__ = ["ALIASES", "Budget", "BudgetError", "Condition", "check_runtime_resources", "format_amount",
@@ -47,7 +49,7 @@ _COND = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|=<|=>|<|>|=)\s*(.+)$"
 _NUM = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)([A-Za-z]*)$")
 
 
-class BudgetError(ValueError):
+class BudgetError(InputError):
     """A budget or filter expression is malformed; the message says what is accepted."""
 
 

@@ -33,6 +33,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from search_spaces import InputError
+
 from .._files import MAX_PROFILE_BYTES, check_user_file, read_user_text
 from ._opmodel import OpModel
 
@@ -51,7 +53,7 @@ NUMERIC_FIELDS = ("peak_macs_per_s", "mem_bandwidth_bytes_per_s", "energy_pj_per
                   "memory_bytes", "layer_overhead_us", "board_power_w")
 
 
-class DeviceError(ValueError):
+class DeviceError(InputError):
     """Unknown or malformed device profile."""
 
 
@@ -304,7 +306,7 @@ def save_device(profile: DeviceProfile, directory: Path | None = None, *,
     d = directory or nas_home() / "devices"
     what = "device profile directory" if directory is not None else "$NAS_HOME/devices"
     path = d / f"{profile.name}.toml"
-    write_files(d, {path.name: profile.to_toml().encode()}, what, error=DeviceError,
+    write_files(d, {path.name: profile.to_toml().encode()}, None, what=what, error=DeviceError,
                 accepted="accepted: a directory you may write (set $NAS_HOME to one)" if directory is None
                 else "accepted: a directory you may write", before_commit=before_commit)
     return path
@@ -336,14 +338,14 @@ def open_profile(name: str, stored: Mapping[str, str] | None = None) -> DevicePr
     """
     try:
         if name.endswith(".toml") or os.sep in name:
-            text = read_user_text(name, "device profile", MAX_PROFILE_BYTES, error=DeviceError,
+            text = read_user_text(name, None, MAX_PROFILE_BYTES, what="device profile", error=DeviceError,
                                   accepted="a profile TOML file (TOML is UTF-8)")
             return parse_profile(text, name)
         if stored and name in stored:
             return _parse_stored(name, stored[name])
         path = _profile_file(name, stored or {})
         if path is not None:
-            check_user_file(path, f"device profile {name!r}", MAX_PROFILE_BYTES, error=DeviceError)
+            check_user_file(path, None, MAX_PROFILE_BYTES, what=f"device profile {name!r}", error=DeviceError)
         return get_device(name, stored)
     except RecursionError:
         raise DeviceError(f"device profile {name!r}: TOML nested too deeply to read; accepted: a profile as 'nas "

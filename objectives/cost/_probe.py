@@ -174,9 +174,10 @@ def write_probes(directory: Path, probes: list[Probe], *, progress: Callable[[in
         MeasurementError: the directory already holds a probe set, or cannot be written.
     """
     directory = Path(directory)
-    check_out_dir(directory, "--to", error=MeasurementError)
+    check_out_dir(directory, "to", error=MeasurementError)
     if (directory / MANIFEST).exists() or (directory / PROBE_SET).exists():
-        raise MeasurementError(f"--to: {directory} already holds a probe set ({MANIFEST}); choose an empty directory")
+        raise MeasurementError(f"{directory} already holds a probe set ({MANIFEST}); choose an empty directory",
+                               field="to")
     from ._analytic import analytic_layers
 
     rows = []
@@ -206,7 +207,7 @@ def write_probes(directory: Path, probes: list[Probe], *, progress: Callable[[in
     files[PROBE_SET] = (json.dumps({"probes": reference}, indent=1) + "\n").encode()
     files["README.txt"] = _README.encode()
     # All or nothing: a full disk or a vanished directory leaves no half probe set behind.
-    write_files(directory, files, "--to", error=MeasurementError)
+    write_files(directory, files, "to", error=MeasurementError)
     return directory / MANIFEST
 
 
@@ -274,14 +275,14 @@ MAX_PROBE_FILE_BYTES = 16 << 20
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    text = read_user_text(path, "--measurements", MAX_MEASUREMENT_BYTES, error=MeasurementError,
+    text = read_user_text(path, "measurements", MAX_MEASUREMENT_BYTES, error=MeasurementError,
                           accepted="a CSV text file")
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         rows = list(reader)
         header = [h.strip() for h in (reader.fieldnames or [])]
     except csv.Error as e:
-        raise MeasurementError(f"--measurements: {path} is not a CSV text file ({e})") from None
+        raise MeasurementError(f"{path} is not a CSV text file ({e})", field="measurements") from None
     rows = [{(k or "").strip(): (v or "").strip() if isinstance(v, str) else "" for k, v in r.items()} for r in rows]
     return header, rows
 
@@ -297,9 +298,9 @@ def measurement_kind(path: Path) -> str:
         return "probes"
     if set(LUT_COLUMNS) <= set(header):
         return "lut"
-    raise MeasurementError(f"--measurements: {path}: expected a filled {MANIFEST} (columns probe_id, latency_ms) or "
+    raise MeasurementError(f"{path}: expected a filled {MANIFEST} (columns probe_id, latency_ms) or "
                            f"a per-layer lookup table (columns {', '.join(LUT_COLUMNS)}); got columns "
-                           f"{', '.join(header) or 'none'}")
+                           f"{', '.join(header) or 'none'}", field="measurements")
 
 
 def read_probe_measurements(path: Path, probes_dir: Path | None = None, *, allow_missing: bool = False
@@ -317,7 +318,7 @@ def read_probe_measurements(path: Path, probes_dir: Path | None = None, *, allow
     header, rows = _read_csv(path)
     for col in ("probe_id", "latency_ms"):
         if col not in header:
-            raise MeasurementError(f"--measurements: {path}: no {col!r} column")
+            raise MeasurementError(f"{path}: no {col!r} column", field="measurements")
     known = _probe_set(probes_dir)
     seen: dict[str, int] = {}
     out = []
@@ -345,20 +346,21 @@ def read_probe_measurements(path: Path, probes_dir: Path | None = None, *, allow
             shape = tuple(int(v) for v in meta["input_shape"].split("x"))
             classes = int(meta["num_classes"])
         except (KeyError, ValueError):
-            raise MeasurementError(f"--probes: {probes_dir / MANIFEST}: probe {pid} has a bad input_shape or "
-                                   "num_classes") from None
+            raise MeasurementError(f"{probes_dir / MANIFEST}: probe {pid} has a bad input_shape or "
+                                   "num_classes", field="probes") from None
         out.append(ProbeMeasurement(pid, spec, shape, classes, lat, energy))  # type: ignore[arg-type]
     missing = [p for p in known if p not in seen]
     if missing and not allow_missing:
-        raise MeasurementError(f"--measurements: {path} lacks {len(missing)} of the {len(known)} probes "
-                               f"({_id_range(missing)}); time every probe, or pass --allow-missing")
+        raise MeasurementError(f"{path} lacks {len(missing)} of the {len(known)} probes "
+                               f"({_id_range(missing)}); time every probe, or pass --allow-missing",
+                               field="measurements")
     with_energy = sum(m.energy_uj is not None for m in out)
     if 0 < with_energy < len(out):
-        raise MeasurementError(f"--measurements: energy_uj is given for {with_energy} of {len(out)} probes; give it "
-                               "for all or for none")
+        raise MeasurementError(f"energy_uj is given for {with_energy} of {len(out)} probes; give it "
+                               "for all or for none", field="measurements")
     if len(out) < MIN_MEASUREMENTS:
-        raise MeasurementError(f"--measurements: {len(out)} timed probes; the model needs at least "
-                               f"{MIN_MEASUREMENTS}")
+        raise MeasurementError(f"{len(out)} timed probes; the model needs at least "
+                               f"{MIN_MEASUREMENTS}", field="measurements")
     return out
 
 
@@ -370,12 +372,13 @@ def _probe_set(probes_dir: Path) -> dict[str, dict[str, str]]:
     """The probes 'nas hardware probe' wrote to ``probes_dir`` (its :data:`PROBE_SET`)."""
     path = probes_dir / PROBE_SET
     try:
-        text = read_user_text(path, "--probes", MAX_PROBE_FILE_BYTES, error=MeasurementError,
+        text = read_user_text(path, "probes", MAX_PROBE_FILE_BYTES, error=MeasurementError,
                               accepted="the probe set 'nas hardware probe --to' wrote")
     except MeasurementError as e:
         if "cannot read" not in str(e):
             raise
-        raise MeasurementError(f"{e}; accepted: the directory 'nas hardware probe --to' wrote") from None
+        raise MeasurementError(f"{e.message}; accepted: the directory 'nas hardware probe --to' wrote",
+                               field=e.field) from None
     try:
         doc = json.loads(text)
         probes = doc["probes"]
@@ -384,10 +387,10 @@ def _probe_set(probes_dir: Path) -> dict[str, dict[str, str]]:
         return {str(k): {f: str(v.get(f, "")) for f in ("family", "input_shape", "num_classes", "spec")}
                 for k, v in probes.items()}
     except RecursionError:
-        raise MeasurementError(f"--probes: {path} is JSON nested too deeply to be a probe set of 'nas hardware "
-                               "probe'") from None
+        raise MeasurementError(f"{path} is JSON nested too deeply to be a probe set of 'nas hardware "
+                               "probe'", field="probes") from None
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise MeasurementError(f"--probes: {path} is not a probe set of 'nas hardware probe' ({e})") from None
+        raise MeasurementError(f"{path} is not a probe set of 'nas hardware probe' ({e})", field="probes") from None
 
 
 def _id_range(ids: list[str]) -> str:
@@ -398,14 +401,14 @@ def _id_range(ids: list[str]) -> str:
 
 
 def _read_spec(path: Path, pid: str) -> ArchSpec:
-    text = read_user_text(path, f"--probes: the spec of probe {pid}", MAX_PROBE_FILE_BYTES, error=MeasurementError,
+    text = read_user_text(path, "probes", MAX_PROBE_FILE_BYTES, what=f"the spec of probe {pid}", error=MeasurementError,
                           accepted="an ArchSpec JSON file as 'nas hardware probe' wrote it")
     try:
         return ArchSpec.from_json(text)
     except RecursionError:
-        raise MeasurementError(f"--probes: the spec of probe {pid} ({path}) is JSON nested too deeply") from None
+        raise MeasurementError(f"the spec of probe {pid} ({path}) is JSON nested too deeply", field="probes") from None
     except SpecError as e:
-        raise MeasurementError(f"--probes: the spec of probe {pid} ({path}) is invalid: {e}") from None
+        raise MeasurementError(f"the spec of probe {pid} ({path}) is invalid: {e}", field="probes") from None
 
 
 def read_lut(path: Path) -> list[tuple[Layer, float]]:
@@ -424,7 +427,7 @@ def read_lut(path: Path) -> list[tuple[Layer, float]]:
     header, rows = _read_csv(path)
     lacking = [c for c in LUT_COLUMNS if c not in header]
     if lacking:
-        raise MeasurementError(f"--measurements: {path}: lookup table without column(s) {', '.join(lacking)}")
+        raise MeasurementError(f"{path}: lookup table without column(s) {', '.join(lacking)}", field="measurements")
     ops = tuple(c for c in OP_CLASSES if c != "lowrank")
     out: list[tuple[Layer, float]] = []
     seen: dict[str, int] = {}
@@ -451,8 +454,8 @@ def read_lut(path: Path) -> list[tuple[Layer, float]]:
         seen[sig] = i
         out.append((layer, lat))
     if len(out) < MIN_MEASUREMENTS:
-        raise MeasurementError(f"--measurements: {len(out)} layers in the lookup table; the model needs at least "
-                               f"{MIN_MEASUREMENTS}")
+        raise MeasurementError(f"{len(out)} layers in the lookup table; the model needs at least "
+                               f"{MIN_MEASUREMENTS}", field="measurements")
     return out
 
 
@@ -538,10 +541,10 @@ def fit_device_profile(name: str, nets: list[list[Layer]], latency_ms: list[floa
     except MeasurementError:
         raise
     except (OverflowError, FloatingPointError, ArithmeticError, ValueError) as e:  # numbers no model fits
-        raise MeasurementError(f"--measurements: {source}: the measurements cannot be fitted ({type(e).__name__}: "
+        raise MeasurementError(f"{source}: the measurements cannot be fitted ({type(e).__name__}: "
                                f"{' '.join(str(e).split())[:120]}); accepted: latencies from "
                                f"{MEASURED_RANGE['latency_ms'][0]:g} to {MEASURED_RANGE['latency_ms'][1]:g} ms of "
-                               "the networks as timed") from None
+                               "the networks as timed", field="measurements") from None
     when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     what = "probe networks" if kind == "probes" else "layers of a per-layer lookup table"
     how = (f"Fitted by 'nas hardware fit' on {when} to {len(nets)} {what} measured by the user ({source}): "
@@ -589,7 +592,7 @@ def fit_measurements(name: str, path: Path, *, probes_dir: Path | None = None, a
     from ._opmodel import layers_from_ops
 
     if dtype not in DTYPE_BYTES:
-        raise MeasurementError(f"--dtype: got {dtype!r}, accepted: {', '.join(DTYPE_BYTES)}")
+        raise MeasurementError(f"got {dtype!r}, accepted: {', '.join(DTYPE_BYTES)}", field="dtype")
     path = Path(path)
     kind = measurement_kind(path)
     if kind == "probes":

@@ -39,6 +39,8 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from search_spaces import InputError
+
 __all__ = ["AMP_MODES", "AUGMENTATIONS", "DevicePlan", "ThreadGovernor", "augment_batch", "device_plan",
            "usable_cpus", "worker_devices"]
 
@@ -291,16 +293,16 @@ def worker_devices(workers: int, *, device: str = "auto", per_device: int = 1,
     study's own device, as before (CPU workers share the cores through their thread counts).
 
     Raises:
-        ValueError: ``per_device`` below 1, or more workers than ``GPUs x per_device``.
+        InputError: ``per_device`` below 1 (field ``workers_per_device``), or more workers than ``GPUs x per_device``.
     """
     if per_device < 1:
-        raise ValueError(f"--workers-per-device: must be at least 1, got {per_device}")
+        raise InputError(f"must be at least 1, got {per_device}", field="workers_per_device")
     if cuda_count is None:
         cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if device not in ("auto", "cuda") or cuda_count == 0:
         return [None] * workers
     if workers > cuda_count * per_device:
-        raise ValueError(f"--workers: {workers} workers need more than {cuda_count} GPU(s) x "
+        raise InputError(f"{workers} workers need more than {cuda_count} GPU(s) x "
                          f"{per_device} per device; accepted: at most {cuda_count * per_device}, or raise "
-                         "--workers-per-device")
+                         "--workers-per-device", field="workers")
     return [f"cuda:{i // per_device}" for i in range(workers)]

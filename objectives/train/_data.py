@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from search_spaces import InputError
+
 __all__ = ["DATA_SOURCES", "DataError", "Dataset", "check_source", "describe_sources", "load_dataset"]
 
 DATA_SOURCES: tuple[str, ...] = ("digits", "idx:DIR", "cifar10:DIR", "npz:FILE")
@@ -56,7 +58,7 @@ _CIFAR_TEST = "test_batch"
 _CIFAR_SUBDIR = "cifar-10-batches-py"
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Missing, truncated, malformed or mismatched data, or an unknown source.
 
     The message is one line: which file or source, what is wrong, and what is accepted.

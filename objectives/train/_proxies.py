@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from search_spaces import ArchSpec, build_model
+from search_spaces import ArchSpec, InputError, build_model
 
 __all__ = ["PROXIES", "VOTE", "VOTE_MEMBERS", "ProxyBatch", "ProxyError", "check_proxy", "proxy_batch",
            "score_arch", "score_model", "vote_scores"]
@@ -34,7 +34,7 @@ VOTE = "vote"
 VOTE_MEMBERS = ("synflow", "jacob_cov", "snip")
 
 
-class ProxyError(ValueError):
+class ProxyError(InputError):
     """An unknown proxy name; the message lists the accepted ones."""
 
 

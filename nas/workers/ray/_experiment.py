@@ -86,25 +86,25 @@ def check_backend_options(backend: str, *, address: str | None = None, max_concu
         NasError: one line naming the option and the accepted values.
     """
     if backend not in BACKENDS:
-        raise NasError(f"--backend: got {backend!r}; accepted: {', '.join(BACKENDS)}")
-    ray_only = {"--address": address, "--max-concurrent": max_concurrent, "--cpus-per-trial": cpus_per_trial,
-                "--gpus-per-trial": gpus_per_trial}
+        raise NasError(f"got {backend!r}; accepted: {', '.join(BACKENDS)}", field="backend")
+    ray_only = {"address": address, "max_concurrent": max_concurrent, "cpus_per_trial": cpus_per_trial,
+                "gpus_per_trial": gpus_per_trial}
     if backend == "local":
         given = [k for k, v in ray_only.items() if v is not None]
         if given:
-            raise NasError(f"{given[0]}: only with --backend ray (accepted backends: {', '.join(BACKENDS)}); "
-                           "the local backend takes --workers")
+            raise NasError(f"only with --backend ray (accepted backends: {', '.join(BACKENDS)}); "
+                           "the local backend takes --workers", field=given[0])
         return None
     if workers is not None:
-        raise NasError("--workers: only with --backend local; with --backend ray use --max-concurrent K")
+        raise NasError("only with --backend local; with --backend ray use --max-concurrent K", field="workers")
     if address is not None and not address.strip():
-        raise NasError(f"--address: empty; {ADDRESS_HELP}")
+        raise NasError(f"empty; {ADDRESS_HELP}", field="address")
     if max_concurrent is not None and max_concurrent < 1:
-        raise NasError(f"--max-concurrent: must be an integer >= 1, got {max_concurrent}")
+        raise NasError(f"must be an integer >= 1, got {max_concurrent}", field="max_concurrent")
     if cpus_per_trial is not None and not (cpus_per_trial > 0 and math.isfinite(cpus_per_trial)):
-        raise NasError(f"--cpus-per-trial: must be a number > 0, got {cpus_per_trial}")
+        raise NasError(f"must be a number > 0, got {cpus_per_trial}", field="cpus_per_trial")
     if gpus_per_trial is not None and not (gpus_per_trial >= 0 and math.isfinite(gpus_per_trial)):
-        raise NasError(f"--gpus-per-trial: must be a number >= 0, got {gpus_per_trial}")
+        raise NasError(f"must be a number >= 0, got {gpus_per_trial}", field="gpus_per_trial")
     return RayOptions(address=address.strip() if address else None, max_concurrent=max_concurrent,
                       cpus_per_trial=1.0 if cpus_per_trial is None else float(cpus_per_trial),
                       gpus_per_trial=0.0 if gpus_per_trial is None else float(gpus_per_trial))
@@ -173,8 +173,8 @@ def _init_ray(options: RayOptions) -> bool:
         where = options.address or "a local Ray"
         auth = (" (a cluster with token authentication needs RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)"
                 if options.address else "")
-        raise NasError(f"--address: cannot start or reach {where}: {str(e).strip().splitlines()[0]}{auth}; "
-                       f"{ADDRESS_HELP}") from None
+        raise NasError(f"cannot start or reach {where}: {str(e).strip().splitlines()[0]}{auth}; "
+                       f"{ADDRESS_HELP}", field="address") from None
     finally:
         notice.removeFilter(filt)
     return True
@@ -187,11 +187,11 @@ def _check_reachable(address: str) -> None:
     hostport = address.split("://", 1)[1] if "://" in address else address
     host, _, port = hostport.rstrip("/").rpartition(":")
     if not host or not port.isdigit():
-        raise NasError(f"--address: cannot parse {address!r}; {ADDRESS_HELP}")
+        raise NasError(f"cannot parse {address!r}; {ADDRESS_HELP}", field="address")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as e:
-        raise NasError(f"--address: nothing answers at {address} ({e.strerror or e}); {ADDRESS_HELP}") from None
+        raise NasError(f"nothing answers at {address} ({e.strerror or e}); {ADDRESS_HELP}", field="address") from None
 
 
 def _own_running(store: Store, name: str, ident: str) -> list[optuna.trial.FrozenTrial]:
@@ -293,9 +293,9 @@ def run_ray(name: str, store: Store, *, trials: int | None = None, options: RayO
     row = store.get_study(name)
     assert row is not None
     if trials is not None and trials < 1:
-        raise NasError(f"--trials: must be >= 1, got {trials}")
+        raise NasError(f"must be >= 1, got {trials}", field="trials")
     if timeout is not None and timeout <= 0:
-        raise NasError(f"--timeout: must be positive seconds, got {timeout}")
+        raise NasError(f"must be positive seconds, got {timeout}", field="timeout")
     deadline = time.time() + timeout if timeout else None
     url = absolute_url(store.url)
     notify = say or (lambda _msg: None)
@@ -339,9 +339,9 @@ def run_ray(name: str, store: Store, *, trials: int | None = None, options: RayO
             what = f"connected to the Ray cluster at {options.address}" if options.address else "started a local Ray"
             notify(f"{what} ({cpus:g} CPUs, {gpus:g} GPUs) in {time.perf_counter() - t0:.1f} s")
         if options.cpus_per_trial > cpus:
-            raise NasError(f"--cpus-per-trial: {options.cpus_per_trial:g} but the Ray cluster has {cpus:g} CPUs")
+            raise NasError(f"{options.cpus_per_trial:g} but the Ray cluster has {cpus:g} CPUs", field="cpus_per_trial")
         if options.gpus_per_trial > gpus:
-            raise NasError(f"--gpus-per-trial: {options.gpus_per_trial:g} but the Ray cluster has {gpus:g} GPUs")
+            raise NasError(f"{options.gpus_per_trial:g} but the Ray cluster has {gpus:g} GPUs", field="gpus_per_trial")
         max_concurrent = options.max_concurrent or max(1, int(cpus // options.cpus_per_trial))
         if trials is not None and trials != row.target_trials:  # only once the cluster is usable
             store.set_target(name, trials)
