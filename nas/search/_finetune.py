@@ -94,7 +94,8 @@ def _members(name: str, study_spec: StudySpec, trials: list[FrozenTrial], number
         if not r.evaluated:
             why = "is over the budget" if r.over_budget else \
                 f"was not evaluated (state {t.state.name.lower()}{', status ' + r.status if r.status else ''})"
-            raise NasError(f"trial {n} {why}; fine-tuning takes subnets evaluated within the budget; {hint}", field="trial")
+            raise NasError(f"trial {n} {why}; fine-tuning takes subnets evaluated within the budget; {hint}",
+                           field="trial")
         out.append(t)
     return out
 
