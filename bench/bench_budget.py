@@ -38,7 +38,8 @@ from _util import machine_header, median, table  # noqa: E402
 
 from nas import NasError  # noqa: E402
 from nas.search import create_study, make_spec, plan_study  # noqa: E402
-from objectives import analytic_layers, estimate_cost, get_device, trace_layers  # noqa: E402
+from objectives import estimate_cost, get_device  # noqa: E402
+from objectives.cost import analytic_layers, trace_layers  # noqa: E402
 from search_spaces import ArchSpec, Block, Head, Stage, Stem, get_space, list_spaces  # noqa: E402
 
 BUDGETS = ["flops<=1M", "params<=10k", "peak_mem<=64KiB", "flops<=4M", "flops<=16M"]

@@ -32,7 +32,8 @@ import torch  # noqa: E402
 from _util import loadavg, machine_header, median, table  # noqa: E402
 from scipy.stats import kendalltau  # noqa: E402
 
-from objectives import analytic_layers, estimate_cost, fit_roofline, measure_latency  # noqa: E402
+from objectives import estimate_cost  # noqa: E402
+from objectives.cost import analytic_layers, fit_roofline, measure_latency  # noqa: E402
 from search_spaces import ArchSpec, Block, Head, Stage, Stem, get_space, list_spaces, sample_spec  # noqa: E402
 
 SHAPE = (3, 32, 32)

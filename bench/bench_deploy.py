@@ -36,13 +36,13 @@ SMALL_SHAPES = [(1, 8, 8), (1, 12, 12), (3, 16, 16), (1, 16, 16), (3, 24, 24), (
 
 
 def graph_of(tflite: bytes) -> dict:
-    from objectives import describe_tflite
+    from objectives.deploy import describe_tflite
 
     return describe_tflite(tflite)
 
 
 def collect(args: argparse.Namespace) -> None:
-    from objectives import quantize_ptq, tflm_arena, to_tflite
+    from objectives.deploy import quantize_ptq, tflm_arena, to_tflite
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -158,7 +158,7 @@ def split(records: list[dict], seed: int = 0, share: float = 0.25) -> tuple[list
 
 
 def fit(args: argparse.Namespace) -> None:
-    from objectives import planned_bytes, tflite_graph
+    from objectives.cost import planned_bytes, tflite_graph
 
     records = [r for path in args.data.split(",") for r in load_records(path)]
     train, test = split(records, args.seed, args.fit_share)
@@ -200,7 +200,8 @@ def fit(args: argparse.Namespace) -> None:
 def report(rows: list[dict], coeffs: dict[str, dict[str, float]]) -> None:
     """Held-out table (markdown): per space, median and max |ln(pred/meas)| of ram and flash, the share
     under-predicted by more than 5 %, and today's peak_mem / weight_bytes (cortex-m7, int8) against them."""
-    from objectives import estimate_cost, planned_bytes, temporary_bytes, tflite_graph
+    from objectives import estimate_cost
+    from objectives.cost import planned_bytes, temporary_bytes, tflite_graph
 
     def linear(which: str, counts: dict[str, float]) -> float:
         return sum(v * counts.get(k, 0.0) for k, v in coeffs[which].items())
@@ -246,7 +247,8 @@ def tiny(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     import test_deploy as td
 
-    from objectives import planned_bytes, quantize_ptq, temporary_bytes, tflite_graph, tflm_arena, to_tflite
+    from objectives.cost import planned_bytes, temporary_bytes, tflite_graph
+    from objectives.deploy import quantize_ptq, tflm_arena, to_tflite
     nets = {**td.NETWORKS, **_tiny_nets()}
     print("| network | input | tensors | ops | planned | arena - persistent (measured) | temporary (model) |")
     print("|---|---|---|---|---|---|---|")

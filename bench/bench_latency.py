@@ -37,14 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import loadavg, machine_header, table  # noqa: E402
 
-from objectives import (  # noqa: E402  # noqa: E402
+from objectives import probe_set
+from objectives.cost import (
     LOW_PERCENTILE,
-    analytic_layers,  # noqa: E402
+    analytic_layers,
     fit_roofline,
     kendall_tau,
     layers_from_ops,
     median_abs_ln_error,
-    probe_set,  # noqa: E402
     roofline_ms,
     time_rounds,
 )
@@ -73,7 +73,7 @@ def _scores(pred: np.ndarray, meas: np.ndarray, groups: list[str]) -> dict[str, 
 
 # ------------------------------------------------------------------------------------------- host
 def part_host(args: argparse.Namespace) -> str:
-    from objectives import fit_opmodel
+    from objectives.cost import fit_opmodel
 
     lines = ["### a. Host calibration: operator-level model vs roofline vs FLOPs on held-out specs", ""]
     ev = _eval_specs(args.eval)

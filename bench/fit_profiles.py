@@ -19,23 +19,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import published as P  # noqa: E402
 from _util import table  # noqa: E402
 
-from objectives import (  # noqa: E402  # noqa: E402
+from objectives import DeviceProfile, get_device, shipped_profile_path
+from objectives.cost import (
     OP_CLASSES,
-    DeviceProfile,
     Layer,
     OpModel,
     Validation,
-    board_power,  # noqa: E402
+    board_power,
     fit_opmodel,
-    get_device,
     kendall_tau,
     median_abs_ln_error,
     predict_many,
-    shipped_profile_path,
 )
 
 #: Where --write puts the refitted shipped profiles.
-_SHIPPED = Path(__file__).resolve().parents[1] / "objectives" / "devices"
+_SHIPPED = Path(__file__).resolve().parents[1] / "objectives" / "cost" / "devices"
 
 SEED = 0
 #: Classes that share their numbers when a device has few measurements.

@@ -28,7 +28,8 @@ import time
 import torch
 from _util import machine_header, table
 
-from objectives import Dataset, TrainConfig, device_plan, train_model
+from objectives import Dataset, TrainConfig, train_model
+from objectives.train import device_plan
 from search_spaces import ArchSpec, Block, Stage, Stem, build_model
 
 SHAPE = (3, 32, 32)

@@ -21,7 +21,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from objectives import Layer, add_layer, analytic_layers, conv_layer, layers_from_ops, linear_layer, pool_layer
+from objectives.cost import Layer, add_layer, analytic_layers, conv_layer, layers_from_ops, linear_layer, pool_layer
 from search_spaces import ArchSpec, Block, Head, Stage, Stem
 
 DATA = Path(__file__).resolve().parent / "data" / "published"

@@ -157,7 +157,8 @@ def _int8_artifacts(arch: ArchSpec, model: torch.nn.Module, study_spec: StudySpe
     """The int8 files (in memory) and what was measured of them: accuracies in their runtimes on the test
     split, top-1 agreement with the PyTorch model, the TFLM arena and the file size against the
     prediction and the study's limits."""
-    import objectives as ob
+    import objectives.deploy as ob
+    from objectives import flash_bytes, ram_bytes
 
     data = study_spec.load_data(whole_train=True)
     n_train = len(data.x_train)
@@ -196,8 +197,8 @@ def _int8_artifacts(arch: ArchSpec, model: torch.nn.Module, study_spec: StudySpe
         sim = ob.simulated_logits(q, x).argmax(1)
         litert = ob.run_litert(tfl, x).argmax(1)
         tflm = ob.run_tflm(tfl, x[:TFLM_IMAGES], arena=arena.arena).argmax(1)
-        ram_pred = ob.ram_bytes(arch, shape, data.num_classes)
-        flash_pred = ob.flash_bytes(arch, shape, data.num_classes)
+        ram_pred = ram_bytes(arch, shape, data.num_classes)
+        flash_pred = flash_bytes(arch, shape, data.num_classes)
         rec: dict[str, Any] = {
             "file": "model.tflite", "flash_bytes": len(tfl), "flash_predicted": flash_pred,
             "ram_bytes": arena.arena, "ram_predicted": ram_pred, "arena_planned": arena.head,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from objectives import OpClassParams, OpModel
+from objectives.cost import OpClassParams, OpModel
 
 #: A model with every number away from its fit's starting point: per class (P, overhead us,
 #: half-saturation sizes m, n, k), bandwidth.

@@ -9,7 +9,8 @@ from conftest import nas_cli
 from torch.nn import functional as F
 
 from nas.search import create_study, load_context, make_spec
-from objectives import TrainConfig, augment_batch, device_plan, load_dataset, train_spec, worker_devices
+from objectives import TrainConfig, load_dataset, train_spec, worker_devices
+from objectives.train import augment_batch, device_plan
 from search_spaces import get_space, sample_spec
 from storage import Store
 

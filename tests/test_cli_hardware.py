@@ -136,7 +136,7 @@ def known_latency(spec, shape):
     """What the 'device' of these tests measures: a known operator-level model (tests/test_opmodel.py)."""
     from kit_data import TRUE
 
-    from objectives import analytic_layers, layers_from_ops
+    from objectives.cost import analytic_layers, layers_from_ops
 
     return TRUE.network_ms(layers_from_ops(analytic_layers(spec, shape, 10)), 4)
 
@@ -219,7 +219,7 @@ def test_fit_from_a_per_layer_lookup_table(tmp_path):
 
     from kit_data import TRUE
 
-    from objectives import conv_layer, linear_layer, pool_layer
+    from objectives.cost import conv_layer, linear_layer, pool_layer
 
     rows = []
     for c in (8, 16, 32, 64):
@@ -237,7 +237,7 @@ def test_fit_from_a_per_layer_lookup_table(tmp_path):
         w.writerows(rows)
     r = run("hardware", "fit", "lutboard", "--measurements", str(lut), "--no-store", home=tmp_path, check=True)
     assert "layers of the lookup table" in r.stdout
-    from objectives import load_device_file
+    from objectives.cost import load_device_file
 
     prof = load_device_file(tmp_path / "devices" / "lutboard.toml")
     assert len(prof.lut) == len(rows) and prof.lut["conv:8x4x4:16:k3:s1:g1"] == rows[0]["latency_ms"]

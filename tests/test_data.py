@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from objectives import DATA_SOURCES, DataError, Dataset, describe_sources, load_dataset
+from objectives import DataError, Dataset, load_dataset
+from objectives.train import DATA_SOURCES, describe_sources
 
 
 # ----------------------------------------------------------------------------- writers

@@ -17,20 +17,15 @@ import pytest
 import torch
 from conftest import nas_cli
 
-from objectives import (
+from objectives import estimate_cost, flash_bytes, get_device, ram_bytes, simulated_logits
+from objectives.cost import planned_bytes, tflite_graph
+from objectives.deploy import (
     describe_tflite,
-    estimate_cost,
-    flash_bytes,
-    get_device,
     io_quantization,
-    planned_bytes,
     quantize_ptq,
-    ram_bytes,
     run_litert,
     run_onnx,
     run_tflm,
-    simulated_logits,
-    tflite_graph,
     tflm_arena,
     to_onnx_int8,
     to_tflite,
@@ -105,7 +100,8 @@ def test_every_block_type_converts_to_a_full_integer_artifact_the_ram_flash_mode
 
 @pytest.mark.slow
 def test_quantization_aware_fine_tuning_gives_an_int8_network_that_survives_storage_and_conversion():
-    from objectives import TrainConfig, load_dataset, load_int8, quantize_qat, save_int8
+    from objectives import TrainConfig, load_dataset, quantize_qat, save_int8
+    from objectives.deploy import load_int8
 
     data = load_dataset("digits", seed=0, val_fraction=0.15)
     spec = NETWORKS["basic"]

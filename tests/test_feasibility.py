@@ -15,8 +15,8 @@ from objectives import (
     get_device,
     parse_budget,
     space_minimum,
-    space_share,
 )
+from objectives.cost import space_share
 from search_spaces import enumerate_choices, get_space, list_spaces
 
 #: Small enough to enumerate every architecture (hundreds to a few thousand), large enough that

@@ -11,28 +11,25 @@ import numpy as np
 import pytest
 from kit_data import TRUE
 
-from objectives import (
+from objectives import DeviceError, DeviceProfile, estimate_cost, get_device, list_devices, probe_set
+from objectives.cost import (
+    FAMILIES as PROBE_FAMILIES,
+)
+from objectives.cost import (
     OP_CLASSES,
-    PROBE_FAMILIES,
-    DeviceError,
-    DeviceProfile,
     Validation,
     add_layer,
     analytic_layers,
     conv_layer,
     cross_validate,
-    estimate_cost,
     fit_opmodel,
-    get_device,
     layers_from_ops,
     linear_layer,
-    list_devices,
     measure_latencies,
     op_classes,
     parse_profile,
     pool_layer,
     predict_many,
-    probe_set,
 )
 from search_spaces import ArchSpec, Block, Head, Stage, Stem, get_space, sample_spec
 

@@ -185,7 +185,7 @@ def test_threads_per_worker_follows_the_cpu_affinity():
 
 def test_a_cgroup_v2_cpu_quota_caps_the_cpus(tmp_path):
     import objectives.train._accel
-    from objectives import usable_cpus
+    from objectives.train import usable_cpus
 
     _cgroup_cpu_quota = objectives.train._accel._cgroup_cpu_quota  # a private reader, tested on a fake cgroup tree
 

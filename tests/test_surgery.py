@@ -6,16 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from objectives import (
-    Distillation,
-    TrainConfig,
-    estimate_cost,
-    frozen_except,
-    kd_loss,
-    load_dataset,
-    parse_budget,
-    train_model,
-)
+from objectives import Distillation, TrainConfig, estimate_cost, load_dataset, parse_budget, train_model
+from objectives.train import frozen_except, kd_loss
 from search_spaces import (
     ArchSpec,
     Block,

@@ -15,8 +15,8 @@ from objectives import (
     threads_per_worker,
     train_model,
     train_spec,
-    usable_cpus,
 )
+from objectives.train import usable_cpus
 from search_spaces import ArchSpec, Block, Stage, Stem, build_model, get_space, sample_spec
 
 PLAIN = ArchSpec(
