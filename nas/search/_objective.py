@@ -60,7 +60,7 @@ from .._artifacts import int8_key, load_state, save_arch, serialize_state, weigh
 from .._errors import TrialInterrupted
 from ._early import best_by, dominators, peers_of, rung_epochs
 from ._record import Status, record_of
-from ._spec import StudySpec
+from ._spec import StudySpec, fidelity_key_of
 from ._studies import get_study_spec
 
 __all__ = ["CONSTRAINTS_KEY", "StudyContext", "TrialObjective", "load_context", "objective_values"]
@@ -153,6 +153,8 @@ class TrialObjective:
             net, record = load_supernet(ctx.store, study_spec.supernet)
             self.supernet = net.to(ctx.data.x_train.device)
             self.supernet_bn_batches = record.spec.bn_batches
+            self.inherited_fidelity = inherited_fidelity(study_spec, record)
+            self.inherited_key = fidelity_key_of(self.inherited_fidelity)
 
     def _epoch_hook(self, trial: optuna.trial.BaseTrial, cost: dict[str, float]
                     ) -> Callable[[int, float], None] | None:
@@ -299,8 +301,16 @@ class TrialObjective:
 
         ctx = self.ctx
         t0 = time.perf_counter()
-        with num_threads(ctx.train_config.threads):
-            accuracy = evaluate_subnet(self.supernet, arch, ctx.data, bn_batches=self.supernet_bn_batches)
+        done = ctx.store.get_evaluation(arch.hash, self.inherited_key)
+        if done is not None:  # this subnet of these supernet weights was evaluated before (any study)
+            accuracy = done.val_accuracy
+            trial.set_user_attr("inherited_reused", True)
+        else:
+            with num_threads(ctx.train_config.threads):
+                accuracy = evaluate_subnet(self.supernet, arch, ctx.data, bn_batches=self.supernet_bn_batches)
+            ctx.store.put_evaluation(arch.hash, self.inherited_key, self.inherited_fidelity, val_accuracy=accuracy,
+                                     cost=cost, seconds=time.perf_counter() - t0, epochs_run=0, curve=[],
+                                     artifact_key=None)
         trial.set_user_attr("status", Status.SUPERNET)
         trial.set_user_attr("accuracy_source", f"supernet {ctx.study_spec.supernet}")
         trial.set_user_attr("val_accuracy", accuracy)
@@ -485,3 +495,15 @@ class TrialObjective:
         self._store(lambda: self.ctx.store.put_artifact(int8_key(arch.hash, study_spec), blob),
                     f"storing the int8 network of {arch.hash[:12]}")
         return acc, "qat"
+
+
+def inherited_fidelity(study_spec: StudySpec, record: Any) -> dict[str, Any]:
+    """What a subnet's supernet accuracy depends on besides its architecture: the supernet's weights
+    as trained so far (name, epochs, when last stored), the BatchNorm recalibration and the
+    validation split. Not the study's training schedule or budget: a study of another budget on
+    the same supernet and data reuses the subnets evaluated before (the second budget's front costs
+    only the subnets no study evaluated yet). A supernet trained further is another key."""
+    d = study_spec.fidelity_dict()
+    return {"inherited_from": {"supernet": record.name, "epochs_done": record.epochs_done,
+                               "updated_at": record.updated_at, "bn_batches": record.spec.bn_batches},
+            **{k: d[k] for k in ("data", "seed", "val_fraction", "input_size") if k in d}}
