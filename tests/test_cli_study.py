@@ -17,30 +17,30 @@ def test_full_flow_on_sqlite(tmp_path):
     url = f"sqlite:///{tmp_path}/flow.db"
     nas("study", "create", "flow", "--space", "plain", "--data", "digits", "--budget", "params<=12k",
         "--epochs", "2", "--trials", "5", "--device", "cpu", *TINY, "--storage", url, cwd=tmp_path)
-    r = nas("study", "run", "flow", "--quiet", "--storage", url, cwd=tmp_path)
+    r = nas_here("study", "run", "flow", "--quiet", "--storage", url, cwd=tmp_path)
     assert "5/5 within budget" in r.stdout
-    show = json.loads(nas("study", "show", "flow", "--format", "json", "--storage", url, cwd=tmp_path).stdout)
+    show = json.loads(nas_here("study", "show", "flow", "--format", "json", "--storage", url, cwd=tmp_path).stdout)
     assert show["within_budget"] == 5 and show["spec"]["budget"] == "params<=12k"
-    listed = json.loads(nas("study", "list", "--format", "json", "--storage", url, cwd=tmp_path).stdout)
+    listed = json.loads(nas_here("study", "list", "--format", "json", "--storage", url, cwd=tmp_path).stdout)
     assert [s["name"] for s in listed] == ["flow"]
-    front = json.loads(nas("pareto", "flow", "--format", "json", "--storage", url, cwd=tmp_path).stdout)
+    front = json.loads(nas_here("pareto", "flow", "--format", "json", "--storage", url, cwd=tmp_path).stdout)
     assert front and all(r["params"] <= 12_000 for r in front)
-    rows = list(csv.DictReader(io.StringIO(nas("pareto", "flow", "--format", "csv", "--storage", url,
-                                               cwd=tmp_path).stdout)))
+    rows = list(csv.DictReader(io.StringIO(nas_here("pareto", "flow", "--format", "csv", "--storage", url,
+                                                    cwd=tmp_path).stdout)))
     assert [int(r["trial"]) for r in rows] == [r["trial"] for r in front]
-    nas("export", "flow", "--trial", str(front[0]["trial"]), "--to", str(tmp_path / "exp"), "--storage", url,
-        cwd=tmp_path)
+    nas_here("export", "flow", "--trial", str(front[0]["trial"]), "--to", str(tmp_path / "exp"), "--storage", url,
+             cwd=tmp_path)
     assert (tmp_path / "exp" / "model.onnx").stat().st_size > 0
-    nas("report", "flow", "--to", str(tmp_path / "rep"), "--storage", url, cwd=tmp_path)
+    nas_here("report", "flow", "--to", str(tmp_path / "rep"), "--storage", url, cwd=tmp_path)
     assert (tmp_path / "rep" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert "Pareto front" in (tmp_path / "rep" / "report.html").read_text()
     # Rerunning with a higher target resumes.
-    nas("study", "run", "flow", "--trials", "7", "--quiet", "--storage", url, cwd=tmp_path)
-    assert json.loads(nas("study", "show", "flow", "--format", "json", "--storage", url,
-                          cwd=tmp_path).stdout)["within_budget"] == 7
-    assert nas("study", "delete", "flow", "--storage", url, cwd=tmp_path, check=False).returncode == 2
-    nas("study", "delete", "flow", "--yes", "--storage", url, cwd=tmp_path)
-    assert json.loads(nas("study", "list", "--format", "json", "--storage", url, cwd=tmp_path).stdout) == []
+    nas_here("study", "run", "flow", "--trials", "7", "--quiet", "--storage", url, cwd=tmp_path)
+    assert json.loads(nas_here("study", "show", "flow", "--format", "json", "--storage", url,
+                               cwd=tmp_path).stdout)["within_budget"] == 7
+    assert nas_here("study", "delete", "flow", "--storage", url, cwd=tmp_path, check=False).returncode == 2
+    nas_here("study", "delete", "flow", "--yes", "--storage", url, cwd=tmp_path)
+    assert json.loads(nas_here("study", "list", "--format", "json", "--storage", url, cwd=tmp_path).stdout) == []
 
 
 def test_config_file(tmp_path):
