@@ -20,20 +20,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import NAS, create_studies, trials_of, wait_for_server
+from conftest import NAS, WAIT, create_studies, trials_of, wait_for_server, wait_until
 from lightnas_pg import free_port
 from optuna.trial import TrialState
 
 from nas.search import get_study_spec, make_spec
 from storage import Store
 
-WAIT = 240.0  # bound on every wait for a condition (the machine is shared and slow under load)
 WRITE = "w-" + "a" * 30
 READ = "r-" + "b" * 30
 AUTH = {"Authorization": f"Bearer {WRITE}"}
@@ -52,16 +51,6 @@ def spec(name: str, trials: int, *, epochs: int = 1, options: dict | None = None
 
 
 create = create_studies
-
-
-def wait_until(cond: Callable[[], object], what: str, timeout: float = WAIT, every: float = 0.1) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(every)  # polling a database or /proc, not synchronising threads
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def training_trial(url: str, name: str) -> optuna.trial.FrozenTrial | None:
