@@ -50,6 +50,8 @@ from ._studies import (
 from ._supernet import (
     MAX_CHECK_SUBNETS,
     SUPERNET_PREFIX,
+    SupernetRecord,
+    SupernetSpec,
     check_supernet,
     get_supernet,
     get_supernet_check,
@@ -74,6 +76,8 @@ __all__ = [
     "SAMPLERS",
     "SINGLE_METRIC_PRUNERS",
     "SUPERNET_PREFIX",
+    "SupernetRecord",
+    "SupernetSpec",
     "DataShape",
     "EarlyStop",
     "Peer",
