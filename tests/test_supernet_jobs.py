@@ -68,6 +68,12 @@ def test_a_queued_supernet_is_trained_by_a_worker_and_only_by_one_in_scope(tmp_p
     doc = _show("sn", url)
     assert doc["status"] == "trained" and [c["epoch"] for c in doc["curve"]] == [1, 2]
     assert doc["job"]["state"] == "done" and doc["job"]["progress"]["epochs_done"] == 2
+    from fastapi.testclient import TestClient
+
+    from nas.serve import ApiSettings, create_app
+
+    with TestClient(create_app(ApiSettings(storage=url, read_only=True))) as c:
+        assert c.get("/supernets/sn").json()["job"]["state"] == "done"
     code, out, _ = _train("sn", url, "--queue")  # done: nothing queued again
     assert code == 0 and "trained already" in out and len(_jobs(url)) == 1
 
