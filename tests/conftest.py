@@ -66,6 +66,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture
+def local_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """A real local Ray of 2 CPUs for this test (about 6 s and 1 GB; the slow tier), shut down after."""
+    import logging
+
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.tune")
+
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
+    monkeypatch.setenv("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
 # ------------------------------------------------------------------------------------ waiting
 
 #: Bound on every wait for a condition (the machine is shared and slow under load).

@@ -86,23 +86,7 @@ def test_ray_missing_names_the_extra(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------- real Ray
-@pytest.fixture
-def local_ray(monkeypatch):
-    import logging
-
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.tune")
-
-    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
-    monkeypatch.setenv("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
+# (conftest's local_ray fixture)
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_ray_run_meets_target_with_budget_reuse_pareto_and_asha(fresh_postgres_url, local_ray):

@@ -43,18 +43,41 @@ def supernet_train(
     lr: float = typer.Option(None, "--lr", help="peak learning rate (default 0.1)"),
     sandwich: int = typer.Option(None, "--sandwich", help="random subnets per step besides the largest and "
                                                            "smallest (BigNAS: 2)"),
-    threads: int = typer.Option(1, "--threads", help="torch threads"),
+    threads: int = typer.Option(1, "--threads", help="torch threads (here; a worker uses its own --threads, Ray "
+                                                     "--cpus-per-trial)"),
+    queue: bool = typer.Option(False, "--queue", help="queue the training for 'nas worker' instead of training "
+                                                      "here (the same request again finds its job)"),
+    backend: str = typer.Option("local", "--backend", help="local (this process) | ray (one Ray task)"),
+    address: str = typer.Option(None, "--address", help="--backend ray: a running Ray cluster (default: local Ray)"),
+    cpus_per_trial: float = typer.Option(None, "--cpus-per-trial", help="--backend ray: CPUs (torch threads) of "
+                                                                        "the task, 1"),
     quiet: bool = typer.Option(False, "--quiet", help="no line per epoch"),
     storage: str = typer.Option(None, "--storage", help=STORAGE_HELP),
 ) -> None:
-    """Train a supernet of a space and store it; rerun the same command to resume after Ctrl-C or a crash."""
+    """Train a supernet of a space and store it; rerun the same command to resume after Ctrl-C or a crash.
+    --queue: a 'nas worker' trains it; --backend ray: one Ray task trains it."""
     from ..search import make_supernet_spec, prepare_supernet, train_stored_supernet
+    from ..workers import active_supernet_job, queue_supernet, supernet_state_line
+    from ..workers.ray import check_backend_options
     from ._common import UsageError
 
     if seed is not None:
         check_seed(seed)
     if threads < 1:
         raise UsageError(f"--threads: got {threads}; accepted: 1 or more")
+    backend = backend.strip().lower()
+    if backend not in ("local", "ray"):
+        raise UsageError(f"--backend: got {backend!r}; accepted: local, ray")
+    if backend == "ray" and queue:
+        raise UsageError("--queue: only with --backend local (a queued supernet is trained by 'nas worker'); "
+                         "accepted: --queue, or --backend ray to train it on Ray now")
+    if backend == "local":
+        given = [k for k, v in (("--address", address), ("--cpus-per-trial", cpus_per_trial)) if v is not None]
+        if given:
+            raise UsageError(f"{given[0]}: only with --backend ray (accepted backends: local, ray)")
+        ray_options = None
+    else:
+        ray_options = check_backend_options("ray", address=address, cpus_per_trial=cpus_per_trial)
     spec = make_supernet_spec(name=name, space=space, data=data, space_options=parse_options(option),
                               input_size=input_size, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
                               sandwich=sandwich)
@@ -66,6 +89,21 @@ def supernet_train(
     if existing is not None and existing.trained:
         out.print(f"supernet {name} is trained already ({existing.epochs_done} epochs); 'nas supernet show {name}'")
         return
+    active = active_supernet_job(store, name) if store is not None else None
+    if queue:
+        store = store or open_store(storage, mode="create")
+        job, created = queue_supernet(spec, store)
+        if created:
+            out.print(f"queued supernet {name} as job {job.id}: a 'nas worker' (without study names, or with "
+                      f"--supernet {name}) trains it; 'nas supernet show {name}' follows it", highlight=False,
+                      markup=False, soft_wrap=True)
+        else:
+            out.print(f"supernet {name} was queued before: {supernet_state_line(job)}", highlight=False,
+                      markup=False, soft_wrap=True)
+        return
+    if active is not None:
+        raise UsageError(f"supernet {name!r} is queued for a worker ({supernet_state_line(active)}); accepted: let "
+                         f"a worker train it ('nas worker --supernet {name}'), or another name")
     store = store or open_store(storage, mode="create")
     net = prepared[0]
     if existing is not None:
@@ -78,7 +116,13 @@ def supernet_train(
             err.print(_epoch_line(entry, spec.epochs), highlight=False, markup=False)
 
     try:
-        record = train_stored_supernet(spec, store, prepared=prepared, threads=threads, on_epoch=line)
+        if ray_options is not None:
+            from ..workers.ray import run_supernet_ray
+
+            record = run_supernet_ray(spec, store, options=ray_options, on_epoch=line,
+                                      say=lambda m: err.print(m, highlight=False, markup=False, soft_wrap=True))
+        else:
+            record = train_stored_supernet(spec, store, prepared=prepared, threads=threads, on_epoch=line)
     except KeyboardInterrupt:
         from ..search import get_supernet
 
@@ -168,21 +212,41 @@ def _check_line(c: dict[str, Any]) -> str:
 @supernet_app.command("show")
 def supernet_show(name: str = typer.Argument(...), fmt: Format = typer.Option(Format.table, "--format"),
                   storage: str = typer.Option(None, "--storage", help=STORAGE_HELP)) -> None:
-    """Settings, size, per-epoch curve, status and last ranking check ('nas supernet check') of a supernet."""
-    from ..search import require_supernet, supernet_doc
+    """Settings, size, per-epoch curve, status, its queued job (if any) and last ranking check ('nas supernet
+    check') of a supernet."""
+    from ..search import get_supernet, require_supernet, supernet_doc
+    from ..workers import job_info, supernet_job, supernet_state_line
 
     store = open_store(storage)
+    record = get_supernet(store, name)
+    job = supernet_job(store, name)
+    if record is None and job is not None:  # queued, not one epoch stored yet
+        settings = json.loads(job.settings_json)
+        if fmt is Format.json:
+            doc = {"name": name, "status": job.state, "epochs_done": 0, "epochs": settings["epochs"],
+                   "settings": settings, "curve": [], "job": job_info(job)}
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+            return
+        if fmt is Format.csv:  # no curve yet
+            return
+        emit([{"field": k, "value": json.dumps(v) if isinstance(v, (dict, list)) else v} for k, v in settings.items()],
+             Format.table, f"supernet {name}")
+        out.print(f"status: {supernet_state_line(job)}; no epoch stored yet", highlight=False, markup=False,
+                  soft_wrap=True)
+        return
     record = require_supernet(store, name)
     doc = supernet_doc(store, record)
+    doc["job"] = job_info(job) if job is not None else None
     if fmt is Format.json:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
     if fmt is Format.csv:
         emit(record.curve, fmt)
         return
+    queued = job is not None and job.state in ("queued", "running")
     status = "trained" if record.trained else \
-        f"training: {record.epochs_done}/{record.spec.epochs} epochs stored (running, or stopped: rerun " \
-        "'nas supernet train' with the same settings to resume)"
+        f"training: {record.epochs_done}/{record.spec.epochs} epochs stored" + ("" if queued else
+        " (running, or stopped: rerun 'nas supernet train' with the same settings to resume)")
     rows = [{"field": k, "value": json.dumps(v) if isinstance(v, (dict, list)) else v}
             for k, v in record.spec.model_dump().items()]
     rows += [{"field": "input_shape", "value": "x".join(map(str, record.input_shape))},
@@ -190,6 +254,8 @@ def supernet_show(name: str = typer.Argument(...), fmt: Format = typer.Option(Fo
              {"field": "fitted options", "value": json.dumps(record.config["options"])}]
     emit(rows, Format.table, f"supernet {name}")
     out.print(f"status: {status}", highlight=False, markup=False, soft_wrap=True)
+    if job is not None and (queued or not record.trained):
+        out.print(f"queued training: {supernet_state_line(job)}", highlight=False, markup=False, soft_wrap=True)
     stored = doc["stored_weight_bytes"]
     out.print(f"size: {record.params:,} parameters, {si(record.state_bytes)}B of weights and buffers"
               + (f" ({si(stored)}B stored)" if stored else "") + f"; trained {record.seconds:.1f} s", highlight=False)

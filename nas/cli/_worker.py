@@ -30,13 +30,19 @@ def worker_cmd(
                                                       "(cuda:N: one worker per GPU, or several on one)"),
     jobs: bool = typer.Option(True, "--jobs/--no-jobs", help="also run queued refinement jobs (requested through "
                                                              "the HTTP API or 'nas refine --queue'), before trials"),
+    supernet: list[str] = typer.Option([], "--supernet", help="train this supernet when its training is queued "
+                                                              "('nas supernet train NAME ... --queue'; repeatable); "
+                                                              "a worker without NAME or --supernet trains any"),
 ) -> None:
     """A long-running worker: runs trials of studies in the database until stopped.
 
     Without NAME it takes any study whose target is not met, oldest first, and waits (polling
     with backoff) when there is none. Queued refinement jobs of those studies go first (--no-jobs:
-    trials only). SIGTERM/SIGINT: the running trial (or job) is finished, or stopped at its next
-    epoch and queued again, then the worker exits 0 (a second signal aborts).
+    trials only). Queued supernet trainings are taken by a worker without NAME and --supernet, or
+    by one naming them with --supernet (a worker given NAMEs and no --supernet keeps to those
+    studies: a supernet's training can take hours). SIGTERM/SIGINT: the running trial (or job) is
+    finished, or stopped at its next epoch and queued again, then the worker exits 0 (a second
+    signal aborts).
     """
     import logging
     import signal
@@ -54,6 +60,8 @@ def worker_cmd(
     check_finite(connect_wait, "--connect-wait", 0.0, "a finite number of seconds >= 0")
     if device is not None:
         _check_device(device)
+    if supernet and not jobs:
+        raise UsageError("--supernet: a supernet's training is a queued job; accepted: --supernet without --no-jobs")
     url = storage_url(storage)  # a malformed URL fails now, not after waiting
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -64,6 +72,8 @@ def worker_cmd(
     try:
         for n in names or ():
             get_study_spec(n, store)  # unknown study: one line naming the studies there, exit 2
+        for n in supernet:
+            _check_supernet(n, store)
     finally:
         store.close()
     stop = threading.Event()
@@ -78,11 +88,13 @@ def worker_cmd(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("worker started on %s (%s)", Store.display_url(url), ", ".join(names) if names else "all studies")
+    scope = [*(names or ()), *(f"supernet {n}" for n in supernet)]
+    log.info("worker started on %s (%s)", Store.display_url(url), ", ".join(scope) if scope else "all studies")
     # Samplers are seeded with study seed + worker: the process id keeps workers from proposing
     # the same sequence (a single-process `nas study run` stays reproducible with worker 0).
     stats = run_worker(names or None, url, until_done=until_done, threads=threads, stop=stop, heartbeat=heartbeat,
-                       poll_max=poll_max, worker=os.getpid() % 100_000, jobs=jobs, device=device)
+                       poll_max=poll_max, worker=os.getpid() % 100_000, jobs=jobs, device=device,
+                       supernets=supernet or None)
     log.info("worker exiting after %d trials (%s)%s", stats.trials,
              ", ".join(f"{k.lower()} {v}" for k, v in sorted(stats.by_state.items())) or "none",
              f" and {sum(stats.jobs.values())} jobs ({', '.join(f'{k} {v}' for k, v in sorted(stats.jobs.items()))})"
@@ -104,3 +116,16 @@ def _check_device(device: str) -> None:
         if (dev.index or 0) >= count:
             raise UsageError(f"--device: {device} is not on this host ({count} CUDA device(s)); accepted: auto, cpu"
                              + "".join(f", cuda:{i}" for i in range(count)))
+
+
+def _check_supernet(name: str, store: Any) -> None:
+    """A supernet stored or queued in this database, or one line naming those there (exit 2)."""
+    from ..search import list_supernets
+    from ..workers import supernet_job, supernet_scope
+
+    if name in list_supernets(store) or supernet_job(store, name) is not None:
+        return
+    known = sorted(set(list_supernets(store)) | {j.study.split(":", 1)[1] for j in store.list_jobs()
+                                                  if j.study.startswith(supernet_scope(""))})
+    raise UsageError(f"--supernet: {name!r} is neither stored nor queued in this database; accepted: "
+                     + (", ".join(known) if known else "none yet (queue one: 'nas supernet train NAME ... --queue')"))

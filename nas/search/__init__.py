@@ -51,6 +51,8 @@ from ._studies import (
 from ._supernet import (
     MAX_CHECK_SUBNETS,
     SUPERNET_PREFIX,
+    SupernetRecord,
+    SupernetSpec,
     check_supernet,
     get_supernet,
     get_supernet_check,
@@ -75,6 +77,8 @@ __all__ = [
     "SAMPLERS",
     "SINGLE_METRIC_PRUNERS",
     "SUPERNET_PREFIX",
+    "SupernetRecord",
+    "SupernetSpec",
     "DataShape",
     "EarlyStop",
     "Peer",

@@ -15,6 +15,7 @@ from fastapi import Path as PathParam
 
 from .._errors import NasError
 from ..search import get_supernet, list_supernets, require_supernet, supernet_doc, supernet_summary
+from ..workers import job_info, supernet_job
 from ._errors import ApiError, responses
 from ._state import READ, Nas, clean
 
@@ -41,10 +42,13 @@ def supernets(nas: Nas) -> list[dict[str, Any]]:
 
 @router.get("/supernets/{name}", dependencies=READ, responses=responses(401, 404), tags=["supernets"])
 def supernet(nas: Nas, name: SupernetName) -> dict[str, Any]:
-    """One supernet: settings, structure, size, per-epoch curve, status and its last ranking check
-    (``check``: n, epochs, seed, kendall_tau, spearman_rho, every pair, when; null without one)."""
+    """One supernet: settings, structure, size, per-epoch curve, status, its last ranking check
+    (``check``: n, epochs, seed, kendall_tau, spearman_rho, every pair, when; null without one) and
+    its last training job (``job``, queued by ``nas supernet train --queue``; null without one)."""
     try:
         record = require_supernet(nas.store, name)
     except NasError as e:
         raise ApiError(404, str(e)) from None
-    return clean(supernet_doc(nas.store, record))  # type: ignore[no-any-return]
+    job = supernet_job(nas.store, name)
+    return clean({**supernet_doc(nas.store, record),  # type: ignore[no-any-return]
+                  "job": job_info(job) if job is not None else None})

@@ -1,5 +1,5 @@
 """Running studies: the worker loop (``nas worker``, ``nas study run``), local worker processes,
-queued refinement jobs, liveness (heartbeats, database outages) and the Ray Tune backend
+queued refinement and supernet-training jobs, liveness (heartbeats, database outages) and the Ray Tune backend
 (:mod:`nas.workers.ray`)."""
 
 from __future__ import annotations
@@ -7,8 +7,17 @@ from __future__ import annotations
 from ._jobs import candidate_info, iso_utc, job_info, queue_refinement, run_job
 from ._liveness import Heartbeat, Outages, wait_for_database
 from ._local import Progress, check_run, check_run_args, progress, run_study, work
+from ._supernet import (
+    active_supernet_job,
+    queue_supernet,
+    run_supernet_job,
+    supernet_job,
+    supernet_scope,
+    supernet_state_line,
+)
 from ._worker import StudyWorker, finished, run_worker
 
-__all__ = ["Heartbeat", "Outages", "Progress", "StudyWorker", "candidate_info",
+__all__ = ["Heartbeat", "Outages", "Progress", "StudyWorker", "active_supernet_job", "candidate_info",
            "check_run", "check_run_args", "finished", "iso_utc", "job_info",
-           "progress", "queue_refinement", "run_job", "run_study", "run_worker", "wait_for_database", "work"]
+           "progress", "queue_refinement", "queue_supernet", "run_job", "run_study", "run_supernet_job",
+           "run_worker", "supernet_job", "supernet_scope", "supernet_state_line", "wait_for_database", "work"]

@@ -348,17 +348,21 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
                poll_max: float = 30.0, max_consecutive_failures: int = 20,
                on_trial: Callable[[str, optuna.trial.FrozenTrial], None] | None = None,
                jobs: bool = False, rejection_streak: int = REJECTION_STREAK,
-               device: str | None = None, db_wait: float = DB_WAIT) -> WorkerStats:
+               device: str | None = None, db_wait: float = DB_WAIT,
+               supernets: Sequence[str] | None = None) -> WorkerStats:
     """Run trials until stopped (``stop``), past ``deadline``, or -- with ``until_done`` --
     until every study in scope has met its target.
 
     With ``jobs``, queued jobs of the studies in scope (refinement requests, see
     :mod:`nas.workers._jobs`) are taken first, one per pass; ``until_done`` then also waits for the
-    queue to be empty.
+    queue to be empty. Queued supernet trainings (:mod:`nas.workers._supernet`) are in scope of a
+    worker without ``names`` and ``supernets``, or of one naming them in ``supernets``.
 
     Args:
         names: studies to work on; None or empty: every study in the database, oldest first
-            (a study created later waits until the older ones have no free slot).
+            (a study created later waits until the older ones have no free slot), unless
+            ``supernets`` are named (then only those).
+        supernets: supernets whose queued training (jobs) this worker takes, besides ``names``.
         until_done: return once the studies in scope have met their targets (``nas study run``);
             otherwise wait for work with backoff from ``poll_min`` to ``poll_max`` seconds.
         heartbeat: seconds between heartbeats; a trial silent for 3x that is failed and retried.
@@ -391,10 +395,10 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
         idle, unexplained = poll_min, 0
         while not stop.is_set() and (deadline is None or time.time() < deadline):
             try:
-                if jobs and _run_one_job(store, names, ident, stop, threads, heartbeat, stats, outages):
+                if jobs and _run_one_job(store, names, supernets, ident, stop, threads, heartbeat, stats, outages):
                     unexplained, idle = 0, poll_min
                     continue
-                scope = list(names) if names else [r.name for r in store.list_studies()]
+                scope = list(names) if names else [] if supernets else [r.name for r in store.list_studies()]
                 ran, pending = False, False
                 for name in scope:
                     if stop.is_set():
@@ -496,18 +500,30 @@ def run_worker(names: Sequence[str] | None, url: str | None, *, until_done: bool
         store.close()
 
 
-def _run_one_job(store: Store, names: Sequence[str] | None, ident: str, stop: threading.Event,
-                 threads: int | None, heartbeat: int, stats: WorkerStats, outages: Outages) -> bool:
-    """Claim and run the oldest queued job of the studies in scope; False if there is none."""
+def _run_one_job(store: Store, names: Sequence[str] | None, supernets: Sequence[str] | None, ident: str,
+                 stop: threading.Event, threads: int | None, heartbeat: int, stats: WorkerStats,
+                 outages: Outages) -> bool:
+    """Claim and run the oldest queued job of the studies and supernets in scope; False if there is none."""
     from ._jobs import run_job
+    from ._supernet import SUPERNET_JOB, run_supernet_job, supernet_scope
 
-    job = store.claim_job(ident, list(names) if names else None, heartbeat=heartbeat,
+    scope = None if not names and not supernets else [*(names or ()), *map(supernet_scope, supernets or ())]
+    job = store.claim_job(ident, scope, heartbeat=heartbeat,
                           sweep=not outages.within(3 * heartbeat + heartbeat))  # grace 3 beats, and 1 more
     if job is None:
         return False
-    log.info("%s job %d: refining trial %d (attempt %d)", job.study, job.id, job.trial, job.attempts)
-    state = run_job(job, store, worker=ident, stop=stop, threads=threads, heartbeat=heartbeat,
-                    wait=lambda fn, what: wait_for_database(fn, what, stop, outages=outages), outages=outages)
+
+    def wait(fn: Callable[[], object], what: str) -> object:
+        return wait_for_database(fn, what, stop, outages=outages)
+
+    if job.kind == SUPERNET_JOB:
+        log.info("%s job %d: training the supernet (attempt %d)", job.study, job.id, job.attempts)
+        state = run_supernet_job(job, store, worker=ident, stop=stop, threads=threads, heartbeat=heartbeat, wait=wait,
+                                 outages=outages)
+    else:
+        log.info("%s job %d: refining trial %d (attempt %d)", job.study, job.id, job.trial, job.attempts)
+        state = run_job(job, store, worker=ident, stop=stop, threads=threads, heartbeat=heartbeat, wait=wait,
+                        outages=outages)
     stats.jobs[state] = stats.jobs.get(state, 0) + 1
     return True
 

@@ -1,0 +1,159 @@
+"""Queued supernet training (issue 30): ``nas supernet train NAME ... --queue`` queues it, ``nas worker`` runs it.
+
+The job queue is the refinement jobs' (``lightnas_jobs``, :mod:`._jobs`), with kind ``supernet``:
+
+- ``study`` is ``supernet:NAME`` (:func:`supernet_scope`). A study name never holds ``:``
+  (``NAME_PATTERN``), so no study, its listing, its jobs (``GET /studies/{name}/jobs``) or a
+  worker scoped to studies (``nas worker s1 s2``) ever meets a supernet job; ``nas worker``
+  without names, or with ``--supernet NAME``, claims them.
+- ``key`` hashes the supernet's settings (:class:`nas.search.SupernetSpec`), so the same request
+  again finds the job queued, running or done; ``settings`` are those settings; ``trial`` is -1.
+
+A worker runs the job with :func:`nas.search.train_stored_supernet`, which stores every epoch as it
+ends (record and checkpoint in one transaction), under the job's heartbeat. A stopping worker
+(SIGTERM, Ctrl-C) stops at the next epoch boundary and queues the job again; a worker killed
+(``kill -9``) leaves the job running without a heartbeat, and the next claim after 3x its heartbeat
+takes it again. Either way the next run resumes at the last stored epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from storage import JobRow, Store, error_line
+
+from .._errors import NasError, TrialInterrupted
+from ..search import SupernetSpec, prepare_supernet, train_stored_supernet
+from ._jobs import _JobLiveness, job_info
+from ._liveness import Heartbeat, Outages, database_down, trial_fail_reason
+
+__all__ = ["SUPERNET_JOB", "active_supernet_job", "queue_supernet", "run_supernet_job", "supernet_job",
+           "supernet_key", "supernet_scope", "supernet_state_line"]
+
+log = logging.getLogger("nas.worker")
+
+#: The kind of a supernet training job.
+SUPERNET_JOB = "supernet"
+
+
+def supernet_scope(name: str) -> str:
+    """The ``study`` column of supernet ``name``'s jobs: ``supernet:NAME``, which no study name can be."""
+    return f"{SUPERNET_JOB}:{name}"
+
+
+def supernet_key(spec: SupernetSpec) -> str:
+    """What identifies a supernet's training: the hash of its settings (64 hex digits)."""
+    return hashlib.sha256(json.dumps(spec.model_dump(), sort_keys=True).encode()).hexdigest()
+
+
+def supernet_job(store: Store, name: str) -> JobRow | None:
+    """The latest job of supernet ``name`` (any state), None when it was never queued."""
+    jobs = store.list_jobs(supernet_scope(name))
+    return jobs[-1] if jobs else None
+
+
+def active_supernet_job(store: Store, name: str) -> JobRow | None:
+    """The job of supernet ``name`` that is queued or running, None when there is none."""
+    job = supernet_job(store, name)
+    return job if job is not None and job.state in ("queued", "running") else None
+
+
+def queue_supernet(spec: SupernetSpec, store: Store) -> tuple[JobRow, bool]:
+    """Queue the training of supernet ``spec.name`` for a worker; returns ``(job, created)``.
+
+    The same request while its job is queued, running or done returns that job. Call
+    :func:`nas.search.prepare_supernet` first (it checks the data, the space and the stored supernet).
+
+    Raises:
+        NasError: a job of that name with other settings is queued or running.
+    """
+    key = supernet_key(spec)
+    active = active_supernet_job(store, spec.name)
+    if active is not None and active.key != key:
+        stored = SupernetSpec(**json.loads(active.settings_json))
+        diff = "; ".join(f"{k} {json.dumps(v)} (given {json.dumps(getattr(spec, k))})"
+                         for k, v in stored.model_dump().items() if v != spec.model_dump()[k])
+        raise NasError(f"supernet {spec.name!r} is {active.state} as job {active.id} with other settings: {diff}; "
+                       "accepted: its settings or another name")
+    return store.add_job(kind=SUPERNET_JOB, study=supernet_scope(spec.name), trial=-1, key=key,
+                         settings=spec.model_dump())
+
+
+def supernet_state_line(job: JobRow) -> str:
+    """One line on a supernet's job: its state, worker, progress (``nas supernet show``)."""
+    info = job_info(job)
+    p = info["progress"]
+    epochs = f", {p['epochs_done']}/{p['epochs']} epochs stored" if "epochs_done" in p else ""
+    if job.state == "queued":
+        again = " again" if job.attempts else ""
+        return (f"job {job.id}: queued{again}{epochs}, waiting for a 'nas worker' (without study names, or "
+                f"--supernet {job.study.split(':', 1)[1]})" + (f"; last stopped: {job.error}" if job.error else ""))
+    if job.state == "running":
+        return (f"job {job.id}: running on worker {job.worker} (attempt {job.attempts}, last heartbeat "
+                f"{info['heartbeat_at']}){epochs}")
+    if job.state == "failed":
+        return f"job {job.id}: failed after {job.attempts} attempt(s): {job.error}"
+    return f"job {job.id}: done{epochs}"
+
+
+def run_supernet_job(job: JobRow, store: Store, *, worker: str, stop: threading.Event, threads: int | None = None,
+                     heartbeat: float = 10.0, wait: Callable[[Callable[[], object], str], object] | None = None,
+                     outages: Outages | None = None) -> str:
+    """Train a claimed supernet job to its end; returns its final state (``done``, ``failed``, ``queued``).
+
+    ``queued``: the worker is stopping (``stop``, seen at the next epoch boundary) or the database
+    went away; the next claim resumes at the last stored epoch. Settings that became impossible
+    meanwhile (a supernet of that name trained with other settings, data unreadable on this
+    worker) fail the job with one line.
+    """
+    wait = wait or (lambda fn, _what: fn())
+    hb = _JobLiveness(store, job.id, worker)
+    state, error, result = "failed", None, None
+    with Heartbeat(hb.beat, heartbeat, f"job-heartbeat-{job.id}", first=False, join_timeout=heartbeat + 5,
+                   outages=outages):
+        try:
+            spec = SupernetSpec(**json.loads(job.settings_json))
+            if stop.is_set():
+                raise TrialInterrupted("worker stopping: before the training started")
+            prepared = prepare_supernet(spec, store)
+            done = prepared[2].epochs_done if prepared[2] is not None else 0
+            hb.progress = {"epochs_done": done, "epochs": spec.epochs,
+                           "message": f"resumed after epoch {done}" if done else "training"}
+            hb.beat()
+
+            def on_epoch(entry: dict[str, Any]) -> None:
+                hb.progress = {"epochs_done": entry["epoch"], "epochs": spec.epochs,
+                               "message": f"epoch {entry['epoch']} stored", "largest": entry.get("largest"),
+                               "smallest": entry.get("smallest")}
+                hb.beat()
+                if entry["epoch"] < spec.epochs and (stop.is_set() or hb.lost.is_set()):
+                    raise TrialInterrupted(f"worker stopping after epoch {entry['epoch']}" if stop.is_set()
+                                           else "job taken over by another worker")
+
+            record = train_stored_supernet(spec, store, prepared=prepared, threads=threads, on_epoch=on_epoch)
+            state, result = "done", {"status": record.status, "epochs_done": record.epochs_done,
+                                     "seconds": record.seconds}
+        except TrialInterrupted as e:
+            state, error = "queued", str(e)
+        except KeyboardInterrupt:
+            with contextlib.suppress(Exception):
+                store.finish_job(job.id, worker, "queued", error="worker interrupted (SIGINT)")
+            raise
+        except Exception as e:  # noqa: BLE001 -- a failed job never stops the worker
+            if database_down(e, outages):
+                state, error = "queued", f"database unavailable: {error_line(e)}"
+            else:
+                error = str(e) if isinstance(e, NasError) else trial_fail_reason(e)
+                log.error("%s job %d failed: %s", job.study, job.id, error)
+    if hb.lost.is_set():
+        return "queued"  # someone else holds it now: nothing of ours to record
+    wait(lambda: store.finish_job(job.id, worker, state, result=result, error=error), "finishing a job")
+    log.info("%s job %d %s after epoch %s%s", job.study, job.id, state, hb.progress.get("epochs_done", 0),
+             f": {error}" if error else "")
+    return state
