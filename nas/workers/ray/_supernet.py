@@ -67,7 +67,7 @@ def run_supernet_ray(spec: SupernetSpec, store: Store, *, options: RayOptions | 
             what = f"connected to the Ray cluster at {options.address}" if options.address else "started a local Ray"
             notify(f"{what} ({cpus:g} CPUs) in {time.perf_counter() - t0:.1f} s")
         if options.cpus_per_trial > cpus:
-            raise NasError(f"--cpus-per-trial: {options.cpus_per_trial:g} but the Ray cluster has {cpus:g} CPUs")
+            raise NasError(f"{options.cpus_per_trial:g} but the Ray cluster has {cpus:g} CPUs", field="cpus_per_trial")
         if options.address and store.url.startswith("sqlite"):
             notify(f"note: SQLite database {url}: Ray workers on other hosts cannot open it; use PostgreSQL "
                    "for a multi-host cluster")
