@@ -7,7 +7,7 @@ from __future__ import annotations
 from ._create import StudyPlan, create_study, describe_plan, plan_study, prepare_study, store_study
 from ._demo import DEMO_BUDGET, demo_spec
 from ._early import EarlyStop, Peer, best_by, dominators, peers_of, rung_epochs
-from ._finetune import finetune_fidelity, finetune_study, finetuned_source
+from ._finetune import finetune_study
 from ._inherit import pick_parent
 from ._objective import CONSTRAINTS_KEY, TrialObjective, load_context
 from ._pareto import (
@@ -25,15 +25,11 @@ from ._record import Status, TrialRecord, damaged_trials, record_of, status_of
 from ._samplers import make_pruner, make_sampler, resolve_sampler
 from ._spec import (
     PROXY_NAMES,
-    PRUNERS,
-    SAMPLERS,
     SINGLE_METRIC_PRUNERS,
     Fidelity,
     StudySpec,
-    fidelity_key_of,
     load_spec_file,
     make_spec,
-    one_line_error,
     trial_fidelity_key,
     validation_error,
 )
@@ -55,7 +51,6 @@ from ._supernet import (
     SupernetSpec,
     check_supernet,
     get_supernet,
-    get_supernet_check,
     list_supernets,
     load_supernet,
     make_supernet_spec,
@@ -73,9 +68,7 @@ __all__ = [
     "DEMO_BUDGET",
     "MAX_CHECK_SUBNETS",
     "PROXY_NAMES",
-    "PRUNERS",
-    "SAMPLERS",
-    "SINGLE_METRIC_PRUNERS",
+            "SINGLE_METRIC_PRUNERS",
     "SUPERNET_PREFIX",
     "SupernetRecord",
     "SupernetSpec",
@@ -103,16 +96,12 @@ __all__ = [
     "describe_plan",
     "dominates",
     "dominators",
-    "fidelity_key_of",
-    "finetune_fidelity",
-    "finetune_study",
-    "finetuned_source",
-    "front_trials",
+            "finetune_study",
+        "front_trials",
     "pareto_mask",
     "get_study_spec",
     "get_supernet",
-    "get_supernet_check",
-    "list_studies",
+        "list_studies",
     "list_supernets",
     "load_context",
     "load_spec_file",
@@ -121,8 +110,7 @@ __all__ = [
     "make_sampler",
     "make_spec",
     "make_supernet_spec",
-    "one_line_error",
-    "validation_error",
+        "validation_error",
     "pareto_rows",
     "past_drop",
     "peers_of",
