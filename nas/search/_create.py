@@ -7,8 +7,9 @@ database is opened and :func:`store_study` after, so a refused study creates no 
 1. the data are read once: their input shape, class count and normalisation are stored with the
    study, so later readers (the API, export, warm starts) never load the dataset to learn them;
 2. :func:`plan_study`: the exact minimum of every budgeted resource over the space and its share
-   within the budget; a space too large for the budget is fitted to it (TinyNAS); a budget no
-   architecture reaches is refused with what would fit;
+   within the budget; a space too large for the budget is fitted to it (TinyNAS; on a supernet, to
+   a sub-space of the supernet's, :func:`objectives.fit_subspace`); a budget no architecture
+   reaches is refused with what would fit;
 3. the warm start (``enqueue`` files, another study's front, the space's cheapest architectures)
    is checked against the fitted space and the budget;
 4. the Optuna study and the lightnas record are written, the warm start is enqueued and only
@@ -81,7 +82,7 @@ def plan_study(study_spec: StudySpec, data: Dataset | None = None) -> StudyPlan:
         NasError: data unreadable, bad space options, or a budget below what the space (fitted
             or not) can reach; the message names the resource, the minimum and what would fit.
     """
-    from objectives import USABLE_SHARE, WARN_SHARE, assess, fit_space, resized_shape, smaller_inputs
+    from objectives import USABLE_SHARE, WARN_SHARE, assess, fit_space, fit_subspace, resized_shape, smaller_inputs
 
     profile = study_spec.cost_profile()  # the study's database's profile first, resolved once
     if data is None:
@@ -99,9 +100,16 @@ def plan_study(study_spec: StudySpec, data: Dataset | None = None) -> StudyPlan:
     plan = StudyPlan(study_spec, {"feasibility": given.to_dict()})
     final = given
     resolutions = smaller_inputs(shape) if study_spec.fit_resolution and study_spec.input_size is None else []
-    if study_spec.fit_space and (given.share < USABLE_SHARE or given.below):
-        fit = fit_space(study_spec.space, shape, study_spec.space_options, budget, classes, profile,
-                        seed=study_spec.seed, resolutions=resolutions)
+    on_supernet = study_spec.supernet is not None
+    # On a supernet the space is narrowed to a sub-space (its architectures are all subnets), which never
+    # reaches below the whole space's minimum: a budget below it is refused as it is.
+    if study_spec.fit_space and (given.share < USABLE_SHARE or given.below) and not (on_supernet and given.below):
+        if on_supernet:
+            fit = fit_subspace(study_spec.space, shape, study_spec.space_options, budget, classes, profile,
+                               seed=study_spec.seed)
+        else:
+            fit = fit_space(study_spec.space, shape, study_spec.space_options, budget, classes, profile,
+                            seed=study_spec.seed, resolutions=resolutions)
         if fit.scaled:
             fshape = shape if fit.input_size is None else resized_shape(shape, fit.input_size)
             final = assess(get_space(study_spec.space, input_shape=fshape, **fit.options), budget, classes,
@@ -113,6 +121,8 @@ def plan_study(study_spec: StudySpec, data: Dataset | None = None) -> StudyPlan:
                 plan.study_spec = study_spec.model_copy(update=update)
                 plan.info = {"feasibility": final.to_dict(), "feasibility_as_given": given.to_dict(),
                              "fit": fit.to_dict()}
+                if on_supernet:
+                    plan.info["fit"]["within"] = f"supernet {study_spec.supernet}"
             else:
                 final = given
     if final.below:
@@ -145,6 +155,10 @@ def _refusal(study_spec: StudySpec, shape: tuple[int, int, int], classes: int, b
         return space_minimum(space, classes, profile, [resource])[resource][0]
 
     where = f"space {study_spec.space!r} on input {'x'.join(map(str, shape))}"
+    if study_spec.supernet is not None:  # its subnets are all there is: no scaled variant, no other space
+        return (f"{resource}<={format_amount(resource, limit)} is below what {where} can reach: the cheapest "
+                f"subnet of supernet {study_spec.supernet!r} needs {format_amount(resource, minimum)}; budgets that "
+                f"fit: {resource}<={format_amount(resource, minimum, up=True)} or more")
     small = most_scaled(study_spec.space, shape, study_spec.space_options)
     small_min = reach(study_spec.space, shape, small) if small != study_spec.space_options else minimum
     needs = f"its cheapest architecture needs {format_amount(resource, minimum)}"
@@ -186,8 +200,13 @@ def describe_plan(plan: StudyPlan) -> list[str]:
         before = plan.info["feasibility_as_given"]["share_within_budget"]
         scaled = ", ".join(f"{k} {'auto' if a is None else a} -> {b}" for k, (a, b) in fit["scaled"].items())
         kept = f"; kept as you gave them: {_options_text(fit['kept'])}" if fit["kept"] else ""
-        lines.append(f"space fitted to the budget (TinyNAS): {scaled}{kept} "
-                     f"({before:.1%} of the space as given was within the budget)")
+        if fit.get("within"):
+            lines.append(f"space fitted to the budget within {fit['within']}'s space (TinyNAS, a sub-space: its "
+                         f"architectures are all subnets): {scaled} ({before:.1%} of the supernet's space was within "
+                         "the budget)")
+        else:
+            lines.append(f"space fitted to the budget (TinyNAS): {scaled}{kept} "
+                         f"({before:.1%} of the space as given was within the budget)")
         if fit.get("input_size"):
             lines.append(f"inputs are resized to a short side of {fit['input_size']} px (--fit-resolution)")
     lines.append(f"budget {plan.study_spec.budget}: the space's minimum is {minima}; "
@@ -210,11 +229,10 @@ def prepare_study(study_spec: StudySpec, store: Store | None, *,
     if store is not None:
         check_name_free(study_spec.name, store)
         study_spec = study_spec.with_profiles(store.device_profiles())
-    if study_spec.supernet is not None:  # its space is the supernet's: never fitted
+    if study_spec.supernet is not None:  # its space is the supernet's or, fitted to the budget, a sub-space of it
         from ._supernet import require_supernet
 
         require_supernet(store, study_spec.supernet, trained=True)
-        study_spec = study_spec.model_copy(update={"fit_space": False})
     if study_spec.precision == "int8":
         from objectives import DeployError, require_deploy
 

@@ -20,6 +20,7 @@ again with the same settings goes on from it, with the same steps as an uninterr
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -375,10 +376,35 @@ def _fixed(record: SupernetRecord) -> dict[str, Any]:
             "val_fraction": record.spec.val_fraction}
 
 
+def subspace_problem(record: SupernetRecord, options: dict[str, Any]) -> str | None:
+    """Why space options ``options`` are not a sub-space of supernet ``record``'s space (None when
+    they are): a sub-space has the same options but for a depth range within the supernet's and
+    list choices among the supernet's, so every architecture it holds is a subnet."""
+    full = record.config["options"]
+    try:
+        sub = dataclasses.asdict(get_space(record.spec.space, input_shape=record.input_shape, **options).options)
+    except SpaceError as e:
+        return str(e)
+    for k, v in full.items():
+        got: Any = sub.get(k)
+        if k == "min_depth":
+            ok = got >= v
+        elif k == "max_depth":
+            ok = got <= v
+        elif isinstance(v, (list, tuple)):
+            ok = set(got) <= set(v)
+        else:
+            ok = got == v
+        if not ok:
+            return f"{k} {json.dumps(list(got) if isinstance(got, tuple) else got)} is not within {json.dumps(v)}"
+    return None
+
+
 def supernet_study_fields(record: SupernetRecord, fields: dict[str, Any]) -> dict[str, Any]:
     """``fields`` of a study on supernet ``record``: its space, options, data, input size, seed and
-    validation share filled in (the study validates on the supernet's held-out split), space
-    fitting off (the space is the supernet's).
+    validation share filled in (the study validates on the supernet's held-out split). Space
+    fitting stays as given: on (the default), creating the study narrows the options to a sub-space
+    of the supernet's when too little of it lies within the budget.
 
     Raises:
         NasError: a field given with another value than the supernet's (``space`` and
@@ -394,12 +420,13 @@ def supernet_study_fields(record: SupernetRecord, fields: dict[str, Any]) -> dic
         if fields.get(f) is not None and fields[f] != v:
             raise NasError(f"got {fields[f]!r}, supernet {record.name!r} was trained with {v!r}; accepted: its "
                            f"value (or leave {f} out)", field=f, argument=False)
-    return {**fields, **fixed, "supernet": record.name, "fit_space": False}
+    return {**fields, **fixed, "supernet": record.name}
 
 
 def check_supernet_study(study_spec: Any, store: Store | None, input_shape: Any, num_classes: int) -> SupernetRecord:
     """The trained supernet of study ``study_spec`` whose space, data, input shape and classes the
-    study's are; one line otherwise."""
+    study's are (its space options: the supernet's or a sub-space of them, :func:`subspace_problem`);
+    one line otherwise."""
     record = require_supernet(store, study_spec.supernet, trained=True)
     if tuple(input_shape) != record.input_shape or int(num_classes) != int(record.config["num_classes"]):
         raise NasError(f"supernet {record.name!r} takes {'x'.join(map(str, record.input_shape))} inputs and "
@@ -407,7 +434,14 @@ def check_supernet_study(study_spec: Any, store: Store | None, input_shape: Any,
                        f"{'x'.join(map(str, input_shape))} and {num_classes}; accepted: the supernet's data "
                        f"({record.spec.data}" + (f", input size {record.spec.input_size}" if record.spec.input_size
                                                  else "") + ")")
-    wrong = [f for f, v in _fixed(record).items() if getattr(study_spec, f) != v]
+    wrong = [f for f, v in _fixed(record).items() if f != "space_options" and getattr(study_spec, f) != v]
+    if not wrong and study_spec.space_options != record.config["options"]:
+        problem = subspace_problem(record, study_spec.space_options)
+        if problem:
+            raise NasError(f"got {json.dumps(study_spec.space_options, sort_keys=True)}, not a sub-space of supernet "
+                           f"{record.name!r}'s space ({problem}); accepted: its options "
+                           f"{json.dumps(record.config['options'], sort_keys=True)} or a sub-space of them (a "
+                           "lower max_depth, fewer list choices)", field="space_options", argument=False)
     if wrong:
         f = wrong[0]
         raise NasError(f"got {getattr(study_spec, f)!r}, supernet {record.name!r} was trained with "

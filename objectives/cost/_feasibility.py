@@ -43,8 +43,8 @@ from ._devices import DeviceProfile, get_device
 from ._tflm import block_graph, head_graph, segment_parts, stem_graph
 
 __all__ = ["FIT_SAMPLES", "SHARE_SAMPLES", "USABLE_SHARE", "WARN_SHARE", "Feasibility", "SpaceFit", "assess",
-           "below_minimum", "fit_space", "most_scaled", "resized_shape", "smaller_inputs", "space_minimum",
-           "sample_within", "space_share"]
+           "below_minimum", "fit_space", "fit_subspace", "most_scaled", "resized_shape", "smaller_inputs",
+           "space_minimum", "sample_within", "space_share"]
 
 #: A space of which less than this share lies within the budget is fitted (when fitting is on),
 #: and a fitted variant must reach it (else the variant with the largest share is taken).
@@ -324,12 +324,17 @@ class SpaceFit:
     mean_flops_after: float
     variants: int
     input_size: int | None = None
+    #: The options fitting started from, when they were not the user's (:func:`fit_subspace`: a supernet's).
+    options_before: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"options": dict(self.options), "scaled": {k: list(v) for k, v in self.scaled.items()},
-                "kept": dict(self.kept), "share_before": self.share_before, "share_after": self.share_after,
-                "mean_flops_within_budget": self.mean_flops_after, "variants_screened": self.variants,
-                "input_size": self.input_size}
+        out = {"options": dict(self.options), "scaled": {k: list(v) for k, v in self.scaled.items()},
+               "kept": dict(self.kept), "share_before": self.share_before, "share_after": self.share_after,
+               "mean_flops_within_budget": self.mean_flops_after, "variants_screened": self.variants,
+               "input_size": self.input_size}
+        if self.options_before is not None:
+            out["options_before"] = dict(self.options_before)
+        return out
 
 
 def resized_shape(shape: tuple[int, int, int], short_side: int) -> tuple[int, int, int]:
@@ -426,6 +431,99 @@ def fit_space(name: str, input_shape: tuple[int, int, int], options: Mapping[str
     if size is not None:
         scaled["input_size"] = (min(input_shape[1:]), size)
     return SpaceFit({**given, **v}, scaled, given, share_before, s.share, s.mean_flops, len(scored), size)
+
+
+#: List options whose smaller values make a sub-space of a space (:func:`fit_subspace`): the width
+#: choices (truncated together, like a width multiplier) and the other per-layer choices (together).
+SUB_WIDTH_LISTS = ("widths", "stem_widths", "width_mults")
+SUB_OTHER_LISTS = ("hidden", "kernels", "expansions", "rank_ratios")
+
+
+def _keep(n: int, level: int, counts: Sequence[float]) -> int:
+    """How many of ``n`` distinct values truncation ``level`` keeps (``counts``: as shares of ``n``, -1: one less)."""
+    share = counts[level]
+    return max(1, n - 1 if share < 0 else math.ceil(n * share))
+
+
+def _truncated(values: Sequence[Any], keep: int) -> list[Any]:
+    """``values`` without their largest, ``keep`` distinct ones left, in the order given."""
+    kept = set(sorted(set(values))[:keep])
+    out: list[Any] = []
+    for v in values:
+        if v in kept and v not in out:
+            out.append(v)
+    return out
+
+
+#: Truncation levels of the width lists (all, one less, half, the smallest) and of the others (all,
+#: one less, the smallest), as shares of their distinct values (-1: one less).
+_WIDTH_LEVELS = (1.0, -1, 0.5, 0.0)
+_OTHER_LEVELS = (1.0, -1, 0.0)
+
+
+def _subspace_variants(space: SearchSpace) -> list[dict[str, Any]]:
+    """Sub-spaces of ``space`` (option overrides; the space itself first) whose architectures are all
+    architectures of ``space``: a lower depth cap (2, 1; not below ``min_depth``) and list choices
+    truncated to their smaller values. Never the width multiplier, stem stride, stage count or
+    input size: those change every architecture."""
+    o = space.options
+    fields = {f for f in type(o).__dataclass_fields__}  # type: ignore[attr-defined]
+    depths = [o.max_depth] + [d for d in (2, 1) if o.min_depth <= d < o.max_depth]  # type: ignore[attr-defined]
+    out: list[dict[str, Any]] = []
+    for d in depths:
+        for wl in range(len(_WIDTH_LEVELS)):
+            for ol in range(len(_OTHER_LEVELS)):
+                v: dict[str, Any] = {}
+                if d != o.max_depth:  # type: ignore[attr-defined]
+                    v["max_depth"] = d
+                for names, levels, level in ((SUB_WIDTH_LISTS, _WIDTH_LEVELS, wl),
+                                             (SUB_OTHER_LISTS, _OTHER_LEVELS, ol)):
+                    for k in names:
+                        if k in fields:
+                            values = list(getattr(o, k))
+                            cut = _truncated(values, _keep(len(set(values)), level, levels))
+                            if cut != values:
+                                v[k] = cut
+                if v not in out:
+                    out.append(v)
+    return out
+
+
+def fit_subspace(name: str, input_shape: tuple[int, int, int], options: Mapping[str, Any], budget: Budget,
+                 num_classes: int, device: str | DeviceProfile = "rpi4", *, seed: int = 0,
+                 samples: int = FIT_SAMPLES) -> SpaceFit:
+    """:func:`fit_space` within space ``name`` with ``options``: the same TinyNAS rule (the most
+    mean FLOPs within the budget among variants of which at least :data:`USABLE_SHARE` lies within
+    it, fewer changed options breaking ties; else the largest share; else the smallest variant), over
+    sub-spaces only (:func:`_subspace_variants`), so that every architecture of the result is one of
+    the space's (a supernet of the space holds them all). ``SpaceFit.kept`` is empty and
+    ``options_before`` holds ``options``.
+
+    Raises:
+        SpaceError: bad options.
+    """
+    given = dict(options)
+    base = get_space(name, input_shape=input_shape, **given)
+    scored = []
+    for v in _subspace_variants(base):
+        space = base if not v else get_space(name, input_shape=input_shape, **{**given, **v})
+        scored.append((v, space_share(space, budget, num_classes, device, samples=samples, seed=seed)))
+    share_before = scored[0][1].share
+    usable = [(v, s) for v, s in scored if s.share >= USABLE_SHARE]
+    if not any(s.share > 0 for _, s in scored):  # only rare architectures fit: the smallest sub-space
+        v, s = scored[-1]  # the last variant made is the most narrowed (later ones repeat earlier ones)
+    elif usable:
+        v, s = max(usable, key=lambda x: (x[1].mean_flops, -len(x[0])))
+    else:
+        v, s = max(scored, key=lambda x: (x[1].share, x[1].mean_flops, -len(x[0])))
+    defaults = base.options
+    before = {k: list(val) if isinstance(val, tuple) else val for k, val in given.items()}
+    scaled: dict[str, tuple[Any, Any]] = {}
+    for k, val in v.items():
+        old = getattr(defaults, k)
+        scaled[k] = (list(old) if isinstance(old, tuple) else old, val)
+    return SpaceFit({**before, **v}, scaled, {}, share_before, s.share, s.mean_flops, len(scored),
+                    options_before=before)
 
 
 def most_scaled(name: str, input_shape: tuple[int, int, int], options: Mapping[str, Any]) -> dict[str, Any]:
