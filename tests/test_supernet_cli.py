@@ -177,8 +177,8 @@ def test_two_budgets_share_one_supernet_and_reach_their_targets(trained: str) ->
         assert code == 0 and {r["accuracy_source"] for r in json.loads(out)} == {"supernet sn"}
         code, out, _ = nas_cli("study", "show", study, "--format", "json", "--storage", trained)
         spec = json.loads(out)["spec"]
-        assert spec["supernet"] == "sn" and spec["space"] == "plain" and spec["fit_space"] is False
-        assert spec["space_options"]["widths"] == [8, 16]
+        assert spec["supernet"] == "sn" and spec["space"] == "plain" and spec["fit_space"] is True
+        assert set(spec["space_options"]["widths"]) <= {8, 16}  # the supernet's, or fitted within them
     assert _artifacts(trained) == weights  # the supernet is shared, not trained again
     # A subnet evaluated by one study is not evaluated again by another on the same supernet: the
     # same draws (same sampler and seed as on_params) come back from the store with the same accuracy.
