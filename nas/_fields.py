@@ -113,7 +113,8 @@ STUDY: dict[str, Doc] = {
     "val_fraction": Doc("share of the training data held out for validation", 0.15),
     "supernet": Doc("a trained supernet ('nas supernet train') whose subnets are the candidates: each is evaluated "
                     "with the supernet's weights (BN recalibrated, seconds; supernet accuracy, not stand-alone "
-                    "accuracy) instead of being trained; the space, options, data and seed are the supernet's"),
+                    "accuracy) instead of being trained; the space, options, data and seed are the supernet's "
+                    "(the options narrowed to a sub-space when fitted to the budget)"),
     "fidelity": Doc("how hard each trial trains"),
 }
 
