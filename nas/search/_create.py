@@ -244,11 +244,13 @@ def prepare_study(study_spec: StudySpec, store: Store | None, *,
     if study_spec.precision == "int8" and study_spec.calibration > len(data.x_train):
         raise NasError(f"{study_spec.calibration} images asked, the training split has {len(data.x_train)}; "
                        f"accepted: 1..{len(data.x_train)}", field="calibration", argument=False)
+    if study_spec.supernet is not None:  # the options as given, before fitting narrows them
+        from ._supernet import check_supernet_study
+
+        check_supernet_study(study_spec, store, data.input_shape, data.num_classes)
     plan = plan_study(study_spec, data)
     study_spec = plan.study_spec
     if study_spec.supernet is not None:
-        from ._supernet import check_supernet_study
-
         record = check_supernet_study(study_spec, store, plan.info["data"]["input_shape"], data.num_classes)
         plan.info["supernet"] = {"name": record.name, "epochs": record.epochs_done, "params": record.params,
                                  "accuracy_source": f"supernet {record.name}"}
