@@ -211,10 +211,12 @@ def test_a_trial_takes_over_the_claim_of_an_owner_that_died_and_trains(sqlite_ur
         h, ids = enqueue(sqlite_url, "heir", times=1)
         ctx = load_context("heir", store, threads=1)
         fkey = ctx.study_spec.fidelity_key
-        # Killed mid-training: its claim stays, its heartbeat never comes (grace 1 s).
-        store.claim_evaluation(h, fkey, "killed-worker", grace=1.0)
         study, trial = trial_of(store, "heir", ids[0])
-        TrialObjective(ctx)(trial)
+        objective = TrialObjective(ctx)
+        # Killed mid-training: its claim stays, its heartbeat never comes (grace 3 s: long enough for the
+        # trial to meet the claim alive even on a loaded machine, then see it die).
+        store.claim_evaluation(h, fkey, "killed-worker", grace=3.0)
+        objective(trial)
         attrs = store.optuna.get_trial(trial._trial_id).user_attrs
         assert attrs["status"] == "trained" and attrs["waiting_for"]["owner"] == "killed-worker"
         assert store.get_evaluation(h, fkey) is not None and store.get_claim(h, fkey) is None
