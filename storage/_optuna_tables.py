@@ -68,8 +68,9 @@ def check_schema(conn: Connection) -> str | None:
     tables = set(insp.get_table_names())
     if "trials" not in tables:
         return None
-    needed = {t: tuple(sorted({*NEEDED.get(t, ()), *WRITTEN.get(t, ())})) for t in {*NEEDED, *WRITTEN}}
-    missing = [f"{t}.{c}" for t, cols in sorted(needed.items())
+    needed = {t: NEEDED.get(t, ()) + tuple(c for c in WRITTEN.get(t, ()) if c not in NEEDED.get(t, ()))
+              for t in [*NEEDED, *(t for t in WRITTEN if t not in NEEDED)]}
+    missing = [f"{t}.{c}" for t, cols in needed.items()
                for c in (cols if t not in tables else sorted(set(cols) - {x["name"] for x in insp.get_columns(t)}))]
     if not missing:
         return None
