@@ -9,8 +9,9 @@ the whole history; each finished trial is then written to the stored study in on
 (``create_new_trial`` with the trial as template: parameters, attributes, constraints, values and
 state at once), a batch at a time (:data:`BATCH` trials or :data:`BATCH_SECONDS`). Before each batch the
 trials other workers stored meanwhile are pulled into the mirror, so workers on one study cooperate,
-and the slots left (target - counted - running, read fresh under the study's lock) bound the batch,
-so concurrent workers overshoot the target by less than a batch together.
+and the slots left (target - counted - running - the slots other fast workers reserved for the batch
+they run, read under the study's lock, where this worker reserves its own) bound the batch, so concurrent
+workers do not overshoot the target (a worker that died mid-batch holds its reservation a minute).
 
 What a stored trial looks like is what the standard loop stores (same user and system attributes,
 state, values; its number is the stored study's). A crash loses at most the batch not yet stored
@@ -26,6 +27,7 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 
@@ -49,6 +51,10 @@ BATCH = 25
 BATCH_SECONDS = 2.0
 #: Trial ids read per page when pulling stored trials into the mirror.
 PAGE = 1000
+#: Study system attribute prefix of a fast worker's reserved slots (the batch it runs, not stored yet).
+RESERVED = "lightnas:reserved:"
+#: A reservation older than this is of a worker that died mid-batch: its slots are free again.
+RESERVATION_TTL = 60.0
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -67,6 +73,7 @@ class SupernetMirror:
         self.mirror = optuna.create_study(storage=optuna.storages.InMemoryStorage(), sampler=sw.study.sampler,
                                           pruner=sw.study.pruner, directions=sw.study.directions,
                                           study_name=sw.name)
+        self.key = f"{RESERVED}{uuid.uuid4().hex[:12]}"  # this worker's reserved slots: [count, when]
         self.seen: set[int] = set()  # ids of the stored trials in the mirror (pulled, or stored from it)
         self.watermark = -1  # every stored trial numbered up to this one is finished and seen
         self.pull()
@@ -144,15 +151,29 @@ class SupernetMirror:
 
     def _slots(self) -> tuple[int, int, int]:
         """(slots left, trials WAITING, trials RUNNING), read under the study's lock, after failing abandoned
-        trials of crashed standard workers."""
+        trials of crashed standard workers. The slots other fast workers reserved for the batches they run
+        now are not left; this worker reserves its next batch's (up to :data:`BATCH`) in the same step."""
         sw = self.sw
+        storage = self.store.optuna
         with self.store.lock(f"study:{self.name}"), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             target = sw.target
             sw._fail_abandoned()
             counts = self.store.study_counts(self.name)
-        running = counts.get("RUNNING", 0)
-        return target - counts["COUNTED"] - running, counts.get("WAITING", 0), running
+            now = time.time()
+            reserved = sum(int(v[0]) for k, v in storage.get_study_system_attrs(self.study_id).items()
+                           if k.startswith(RESERVED) and k != self.key and isinstance(v, list)
+                           and now - float(v[1]) < RESERVATION_TTL)
+            running = counts.get("RUNNING", 0)
+            slots = target - counts["COUNTED"] - running - reserved
+            if slots > 0 and not counts.get("WAITING", 0):
+                storage.set_study_system_attr(self.study_id, self.key, [min(self.batch, slots), now])
+        return slots, counts.get("WAITING", 0), running
+
+    def _release(self) -> None:
+        """Give this worker's reserved slots back (its batch is stored)."""
+        with contextlib.suppress(Exception):
+            self.store.optuna.set_study_system_attr(self.study_id, self.key, [0, time.time()])
 
     def _one(self) -> tuple[FrozenTrial | None, bool]:
         """Ask the mirror for a trial, evaluate it, tell it: (the finished trial, or None when it is dropped
@@ -248,9 +269,10 @@ class SupernetMirror:
                 continue
             wait_for_database(self.pull, "reading the study's trials", stop, outages=sw.outages)
             batch: list[FrozenTrial] = []
+            size = min(self.batch, slots)  # reserved by _slots
             counted, t0, dropped = 0, time.monotonic(), False
             try:
-                while counted < min(self.batch, slots) and time.monotonic() - t0 < self.batch_seconds and live():
+                while counted < size and time.monotonic() - t0 < self.batch_seconds and live():
                     done, counts = self._one()
                     if done is None:
                         dropped = True
@@ -262,6 +284,7 @@ class SupernetMirror:
             finally:
                 stored = self.persist(batch)  # also on Ctrl-C: what finished is kept
                 ran += stored
+                self._release()
             log.info("%s: stored a batch of %d trials (%d counted)", self.name, stored, counted)
             if stored and on_batch:
                 on_batch()
