@@ -477,6 +477,16 @@ class Store(StudiesRepo, ProfilesRepo, EvaluationsRepo, ProxyCacheRepo, Artifact
         with self.engine.connect() as conn:
             return optuna_tables.trained_by(conn, spec_hash)
 
+    def insert_trials(self, study_id: int, trials: list[optuna.trial.FrozenTrial]) -> list[int] | None:
+        """Store finished ``trials`` in Optuna study ``study_id`` in one transaction (all or none), as
+        ``create_new_trial(study_id, template_trial=t)`` would one by one; their new ids, or None when this
+        database takes no such batch (PostgreSQL: store them with ``create_new_trial``). See
+        :func:`storage._optuna_tables.insert_trials`."""
+        with self.engine.begin() as conn:
+            if not optuna_tables.can_insert(conn):
+                return None
+            return optuna_tables.insert_trials(conn, study_id, trials)
+
     def running_without_heartbeat(self, name: str, older_than: float) -> list[int]:
         """Ids of RUNNING trials of ``name`` that never recorded a heartbeat and started more
         than ``older_than`` seconds ago (their process died between ask and its first beat;

@@ -28,6 +28,7 @@ from storage import Store
 
 from .._errors import NasError, Terminated
 from ..search import Status, front_trials, get_study_spec, status_of
+from ._fast import is_supernet_study, run_fast
 from ._worker import REJECTION_STREAK, finished, in_evaluation, run_worker
 
 __all__ = ["MAX_TARGET", "Progress", "check_run", "progress", "run_study", "work"]
@@ -98,10 +99,12 @@ def progress(name: str, store: Store, target: int | None = None) -> Progress:
 def work(name: str, url: str, *, target: int | None = None, deadline: float | None = None, worker: int = 0,
          threads: int | None = None, callback: Callable[[], None] | None = None,
          max_consecutive_failures: int = 20, heartbeat: int = 10, stop: threading.Event | None = None,
-         rejection_streak: int = REJECTION_STREAK, device: str | None = None) -> int:
+         rejection_streak: int = REJECTION_STREAK, device: str | None = None, fast: bool = True) -> int:
     """Run trials of one study in this process until it has its target of finished trials.
 
-    Returns the number of trials this worker ran. See :func:`nas.workers.run_worker`.
+    Returns the number of trials this worker ran. See :func:`nas.workers.run_worker`. A study on a
+    supernet runs on the fast path (``fast``; :mod:`nas.workers._fast`): its trials are asked and told
+    in memory and stored in batches, ``callback`` called after each batch.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if target is not None:
@@ -110,11 +113,24 @@ def work(name: str, url: str, *, target: int | None = None, deadline: float | No
             store.set_target(name, target)
         finally:
             store.close()
+    if fast and _on_supernet(name, url):
+        # Trials of milliseconds: asked and told in memory, stored in batches (nas.workers._fast).
+        return run_fast(name, url, deadline=deadline, worker=worker, threads=threads, stop=stop, heartbeat=heartbeat,
+                        max_consecutive_failures=max_consecutive_failures, rejection_streak=rejection_streak,
+                        device=device, on_batch=callback)
     stats = run_worker([name], url, until_done=True, deadline=deadline, worker=worker, threads=threads, stop=stop,
                        heartbeat=heartbeat, max_consecutive_failures=max_consecutive_failures,
                        rejection_streak=rejection_streak, device=device,
                        on_trial=(lambda _n, _t: callback()) if callback else None)
     return stats.trials
+
+
+def _on_supernet(name: str, url: str) -> bool:
+    store = Store(url, mode="existing")
+    try:
+        return is_supernet_study(name, store)
+    finally:
+        store.close()
 
 
 #: How often a worker process looks whether its parent is still there (where the kernel cannot tell it).

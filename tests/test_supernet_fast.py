@@ -1,0 +1,147 @@
+"""A study on a supernet runs on the fast path (trials in memory, stored in batches): same trials as the
+standard worker loop, resumable after an interruption, shared by several workers."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+
+import optuna
+import pytest
+import torch
+from conftest import TINY_OPTIONS, nas_cli
+
+import nas.search
+from nas.workers import work
+from storage import Store
+
+torch.set_num_threads(1)
+
+TRAIN = ["supernet", "train", "sn", "--space", "plain", *TINY_OPTIONS, "--epochs", "1", "--threads", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A database holding supernet 'sn' of the tiny plain space, trained 1 epoch."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('supernet_fast') / 'nas.db'}"
+    code, _, err = nas_cli(*TRAIN, "--storage", url)
+    assert code == 0, err
+    return url
+
+
+def _create(name: str, url: str, trials: int, budget: str = "params<=3k") -> None:
+    code, _, err = nas_cli("study", "create", name, "--supernet", "sn", "--budget", budget, "--trials", str(trials),
+                           "--storage", url)
+    assert code == 0, err
+
+
+def _trials(name: str, url: str) -> list[optuna.trial.FrozenTrial]:
+    store = Store(url)
+    try:
+        return optuna.load_study(study_name=name, storage=store.optuna).get_trials(deepcopy=False)
+    finally:
+        store.close()
+
+
+def _counted(trials: list[optuna.trial.FrozenTrial]) -> int:
+    return sum(t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("status") == "supernet"
+               for t in trials)
+
+
+def _numbers_unique(trials: list[optuna.trial.FrozenTrial]) -> None:
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(len(numbers)))  # no gap, no duplicate
+    keys = Counter((t.datetime_start, tuple(sorted(t.params.items()))) for t in trials)
+    assert max(keys.values()) == 1  # no trial stored twice
+
+
+def test_a_supernet_study_stores_the_trials_the_standard_loop_stores(trained: str) -> None:
+    _create("fast", trained, 30, budget="params<=1500")
+    code, out, err = nas_cli("study", "run", "fast", "--quiet", "--storage", trained)
+    assert code == 0, err
+    assert "30/30 within budget (30 evaluated on the supernet)" in out
+    _create("standard", trained, 30, budget="params<=1500")
+    assert work("standard", trained, fast=False) > 0
+    fast, standard = _trials("fast", trained), _trials("standard", trained)
+    assert _counted(fast) == _counted(standard) == 30
+    _numbers_unique(fast)
+    assert any(t.user_attrs["status"] == "over_budget" for t in fast)  # rejections stored, not counted
+
+    def shape(t: optuna.trial.FrozenTrial) -> tuple:
+        return (t.state, t.user_attrs["status"], tuple(sorted(set(t.user_attrs) - {"inherited_reused"})),
+                tuple(sorted(t.system_attrs)), tuple(sorted(t.params)), len(t.values or []),
+                t.datetime_complete is not None)
+
+    assert {shape(t) for t in fast} == {shape(t) for t in standard}
+    for t in fast:
+        assert t.user_attrs["spec_hash"] and t.user_attrs["cost"]["params"] > 0 and t.user_attrs["worker"]
+        constraints = t.constraints.values() if isinstance(t.constraints, dict) else t.constraints
+        assert constraints and t.system_attrs["constraints"]  # Optuna's and the dashboard's forms
+        assert all(c <= 0 for c in constraints) == (t.user_attrs["status"] == "supernet")
+        if t.user_attrs["status"] == "supernet":
+            assert t.user_attrs["accuracy_source"] == "supernet sn"
+            assert t.values[0] == t.user_attrs["val_accuracy"]
+    # Same sampler, seed and history: the fast path draws what the standard loop draws.
+    assert [t.params for t in fast] == [t.params for t in standard]
+    code, out, err = nas_cli("pareto", "fast", "--format", "json", "--storage", trained)
+    assert code == 0, err
+    assert {r["accuracy_source"] for r in json.loads(out)} == {"supernet sn"}
+    code, out, err = nas_cli("study", "show", "fast", "--storage", trained)
+    assert code == 0 and "30/30 within budget" in out, err
+
+
+def test_an_interrupted_run_keeps_its_stored_trials_and_a_rerun_completes(trained: str, monkeypatch) -> None:
+    _create("stopped", trained, 40)
+    stop = threading.Event()
+    assert work("stopped", trained, stop=stop, callback=stop.set) > 0  # stopped after its first batch
+    first = _trials("stopped", trained)
+    assert 0 < _counted(first) < 40
+    _numbers_unique(first)
+
+    # Ctrl-C during a trial's evaluation: the batch's finished trials are stored, then it is raised.
+    real, calls = nas.search.TrialObjective.__call__, [0]
+
+    def interrupt_the_fifth(self, trial):
+        calls[0] += 1
+        if calls[0] == 5:
+            raise KeyboardInterrupt
+        return real(self, trial)
+
+    monkeypatch.setattr(nas.search.TrialObjective, "__call__", interrupt_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        work("stopped", trained)
+    second = _trials("stopped", trained)
+    assert len(second) == len(first) + 4 and [t.number for t in second[:len(first)]] == [t.number for t in first]
+    _numbers_unique(second)
+    monkeypatch.setattr(nas.search.TrialObjective, "__call__", real)
+
+    code, out, err = nas_cli("study", "run", "stopped", "--quiet", "--storage", trained)
+    assert code == 0, err
+    final = _trials("stopped", trained)
+    assert _counted(final) == 40 and "40/40 within budget" in out
+    _numbers_unique(final)
+    assert [t.params for t in final[:len(second)]] == [t.params for t in second]
+
+
+def test_two_workers_share_a_supernet_study(trained: str) -> None:
+    _create("shared", trained, 60)
+    ran: list[int] = []
+    errors: list[BaseException] = []
+
+    def one(worker: int) -> None:
+        try:
+            ran.append(work("shared", trained, worker=worker))
+        except BaseException as e:  # noqa: BLE001 -- reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and len(ran) == 2
+    trials = _trials("shared", trained)
+    assert _counted(trials) == 60  # reserved slots: not over the target
+    assert sum(ran) == len(trials)
+    _numbers_unique(trials)
