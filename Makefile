@@ -28,8 +28,10 @@ demo: $(STAMP)
 # Tests in tiers: `make test` (the README's command) runs the fast tier (everything not marked slow);
 # `make test-slow` the rest (networks trained, conversions, PostgreSQL/Ray/browser flows marked slow);
 # `make test-all` both, as CI does (.ci/run), each with its 20 slowest tests listed.
+# The fast tier runs on every core (pytest-xdist, one process per core; each keeps torch to one thread, so
+# the machine's torch threads never exceed its cores); the slow tier runs its servers and clusters one at a time.
 test: $(DEPLOY_STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" --durations=20
+	$(BIN)/python -m pytest -q -n auto -m "not slow" --durations=20
 
 test-slow: $(DEPLOY_STAMP)
 	$(BIN)/python -m pytest -q -m "slow" --durations=20

@@ -22,6 +22,10 @@ from typing import NoReturn
 import pytest
 from lightnas_pg import PrivateServer, pg_bindir
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one test process per core (make test): one torch thread each,
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # and the processes a test starts inherit it
+        os.environ.setdefault(_var, "1")
+
 #: The `nas` command of this interpreter's environment, for tests that run it as a user does.
 NAS = shutil.which("nas", path=str(Path(sys.executable).parent)) or "nas"
 
