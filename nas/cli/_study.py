@@ -229,13 +229,16 @@ def study_run(
         raise typer.Exit(INTERRUPTED) from None
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (nas.Terminated) handled alike
         from .._errors import Terminated
+        from ..search import get_study_spec
         from ..workers import progress
 
         p = progress(name, store)
         how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-        err.print(f"{name}: {how} at {p.finished}/{p.target} networks within budget; the running trial was "
-                  "failed and queued again; rerun the same command to resume", highlight=False, soft_wrap=True,
-                  markup=False)
+        batched = backend == "local" and get_study_spec(name, store).supernet is not None  # the fast path's batches
+        running = ("the subnets evaluated were stored, the one in evaluation dropped" if batched else
+                   "the running trial was failed and queued again")
+        err.print(f"{name}: {how} at {p.finished}/{p.target} networks within budget; {running}; rerun the same "
+                  "command to resume", highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(TERMINATED if isinstance(e, Terminated) else INTERRUPTED) from None
     out.print(f"{name}: {p.summary()}; Pareto front: {p.pareto} architectures")
 
