@@ -4,13 +4,15 @@ standard worker loop, resumable after an interruption, shared by several workers
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import threading
 from collections import Counter
 
 import optuna
 import pytest
 import torch
-from conftest import TINY_OPTIONS, nas_cli
+from conftest import NAS, TINY_OPTIONS, nas_cli, wait_until
 
 import nas.search
 from nas.workers import work
@@ -146,3 +148,23 @@ def test_two_workers_share_a_supernet_study(trained: str) -> None:
     assert _counted(trials) == 60  # reserved slots: not over the target
     assert sum(ran) == len(trials)
     _numbers_unique(trials)
+
+
+def test_ctrl_c_on_a_supernet_study_says_what_was_kept(trained: str) -> None:
+    """A real `nas study run` process interrupted mid-study: the evaluated subnets are stored, the message
+    says so (not the standard loop's "failed and queued again"), and the process ends by SIGINT (a shell's 130)."""
+    _create("ctrlc", trained, 100_000)
+    proc = subprocess.Popen([NAS, "study", "run", "ctrlc", "--quiet", "--storage", trained],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: _counted(_trials("ctrlc", trained)) >= 1 or proc.poll() is not None,
+                   "a first batch stored")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGINT, err
+    assert "the subnets evaluated were stored, the one in evaluation dropped" in err
+    assert "failed and queued again" not in err
+    _numbers_unique(_trials("ctrlc", trained))

@@ -234,7 +234,10 @@ def study_run(
 
         p = progress(name, store)
         how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-        batched = backend == "local" and get_study_spec(name, store).supernet is not None  # the fast path's batches
+        try:  # the fast path's batches (a supernet study run locally)
+            batched = backend == "local" and get_study_spec(name, store).supernet is not None
+        except Exception:  # noqa: BLE001 -- the study unreadable now: say what the standard loop does
+            batched = False
         running = ("the subnets evaluated were stored, the one in evaluation dropped" if batched else
                    "the running trial was failed and queued again")
         err.print(f"{name}: {how} at {p.finished}/{p.target} networks within budget; {running}; rerun the same "
