@@ -32,6 +32,7 @@ class InputError(ValueError):
     """
 
     def __init__(self, message: str, *, field: str | None = None, argument: bool = True) -> None:
+        message = " ".join(str(message).splitlines())  # one line, whatever a user's value held (a key "\n")
         super().__init__(message)
         self.message = message
         self.field = field

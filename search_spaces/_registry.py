@@ -62,7 +62,8 @@ class SearchSpace:
         accepted = [f.name for f in dataclasses.fields(self.Options)]
         unknown = sorted(set(options) - set(accepted))
         if unknown:
-            raise SpaceError(f"space '{self.name}': unknown option(s) {', '.join(unknown)}; "
+            shown = ", ".join(u if u.isprintable() else repr(u) for u in unknown)
+            raise SpaceError(f"space '{self.name}': unknown option(s) {shown}; "
                              f"accepted: {', '.join(accepted)}")
         # A list option given one value (`--option widths=16`, `block_types=basic`) is that one choice.
         listed = {f.name for f in dataclasses.fields(self.Options) if f.default_factory is not dataclasses.MISSING}

@@ -42,7 +42,7 @@ from badinput_kit import (
 )
 from conftest import NAS
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, inspect, text
 
@@ -737,6 +737,7 @@ def test_any_npz_gives_a_dataset_or_one_line(shape: list[int], dtype: str, fill:
 
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(field=st.sampled_from(FIELDS + ["target", "enqueue", "warm_start"]), value=JSON)
+@example(field="space_options", value={"\n": None})  # found by Hypothesis: a key with a line break, named on one line
 def test_any_create_request_is_201_or_a_4xx_that_writes_nothing(api_probe: tuple[TestClient, Path], field: str,
                                                                 value: object) -> None:
     c, db = api_probe
