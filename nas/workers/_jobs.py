@@ -33,7 +33,7 @@ from ..refine import RefineEvent, RefineSettings, check_parent, refine_trial, se
 from ..search import get_study_spec, past_drop
 from ._liveness import Heartbeat, Outages, database_down, trial_fail_reason
 
-__all__ = ["candidate_info", "iso_utc", "job_info", "queue_refinement", "run_job"]
+__all__ = ["candidate_info", "iso_utc", "job_info", "queue_refinement", "run_claimed", "run_job"]
 
 log = logging.getLogger("nas.worker")
 
@@ -114,9 +114,7 @@ def run_job(job: JobRow, store: Store, *, worker: str, stop: threading.Event, th
         state = "failed"
         wait(lambda: store.finish_job(job.id, worker, state, error=f"unknown job kind {job.kind!r}"), "failing a job")
         return state
-    hb = _JobLiveness(store, job.id, worker)
-    with Heartbeat(hb.beat, heartbeat, f"job-heartbeat-{job.id}", first=False, join_timeout=heartbeat + 5,
-                   outages=outages):
+    def body(hb: _JobLiveness) -> dict[str, Any]:
         def on_event(e: RefineEvent) -> None:
             hb.progress = {"stored": e.stored, "expected": e.expected, "message": e.message, "kind": e.kind}
             if e.kind in ("candidate", "resumed", "done"):
@@ -127,12 +125,30 @@ def run_job(job: JobRow, store: Store, *, worker: str, stop: threading.Event, th
         def should_stop() -> bool:
             return stop.is_set() or hb.lost.is_set()
 
-        state, error, result = "failed", None, None
+        settings = RefineSettings(**json.loads(job.settings_json))
+        rows = refine_trial(job.study, job.trial, store, settings, threads=threads, on_event=on_event,
+                            should_stop=should_stop)
+        return {"candidates": [r.id for r in rows]}
+
+    return run_claimed(job, store, body, worker=worker, heartbeat=heartbeat, wait=wait, outages=outages,
+                       label=f" (refine trial {job.trial})")
+
+
+def run_claimed(job: JobRow, store: Store, body: Callable[[_JobLiveness], dict[str, Any]], *, worker: str,
+                heartbeat: float, wait: Callable[[Callable[[], object], str], object], outages: Outages | None,
+                label: str = "", after: Callable[[_JobLiveness], str] = lambda hb: "") -> str:
+    """Run ``body(liveness)`` for a claimed job under its heartbeat and record its end once: ``done`` with
+    what ``body`` returns, ``queued`` when the worker stops (:class:`TrialInterrupted`) or the database is
+    away, ``failed`` with a one-line reason otherwise; SIGINT requeues it and propagates. A job another
+    worker took over meanwhile is left to it (``queued``, nothing recorded). ``label`` and ``after(hb)``
+    complete the log lines. Returns the final state."""
+    hb = _JobLiveness(store, job.id, worker)
+    state, error, result = "failed", None, None
+    with Heartbeat(hb.beat, heartbeat, f"job-heartbeat-{job.id}", first=False, join_timeout=heartbeat + 5,
+                   outages=outages):
         try:
-            settings = RefineSettings(**json.loads(job.settings_json))
-            rows = refine_trial(job.study, job.trial, store, settings, threads=threads, on_event=on_event,
-                                should_stop=should_stop)
-            state, result = "done", {"candidates": [r.id for r in rows]}
+            result = body(hb)
+            state = "done"
         except TrialInterrupted as e:
             state, error = "queued", str(e)
         except KeyboardInterrupt:
@@ -144,9 +160,9 @@ def run_job(job: JobRow, store: Store, *, worker: str, stop: threading.Event, th
                 state, error = "queued", f"database unavailable: {error_line(e)}"
             else:
                 error = str(e) if isinstance(e, NasError) else trial_fail_reason(e)
-                log.error("%s job %d (refine trial %d) failed: %s", job.study, job.id, job.trial, error)
+                log.error("%s job %d%s failed: %s", job.study, job.id, label, error)
     if hb.lost.is_set():
         return "queued"  # someone else holds it now: nothing of ours to record
     wait(lambda: store.finish_job(job.id, worker, state, result=result, error=error), "finishing a job")
-    log.info("%s job %d (refine trial %d) %s%s", job.study, job.id, job.trial, state, f": {error}" if error else "")
+    log.info("%s job %d%s %s%s%s", job.study, job.id, label, state, after(hb), f": {error}" if error else "")
     return state

@@ -18,7 +18,6 @@ takes it again. Either way the next run resumes at the last stored epoch.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -26,12 +25,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from storage import JobRow, Store, error_line
+from storage import JobRow, Store
 
 from .._errors import NasError, TrialInterrupted
 from ..search import SupernetSpec, prepare_supernet, train_stored_supernet
-from ._jobs import _JobLiveness, job_info
-from ._liveness import Heartbeat, Outages, database_down, trial_fail_reason
+from ._jobs import job_info, run_claimed
+from ._liveness import Outages
 
 __all__ = ["SUPERNET_JOB", "active_supernet_job", "queue_supernet", "run_supernet_job", "supernet_job",
            "supernet_key", "supernet_scope", "supernet_state_line"]
@@ -113,47 +112,27 @@ def run_supernet_job(job: JobRow, store: Store, *, worker: str, stop: threading.
     worker) fail the job with one line.
     """
     wait = wait or (lambda fn, _what: fn())
-    hb = _JobLiveness(store, job.id, worker)
-    state, error, result = "failed", None, None
-    with Heartbeat(hb.beat, heartbeat, f"job-heartbeat-{job.id}", first=False, join_timeout=heartbeat + 5,
-                   outages=outages):
-        try:
-            spec = SupernetSpec(**json.loads(job.settings_json))
-            if stop.is_set():
-                raise TrialInterrupted("worker stopping: before the training started")
-            prepared = prepare_supernet(spec, store)
-            done = prepared[2].epochs_done if prepared[2] is not None else 0
-            hb.progress = {"epochs_done": done, "epochs": spec.epochs,
-                           "message": f"resumed after epoch {done}" if done else "training"}
+    def body(hb: Any) -> dict[str, Any]:
+        spec = SupernetSpec(**json.loads(job.settings_json))
+        if stop.is_set():
+            raise TrialInterrupted("worker stopping: before the training started")
+        prepared = prepare_supernet(spec, store)
+        done = prepared[2].epochs_done if prepared[2] is not None else 0
+        hb.progress = {"epochs_done": done, "epochs": spec.epochs,
+                       "message": f"resumed after epoch {done}" if done else "training"}
+        hb.beat()
+
+        def on_epoch(entry: dict[str, Any]) -> None:
+            hb.progress = {"epochs_done": entry["epoch"], "epochs": spec.epochs,
+                           "message": f"epoch {entry['epoch']} stored", "largest": entry.get("largest"),
+                           "smallest": entry.get("smallest")}
             hb.beat()
+            if entry["epoch"] < spec.epochs and (stop.is_set() or hb.lost.is_set()):
+                raise TrialInterrupted(f"worker stopping after epoch {entry['epoch']}" if stop.is_set()
+                                       else "job taken over by another worker")
 
-            def on_epoch(entry: dict[str, Any]) -> None:
-                hb.progress = {"epochs_done": entry["epoch"], "epochs": spec.epochs,
-                               "message": f"epoch {entry['epoch']} stored", "largest": entry.get("largest"),
-                               "smallest": entry.get("smallest")}
-                hb.beat()
-                if entry["epoch"] < spec.epochs and (stop.is_set() or hb.lost.is_set()):
-                    raise TrialInterrupted(f"worker stopping after epoch {entry['epoch']}" if stop.is_set()
-                                           else "job taken over by another worker")
+        record = train_stored_supernet(spec, store, prepared=prepared, threads=threads, on_epoch=on_epoch)
+        return {"status": record.status, "epochs_done": record.epochs_done, "seconds": record.seconds}
 
-            record = train_stored_supernet(spec, store, prepared=prepared, threads=threads, on_epoch=on_epoch)
-            state, result = "done", {"status": record.status, "epochs_done": record.epochs_done,
-                                     "seconds": record.seconds}
-        except TrialInterrupted as e:
-            state, error = "queued", str(e)
-        except KeyboardInterrupt:
-            with contextlib.suppress(Exception):
-                store.finish_job(job.id, worker, "queued", error="worker interrupted (SIGINT)")
-            raise
-        except Exception as e:  # noqa: BLE001 -- a failed job never stops the worker
-            if database_down(e, outages):
-                state, error = "queued", f"database unavailable: {error_line(e)}"
-            else:
-                error = str(e) if isinstance(e, NasError) else trial_fail_reason(e)
-                log.error("%s job %d failed: %s", job.study, job.id, error)
-    if hb.lost.is_set():
-        return "queued"  # someone else holds it now: nothing of ours to record
-    wait(lambda: store.finish_job(job.id, worker, state, result=result, error=error), "finishing a job")
-    log.info("%s job %d %s after epoch %s%s", job.study, job.id, state, hb.progress.get("epochs_done", 0),
-             f": {error}" if error else "")
-    return state
+    return run_claimed(job, store, body, worker=worker, heartbeat=heartbeat, wait=wait, outages=outages,
+                       after=lambda hb: f" after epoch {hb.progress.get('epochs_done', 0)}")
