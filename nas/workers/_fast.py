@@ -207,13 +207,7 @@ class SupernetMirror:
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 trial.set_user_attr("fail_reason", reason)
         frozen = self.mirror.tell(trial, values, state=state)
-        if state == TrialState.FAIL:
-            sw.failures.append(reason)
-        elif status_of(frozen) == Status.OVER_BUDGET:
-            sw.rejections += 1
-        else:
-            sw.failures.clear()
-            sw.rejections = 0
+        sw.count(frozen, reason)
         return frozen, state != TrialState.FAIL and status_of(frozen) != Status.OVER_BUDGET
 
     def _drop(self, trial: optuna.Trial) -> None:

@@ -308,16 +308,19 @@ class StudyWorker:
             # evaluation is in the store, so the retry reuses it.
             log.warning("%s trial %d was failed as stale meanwhile; its retry is queued", self.name, trial.number)
             return frozen
-        # Streaks end only when a network is evaluated within the budget: failures and rejections
-        # that alternate are still no progress.
-        if state == TrialState.FAIL:
+        self.count(frozen, reason)
+        return frozen
+
+    def count(self, frozen: optuna.trial.FrozenTrial, reason: str) -> None:
+        """Keep the failure and rejection streaks: they end only when a network is evaluated within the
+        budget (failures and rejections that alternate are still no progress)."""
+        if frozen.state == TrialState.FAIL:
             self.failures.append(reason)
         elif status_of(frozen) == Status.OVER_BUDGET:
             self.rejections += 1
         else:
             self.failures.clear()
             self.rejections = 0
-        return frozen
 
     def rejection_message(self) -> str:
         from ..search import study_info
