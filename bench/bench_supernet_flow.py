@@ -282,6 +282,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--sampler", default="auto")
+    ap.add_argument("--sn-sampler", default=None, help="the supernet studies' sampler (default: --sampler)")
     ap.add_argument("--no-finetune2", action="store_true", help="do not fine-tune the second budget's front")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every part")
     ap.add_argument("--seed", type=int, default=0)
@@ -306,7 +307,8 @@ def main(argv: list[str]) -> None:
     print(f"- space: {args.space} {args.options} (fitted to the budget as `nas study create` does; the supernet "
           f"holds the standard study's stored space)")
     print(f"- budget B `{args.budget}`, second budget B2 `{args.budget2}`; objectives accuracy, hw_cost; sampler "
-          f"{args.sampler}; seed {args.seed}; {T} torch thread(s) in every part, one worker")
+          f"{args.sampler}{f' (supernet studies: {args.sn_sampler})' if args.sn_sampler else ''}; seed {args.seed}; "
+          f"{T} torch thread(s) in every part, one worker")
     print(f"- standard search: {args.trials_std} networks within B, {args.epochs} epochs each, batch "
           f"{args.batch_size}, lr {args.lr}")
     print(f"- supernet: {args.supernet_epochs} epochs, sandwich largest + smallest + {args.sandwich} random, "
@@ -329,7 +331,8 @@ def main(argv: list[str]) -> None:
         "input_size": std["input_size"], "epochs": args.supernet_epochs, "seed": args.seed,
         "batch_size": args.batch_size, "lr": args.lr, "sandwich": args.sandwich})
     say(f"B. supernet trained: {sn['seconds']:.1f} s")
-    study_fields = {"supernet": SUPERNET, "trials": args.trials_sn, **common}
+    study_fields = {"supernet": SUPERNET, "trials": args.trials_sn, **common,
+                    "sampler": args.sn_sampler or args.sampler}
     s1 = run_part("supernet_study", url=url, threads=T, fields={"name": "sn", "budget": args.budget, **study_fields})
     say(f"B. supernet study: {s1['create_s'] + s1['run_s']:.1f} s")
     sn_before = front_of(url, "sn", finetuned=False)

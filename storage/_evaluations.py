@@ -44,6 +44,16 @@ class EvaluationsRepo(Repository):
             return s.scalars(select(EvaluationRow).where(EvaluationRow.spec_hash == spec_hash,
                                                          EvaluationRow.fidelity_key == fidelity_key)).first()
 
+    def evaluated_at(self, fidelity_key: str) -> list[tuple[str, float, str]]:
+        """Every architecture evaluated at ``fidelity_key``: (spec hash, validation accuracy, spec JSON), most
+        accurate first."""
+        with self.session() as s:
+            rows = s.execute(select(EvaluationRow.spec_hash, EvaluationRow.val_accuracy, ArchitectureRow.spec_json)
+                             .join(ArchitectureRow, ArchitectureRow.spec_hash == EvaluationRow.spec_hash)
+                             .where(EvaluationRow.fidelity_key == fidelity_key)
+                             .order_by(EvaluationRow.val_accuracy.desc(), EvaluationRow.spec_hash)).all()
+        return [(h, float(a), js) for h, a, js in rows]
+
     def put_evaluation(self, spec_hash: str, fidelity_key: str, fidelity: dict[str, Any], *, val_accuracy: float,
                        cost: dict[str, Any], seconds: float, epochs_run: int, curve: list[float | None],
                        artifact_key: str | None, artifact: bytes | None = None) -> EvaluationRow:

@@ -168,3 +168,46 @@ def test_ctrl_c_on_a_supernet_study_says_what_was_kept(trained: str) -> None:
     assert "the subnets evaluated were stored, the one in evaluation dropped" in err
     assert "failed and queued again" not in err
     _numbers_unique(_trials("ctrlc", trained))
+
+
+def test_a_second_study_starts_from_the_subnets_evaluated_before(trained: str) -> None:
+    """Another budget on the same supernet weights: subnets any study evaluated before that fit its space and
+    budget fill up to half its slots, the best first, read back (not evaluated again), never twice on a rerun."""
+    from nas.search import pareto_mask
+
+    _create("wide", trained, 40, budget="params<=6k")
+    assert nas_cli("study", "run", "wide", "--quiet", "--storage", trained)[0] == 0
+    known = {t.user_attrs["spec_hash"]: (t.values[0], t.user_attrs["cost"]["params"])
+             for name in optuna.get_all_study_names(trained) for t in _trials(name, trained)
+             if t.user_attrs.get("status") == "supernet"}  # every study's on this supernet (same weights)
+    fitting = {h: v for h, v in known.items() if v[1] <= 3000}
+    assert len(fitting) >= 4  # the test needs stored subnets within the second budget
+
+    _create("narrow", trained, 20, budget="params<=3k")
+    code, out, err = nas_cli("study", "run", "narrow", "--quiet", "--storage", trained)
+    assert code == 0 and "20/20 within budget" in out, err
+    trials = _trials("narrow", trained)
+    seeded = [t for t in trials if "warm_start" in t.user_attrs]
+    assert len(seeded) == min(10, len(fitting))  # half the slots at most
+    assert [t.number for t in seeded] == list(range(len(seeded)))  # they run first
+    for t in seeded:
+        assert t.user_attrs["warm_start"] == "evaluated before on supernet sn"
+        assert t.user_attrs["status"] == "supernet" and t.user_attrs["inherited_reused"] is True
+        assert t.user_attrs["cost"]["params"] <= 3000
+        assert t.values[0] == known[t.user_attrs["spec_hash"]][0]  # the stored accuracy, read back
+    assert len({t.user_attrs["spec_hash"] for t in seeded}) == len(seeded)
+    # the front of what fitted comes first: its members are all seeded when there is room
+    hashes = list(fitting)
+    front = [h for h, k in zip(hashes, pareto_mask([[-fitting[h][0], fitting[h][1]] for h in hashes]), strict=True)
+             if k]
+    if len(front) <= len(seeded):
+        assert set(front) <= {t.user_attrs["spec_hash"] for t in seeded}
+
+    # a rerun with a higher target seeds only subnets the study does not hold yet
+    code, out, err = nas_cli("study", "run", "narrow", "--trials", "30", "--quiet", "--storage", trained)
+    assert code == 0, err
+    again = _trials("narrow", trained)
+    first_hashes = {t.user_attrs.get("spec_hash") for t in trials}
+    assert not [t for t in again[len(trials):] if "warm_start" in t.user_attrs
+                and t.user_attrs["spec_hash"] in first_hashes]
+    _numbers_unique(again)

@@ -9,7 +9,7 @@ from ._demo import DEMO_BUDGET, demo_spec
 from ._early import EarlyStop, Peer, best_by, dominators, peers_of, rung_epochs
 from ._finetune import finetune_study
 from ._inherit import pick_parent
-from ._objective import CONSTRAINTS_KEY, TrialObjective, load_context
+from ._objective import CONSTRAINTS_KEY, TrialObjective, load_context, objective_values
 from ._pareto import (
     dominates,
     front_trials,
@@ -98,6 +98,7 @@ __all__ = [
     "dominators",
             "finetune_study",
         "front_trials",
+    "objective_values",
     "pareto_mask",
     "get_study_spec",
     "get_supernet",

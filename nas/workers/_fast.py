@@ -31,13 +31,15 @@ import uuid
 import warnings
 from collections.abc import Callable
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search_spaces import ArchSpec, SpaceError, SpecError
 from storage import Store, error_line
 
 from .._errors import NasError, TrialInterrupted
-from ..search import Status, status_of
+from ..search import Status, objective_values, pareto_mask, status_of
 from ._liveness import database_down, trial_fail_reason, wait_for_database
 from ._worker import StudyWorker, evaluating, finished
 
@@ -53,6 +55,8 @@ BATCH_SECONDS = 2.0
 PAGE = 1000
 #: Study system attribute prefix of a fast worker's reserved slots (the batch it runs, not stored yet).
 RESERVED = "lightnas:reserved:"
+#: Share of a study's slots that subnets evaluated before on its supernet weights may fill (``SupernetMirror.seed``).
+SEED_SHARE = 0.5
 #: A reservation older than this is of a worker that died mid-batch: its slots are free again.
 RESERVATION_TTL = 60.0
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -75,8 +79,10 @@ class SupernetMirror:
                                           study_name=sw.name)
         self.key = f"{RESERVED}{uuid.uuid4().hex[:12]}"  # this worker's reserved slots: [count, when]
         self.seen: set[int] = set()  # ids of the stored trials in the mirror (pulled, or stored from it)
+        self.dropped: set[int] = set()  # numbers of the mirror's trials dropped (never stored)
         self.watermark = -1  # every stored trial numbered up to this one is finished and seen
         self.pull()
+        self.seeded = self.seed()
 
     # -- the stored study -> the mirror -----------------------------------------------------------
 
@@ -107,6 +113,49 @@ class SupernetMirror:
         if new:
             self.mirror.add_trials(new)
         return len(new)
+
+    def seed(self, share: float = SEED_SHARE) -> int:
+        """Queue, in the mirror, subnets of the study's supernet weights that were evaluated before (by any
+        study: another budget, another device) and lie in this study's space and budget, up to ``share`` of
+        the slots left, the best first (Pareto layers under this study's objectives): they run first, read
+        back instead of evaluated, and the sampler starts from them. Returns how many."""
+        sw = self.sw
+        obj = sw.objective
+        key = getattr(obj, "inherited_key", None)
+        if key is None:
+            return 0
+        have = {t.user_attrs.get("spec_hash") for t in self.mirror.get_trials(deepcopy=False)}
+        room = int(share * (sw.target - len(have)))
+        if room <= 0:
+            return 0
+        cands: list[tuple[dict, list[float]]] = []
+        for spec_hash, accuracy, spec_json in self.store.evaluated_at(key):
+            if spec_hash in have:
+                continue
+            spec = ArchSpec.from_json(spec_json)
+            try:
+                params = sw.ctx.space.params_of(spec)
+            except (SpaceError, SpecError):  # outside this study's (fitted) space
+                continue
+            cost = obj.cost(spec)
+            if obj.budget is not None and obj.budget.violations(cost):
+                continue
+            values = objective_values(sw.ctx.study_spec, accuracy, cost)
+            cands.append((params, [-v if d == "maximize" else v
+                                   for v, d in zip(values, sw.ctx.study_spec.directions, strict=True)]))
+        order: list[int] = []
+        left = np.arange(len(cands))
+        while len(order) < room and len(left):  # Pareto layers, the front first
+            mask = pareto_mask([cands[i][1] for i in left])
+            order.extend(int(i) for i in left[mask])
+            left = left[~mask]
+        source = f"evaluated before on supernet {sw.ctx.study_spec.supernet}"
+        for i in order[:room]:
+            self.mirror.enqueue_trial(cands[i][0], user_attrs={"warm_start": source})
+        if order:
+            log.info("%s: %d subnets evaluated before on these supernet weights queued first", self.name,
+                     min(room, len(order)))
+        return min(room, len(order))
 
     # -- the mirror -> the stored study -----------------------------------------------------------
 
@@ -212,8 +261,14 @@ class SupernetMirror:
 
     def _drop(self, trial: optuna.Trial) -> None:
         """Fail ``trial`` in the mirror only (never stored): the sampler does not wait for it."""
+        self.dropped.add(trial.number)
         with contextlib.suppress(Exception):
             self.mirror.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+    def trials(self) -> list[FrozenTrial]:
+        """The study's finished trials as this worker sees them (stored, or pulled from the database at its last
+        read): what a progress display needs without reading the database."""
+        return [t for t in self.mirror.get_trials(deepcopy=False) if t.number not in self.dropped]
 
     def _streak_error(self, max_failures: int, rejection_streak: int) -> str | None:
         sw = self.sw
@@ -225,11 +280,11 @@ class SupernetMirror:
         return None
 
     def run(self, *, stop: threading.Event, deadline: float | None = None, max_failures: int = 20,
-            rejection_streak: int = 200, on_batch: Callable[[], None] | None = None,
+            rejection_streak: int = 200, on_batch: Callable[[list[FrozenTrial]], None] | None = None,
             poll: float = 1.0) -> int:
         """Run batches until the study has its target (other workers' running trials finished), ``stop``
-        is set or ``deadline`` passed; returns the trials this worker stored. ``on_batch`` is called after
-        each stored batch (and trial of the standard loop).
+        is set or ``deadline`` passed; returns the trials this worker stored. ``on_batch(trials)`` is called after
+        each stored batch (and trial of the standard loop) with :meth:`trials`.
 
         Raises:
             NasError: failures or over-budget rejections in a row (as the standard loop).
@@ -249,9 +304,9 @@ class SupernetMirror:
                     frozen = sw.run(trial)
                     ran += 1
                     log.info("%s trial %d %s", self.name, frozen.number, frozen.state.name.lower())
-                    if on_batch:
-                        on_batch()
                     wait_for_database(self.pull, "reading the study's trials", stop, outages=sw.outages)
+                    if on_batch:
+                        on_batch(self.trials())
                     msg = self._streak_error(max_failures, rejection_streak)
                     if msg:
                         raise NasError(msg)
@@ -281,7 +336,7 @@ class SupernetMirror:
                 self._release()
             log.info("%s: stored a batch of %d trials (%d counted)", self.name, stored, counted)
             if stored and on_batch:
-                on_batch()
+                on_batch(self.trials())
             msg = self._streak_error(max_failures, rejection_streak)
             if msg:
                 raise NasError(msg)
@@ -299,7 +354,8 @@ def is_supernet_study(name: str, store: Store) -> bool:
 
 def run_fast(name: str, url: str, *, deadline: float | None = None, worker: int = 0, threads: int | None = None,
              stop: threading.Event | None = None, heartbeat: int = 10, max_consecutive_failures: int = 20,
-             rejection_streak: int = 200, device: str | None = None, on_batch: Callable[[], None] | None = None,
+             rejection_streak: int = 200, device: str | None = None,
+             on_batch: Callable[[list[FrozenTrial]], None] | None = None,
              batch: int = BATCH, batch_seconds: float = BATCH_SECONDS) -> int:
     """Run supernet study ``name`` on the fast path until it has its target (see the module docstring);
     returns the trials this worker stored. Arguments as :func:`nas.workers.run_worker`'s."""

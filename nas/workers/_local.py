@@ -16,12 +16,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from objectives import threads_per_worker, worker_devices
 from storage import Store
@@ -79,10 +79,12 @@ class Progress:
                 f"budget, {self.failed} failed")
 
 
-def progress(name: str, store: Store, target: int | None = None) -> Progress:
-    """The study's :class:`Progress`, read fresh (``target``: the stored one when None)."""
-    study = optuna.load_study(study_name=name, storage=store.optuna)
-    trials = study.get_trials(deepcopy=False)
+def progress(name: str, store: Store, target: int | None = None,
+             trials: Sequence[FrozenTrial] | None = None) -> Progress:
+    """The study's :class:`Progress`, read fresh (``target``: the stored one when None; ``trials``: the
+    study's trials as a worker holds them, instead of reading them all from the database)."""
+    if trials is None:
+        trials = optuna.load_study(study_name=name, storage=store.optuna).get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     feasible = [t for t in complete if status_of(t) in Status.EVALUATED]
     trained = sum(status_of(t) == Status.TRAINED for t in complete)
@@ -99,12 +101,14 @@ def progress(name: str, store: Store, target: int | None = None) -> Progress:
 def work(name: str, url: str, *, target: int | None = None, deadline: float | None = None, worker: int = 0,
          threads: int | None = None, callback: Callable[[], None] | None = None,
          max_consecutive_failures: int = 20, heartbeat: int = 10, stop: threading.Event | None = None,
-         rejection_streak: int = REJECTION_STREAK, device: str | None = None, fast: bool = True) -> int:
+         rejection_streak: int = REJECTION_STREAK, device: str | None = None, fast: bool = True,
+         on_trials: Callable[[list[FrozenTrial]], None] | None = None) -> int:
     """Run trials of one study in this process until it has its target of finished trials.
 
     Returns the number of trials this worker ran. See :func:`nas.workers.run_worker`. A study on a
     supernet runs on the fast path (``fast``; :mod:`nas.workers._fast`): its trials are asked and told
-    in memory and stored in batches, ``callback`` called after each batch.
+    in memory and stored in batches, ``callback`` called after each batch, or ``on_trials`` with the
+    study's finished trials as the worker holds them (a progress display then reads no database).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if target is not None:
@@ -117,7 +121,8 @@ def work(name: str, url: str, *, target: int | None = None, deadline: float | No
         # Trials of milliseconds: asked and told in memory, stored in batches (nas.workers._fast).
         return run_fast(name, url, deadline=deadline, worker=worker, threads=threads, stop=stop, heartbeat=heartbeat,
                         max_consecutive_failures=max_consecutive_failures, rejection_streak=rejection_streak,
-                        device=device, on_batch=callback)
+                        device=device,
+                        on_batch=on_trials or ((lambda _trials: callback()) if callback else None))
     stats = run_worker([name], url, until_done=True, deadline=deadline, worker=worker, threads=threads, stop=stop,
                        heartbeat=heartbeat, max_consecutive_failures=max_consecutive_failures,
                        rejection_streak=rejection_streak, device=device,
@@ -306,7 +311,8 @@ def _run_study(name: str, store: Store, *, trials: int | None, workers: int, tim
     report = (lambda: on_progress(progress(name, store, target))) if on_progress else None
     if workers == 1:
         work(name, store.url, deadline=deadline, threads=threads, callback=report, heartbeat=heartbeat,
-             device=devices[0], stop=stop)
+             device=devices[0], stop=stop,
+             on_trials=(lambda ts: on_progress(progress(name, store, target, trials=ts))) if on_progress else None)
         if stop is not None and stop.is_set():
             raise Terminated("terminated (SIGTERM)")
     else:
