@@ -55,7 +55,12 @@ def test_a_queued_supernet_is_trained_by_a_worker_and_only_by_one_in_scope(tmp_p
     assert doc["status"] == "queued" and doc["epochs_done"] == 0 and doc["job"]["id"] == 1
     code, out, _ = nas_cli("supernet", "show", "sn", "--storage", url)
     assert code == 0 and "status: job 1: queued, waiting for a 'nas worker'" in out
-    # not a study: no listing, no study's jobs show it
+    # listed as a supernet (queued, nothing measured yet), not as a study
+    code, out, _ = nas_cli("supernet", "list", "--format", "json", "--storage", url)
+    [row] = json.loads(out)
+    assert code == 0 and (row["name"], row["status"], row["epochs"], row["params"]) == ("sn", "queued", "0/2", None)
+    code, out, _ = nas_cli("supernet", "list", "--storage", url)
+    assert code == 0 and "sn" in out and "queued" in out
     code, out, _ = nas_cli("study", "list", "--format", "json", "--storage", url)
     assert code == 0 and json.loads(out) == []
     assert job_info(job)["kind"] == "supernet"
@@ -74,6 +79,8 @@ def test_a_queued_supernet_is_trained_by_a_worker_and_only_by_one_in_scope(tmp_p
 
     with TestClient(create_app(ApiSettings(storage=url, read_only=True))) as c:
         assert c.get("/supernets/sn").json()["job"]["state"] == "done"
+        [row] = c.get("/supernets").json()
+        assert (row["name"], row["status"], row["epochs"]) == ("sn", "trained", "2/2") and row["params"] > 0
     code, out, _ = _train("sn", url, "--queue")  # done: nothing queued again
     assert code == 0 and "trained already" in out and len(_jobs(url)) == 1
 

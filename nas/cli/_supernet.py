@@ -43,6 +43,8 @@ def supernet_train(
     lr: float = typer.Option(None, "--lr", help="peak learning rate (default 0.1)"),
     sandwich: int = typer.Option(None, "--sandwich", help="random subnets per step besides the largest and "
                                                            "smallest (BigNAS: 2)"),
+    dense_epochs: int = typer.Option(None, "--dense-epochs", help="epochs trained dense first, then the low-rank "
+                                     "factors start from the dense layers' SVD (default 30 %% of --epochs; 0: off)"),
     threads: int = typer.Option(1, "--threads", help="torch threads (here; a worker uses its own --threads, Ray "
                                                      "--cpus-per-trial)"),
     queue: bool = typer.Option(False, "--queue", help="queue the training for 'nas worker' instead of training "
@@ -80,7 +82,7 @@ def supernet_train(
         ray_options = check_backend_options("ray", address=address, cpus_per_trial=cpus_per_trial)
     spec = make_supernet_spec(name=name, space=space, data=data, space_options=parse_options(option),
                               input_size=input_size, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr,
-                              sandwich=sandwich)
+                              sandwich=sandwich, dense_epochs=dense_epochs)
     # Everything is checked against the database as it is before anything is written (a refused
     # request creates no database and changes none).
     store = open_store_if_exists(storage)
@@ -279,16 +281,10 @@ def supernet_show(name: str = typer.Argument(...), fmt: Format = typer.Option(Fo
 @supernet_app.command("list")
 def supernet_list(fmt: Format = typer.Option(Format.table, "--format"),
                   storage: str = typer.Option(None, "--storage", help=STORAGE_HELP)) -> None:
-    """The supernets stored in the database."""
-    from ..search import get_supernet, list_supernets, supernet_summary
+    """The supernets stored in the database, and those queued for a worker."""
+    from ..workers import supernet_rows
 
-    store = open_store(storage)
-    rows = []
-    for name in list_supernets(store):
-        r = get_supernet(store, name)
-        if r is None:
-            continue
-        rows.append(supernet_summary(store, r))
+    rows = supernet_rows(open_store(storage))  # queued ones too
     if fmt is Format.table:  # the check in two columns: tau/rho and its size
         rows = [{**{k: v for k, v in r.items() if k not in ("kendall_tau", "spearman_rho", "check_n",
                                                               "check_epochs")},

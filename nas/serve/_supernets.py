@@ -14,8 +14,8 @@ from fastapi import APIRouter
 from fastapi import Path as PathParam
 
 from .._errors import NasError
-from ..search import get_supernet, list_supernets, require_supernet, supernet_doc, supernet_summary
-from ..workers import job_info, supernet_job
+from ..search import require_supernet, supernet_doc
+from ..workers import job_info, supernet_job, supernet_rows
 from ._errors import ApiError, responses
 from ._state import READ, Nas, clean
 
@@ -28,16 +28,9 @@ SupernetName = Annotated[str, PathParam(description="supernet name", max_length=
 def supernets(nas: Nas) -> list[dict[str, Any]]:
     """Every stored supernet: space, data, status, size, its largest and smallest subnets' supernet
     accuracy, and its last ranking check (``kendall_tau``, ``spearman_rho``, ``check_n``,
-    ``check_epochs``; null without one)."""
-    rows = []
-    for name in list_supernets(nas.store):
-        try:
-            record = get_supernet(nas.store, name)
-        except NasError:  # a damaged record: left out, never the listing down
-            continue
-        if record is not None:
-            rows.append(clean(supernet_summary(nas.store, record)))
-    return rows
+    ``check_epochs``; null without one); a supernet queued for a worker with no epoch stored yet has its job's
+    state as ``status`` and nulls for what is not measured yet."""
+    return [clean(r) for r in supernet_rows(nas.store)]
 
 
 @router.get("/supernets/{name}", dependencies=READ, responses=responses(401, 404), tags=["supernets"])

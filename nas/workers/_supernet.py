@@ -28,11 +28,18 @@ from typing import Any
 from storage import JobRow, Store
 
 from .._errors import NasError, TrialInterrupted
-from ..search import SupernetSpec, prepare_supernet, train_stored_supernet
+from ..search import (
+    SupernetSpec,
+    get_supernet,
+    list_supernets,
+    prepare_supernet,
+    supernet_summary,
+    train_stored_supernet,
+)
 from ._jobs import job_info, run_claimed
 from ._liveness import Outages
 
-__all__ = ["SUPERNET_JOB", "active_supernet_job", "queue_supernet", "run_supernet_job", "supernet_job",
+__all__ = ["SUPERNET_JOB", "active_supernet_job", "queue_supernet", "run_supernet_job", "supernet_job", "supernet_rows",
            "supernet_key", "supernet_scope", "supernet_state_line"]
 
 log = logging.getLogger("nas.worker")
@@ -55,6 +62,31 @@ def supernet_job(store: Store, name: str) -> JobRow | None:
     """The latest job of supernet ``name`` (any state), None when it was never queued."""
     jobs = store.list_jobs(supernet_scope(name))
     return jobs[-1] if jobs else None
+
+
+def supernet_rows(store: Store) -> list[dict[str, Any]]:
+    """The rows of ``nas supernet list`` and ``GET /supernets``: every stored supernet
+    (:func:`nas.search.supernet_summary`), and every supernet queued for a worker that has no epoch stored
+    yet (its job's state as status, its settings, nothing measured), by name. A damaged record is left out."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name in list_supernets(store):
+        try:
+            record = get_supernet(store, name)
+        except NasError:  # a damaged record: left out, never the listing down
+            continue
+        if record is not None:
+            rows[name] = supernet_summary(store, record)
+    prefix = supernet_scope("")
+    for job in store.list_jobs():
+        name = job.study[len(prefix):]
+        if not job.study.startswith(prefix) or name in rows:
+            continue
+        settings = json.loads(job.settings_json)
+        rows[name] = {"name": name, "space": settings.get("space"), "data": settings.get("data"), "input": None,
+                      "status": job.state, "epochs": f"0/{settings.get('epochs')}", "params": None,
+                      "largest": None, "smallest": None, "kendall_tau": None, "spearman_rho": None,
+                      "check_n": None, "check_epochs": None}
+    return [rows[k] for k in sorted(rows)]
 
 
 def active_supernet_job(store: Store, name: str) -> JobRow | None:

@@ -39,9 +39,9 @@
       " epoch(s) stand-alone)";
     return el("tr", { dataset: { supernet: s.name } },
       el("td", {}, s.name),
-      el("td", {}, s.space + " on " + s.data + " (" + s.input + ")"),
+      el("td", {}, s.space + " on " + s.data + (s.input ? " (" + s.input + ")" : "")),
       el("td", {}, s.status + " " + s.epochs),
-      el("td", { class: "num" }, s.params),
+      el("td", { class: "num" }, s.params === null || s.params === undefined ? "-" : s.params),
       el("td", { class: "tau" }, check));
   }
 
