@@ -46,6 +46,7 @@ from objectives import (  # noqa: E402
     train_spec,
     train_supernet,
 )
+from objectives.train import default_dense_epochs  # noqa: E402
 from search_spaces import SuperNet, get_space  # noqa: E402
 
 #: The demo study's space options (nas/search/_demo.py).
@@ -54,10 +55,12 @@ DEMO_OPTIONS = {"max_depth": 2, "widths": [8, 16, 24, 32], "hidden": [0, 32, 64]
 
 def variant(name: str) -> dict:
     parts = set(name.split("-"))
-    unknown = parts - {"crop", "transform", "nodistill"}
+    unknown = parts - {"crop", "transform", "nodistill", "nodense"}
     if unknown or not parts & {"crop", "transform"}:
-        raise SystemExit(f"--variants: {name!r} is not a variant; accepted: crop, transform, optionally -nodistill")
-    return {"kernel_transform": "transform" in parts, "inplace_distill": "nodistill" not in parts}
+        raise SystemExit(f"--variants: {name!r} is not a variant; accepted: crop, transform, optionally -nodistill, "
+                         "-nodense")
+    return {"kernel_transform": "transform" in parts, "inplace_distill": "nodistill" not in parts,
+            "dense_epochs": 0 if "nodense" in parts else None}
 
 
 def main(argv: list[str]) -> None:
@@ -70,7 +73,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--n", type=int, default=25, help="subnets compared")
     ap.add_argument("--pool", type=int, default=400, help="random subnets drawn to pick the --n from")
     ap.add_argument("--variants", default="crop", help="comma-separated: crop, transform (kernel transform "
-                    "matrices), each optionally -nodistill (no in-place distillation)")
+                    "matrices), each optionally -nodistill (no in-place distillation), -nodense (no dense-first "
+                    "epochs: every rank trains from the start)")
     ap.add_argument("--epochs", type=int, default=20, help="supernet training epochs")
     ap.add_argument("--sandwich", type=int, default=2, help="random subnets per step besides largest and smallest")
     ap.add_argument("--lr", type=float, default=0.1)
@@ -84,6 +88,13 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--cache", default=None, help="JSON file keeping stand-alone accuracies between runs (keyed by "
+                    "data, split sizes, subnet, epochs, seed): variants of the supernet compare against one reference "
+                    "without retraining it")
+    ap.add_argument("--eval-bn-batches", default=None, help="comma-separated BN recalibration batch counts to "
+                    "evaluate every trained supernet with (default: --bn-batches)")
+    ap.add_argument("--keep", default=None, help="a directory keeping each trained supernet (by variant, epochs, "
+                    "data and seed): a rerun evaluates it again without training")
     args = ap.parse_args(argv[1:])
     torch.set_num_threads(args.threads)
     variants = [(v, variant(v)) for v in args.variants.split(",")]
@@ -106,7 +117,8 @@ def main(argv: list[str]) -> None:
     print(f"- space: {args.space} {args.options}; {len(subnets)} subnets spanning the params range of "
           f"{len(pool)} drawn{' within `' + args.budget + '`' if args.budget else ''} (seed {args.seed})")
     print(f"- supernet: {args.epochs} epochs, batch {args.batch_size}, lr {args.lr} (warm-up + cosine), sandwich "
-          f"largest + smallest + {args.sandwich} random, BN recalibration on {args.bn_batches} batches of 128")
+          f"largest + smallest + {args.sandwich} random, BN recalibration on {args.bn_batches} batches of 128; "
+          f"dense first for {default_dense_epochs(args.epochs)} epochs (variants without -nodense)")
     print(f"- stand-alone: {args.standalone_epochs} epochs, batch {args.batch_size}, lr {args.lr}, "
           f"{args.threads} thread(s)\n", flush=True)
 
@@ -116,9 +128,19 @@ def main(argv: list[str]) -> None:
     alone_s: dict[int, list[float]] = {}
     ceiling: dict[int, float | None] = {}
 
+    cache_path = Path(args.cache) if args.cache else None
+    cache: dict = json.loads(cache_path.read_text()) if cache_path and cache_path.exists() else {}
+    data_key = "|".join(map(str, (args.data, args.input_size, args.train_fraction, args.val_limit, data.sizes,
+                                  args.batch_size, args.lr)))
+
     def standalone(epochs: int, seed: int) -> tuple[list[float], list[float]]:
         accs, secs = [], []
         for spec in subnets:
+            key = f"{data_key}|{spec.hash}|{epochs}|{seed}"
+            if key in cache:
+                accs.append(cache[key]["acc"])
+                secs.append(cache[key]["seconds"])
+                continue
             t = time.perf_counter()
             try:
                 acc = train_spec(spec, data, replace(cfg, epochs=epochs, seed=seed), keep_state=False).val_accuracy
@@ -127,6 +149,9 @@ def main(argv: list[str]) -> None:
                 acc = 0.0
             accs.append(acc)
             secs.append(time.perf_counter() - t)
+            if cache_path:
+                cache[key] = {"acc": acc, "seconds": secs[-1]}
+                cache_path.write_text(json.dumps(cache))
         return accs, secs
 
     for f in fidelities:
@@ -140,6 +165,9 @@ def main(argv: list[str]) -> None:
               f"{min(alone[f]):.3f}..{max(alone[f]):.3f}"
               + (f"; Kendall tau between seeds {args.seed} and {args.seed + 1}: {ceiling[f]:.3f}"
                  if ceiling[f] is not None else ""), flush=True)
+        size_tau = rank_agreement([estimate_cost(s, data.input_shape, data.num_classes)["params"] for s in subnets],
+                                  alone[f])
+        print(f"  (ranking by parameter count alone: Kendall tau {size_tau[0]:.3f}, Spearman {size_tau[1]:.3f})")
     print()
 
     rows: list[list] = []
@@ -151,15 +179,29 @@ def main(argv: list[str]) -> None:
         n_params = sum(p.numel() for p in net.parameters())
         buf = io.BytesIO()
         torch.save(net.state_dict(), buf)
-        t = time.perf_counter()
-        result = train_supernet(net, data, replace(cfg, epochs=args.epochs), sandwich=args.sandwich,
-                                inplace_distill=kw["inplace_distill"], bn_batches=args.bn_batches)
-        train_s = time.perf_counter() - t
-        inherited, eval_s = [], []
-        for spec in subnets:
+        kept = (Path(args.keep) / f"{name}-e{args.epochs}-s{args.sandwich}-{Path(args.data).name}-{args.train_fraction}"
+                f"-{args.input_size}-seed{args.seed}.pt") if args.keep else None
+        if kept is not None and kept.exists():
+            saved = torch.load(kept, weights_only=False)
+            net.load_state_dict(saved["state"])
+            result, train_s = saved["result"], saved["seconds"]
+        else:
             t = time.perf_counter()
-            inherited.append(evaluate_subnet(net, spec, data, bn_batches=args.bn_batches))
-            eval_s.append(time.perf_counter() - t)
+            result = train_supernet(net, data, replace(cfg, epochs=args.epochs), sandwich=args.sandwich,
+                                    inplace_distill=kw["inplace_distill"], bn_batches=args.bn_batches,
+                                    dense_epochs=kw["dense_epochs"])
+            train_s = time.perf_counter() - t
+            if kept is not None:
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"state": net.state_dict(), "result": result, "seconds": train_s}, kept)
+        for bn in [int(b) for b in (args.eval_bn_batches or str(args.bn_batches)).split(",")]:
+            inherited, eval_s = [], []
+            for spec in subnets:
+                t = time.perf_counter()
+                inherited.append(evaluate_subnet(net, spec, data, bn_batches=bn))
+                eval_s.append(time.perf_counter() - t)
+            print(f"  {name} bn_batches={bn}: " + ", ".join(
+                f"{f} ep tau/rho {rank_agreement(inherited, alone[f])}" for f in fidelities), file=sys.stderr)
         per_eval = statistics.fmean(eval_s)
         taus = {}
         for f in fidelities:

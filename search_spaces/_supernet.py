@@ -687,6 +687,62 @@ class SuperNet(nn.Module):
                 x = position[p.type](x, p, act)
         return self.head(x, plan.head, act)
 
+    # ------------------------------------------------------------------------------ ranks
+    def dense_of(self, spec: ArchSpec) -> ArchSpec:
+        """``spec`` with every LightLayer dense (rank ratio 1: blocks and the head's hidden layer).
+        Raises :class:`SpecError` when that is not a subnet (the space offers no ratio 1 somewhere)."""
+        stages = tuple(dataclasses.replace(st, blocks=tuple(dataclasses.replace(b, rank_ratio=1.0) for b in st.blocks))
+                       for st in spec.stages)
+        dense = dataclasses.replace(spec, stages=stages, head=dataclasses.replace(spec.head, rank_ratio=1.0))
+        self.check(dense)
+        return dense
+
+    def has_factors_of_dense(self) -> bool:
+        """Whether some layer holds both a dense weight and low-rank factors, and every subnet has a dense
+        counterpart (the space offers rank ratio 1 everywhere): what :meth:`factors_from_dense` and the
+        dense-first training (``objectives.train_supernet``'s ``dense_epochs``) need."""
+        both = any(c.weight is not None and c.reduce is not None for c in self._convs()) or (
+            self.head.hidden_weight is not None and self.head.hidden_reduce is not None)
+        if not both:
+            return False
+        try:
+            self.dense_of(self.smallest())
+        except SpecError:
+            return False
+        return True
+
+    def _convs(self) -> list[_SuperConv]:
+        return [m for m in self.modules() if isinstance(m, _SuperConv)]
+
+    @torch.no_grad()
+    def factors_from_dense(self) -> int:
+        """Set every layer's low-rank factor pair to the truncated SVD of its dense weight (at the largest
+        widths and kernel; singular values shared as square roots, as ``LightConv2d.from_dense`` does), so
+        that a rank ``r`` subnet starts from the best rank-``r`` approximation of the dense layer the
+        supernet has trained. OFA's kernel transforms of the dense weight are copied to the factor's.
+        Returns the layers set."""
+        from ._layers import _svd_factors
+
+        n = 0
+        for conv in self._convs():
+            if conv.weight is None or conv.reduce is None or conv.depthwise:
+                continue
+            w = conv.weight
+            expand, reduce = _svd_factors(w.reshape(w.shape[0], -1), conv.reduce.shape[0])
+            conv.reduce.copy_(reduce.reshape(conv.reduce.shape).to(conv.reduce.dtype))
+            _t(conv.expand).copy_(expand.reshape(_t(conv.expand).shape).to(conv.reduce.dtype))
+            for key, m in conv.transforms.items():
+                if key.startswith("weight_"):
+                    conv.transforms["reduce_" + key[len("weight_"):]].copy_(m)
+            n += 1
+        head = self.head
+        if head.hidden_weight is not None and head.hidden_reduce is not None:
+            expand, reduce = _svd_factors(head.hidden_weight, head.hidden_reduce.shape[0])
+            head.hidden_reduce.copy_(reduce.to(head.hidden_reduce.dtype))
+            _t(head.hidden_expand).copy_(expand.to(head.hidden_reduce.dtype))
+            n += 1
+        return n
+
     # ------------------------------------------------------------------------------ extraction
     def subnet_state(self, spec: ArchSpec) -> dict[str, torch.Tensor]:
         """The weights and BN buffers of subnet ``spec`` under the names of ``build_model(spec)``

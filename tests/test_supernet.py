@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from typing import Any
 
 import pytest
@@ -224,10 +223,52 @@ def test_tiny_supernet_trains_on_digits_and_subnets_evaluate_in_a_second(digits)
     assert result.steps == 2 * -(-len(digits.y_train) // 64)
     assert result.largest is not None and result.largest > 0.5  # chance is 0.1
     assert net.active == net.largest() and not net.training
-    t = time.perf_counter()
-    acc = evaluate_subnet(net, net.largest(), digits, bn_batches=8)
-    assert time.perf_counter() - t < 1.0
+    acc = evaluate_subnet(net, net.largest(), digits, bn_batches=8)  # its time: bench/bench_supernet.py
     assert acc > 0.5 and acc == result.largest
+
+
+def _factors(net: SuperNet) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.named_parameters() if k.endswith(("reduce", "expand"))}
+
+
+def _svd_error(w: torch.Tensor, rank: int) -> float:
+    """Frobenius error of the best rank-``rank`` approximation of ``w`` (Eckart-Young)."""
+    s = torch.linalg.svdvals(w.reshape(w.shape[0], -1).double())
+    return float(s[rank:].square().sum().sqrt())
+
+
+def test_dense_first_then_every_factor_starts_from_its_dense_layers_svd(digits):
+    net = _tiny(digits)
+    assert net.has_factors_of_dense() and net.dense_of(net.smallest()) != net.smallest()
+    initial, seen = _factors(net), {}
+
+    def look(epoch, record):
+        seen[epoch] = _factors(net)
+        if epoch == 2:  # the boundary: each factor pair is the truncated SVD of its dense weight
+            for conv in (m for m in net.modules() if hasattr(m, "reduce") and m.reduce is not None):
+                product = conv.expand.flatten(1) @ conv.reduce.flatten(1)
+                error = float((conv.weight.flatten(1) - product).double().norm())
+                assert error == pytest.approx(_svd_error(conv.weight, conv.reduce.shape[0]), rel=1e-3, abs=1e-5)
+
+    train_supernet(net, digits, TrainConfig(epochs=3, batch_size=128, lr=0.1, threads=1), dense_epochs=2,
+                   on_epoch=look)
+    assert all(torch.equal(seen[1][k], v) for k, v in initial.items())  # dense first: factors untouched
+    assert not any(torch.equal(seen[2][k], v) for k, v in initial.items())  # set from the dense layers
+    assert not any(torch.equal(seen[3][k], v) for k, v in seen[2].items())  # then trained
+
+
+def test_dense_first_needs_a_dense_choice_and_fewer_epochs_than_training(digits):
+    no_dense = get_space("plain", stages=2, max_depth=1, widths=(8,), kernels=(3,), hidden=(0,), rank_ratios=(0.5,))
+    net = SuperNet.from_space(no_dense, digits.input_shape, digits.num_classes)
+    assert not net.has_factors_of_dense()
+    with pytest.raises(SpecError):
+        net.dense_of(net.smallest())
+    initial = _factors(net)
+    train_supernet(net, digits, TrainConfig(epochs=1, batch_size=256, lr=0.1, threads=1), validate=False)
+    assert not all(torch.equal(_factors(net)[k], v) for k, v in initial.items())  # trained from the start
+    for bad in (2, -1, True):
+        with pytest.raises(ValueError, match="dense_epochs"):
+            train_supernet(_tiny(digits), digits, TrainConfig(epochs=2, threads=1), dense_epochs=bad)
 
 
 def test_training_resumes_at_an_epoch_as_if_never_interrupted(digits):

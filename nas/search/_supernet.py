@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from search_spaces import SpaceError, SpecError, SuperNet, get_space
 from storage import Store
@@ -84,6 +84,8 @@ class SupernetSpec(BaseModel):
     sandwich: int = 2
     inplace_distill: bool = True
     bn_batches: int = 8
+    #: epochs trained dense first (``objectives.train_supernet``'s ``dense_epochs``); None: 30 % of ``epochs``
+    dense_epochs: int | None = None
 
     @field_validator("name")
     @classmethod
@@ -118,6 +120,14 @@ class SupernetSpec(BaseModel):
     def _sandwich(cls, v: int) -> int:
         if not 0 <= v <= 64:
             raise ValueError(f"got {v}; accepted: 0 to 64 random subnets per step")
+        return v
+
+    @field_validator("dense_epochs")
+    @classmethod
+    def _dense_epochs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        epochs = info.data.get("epochs")
+        if v is not None and isinstance(epochs, int) and not 0 <= v < epochs:
+            raise ValueError(f"got {v}; accepted: 0 to {epochs - 1} (fewer than the {epochs} epochs)")
         return v
 
     @field_validator("lr")
@@ -363,7 +373,8 @@ def train_stored_supernet(spec: SupernetSpec, store: Store, *, prepared: tuple |
             on_epoch(entry)
 
     train_supernet(net, data, spec.train_config(threads), sandwich=spec.sandwich,
-                   inplace_distill=spec.inplace_distill, bn_batches=spec.bn_batches, on_epoch=stored, resume=resume)
+                   inplace_distill=spec.inplace_distill, bn_batches=spec.bn_batches, on_epoch=stored, resume=resume,
+                   dense_epochs=spec.dense_epochs)
     return record
 
 

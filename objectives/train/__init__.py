@@ -40,8 +40,10 @@ from ._proxies import (
     vote_scores,
 )
 from ._supernet import (
+    DENSE_FRACTION,
     SupernetEpoch,
     SupernetResult,
+    default_dense_epochs,
     evaluate_subnet,
     rank_agreement,
     recalibrate_bn,
@@ -64,6 +66,7 @@ __all__ = [
     "AMP_MODES",
     "AUGMENTATIONS",
     "DATA_SOURCES",
+    "DENSE_FRACTION",
     "PROXIES",
     "VOTE",
     "VOTE_MEMBERS",
@@ -82,6 +85,7 @@ __all__ = [
     "augment_batch",
     "check_proxy",
     "check_source",
+    "default_dense_epochs",
     "describe_sources",
     "device_plan",
     "evaluate",

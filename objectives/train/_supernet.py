@@ -44,8 +44,8 @@ from ._data import Dataset
 from ._distill import kd_loss
 from ._train import TrainConfig, TrainingError, _lr_factor, _param_groups, _seeded, evaluate, num_threads
 
-__all__ = ["SupernetEpoch", "SupernetResult", "evaluate_subnet", "rank_agreement", "recalibrate_bn",
-           "spanning_subnets", "train_supernet"]
+__all__ = ["DENSE_FRACTION", "SupernetEpoch", "SupernetResult", "default_dense_epochs", "dense_phase",
+           "evaluate_subnet", "rank_agreement", "recalibrate_bn", "spanning_subnets", "train_supernet"]
 
 # ---------------------------------------------------------------------------------------- BN
 
@@ -238,7 +238,7 @@ def train_supernet(supernet: SuperNet, data: Dataset, config: TrainConfig, *, ep
                    sandwich: int = 2, inplace_distill: bool = True, distill_temperature: float = 1.0,
                    distill_alpha: float = 1.0, validate: bool = True, bn_batches: int = 8,
                    on_epoch: Callable[[int, SupernetEpoch], None] | None = None,
-                   resume: dict[str, Any] | None = None) -> SupernetResult:
+                   resume: dict[str, Any] | None = None, dense_epochs: int | None = None) -> SupernetResult:
     """Train ``supernet`` in place on ``data`` with the sandwich rule and in-place distillation.
 
     Args:
@@ -257,6 +257,15 @@ def train_supernet(supernet: SuperNet, data: Dataset, config: TrainConfig, *, ep
             ``resume`` takes. Exceptions propagate.
         resume: a checkpoint of an earlier run with the same arguments: training goes on from
             the epoch after it, with the same steps as an uninterrupted run.
+        dense_epochs: train dense first (OFA's progressive shrinking, applied to LightLayer ranks):
+            in epochs 1..``dense_epochs`` every subnet trained is made dense (rank ratio 1
+            everywhere: the largest, the smallest's and the random subnets' dense counterparts);
+            at the end of epoch ``dense_epochs`` each low-rank factor pair is set to the truncated
+            SVD of its layer's trained dense weight (:meth:`SuperNet.factors_from_dense`), then
+            every subnet trains. Low-rank factors shared by every width, depth and kernel learn
+            several times slower from random initialisation than dense weights do (BENCHMARKS.md
+            section 15). None: :func:`default_dense_epochs`; 0: off. Ignored (0) for a supernet
+            without both forms (:meth:`SuperNet.has_factors_of_dense`).
 
     Returns:
         A :class:`SupernetResult`; the supernet is left in eval mode, set to its largest subnet.
@@ -273,6 +282,7 @@ def train_supernet(supernet: SuperNet, data: Dataset, config: TrainConfig, *, ep
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if isinstance(sandwich, bool) or not isinstance(sandwich, int) or sandwich < 0:
         raise ValueError(f"sandwich must be a non-negative integer, got {sandwich!r}")
+    dense_epochs = dense_phase(supernet, epochs, dense_epochs)
     if tuple(data.input_shape) != tuple(supernet.input_shape) or data.num_classes != supernet.num_classes:
         raise SpecError(f"data: {data.name} has input {'x'.join(map(str, data.input_shape))} and "
                         f"{data.num_classes} classes, the supernet takes "
@@ -297,6 +307,7 @@ def train_supernet(supernet: SuperNet, data: Dataset, config: TrainConfig, *, ep
             optimizer.load_state_dict(resume["optimizer"])
         loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         largest, smallest = supernet.largest(), supernet.smallest()
+        dense_smallest = supernet.dense_of(smallest) if dense_epochs else smallest
 
         def student_loss(out: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             if inplace_distill:
@@ -339,6 +350,8 @@ def train_supernet(supernet: SuperNet, data: Dataset, config: TrainConfig, *, ep
                 loss.backward()
                 teacher = out.detach()
                 others = [smallest] + [supernet.sample(rng) for _ in range(sandwich)]
+                if epoch <= dense_epochs:  # dense first: the dense counterparts (same draws)
+                    others = [dense_smallest] + [supernet.dense_of(o) for o in others[1:]]
                 total = torch.zeros((), device=dev)
                 for spec in others:
                     supernet.set_active(spec)
@@ -359,6 +372,8 @@ def train_supernet(supernet: SuperNet, data: Dataset, config: TrainConfig, *, ep
                     raise TrainingError(f"non-finite loss at epoch {epoch} step {k + 1} (largest {a}, others {b}, "
                                         f"lr={lr:.3g})")
             seen = max(1, sum(sizes))
+            if epoch == dense_epochs:  # the ranks open: factors start from the trained dense layers
+                supernet.factors_from_dense()
             record = SupernetEpoch(
                 epoch=epoch, loss=sum(v * s for v, s in zip(values, sizes, strict=True)) / seen,
                 student_loss=sum(v * s for v, s in zip(s_values, sizes, strict=True)) / seen,
@@ -374,6 +389,31 @@ def train_supernet(supernet: SuperNet, data: Dataset, config: TrainConfig, *, ep
         supernet.eval()
     return SupernetResult(curve=curve, steps=step, seconds=time.perf_counter() - t0,
                           epochs_run=epoch, timed_out=timed_out)
+
+
+#: Share of a supernet's epochs trained dense first (``train_supernet``'s ``dense_epochs``): measured in
+#: BENCHMARKS.md section 15 (digits: random subnets' supernet accuracy 0.53-0.68 without, 0.91-0.96 with 6 of 20).
+DENSE_FRACTION = 0.3
+
+
+def default_dense_epochs(epochs: int) -> int:
+    """The dense-first epochs of a supernet trained ``epochs`` epochs: :data:`DENSE_FRACTION` of them,
+    rounded, leaving at least one epoch for every rank (0 for a single epoch)."""
+    return min(epochs - 1, max(0, round(DENSE_FRACTION * epochs)))
+
+
+def dense_phase(supernet: SuperNet, epochs: int, dense_epochs: int | None) -> int:
+    """The dense-first epochs ``train_supernet`` runs (see its ``dense_epochs``).
+
+    Raises:
+        ValueError: ``dense_epochs`` not an integer from 0 to ``epochs - 1``.
+    """
+    if dense_epochs is not None and (isinstance(dense_epochs, bool) or not isinstance(dense_epochs, int)
+                                     or not 0 <= dense_epochs < max(1, epochs)):
+        raise ValueError(f"dense_epochs must be an integer from 0 to epochs - 1 ({epochs - 1}), got {dense_epochs!r}")
+    if not supernet.has_factors_of_dense():
+        return 0
+    return default_dense_epochs(epochs) if dense_epochs is None else dense_epochs
 
 
 def _cpu(obj: Any) -> Any:
