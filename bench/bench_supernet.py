@@ -209,7 +209,8 @@ def main(argv: list[str]) -> None:
             taus[f] = (tau, rho)
             mean_alone = statistics.fmean(alone_s[f])
             gap = statistics.fmean(a - b for a, b in zip(alone[f], inherited, strict=True))
-            rows.append([name, f, len(subnets), tau, rho, ceiling[f], result.largest, result.smallest, gap,
+            rows.append([name, f, len(subnets), tau, rho, ceiling[f], result.largest, result.smallest,
+                         f"{statistics.fmean(inherited):.3f} ({min(inherited):.3f}..{max(inherited):.3f})", gap,
                          f"{train_s:.1f} s", f"{train_s / mean_alone:.1f}", f"{per_eval:.3f} s",
                          f"{per_eval / mean_alone:.4f}", f"{n_params:,}", f"{len(buf.getvalue()):,}"])
         records["variants"][name] = {"inherited": inherited, "eval_seconds": eval_s, "train_seconds": train_s,
@@ -222,7 +223,8 @@ def main(argv: list[str]) -> None:
             Path(args.json).write_text(json.dumps(records, default=lambda v: None))
     print(table(["variant", "stand-alone epochs", "subnets", "Kendall tau", "Spearman rho",
                  "tau between 2 stand-alone seeds", "largest (val)", "smallest (val)",
-                 "mean acc gap (alone - inherited)", "supernet training", "x one stand-alone",
+                 "subnets' supernet accuracy: mean (range)", "mean acc gap (alone - inherited)", "supernet training",
+                 "x one stand-alone",
                  "per subnet eval", "x one stand-alone", "supernet params", "state_dict bytes"], rows))
     print("\nper subnet (params, stand-alone val accuracy per fidelity, inherited accuracy per variant):\n")
     per = []

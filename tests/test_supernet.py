@@ -247,7 +247,7 @@ def test_dense_first_then_every_factor_starts_from_its_dense_layers_svd(digits):
         if epoch == 2:  # the boundary: each factor pair is the truncated SVD of its dense weight
             for conv in (m for m in net.modules() if hasattr(m, "reduce") and m.reduce is not None):
                 product = conv.expand.flatten(1) @ conv.reduce.flatten(1)
-                error = float((conv.weight.flatten(1) - product).double().norm())
+                error = float((conv.weight.flatten(1) - product).detach().double().norm())
                 assert error == pytest.approx(_svd_error(conv.weight, conv.reduce.shape[0]), rel=1e-3, abs=1e-5)
 
     train_supernet(net, digits, TrainConfig(epochs=3, batch_size=128, lr=0.1, threads=1), dense_epochs=2,

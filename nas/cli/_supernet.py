@@ -216,6 +216,8 @@ def supernet_show(name: str = typer.Argument(...), fmt: Format = typer.Option(Fo
                   storage: str = typer.Option(None, "--storage", help=STORAGE_HELP)) -> None:
     """Settings, size, per-epoch curve, status, its queued job (if any) and last ranking check ('nas supernet
     check') of a supernet."""
+    from objectives import default_dense_epochs
+
     from ..search import get_supernet, require_supernet, supernet_doc
     from ..workers import job_info, supernet_job, supernet_state_line
 
@@ -251,6 +253,10 @@ def supernet_show(name: str = typer.Argument(...), fmt: Format = typer.Option(Fo
         " (running, or stopped: rerun 'nas supernet train' with the same settings to resume)")
     rows = [{"field": k, "value": json.dumps(v) if isinstance(v, (dict, list)) else v}
             for k, v in record.spec.model_dump().items()]
+    for r in rows:
+        if r["field"] == "dense_epochs" and r["value"] is None:
+            r["value"] = (f"auto ({default_dense_epochs(record.spec.epochs)}: 30 % of epochs, where layers are dense "
+                          "or low-rank)")
     rows += [{"field": "input_shape", "value": "x".join(map(str, record.input_shape))},
              {"field": "num_classes", "value": record.config["num_classes"]},
              {"field": "fitted options", "value": json.dumps(record.config["options"])}]
