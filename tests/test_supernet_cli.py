@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OPTIONS, nas_cli
+from conftest import NAS, TINY_OPTIONS, nas_cli, wait_until
 
 import nas.cli._supernet as cli_supernet
 from nas.search import SUPERNET_PREFIX, load_supernet
+from nas.workers import lease_holder
 from storage import Store
 
 torch.set_num_threads(1)
@@ -225,3 +229,37 @@ def test_a_study_on_a_supernet_refuses_bad_input_in_one_line(trained: str, tmp_p
     assert _artifacts(trained) == before
     code, out, _ = nas_cli("study", "list", "--format", "json", "--storage", trained)
     assert "s9" not in {r["name"] for r in json.loads(out)} and "c1" not in {r["name"] for r in json.loads(out)}
+
+
+def test_a_second_training_of_one_name_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    """Two foreground `nas supernet train` of one name would write the same records: the second (and a --queue)
+    is refused in one line naming the first; Ctrl-C frees the name, and so does kill -9 (at once on one host)."""
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    args = ["supernet", "train", "busy", "--space", "plain", *TINY_OPTIONS, "--epochs", "1000", "--threads", "1",
+            "--quiet", "--storage", url]
+
+    def holder() -> str | None:
+        store = Store(url)
+        try:
+            return lease_holder(store, "busy")
+        finally:
+            store.close()
+
+    for stop in (signal.SIGINT, signal.SIGKILL):
+        first = subprocess.Popen([NAS, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(lambda: Path(tmp_path / "nas.db").exists() and holder(), "the first training's lease")
+            for extra in ([], ["--queue"]):
+                code, out, err = nas_cli(*args, *extra)
+                assert code == 2 and out == "" and err.count("\n") == 1, err
+                assert f"supernet 'busy' is being trained by {socket.gethostname()}:{first.pid} " in err
+            first.send_signal(stop)
+            first.wait(timeout=120)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        assert holder() is None  # free again: removed on Ctrl-C, its process gone after kill -9
+        if stop == signal.SIGINT:
+            assert not any(k.endswith("lease.json") for k in _artifacts(url))
+    code, out, err = nas_cli(*args, "--queue")  # the name is usable again
+    assert code == 0 and "queued supernet busy" in out, err

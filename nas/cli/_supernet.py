@@ -59,7 +59,7 @@ def supernet_train(
     """Train a supernet of a space and store it; rerun the same command to resume after Ctrl-C or a crash.
     --queue: a 'nas worker' trains it; --backend ray: one Ray task trains it."""
     from ..search import make_supernet_spec, prepare_supernet, train_stored_supernet
-    from ..workers import active_supernet_job, queue_supernet, supernet_state_line
+    from ..workers import active_supernet_job, lease_holder, queue_supernet, supernet_state_line, training_lease
     from ..workers.ray import check_backend_options
     from ._common import UsageError
 
@@ -92,6 +92,10 @@ def supernet_train(
         out.print(f"supernet {name} is trained already ({existing.epochs_done} epochs); 'nas supernet show {name}'")
         return
     active = active_supernet_job(store, name) if store is not None else None
+    holder = lease_holder(store, name) if store is not None else None
+    if holder is not None:
+        raise UsageError(f"supernet {name!r} is being trained by {holder}; accepted: wait for it (or stop it), then "
+                         "rerun to resume, or another name")
     if queue:
         store = store or open_store(storage, mode="create")
         job, created = queue_supernet(spec, store)
@@ -118,13 +122,14 @@ def supernet_train(
             err.print(_epoch_line(entry, spec.epochs), highlight=False, markup=False)
 
     try:
-        if ray_options is not None:
-            from ..workers.ray import run_supernet_ray
+        with training_lease(store, name):  # a second training of this name meanwhile is refused
+            if ray_options is not None:
+                from ..workers.ray import run_supernet_ray
 
-            record = run_supernet_ray(spec, store, options=ray_options, on_epoch=line,
-                                      say=lambda m: err.print(m, highlight=False, markup=False, soft_wrap=True))
-        else:
-            record = train_stored_supernet(spec, store, prepared=prepared, threads=threads, on_epoch=line)
+                record = run_supernet_ray(spec, store, options=ray_options, on_epoch=line,
+                                          say=lambda m: err.print(m, highlight=False, markup=False, soft_wrap=True))
+            else:
+                record = train_stored_supernet(spec, store, prepared=prepared, threads=threads, on_epoch=line)
     except KeyboardInterrupt:
         from ..search import get_supernet
 

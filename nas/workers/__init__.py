@@ -9,16 +9,18 @@ from ._liveness import Heartbeat, Outages, wait_for_database
 from ._local import Progress, check_run, check_run_args, progress, run_study, work
 from ._supernet import (
     active_supernet_job,
+    lease_holder,
     queue_supernet,
     supernet_job,
     supernet_rows,
     supernet_scope,
     supernet_state_line,
+    training_lease,
 )
 from ._worker import StudyWorker, finished, run_worker
 
 __all__ = ["Heartbeat", "Outages", "Progress", "StudyWorker", "active_supernet_job", "candidate_info",
-           "check_run", "check_run_args", "finished", "iso_utc", "job_info",
+           "check_run", "check_run_args", "finished", "iso_utc", "job_info", "lease_holder",
            "progress", "queue_refinement", "queue_supernet", "run_job", "run_study",
-           "run_worker", "supernet_job", "supernet_rows", "supernet_scope", "supernet_state_line", "wait_for_database",
-           "work"]
+           "run_worker", "supernet_job", "supernet_rows", "supernet_scope", "supernet_state_line", "training_lease",
+           "wait_for_database", "work"]

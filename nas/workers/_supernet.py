@@ -18,17 +18,22 @@ takes it again. Either way the next run resumes at the last stored epoch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import socket
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from storage import JobRow, Store
 
 from .._errors import NasError, TrialInterrupted
 from ..search import (
+    SUPERNET_PREFIX,
     SupernetSpec,
     get_supernet,
     list_supernets,
@@ -37,10 +42,11 @@ from ..search import (
     train_stored_supernet,
 )
 from ._jobs import job_info, run_claimed
-from ._liveness import Outages
+from ._liveness import Heartbeat, Outages
 
 __all__ = ["SUPERNET_JOB", "active_supernet_job", "queue_supernet", "run_supernet_job", "supernet_job", "supernet_rows",
-           "supernet_key", "supernet_scope", "supernet_state_line"]
+           "supernet_key", "supernet_scope", "supernet_state_line",
+           "lease_holder", "training_lease"]
 
 log = logging.getLogger("nas.worker")
 
@@ -87,6 +93,73 @@ def supernet_rows(store: Store) -> list[dict[str, Any]]:
                       "largest": None, "smallest": None, "kendall_tau": None, "spearman_rho": None,
                       "check_n": None, "check_epochs": None}
     return [rows[k] for k in sorted(rows)]
+
+
+#: Seconds between the beats of a foreground training's lease (:func:`training_lease`); 3 missed: it is free.
+LEASE_INTERVAL = 10.0
+
+
+def _lease_key(name: str) -> str:
+    return f"{SUPERNET_PREFIX}{name}/lease.json"
+
+
+def _holder(doc: dict[str, Any], interval: float) -> str | None:
+    """Who holds a stored lease, with its age, or None when it is free: its beats stopped (3 intervals), or its
+    process is gone (same host, no such pid: a kill -9 frees it at once)."""
+    age = time.time() - float(doc.get("heartbeat", 0.0))
+    if age > 3 * interval:
+        return None
+    if doc.get("host") == socket.gethostname() and isinstance(doc.get("pid"), int):
+        try:
+            os.kill(doc["pid"], 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # another user's live process
+            pass
+    return f"{doc.get('host')}:{doc.get('pid')} (last heartbeat {max(0.0, age):.0f} s ago)"
+
+
+def lease_holder(store: Store, name: str, *, interval: float = LEASE_INTERVAL) -> str | None:
+    """Who trains supernet ``name`` in the foreground now (another process; see :func:`training_lease`), or None."""
+    blob = store.get_artifact(_lease_key(name))
+    if not blob:
+        return None
+    doc = json.loads(blob)
+    if doc.get("host") == socket.gethostname() and doc.get("pid") == os.getpid():
+        return None
+    return _holder(doc, interval)
+
+
+@contextlib.contextmanager
+def training_lease(store: Store, name: str, *, interval: float = LEASE_INTERVAL) -> Iterator[None]:
+    """Hold supernet ``name``'s training lease while the block runs (``nas supernet train`` in the foreground):
+    a second training of the same name meanwhile, here or on another host, is refused instead of writing the
+    same records. The lease is a stored artifact refreshed every ``interval`` seconds and removed at the end;
+    one left by a killed process is free once 3 beats are missed (at once on the same host).
+
+    Raises:
+        NasError: another live process holds it (one line naming it).
+    """
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    key = _lease_key(name)
+
+    def write() -> None:
+        store.put_artifact(key, json.dumps({**me, "heartbeat": time.time()}).encode())
+
+    with store.lock(f"supernet-lease:{name}"):
+        holder = lease_holder(store, name, interval=interval)
+        if holder is not None:
+            raise NasError(f"supernet {name!r} is being trained by {holder}; accepted: wait for it (or stop it), "
+                           "then rerun to resume, or another name")
+        write()
+    try:
+        with Heartbeat(write, interval, "supernet-lease", first=False):
+            yield
+    finally:
+        with contextlib.suppress(Exception), store.lock(f"supernet-lease:{name}"):
+            blob = store.get_artifact(key)
+            if blob and json.loads(blob).get("pid") == me["pid"] and json.loads(blob).get("host") == me["host"]:
+                store.put_artifacts({key: None})
 
 
 def active_supernet_job(store: Store, name: str) -> JobRow | None:
