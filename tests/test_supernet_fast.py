@@ -203,11 +203,22 @@ def test_a_second_study_starts_from_the_subnets_evaluated_before(trained: str) -
     if len(front) <= len(seeded):
         assert set(front) <= {t.user_attrs["spec_hash"] for t in seeded}
 
-    # a rerun with a higher target seeds only subnets the study does not hold yet
-    code, out, err = nas_cli("study", "run", "narrow", "--trials", "30", "--quiet", "--storage", trained)
+    # Two workers on a new study: seeded once (by one of them), no subnet twice; a rerun does not seed again.
+    known = {t.user_attrs["spec_hash"]: t.values[0] for name in optuna.get_all_study_names(trained)
+             for t in _trials(name, trained) if t.user_attrs.get("status") == "supernet"
+             and t.user_attrs["cost"]["params"] <= 3000}
+    _create("narrow2", trained, 20, budget="params<=3k")
+    done: list[int] = []
+    threads = [threading.Thread(target=lambda i=i: done.append(work("narrow2", trained, worker=i))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert len(done) == 2
+    seeded = [t.user_attrs["spec_hash"] for t in _trials("narrow2", trained) if "warm_start" in t.user_attrs]
+    assert len(seeded) == min(10, len(known)) and len(set(seeded)) == len(seeded)
+    code, _, err = nas_cli("study", "run", "narrow2", "--trials", "30", "--quiet", "--storage", trained)
     assert code == 0, err
-    again = _trials("narrow", trained)
-    first_hashes = {t.user_attrs.get("spec_hash") for t in trials}
-    assert not [t for t in again[len(trials):] if "warm_start" in t.user_attrs
-                and t.user_attrs["spec_hash"] in first_hashes]
+    again = _trials("narrow2", trained)
+    assert _counted(again) == 30 and sum("warm_start" in t.user_attrs for t in again) == len(seeded)
     _numbers_unique(again)

@@ -19,6 +19,11 @@ state, values; its number is the stored study's). A crash loses at most the batc
 twice (a write retried after the connection dropped looks for its trial first). Ctrl-C or SIGTERM
 stores the batch's finished trials, then raises as the standard loop does. Trials queued to run
 (WAITING: retries, warm starts) are run by the standard loop first.
+
+The first fast worker of a study seeds it (:meth:`SupernetMirror.seed`): subnets that any study evaluated before on
+the same supernet weights and that fit this study's space and budget fill up to half its slots, best first, queued in
+that worker's mirror (not in the database: read back in milliseconds, they would cost the standard loop's per-trial
+writes). ``nas worker`` runs supernet studies trial by trial, without the seed.
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ PAGE = 1000
 RESERVED = "lightnas:reserved:"
 #: Share of a study's slots that subnets evaluated before on its supernet weights may fill (``SupernetMirror.seed``).
 SEED_SHARE = 0.5
+#: Study system attribute: the study was seeded (how many subnets), by the first fast worker that ran it.
+SEEDED = "lightnas:seeded"
+#: Stored evaluations read when seeding a study (the most accurate first): bounds a worker's start.
+SEED_READ = 20_000
 #: A reservation older than this is of a worker that died mid-batch: its slots are free again.
 RESERVATION_TTL = 60.0
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -118,18 +127,17 @@ class SupernetMirror:
         """Queue, in the mirror, subnets of the study's supernet weights that were evaluated before (by any
         study: another budget, another device) and lie in this study's space and budget, up to ``share`` of
         the slots left, the best first (Pareto layers under this study's objectives): they run first, read
-        back instead of evaluated, and the sampler starts from them. Returns how many."""
+        back instead of evaluated, and the sampler starts from them. A study is seeded once, by the first
+        fast worker that runs it (a stored mark, set under the study's lock): other workers and reruns do not
+        seed it again. Returns how many this worker queued."""
         sw = self.sw
         obj = sw.objective
         key = getattr(obj, "inherited_key", None)
         if key is None:
             return 0
         have = {t.user_attrs.get("spec_hash") for t in self.mirror.get_trials(deepcopy=False)}
-        room = int(share * (sw.target - len(have)))
-        if room <= 0:
-            return 0
         cands: list[tuple[dict, list[float]]] = []
-        for spec_hash, accuracy, spec_json in self.store.evaluated_at(key):
+        for spec_hash, accuracy, spec_json in self.store.evaluated_at(key)[:SEED_READ]:
             if spec_hash in have:
                 continue
             spec = ArchSpec.from_json(spec_json)
@@ -143,6 +151,13 @@ class SupernetMirror:
             values = objective_values(sw.ctx.study_spec, accuracy, cost)
             cands.append((params, [-v if d == "maximize" else v
                                    for v, d in zip(values, sw.ctx.study_spec.directions, strict=True)]))
+        storage = self.store.optuna
+        with self.store.lock(f"study:{self.name}"):
+            if SEEDED in storage.get_study_system_attrs(self.study_id):
+                return 0
+            counts = self.store.study_counts(self.name)
+            room = min(len(cands), int(share * (sw.target - counts["COUNTED"] - counts.get("WAITING", 0))))
+            storage.set_study_system_attr(self.study_id, SEEDED, max(0, room))
         order: list[int] = []
         left = np.arange(len(cands))
         while len(order) < room and len(left):  # Pareto layers, the front first
@@ -152,10 +167,9 @@ class SupernetMirror:
         source = f"evaluated before on supernet {sw.ctx.study_spec.supernet}"
         for i in order[:room]:
             self.mirror.enqueue_trial(cands[i][0], user_attrs={"warm_start": source})
-        if order:
-            log.info("%s: %d subnets evaluated before on these supernet weights queued first", self.name,
-                     min(room, len(order)))
-        return min(room, len(order))
+        if room > 0:
+            log.info("%s: %d subnets evaluated before on these supernet weights queued first", self.name, room)
+        return max(0, room)
 
     # -- the mirror -> the stored study -----------------------------------------------------------
 
@@ -266,8 +280,8 @@ class SupernetMirror:
             self.mirror.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
     def trials(self) -> list[FrozenTrial]:
-        """The study's finished trials as this worker sees them (stored, or pulled from the database at its last
-        read): what a progress display needs without reading the database."""
+        """The study's trials as this worker sees them (stored by it or pulled from the database at its last read,
+        and its queued seeds, not started yet): what a progress display counts without reading every trial."""
         return [t for t in self.mirror.get_trials(deepcopy=False) if t.number not in self.dropped]
 
     def _streak_error(self, max_failures: int, rejection_streak: int) -> str | None:
