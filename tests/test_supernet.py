@@ -257,6 +257,45 @@ def test_dense_first_then_every_factor_starts_from_its_dense_layers_svd(digits):
     assert not any(torch.equal(seen[3][k], v) for k, v in seen[2].items())  # then trained
 
 
+def test_factors_from_dense_covers_the_hidden_layer_and_kernel_transforms(digits):
+    space = get_space("plain", stages=2, max_depth=1, widths=(8, 16), kernels=(3, 5), hidden=(0, 32),
+                      rank_ratios=(1.0, 0.5))
+    net = SuperNet.from_space(space, digits.input_shape, digits.num_classes, kernel_transform=True)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.ndim == 2 and p.shape[0] == p.shape[1]:  # a transform matrix: away from the identity
+                p.add_(0.1 * torch.randn_like(p))
+    assert net.factors_from_dense() >= 3  # the convolutions that hold both forms, and the hidden layer
+    head = net.head
+    product = head.hidden_expand @ head.hidden_reduce
+    error = float((head.hidden_weight - product).detach().double().norm())
+    assert error == pytest.approx(_svd_error(head.hidden_weight, head.hidden_reduce.shape[0]), rel=1e-3, abs=1e-5)
+    convs = [m for m in net.modules() if getattr(m, "transforms", None) and m.reduce is not None]
+    assert convs
+    for conv in convs:  # a cropped low-rank kernel goes through the dense kernel's transform
+        for key, m in conv.transforms.items():
+            if key.startswith("weight_"):
+                assert torch.equal(conv.transforms["reduce_" + key[len("weight_"):]], m)
+
+
+def test_dense_first_training_resumes_inside_the_dense_epochs_as_if_never_interrupted(digits):
+    config = TrainConfig(epochs=3, batch_size=128, lr=0.1, threads=1)
+    whole = _tiny(digits)
+    train_supernet(whole, digits, config, validate=False, dense_epochs=2)
+    saved = {}
+
+    def stop_after_first(epoch, record):
+        saved["checkpoint"] = record.checkpoint()
+        raise KeyboardInterrupt
+
+    interrupted = _tiny(digits)
+    with pytest.raises(KeyboardInterrupt):
+        train_supernet(interrupted, digits, config, validate=False, on_epoch=stop_after_first, dense_epochs=2)
+    resumed = _tiny(digits)
+    train_supernet(resumed, digits, config, validate=False, resume=saved["checkpoint"], dense_epochs=2)
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in whole.state_dict().items())
+
+
 def test_dense_first_needs_a_dense_choice_and_fewer_epochs_than_training(digits):
     no_dense = get_space("plain", stages=2, max_depth=1, widths=(8,), kernels=(3,), hidden=(0,), rank_ratios=(0.5,))
     net = SuperNet.from_space(no_dense, digits.input_shape, digits.num_classes)

@@ -129,6 +129,8 @@ def test_an_interrupted_training_resumes_at_its_stored_epoch_as_if_never_stopped
     (["--space", "plain", "--epochs", "0"], "epochs: got 0; accepted: 1 to 10000"),
     (["--space", "plain", "--epochs", "3", "--dense-epochs", "3"],
      "dense_epochs: got 3; accepted: 0 to 2 (fewer than the 3 epochs)"),
+    (["--space", "plain", "--option", "rank_ratios=(0.5,)", "--epochs", "3", "--dense-epochs", "2"],
+     "dense_epochs: got 2; accepted: 0 or unset, since no layer of this space is both dense and low-rank"),
     (["--space", "plain", *TINY_OPTIONS[:-2], "--epochs", "2"],
      "supernet 'sn' exists with other settings: stored space_options {\"hidden\": [0], "),
 ])
@@ -263,3 +265,24 @@ def test_a_second_training_of_one_name_is_refused_while_the_first_runs(tmp_path:
             assert not any(k.endswith("lease.json") for k in _artifacts(url))
     code, out, err = nas_cli(*args, "--queue")  # the name is usable again
     assert code == 0 and "queued supernet busy" in out, err
+
+
+def test_a_supernet_stored_before_dense_first_training_reads_as_0_and_the_same_command_finds_it(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    assert _train("old", url, "--dense-epochs", "0")[0] == 0
+    store = Store(url)
+    try:  # the record as a lightnas without dense-first training wrote it: no such setting
+        key = f"{SUPERNET_PREFIX}old/record.json"
+        doc = json.loads(store.get_artifact(key) or b"{}")
+        del doc["spec"]["dense_epochs"]
+        store.put_artifact(key, json.dumps(doc).encode())
+    finally:
+        store.close()
+    code, out, _ = nas_cli("supernet", "show", "old", "--format", "json", "--storage", url)
+    doc = json.loads(out)
+    assert code == 0 and doc["settings"]["dense_epochs"] == 0 and doc["dense_epochs"] == 0
+    code, out, err = _train("old", url)  # dense_epochs unset: the stored supernet's, not "other settings"
+    assert code == 0 and "trained already" in out, err
+    code, _, err = _train("old", url, "--dense-epochs", "1")
+    assert code == 2 and "stored dense_epochs 0 (given 1)" in err

@@ -222,3 +222,18 @@ def test_a_second_study_starts_from_the_subnets_evaluated_before(trained: str) -
     again = _trials("narrow2", trained)
     assert _counted(again) == 30 and sum("warm_start" in t.user_attrs for t in again) == len(seeded)
     _numbers_unique(again)
+
+
+def test_the_progress_shown_from_the_workers_trials_is_the_stored_studys(trained: str) -> None:
+    from nas.workers import progress
+
+    _create("shown", trained, 30, budget="params<=3k")
+    seen: list = []
+    store = Store(trained)
+    try:
+        work("shown", trained, on_trials=lambda ts: seen.append(progress("shown", store, trials=ts)))
+        stored = progress("shown", store)
+    finally:
+        store.close()
+    assert len(seen) >= 2 and seen[-1] == stored and stored.finished == 30
+    assert [p.finished for p in seen] == sorted(p.finished for p in seen)  # it grows batch by batch

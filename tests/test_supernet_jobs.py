@@ -61,6 +61,14 @@ def test_a_queued_supernet_is_trained_by_a_worker_and_only_by_one_in_scope(tmp_p
     assert code == 0 and (row["name"], row["status"], row["epochs"], row["params"]) == ("sn", "queued", "0/2", None)
     code, out, _ = nas_cli("supernet", "list", "--storage", url)
     assert code == 0 and "sn" in out and "queued" in out
+    from fastapi.testclient import TestClient
+
+    from nas.serve import ApiSettings, create_app
+
+    with TestClient(create_app(ApiSettings(storage=url, read_only=True))) as c:
+        assert [(r["name"], r["status"]) for r in c.get("/supernets").json()] == [("sn", "queued")]
+        one = c.get("/supernets/sn")
+        assert one.status_code == 200 and one.json()["status"] == "queued" and one.json()["job"]["id"] == 1
     code, out, _ = nas_cli("study", "list", "--format", "json", "--storage", url)
     assert code == 0 and json.loads(out) == []
     assert job_info(job)["kind"] == "supernet"
@@ -73,10 +81,6 @@ def test_a_queued_supernet_is_trained_by_a_worker_and_only_by_one_in_scope(tmp_p
     doc = _show("sn", url)
     assert doc["status"] == "trained" and [c["epoch"] for c in doc["curve"]] == [1, 2]
     assert doc["job"]["state"] == "done" and doc["job"]["progress"]["epochs_done"] == 2
-    from fastapi.testclient import TestClient
-
-    from nas.serve import ApiSettings, create_app
-
     with TestClient(create_app(ApiSettings(storage=url, read_only=True))) as c:
         assert c.get("/supernets/sn").json()["job"]["state"] == "done"
         [row] = c.get("/supernets").json()

@@ -44,7 +44,7 @@ def supernet_train(
     sandwich: int = typer.Option(None, "--sandwich", help="random subnets per step besides the largest and "
                                                            "smallest (BigNAS: 2)"),
     dense_epochs: int = typer.Option(None, "--dense-epochs", help="epochs trained dense first, then the low-rank "
-                                     "factors start from the dense layers' SVD (default 30 %% of --epochs; 0: off)"),
+                                     "factors start from the dense layers' SVD (default 30 % of --epochs; 0: off)"),
     threads: int = typer.Option(1, "--threads", help="torch threads (here; a worker uses its own --threads, Ray "
                                                      "--cpus-per-trial)"),
     queue: bool = typer.Option(False, "--queue", help="queue the training for 'nas worker' instead of training "
@@ -221,10 +221,8 @@ def supernet_show(name: str = typer.Argument(...), fmt: Format = typer.Option(Fo
                   storage: str = typer.Option(None, "--storage", help=STORAGE_HELP)) -> None:
     """Settings, size, per-epoch curve, status, its queued job (if any) and last ranking check ('nas supernet
     check') of a supernet."""
-    from objectives import default_dense_epochs
-
-    from ..search import get_supernet, require_supernet, supernet_doc
-    from ..workers import job_info, supernet_job, supernet_state_line
+    from ..search import dense_epochs_used, get_supernet, require_supernet, supernet_doc
+    from ..workers import job_info, queued_supernet_doc, supernet_job, supernet_state_line
 
     store = open_store(storage)
     record = get_supernet(store, name)
@@ -232,9 +230,7 @@ def supernet_show(name: str = typer.Argument(...), fmt: Format = typer.Option(Fo
     if record is None and job is not None:  # queued, not one epoch stored yet
         settings = json.loads(job.settings_json)
         if fmt is Format.json:
-            doc = {"name": name, "status": job.state, "epochs_done": 0, "epochs": settings["epochs"],
-                   "settings": settings, "curve": [], "job": job_info(job)}
-            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+            sys.stdout.write(json.dumps(queued_supernet_doc(name, job), indent=2) + "\n")
             return
         if fmt is Format.csv:  # no curve yet
             return
@@ -260,8 +256,7 @@ def supernet_show(name: str = typer.Argument(...), fmt: Format = typer.Option(Fo
             for k, v in record.spec.model_dump().items()]
     for r in rows:
         if r["field"] == "dense_epochs" and r["value"] is None:
-            r["value"] = (f"auto ({default_dense_epochs(record.spec.epochs)}: 30 % of epochs, where layers are dense "
-                          "or low-rank)")
+            r["value"] = f"{dense_epochs_used(record)} (unset: 30 % of epochs where layers are dense and low-rank)"
     rows += [{"field": "input_shape", "value": "x".join(map(str, record.input_shape))},
              {"field": "num_classes", "value": record.config["num_classes"]},
              {"field": "fitted options", "value": json.dumps(record.config["options"])}]

@@ -51,7 +51,8 @@ if TYPE_CHECKING:
     from objectives import Dataset, SupernetEpoch
 
 __all__ = ["MAX_CHECK_SUBNETS", "SUPERNET_PREFIX", "SupernetRecord", "SupernetSpec", "check_supernet",
-           "check_supernet_study", "get_supernet", "get_supernet_check", "list_supernets", "load_supernet",
+           "check_supernet_study", "dense_epochs_used", "get_supernet", "get_supernet_check", "list_supernets",
+           "load_supernet",
            "make_supernet_spec", "prepare_supernet", "require_supernet", "supernet_doc", "supernet_study_fields",
            "supernet_summary", "train_stored_supernet"]
 
@@ -222,7 +223,8 @@ class SupernetRecord:
     def from_bytes(cls, blob: bytes, name: str) -> SupernetRecord:
         try:
             doc = json.loads(blob)
-            return cls(spec=SupernetSpec(**doc["spec"]), config=doc["config"], data=doc["data"],
+            # a record written before dense-first training (no such key) was trained without it
+            return cls(spec=SupernetSpec(**{"dense_epochs": 0, **doc["spec"]}), config=doc["config"], data=doc["data"],
                        params=int(doc["params"]), state_bytes=int(doc["state_bytes"]), status=str(doc["status"]),
                        epochs_done=int(doc["epochs_done"]), curve=list(doc["curve"]), seconds=float(doc["seconds"]),
                        created_at=float(doc["created_at"]), updated_at=float(doc["updated_at"]))
@@ -297,6 +299,8 @@ def prepare_supernet(spec: SupernetSpec, store: Store | None) -> tuple[SuperNet,
             supernet of that name with other settings.
     """
     existing = get_supernet(store, spec.name) if store is not None else None
+    if existing is not None and spec.dense_epochs is None:  # not given: the stored supernet's (resumes it)
+        spec = spec.model_copy(update={"dense_epochs": existing.spec.dense_epochs})
     if existing is not None and existing.spec != spec:
         diff = "; ".join(_differences(existing.spec, spec))
         raise NasError(f"supernet {spec.name!r} exists with other settings: stored {diff}; accepted: the stored "
@@ -309,7 +313,23 @@ def prepare_supernet(spec: SupernetSpec, store: Store | None) -> tuple[SuperNet,
             net = SuperNet.from_space(space, data.input_shape, data.num_classes)
     except (SpaceError, SpecError) as e:
         raise NasError(str(e), field="space_options", argument=False) from None
+    if spec.dense_epochs and not net.has_factors_of_dense():
+        raise NasError(f"got {spec.dense_epochs}; accepted: 0 or unset, since no layer of this space is both dense "
+                       "and low-rank (its rank_ratios need 1.0 and a ratio below 1)", field="dense_epochs",
+                       argument=False)
     return net, data, existing
+
+
+def dense_epochs_used(record: SupernetRecord) -> int:
+    """The epochs supernet ``record`` trains (trained) dense first: its setting, or what unset resolves to for
+    its structure (``objectives.default_dense_epochs``, 0 without layers both dense and low-rank)."""
+    from objectives import default_dense_epochs
+
+    if record.spec.dense_epochs is not None:
+        return record.spec.dense_epochs
+    with torch.device("meta"):
+        net = SuperNet.from_config(record.config)
+    return default_dense_epochs(record.spec.epochs) if net.has_factors_of_dense() else 0
 
 
 def _epoch_doc(record: SupernetEpoch, before: float) -> dict[str, Any]:
@@ -338,6 +358,8 @@ def train_stored_supernet(spec: SupernetSpec, store: Store, *, prepared: tuple |
     net, data, existing = prepared if prepared is not None else prepare_supernet(spec, store)
     if existing is not None and existing.trained:
         return existing
+    if existing is not None:
+        spec = existing.spec  # equal to the given one, but for an unset dense_epochs (the stored one holds)
     now = time.time()
     if existing is None:
         record = SupernetRecord(spec=spec, config=net.config(), data={
@@ -578,7 +600,7 @@ def supernet_doc(store: Store, record: SupernetRecord, *, sizes: dict[str, int] 
             "epochs": record.spec.epochs, "space": record.spec.space, "space_options": record.config["options"],
             "data": record.spec.data, "input_shape": record.config["input_shape"],
             "num_classes": record.config["num_classes"], "settings": record.spec.model_dump(),
-            "params": record.params, "state_bytes": record.state_bytes,
+            "dense_epochs": dense_epochs_used(record), "params": record.params, "state_bytes": record.state_bytes,
             "stored_weight_bytes": sizes.get(_key(record.name, "weights.pt")),
             "seconds": record.seconds, "curve": record.curve,
             "accuracy_source": f"supernet {record.name} (inherited weights, BN recalibrated; not stand-alone)",

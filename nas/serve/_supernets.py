@@ -14,8 +14,8 @@ from fastapi import APIRouter
 from fastapi import Path as PathParam
 
 from .._errors import NasError
-from ..search import require_supernet, supernet_doc
-from ..workers import job_info, supernet_job, supernet_rows
+from ..search import get_supernet, require_supernet, supernet_doc
+from ..workers import job_info, queued_supernet_doc, supernet_job, supernet_rows
 from ._errors import ApiError, responses
 from ._state import READ, Nas, clean
 
@@ -37,11 +37,14 @@ def supernets(nas: Nas) -> list[dict[str, Any]]:
 def supernet(nas: Nas, name: SupernetName) -> dict[str, Any]:
     """One supernet: settings, structure, size, per-epoch curve, status, its last ranking check
     (``check``: n, epochs, seed, kendall_tau, spearman_rho, every pair, when; null without one) and
-    its last training job (``job``, queued by ``nas supernet train --queue``; null without one)."""
-    try:
-        record = require_supernet(nas.store, name)
-    except NasError as e:
-        raise ApiError(404, str(e)) from None
+    its last training job (``job``, queued by ``nas supernet train --queue``; null without one). A supernet
+    queued with no epoch stored yet: its job's state as ``status``, its ``settings`` and ``job``."""
     job = supernet_job(nas.store, name)
+    try:
+        if job is not None and get_supernet(nas.store, name) is None:  # queued, no epoch stored yet
+            return clean(queued_supernet_doc(name, job))  # type: ignore[no-any-return]
+        record = require_supernet(nas.store, name)
+    except NasError as e:  # unknown, or a damaged record
+        raise ApiError(404, str(e)) from None
     return clean({**supernet_doc(nas.store, record),  # type: ignore[no-any-return]
                   "job": job_info(job) if job is not None else None})

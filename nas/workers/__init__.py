@@ -11,6 +11,7 @@ from ._supernet import (
     active_supernet_job,
     lease_holder,
     queue_supernet,
+    queued_supernet_doc,
     supernet_job,
     supernet_rows,
     supernet_scope,
@@ -21,6 +22,6 @@ from ._worker import StudyWorker, finished, run_worker
 
 __all__ = ["Heartbeat", "Outages", "Progress", "StudyWorker", "active_supernet_job", "candidate_info",
            "check_run", "check_run_args", "finished", "iso_utc", "job_info", "lease_holder",
-           "progress", "queue_refinement", "queue_supernet", "run_job", "run_study",
+           "progress", "queue_refinement", "queue_supernet", "queued_supernet_doc", "run_job", "run_study",
            "run_worker", "supernet_job", "supernet_rows", "supernet_scope", "supernet_state_line", "training_lease",
            "wait_for_database", "work"]

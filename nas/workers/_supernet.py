@@ -46,7 +46,7 @@ from ._liveness import Heartbeat, Outages
 
 __all__ = ["SUPERNET_JOB", "active_supernet_job", "queue_supernet", "run_supernet_job", "supernet_job", "supernet_rows",
            "supernet_key", "supernet_scope", "supernet_state_line",
-           "lease_holder", "training_lease"]
+           "lease_holder", "queued_supernet_doc", "training_lease"]
 
 log = logging.getLogger("nas.worker")
 
@@ -70,6 +70,14 @@ def supernet_job(store: Store, name: str) -> JobRow | None:
     return jobs[-1] if jobs else None
 
 
+def queued_supernet_doc(name: str, job: JobRow) -> dict[str, Any]:
+    """What ``nas supernet show --format json`` and ``GET /supernets/{name}`` say of a supernet queued for a
+    worker with no epoch stored yet: its job's state, its settings, its job."""
+    settings = json.loads(job.settings_json)
+    return {"name": name, "status": job.state, "epochs_done": 0, "epochs": settings.get("epochs"),
+            "settings": settings, "curve": [], "job": job_info(job)}
+
+
 def supernet_rows(store: Store) -> list[dict[str, Any]]:
     """The rows of ``nas supernet list`` and ``GET /supernets``: every stored supernet
     (:func:`nas.search.supernet_summary`), and every supernet queued for a worker that has no epoch stored
@@ -83,9 +91,10 @@ def supernet_rows(store: Store) -> list[dict[str, Any]]:
         if record is not None:
             rows[name] = supernet_summary(store, record)
     prefix = supernet_scope("")
-    for job in store.list_jobs():
+    stored = set(list_supernets(store))  # a damaged record stays out even with a job
+    for job in reversed(store.list_jobs()):  # a supernet's latest job, as 'nas supernet show' says
         name = job.study[len(prefix):]
-        if not job.study.startswith(prefix) or name in rows:
+        if not job.study.startswith(prefix) or name in rows or name in stored:
             continue
         settings = json.loads(job.settings_json)
         rows[name] = {"name": name, "space": settings.get("space"), "data": settings.get("data"), "input": None,
