@@ -241,16 +241,21 @@ def test_a_second_training_of_one_name_is_refused_while_the_first_runs(tmp_path:
             "--quiet", "--storage", url]
 
     def holder() -> str | None:
-        store = Store(url)
+        try:
+            store = Store(url, mode="existing")
+        except Exception:  # noqa: BLE001 -- the first process is still creating the database
+            return None
         try:
             return lease_holder(store, "busy")
+        except Exception:  # noqa: BLE001 -- its tables are not there yet
+            return None
         finally:
             store.close()
 
     for stop in (signal.SIGINT, signal.SIGKILL):
         first = subprocess.Popen([NAS, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            wait_until(lambda: Path(tmp_path / "nas.db").exists() and holder(), "the first training's lease")
+            wait_until(holder, "the first training's lease")
             for extra in ([], ["--queue"]):
                 code, out, err = nas_cli(*args, *extra)
                 assert code == 2 and out == "" and err.count("\n") == 1, err
@@ -260,7 +265,11 @@ def test_a_second_training_of_one_name_is_refused_while_the_first_runs(tmp_path:
         finally:
             if first.poll() is None:
                 first.kill()
-        assert holder() is None  # free again: removed on Ctrl-C, its process gone after kill -9
+        store = Store(url, mode="existing")
+        try:  # free again: removed on Ctrl-C, its process gone after kill -9
+            assert lease_holder(store, "busy") is None
+        finally:
+            store.close()
         if stop == signal.SIGINT:
             assert not any(k.endswith("lease.json") for k in _artifacts(url))
     code, out, err = nas_cli(*args, "--queue")  # the name is usable again
