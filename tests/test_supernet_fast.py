@@ -216,7 +216,15 @@ def test_a_second_study_starts_from_the_subnets_evaluated_before(trained: str) -
         t.join(timeout=300)
     assert len(done) == 2
     seeded = [t.user_attrs["spec_hash"] for t in _trials("narrow2", trained) if "warm_start" in t.user_attrs]
-    assert len(seeded) == min(10, len(known)) and len(set(seeded)) == len(seeded)
+    # one worker seeded (the mark says how many it queued); the other may fill the slots first, so at most that many
+    # ran, each once
+    store = Store(trained)
+    try:
+        study_id = store.optuna.get_study_id_from_name("narrow2")
+        mark = store.optuna.get_study_system_attrs(study_id)["lightnas:seeded"]
+    finally:
+        store.close()
+    assert mark == min(10, len(known)) and len(seeded) <= mark and len(set(seeded)) == len(seeded)
     code, _, err = nas_cli("study", "run", "narrow2", "--trials", "30", "--quiet", "--storage", trained)
     assert code == 0, err
     again = _trials("narrow2", trained)
