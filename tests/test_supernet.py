@@ -278,21 +278,27 @@ def test_factors_from_dense_covers_the_hidden_layer_and_kernel_transforms(digits
                 assert torch.equal(conv.transforms["reduce_" + key[len("weight_"):]], m)
 
 
-def test_dense_first_training_resumes_inside_the_dense_epochs_as_if_never_interrupted(digits):
-    config = TrainConfig(epochs=3, batch_size=128, lr=0.1, threads=1)
+def _whole_and_resumed(digits, epochs: int, **kw: Any) -> tuple[SuperNet, SuperNet, Any]:
+    """A tiny supernet trained ``epochs`` epochs at once, and one stopped after its first epoch and resumed from
+    that checkpoint (with the resumed run's result)."""
+    config = TrainConfig(epochs=epochs, batch_size=128, lr=0.1, threads=1)
     whole = _tiny(digits)
-    train_supernet(whole, digits, config, validate=False, dense_epochs=2)
+    train_supernet(whole, digits, config, validate=False, **kw)
     saved = {}
 
     def stop_after_first(epoch, record):
         saved["checkpoint"] = record.checkpoint()
         raise KeyboardInterrupt
 
-    interrupted = _tiny(digits)
     with pytest.raises(KeyboardInterrupt):
-        train_supernet(interrupted, digits, config, validate=False, on_epoch=stop_after_first, dense_epochs=2)
+        train_supernet(_tiny(digits), digits, config, validate=False, on_epoch=stop_after_first, **kw)
     resumed = _tiny(digits)
-    train_supernet(resumed, digits, config, validate=False, resume=saved["checkpoint"], dense_epochs=2)
+    result = train_supernet(resumed, digits, config, validate=False, resume=saved["checkpoint"], **kw)
+    return whole, resumed, result
+
+
+def test_dense_first_training_resumes_inside_the_dense_epochs_as_if_never_interrupted(digits):
+    whole, resumed, _ = _whole_and_resumed(digits, 3, dense_epochs=2)
     assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in whole.state_dict().items())
 
 
@@ -311,20 +317,7 @@ def test_dense_first_needs_a_dense_choice_and_fewer_epochs_than_training(digits)
 
 
 def test_training_resumes_at_an_epoch_as_if_never_interrupted(digits):
-    config = TrainConfig(epochs=2, batch_size=128, lr=0.1, threads=1)
-    whole = _tiny(digits)
-    train_supernet(whole, digits, config, validate=False)
-    saved = {}
-
-    def stop_after_first(epoch, record):
-        saved["checkpoint"] = record.checkpoint()
-        raise KeyboardInterrupt
-
-    interrupted = _tiny(digits)
-    with pytest.raises(KeyboardInterrupt):
-        train_supernet(interrupted, digits, config, validate=False, on_epoch=stop_after_first)
-    resumed = _tiny(digits)
-    result = train_supernet(resumed, digits, config, validate=False, resume=saved["checkpoint"])
+    whole, resumed, result = _whole_and_resumed(digits, 2)
     assert [r.epoch for r in result.curve] == [2]
     assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in whole.state_dict().items())
 
