@@ -44,14 +44,15 @@ class EvaluationsRepo(Repository):
             return s.scalars(select(EvaluationRow).where(EvaluationRow.spec_hash == spec_hash,
                                                          EvaluationRow.fidelity_key == fidelity_key)).first()
 
-    def evaluated_at(self, fidelity_key: str) -> list[tuple[str, float, str]]:
-        """Every architecture evaluated at ``fidelity_key``: (spec hash, validation accuracy, spec JSON), most
-        accurate first."""
+    def evaluated_at(self, fidelity_key: str, limit: int | None = None) -> list[tuple[str, float, str]]:
+        """The architectures evaluated at ``fidelity_key`` (the ``limit`` most accurate; None: all): (spec hash,
+        validation accuracy, spec JSON), most accurate first."""
         with self.session() as s:
             rows = s.execute(select(EvaluationRow.spec_hash, EvaluationRow.val_accuracy, ArchitectureRow.spec_json)
                              .join(ArchitectureRow, ArchitectureRow.spec_hash == EvaluationRow.spec_hash)
                              .where(EvaluationRow.fidelity_key == fidelity_key)
-                             .order_by(EvaluationRow.val_accuracy.desc(), EvaluationRow.spec_hash)).all()
+                             .order_by(EvaluationRow.val_accuracy.desc(), EvaluationRow.spec_hash)
+                             .limit(limit)).all()
         return [(h, float(a), js) for h, a, js in rows]
 
     def put_evaluation(self, spec_hash: str, fidelity_key: str, fidelity: dict[str, Any], *, val_accuracy: float,

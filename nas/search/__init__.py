@@ -13,6 +13,7 @@ from ._objective import CONSTRAINTS_KEY, TrialObjective, load_context, objective
 from ._pareto import (
     dominates,
     front_trials,
+    minimized,
     pareto_mask,
     pareto_rows,
     past_drop,
@@ -101,6 +102,7 @@ __all__ = [
             "finetune_study",
         "front_trials",
     "objective_values",
+    "minimized",
     "pareto_mask",
     "get_study_spec",
     "get_supernet",

@@ -34,16 +34,21 @@ from ._record import Status, record_of
 from ._spec import StudySpec, trial_fidelity_key
 from ._studies import get_study_spec
 
-__all__ = ["dominates", "front_trials", "pareto_mask", "pareto_rows", "past_drop", "refined_points", "where_filter"]
+__all__ = ["dominates", "front_trials", "minimized", "pareto_mask", "pareto_rows", "past_drop", "refined_points",
+           "where_filter"]
 
 #: Rows compared at once by :func:`pareto_mask` (bounds its memory at ~CHUNK x n x objectives bytes).
 _CHUNK = 256
 
 
+def minimized(study_spec: StudySpec, values: Sequence[float]) -> list[float]:
+    """A study's objective values, all turned into 'smaller is better' (what :func:`pareto_mask` takes)."""
+    return [-v if d == "maximize" else v for v, d in zip(values, study_spec.directions, strict=True)]
+
+
 def _vector(study_spec: StudySpec, t: FrozenTrial) -> list[float]:
-    """Objective values, all turned into 'smaller is better'."""
     assert t.values is not None
-    return [-v if d == "maximize" else v for v, d in zip(t.values, study_spec.directions, strict=True)]
+    return minimized(study_spec, t.values)
 
 
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:

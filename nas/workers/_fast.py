@@ -44,7 +44,7 @@ from search_spaces import ArchSpec, SpaceError, SpecError
 from storage import Store, error_line
 
 from .._errors import NasError, TrialInterrupted
-from ..search import Status, objective_values, pareto_mask, status_of
+from ..search import Status, minimized, objective_values, pareto_mask, status_of
 from ._liveness import database_down, trial_fail_reason, wait_for_database
 from ._worker import StudyWorker, evaluating, finished
 
@@ -91,7 +91,7 @@ class SupernetMirror:
         self.dropped: set[int] = set()  # numbers of the mirror's trials dropped (never stored)
         self.watermark = -1  # every stored trial numbered up to this one is finished and seen
         self.pull()
-        self.seeded = self.seed()
+        self.seed()
 
     # -- the stored study -> the mirror -----------------------------------------------------------
 
@@ -135,9 +135,12 @@ class SupernetMirror:
         key = getattr(obj, "inherited_key", None)
         if key is None:
             return 0
+        storage = self.store.optuna
+        if SEEDED in storage.get_study_system_attrs(self.study_id):  # seeded before: no candidates to read
+            return 0
         have = {t.user_attrs.get("spec_hash") for t in self.mirror.get_trials(deepcopy=False)}
         cands: list[tuple[dict, list[float]]] = []
-        for spec_hash, accuracy, spec_json in self.store.evaluated_at(key)[:SEED_READ]:
+        for spec_hash, accuracy, spec_json in self.store.evaluated_at(key, limit=SEED_READ):
             if spec_hash in have:
                 continue
             spec = ArchSpec.from_json(spec_json)
@@ -148,12 +151,9 @@ class SupernetMirror:
             cost = obj.cost(spec)
             if obj.budget is not None and obj.budget.violations(cost):
                 continue
-            values = objective_values(sw.ctx.study_spec, accuracy, cost)
-            cands.append((params, [-v if d == "maximize" else v
-                                   for v, d in zip(values, sw.ctx.study_spec.directions, strict=True)]))
-        storage = self.store.optuna
+            cands.append((params, minimized(sw.ctx.study_spec, objective_values(sw.ctx.study_spec, accuracy, cost))))
         with self.store.lock(f"study:{self.name}"):
-            if SEEDED in storage.get_study_system_attrs(self.study_id):
+            if SEEDED in storage.get_study_system_attrs(self.study_id):  # another worker seeded it meanwhile
                 return 0
             counts = self.store.study_counts(self.name)
             room = min(len(cands), int(share * (sw.target - counts["COUNTED"] - counts.get("WAITING", 0))))
