@@ -66,7 +66,7 @@ from .train import (
     TrainConfig,
     TrainingError,
     check_source,
-    default_dense_epochs,
+    dense_phase,
     evaluate,
     evaluate_subnet,
     load_dataset,
@@ -167,5 +167,5 @@ __all__ = [
     "recalibrate_bn",
     "spanning_subnets",
     "train_supernet",
-    "default_dense_epochs",
+    "dense_phase",
 ]

@@ -59,7 +59,7 @@ def supernet_train(
     """Train a supernet of a space and store it; rerun the same command to resume after Ctrl-C or a crash.
     --queue: a 'nas worker' trains it; --backend ray: one Ray task trains it."""
     from ..search import make_supernet_spec, prepare_supernet, train_stored_supernet
-    from ..workers import active_supernet_job, lease_holder, queue_supernet, supernet_state_line, training_lease
+    from ..workers import active_supernet_job, check_lease, queue_supernet, supernet_state_line, training_lease
     from ..workers.ray import check_backend_options
     from ._common import UsageError
 
@@ -92,10 +92,8 @@ def supernet_train(
         out.print(f"supernet {name} is trained already ({existing.epochs_done} epochs); 'nas supernet show {name}'")
         return
     active = active_supernet_job(store, name) if store is not None else None
-    holder = lease_holder(store, name) if store is not None else None
-    if holder is not None:
-        raise UsageError(f"supernet {name!r} is being trained by {holder}; accepted: wait for it (or stop it), then "
-                         "rerun to resume, or another name")
+    if store is not None:
+        check_lease(store, name)  # a training of this name runs elsewhere: refused, for --queue too
     if queue:
         store = store or open_store(storage, mode="create")
         job, created = queue_supernet(spec, store)

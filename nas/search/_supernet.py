@@ -321,15 +321,13 @@ def prepare_supernet(spec: SupernetSpec, store: Store | None) -> tuple[SuperNet,
 
 
 def dense_epochs_used(record: SupernetRecord) -> int:
-    """The epochs supernet ``record`` trains (trained) dense first: its setting, or what unset resolves to for
-    its structure (``objectives.default_dense_epochs``, 0 without layers both dense and low-rank)."""
-    from objectives import default_dense_epochs
+    """The epochs supernet ``record`` trains (trained) dense first, as ``objectives.train_supernet`` resolves its
+    setting for its structure (unset: 30 % of its epochs; 0 without layers both dense and low-rank)."""
+    from objectives import dense_phase
 
-    if record.spec.dense_epochs is not None:
-        return record.spec.dense_epochs
     with torch.device("meta"):
         net = SuperNet.from_config(record.config)
-    return default_dense_epochs(record.spec.epochs) if net.has_factors_of_dense() else 0
+    return dense_phase(net, record.spec.epochs, record.spec.dense_epochs)  # what train_supernet runs
 
 
 def _epoch_doc(record: SupernetEpoch, before: float) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from ._liveness import Heartbeat, Outages, wait_for_database
 from ._local import Progress, check_run, check_run_args, progress, run_study, work
 from ._supernet import (
     active_supernet_job,
+    check_lease,
     lease_holder,
     queue_supernet,
     queued_supernet_doc,
@@ -20,7 +21,7 @@ from ._supernet import (
 )
 from ._worker import StudyWorker, finished, run_worker
 
-__all__ = ["Heartbeat", "Outages", "Progress", "StudyWorker", "active_supernet_job", "candidate_info",
+__all__ = ["Heartbeat", "Outages", "Progress", "StudyWorker", "active_supernet_job", "candidate_info", "check_lease",
            "check_run", "check_run_args", "finished", "iso_utc", "job_info", "lease_holder",
            "progress", "queue_refinement", "queue_supernet", "queued_supernet_doc", "run_job", "run_study",
            "run_worker", "supernet_job", "supernet_rows", "supernet_scope", "supernet_state_line", "training_lease",

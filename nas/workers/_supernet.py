@@ -46,7 +46,7 @@ from ._liveness import Heartbeat, Outages
 
 __all__ = ["SUPERNET_JOB", "active_supernet_job", "queue_supernet", "run_supernet_job", "supernet_job", "supernet_rows",
            "supernet_key", "supernet_scope", "supernet_state_line",
-           "lease_holder", "queued_supernet_doc", "training_lease"]
+           "check_lease", "lease_holder", "queued_supernet_doc", "training_lease"]
 
 log = logging.getLogger("nas.worker")
 
@@ -83,7 +83,8 @@ def supernet_rows(store: Store) -> list[dict[str, Any]]:
     (:func:`nas.search.supernet_summary`), and every supernet queued for a worker that has no epoch stored
     yet (its job's state as status, its settings, nothing measured), by name. A damaged record is left out."""
     rows: dict[str, dict[str, Any]] = {}
-    for name in list_supernets(store):
+    stored = list_supernets(store)
+    for name in stored:
         try:
             record = get_supernet(store, name)
         except NasError:  # a damaged record: left out, never the listing down
@@ -91,10 +92,9 @@ def supernet_rows(store: Store) -> list[dict[str, Any]]:
         if record is not None:
             rows[name] = supernet_summary(store, record)
     prefix = supernet_scope("")
-    stored = set(list_supernets(store))  # a damaged record stays out even with a job
     for job in reversed(store.list_jobs()):  # a supernet's latest job, as 'nas supernet show' says
         name = job.study[len(prefix):]
-        if not job.study.startswith(prefix) or name in rows or name in stored:
+        if not job.study.startswith(prefix) or name in rows or name in stored:  # a damaged record stays out
             continue
         settings = json.loads(job.settings_json)
         rows[name] = {"name": name, "space": settings.get("space"), "data": settings.get("data"), "input": None,
@@ -128,15 +128,31 @@ def _holder(doc: dict[str, Any], interval: float) -> str | None:
     return f"{doc.get('host')}:{doc.get('pid')} (last heartbeat {max(0.0, age):.0f} s ago)"
 
 
+def _lease(store: Store, name: str) -> dict[str, Any] | None:
+    blob = store.get_artifact(_lease_key(name))
+    return json.loads(blob) if blob else None
+
+
+def _mine(doc: dict[str, Any]) -> bool:
+    return doc.get("host") == socket.gethostname() and doc.get("pid") == os.getpid()
+
+
 def lease_holder(store: Store, name: str, *, interval: float = LEASE_INTERVAL) -> str | None:
     """Who trains supernet ``name`` in the foreground now (another process; see :func:`training_lease`), or None."""
-    blob = store.get_artifact(_lease_key(name))
-    if not blob:
-        return None
-    doc = json.loads(blob)
-    if doc.get("host") == socket.gethostname() and doc.get("pid") == os.getpid():
-        return None
-    return _holder(doc, interval)
+    doc = _lease(store, name)
+    return None if doc is None or _mine(doc) else _holder(doc, interval)
+
+
+def check_lease(store: Store, name: str, *, interval: float = LEASE_INTERVAL) -> None:
+    """Refuse to train (or queue) supernet ``name`` while another process trains it in the foreground.
+
+    Raises:
+        NasError: one line naming the holder.
+    """
+    holder = lease_holder(store, name, interval=interval)
+    if holder is not None:
+        raise NasError(f"supernet {name!r} is being trained by {holder}; accepted: wait for it (or stop it), "
+                       "then rerun to resume, or another name")
 
 
 @contextlib.contextmanager
@@ -149,25 +165,22 @@ def training_lease(store: Store, name: str, *, interval: float = LEASE_INTERVAL)
     Raises:
         NasError: another live process holds it (one line naming it).
     """
-    me = {"host": socket.gethostname(), "pid": os.getpid()}
     key = _lease_key(name)
 
     def write() -> None:
-        store.put_artifact(key, json.dumps({**me, "heartbeat": time.time()}).encode())
+        store.put_artifact(key, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                            "heartbeat": time.time()}).encode())
 
     with store.lock(f"supernet-lease:{name}"):
-        holder = lease_holder(store, name, interval=interval)
-        if holder is not None:
-            raise NasError(f"supernet {name!r} is being trained by {holder}; accepted: wait for it (or stop it), "
-                           "then rerun to resume, or another name")
+        check_lease(store, name, interval=interval)
         write()
     try:
         with Heartbeat(write, interval, "supernet-lease", first=False):
             yield
     finally:
         with contextlib.suppress(Exception), store.lock(f"supernet-lease:{name}"):
-            blob = store.get_artifact(key)
-            if blob and json.loads(blob).get("pid") == me["pid"] and json.loads(blob).get("host") == me["host"]:
+            doc = _lease(store, name)
+            if doc is not None and _mine(doc):
                 store.put_artifacts({key: None})
 
 
